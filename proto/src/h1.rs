@@ -1,0 +1,1040 @@
+//! HTTP/1.1 message heads and body framing (RFC 9112), sans-IO.
+//!
+//! Place in the request path: the lb parses every client request head with
+//! [`parse_request`] and every tunnel response head with [`parse_response`], then
+//! rewrites them with [`write_request_head`] / [`write_response_head`]; bodies on
+//! both legs are delimited by a [`BodyDecoder`]. The worker uses the same parser
+//! on the tunnel. Heads are kept as offsets into the caller's read buffer, so
+//! parsing allocates nothing once a [`RequestHead`]'s header vector has grown.
+
+use std::ops::Range;
+
+use crate::error::{BodyError, HeadError};
+
+/// Size limits applied while a head is being read.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Longest request line (method, target, version) accepted; longer → 414.
+    pub max_request_line: usize,
+    /// Longest head (request line plus header fields) accepted; longer → 431.
+    pub max_head: usize,
+    /// Most header fields accepted; more → 431.
+    pub max_headers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_line: 8 * 1024,
+            max_head: 32 * 1024,
+            max_headers: 100,
+        }
+    }
+}
+
+/// The most header fields any parse looks at; `Limits::max_headers` may only lower it.
+pub const MAX_HEADERS: usize = 128;
+
+/// HTTP version of a message (only HTTP/1.x is spoken over these connections).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    Http10,
+    Http11,
+}
+
+impl Version {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Version::Http10 => "HTTP/1.0",
+            Version::Http11 => "HTTP/1.1",
+        }
+    }
+}
+
+/// How a message body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body at all.
+    Empty,
+    /// `Content-Length: n`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Responses only: the body runs until the connection closes.
+    UntilClose,
+}
+
+impl Framing {
+    pub fn has_body(self) -> bool {
+        !matches!(self, Framing::Empty | Framing::Length(0))
+    }
+}
+
+/// One header field as byte offsets into the buffer the head was parsed from.
+#[derive(Debug, Clone)]
+pub struct Field {
+    pub name: Range<usize>,
+    pub value: Range<usize>,
+}
+
+/// Connection-level options taken from the `Connection` header and the version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnOptions {
+    /// `close` was listed, or HTTP/1.0 without `keep-alive`.
+    pub close: bool,
+    /// `upgrade` was listed and an `Upgrade` field is present.
+    pub upgrade: bool,
+    /// `Connection` named fields other than close/keep-alive/upgrade; they are
+    /// hop-by-hop and must be dropped when forwarding (RFC 9110 §7.6.1).
+    pub extra_hop_fields: bool,
+}
+
+/// A parsed request head. Reuse one per connection: `parse_request` clears it.
+#[derive(Debug, Default, Clone)]
+pub struct RequestHead {
+    /// Bytes of the head including the final CRLF CRLF.
+    pub len: usize,
+    pub method: Range<usize>,
+    pub target: Range<usize>,
+    pub version: Option<Version>,
+    pub fields: Vec<Field>,
+    pub framing: Option<Framing>,
+    pub conn: ConnOptions,
+    /// The `Host` field's value, when present.
+    pub host: Option<Range<usize>>,
+    /// `Expect: 100-continue` was sent.
+    pub expect_continue: bool,
+}
+
+/// A parsed response head. Reuse one per tunnel: `parse_response` clears it.
+#[derive(Debug, Default, Clone)]
+pub struct ResponseHead {
+    pub len: usize,
+    pub status: u16,
+    pub reason: Range<usize>,
+    pub version: Option<Version>,
+    pub fields: Vec<Field>,
+    pub framing: Option<Framing>,
+    pub conn: ConnOptions,
+}
+
+impl RequestHead {
+    pub fn version(&self) -> Version {
+        self.version.unwrap_or(Version::Http11)
+    }
+    pub fn framing(&self) -> Framing {
+        self.framing.unwrap_or(Framing::Empty)
+    }
+    pub fn method<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
+        &buf[self.method.clone()]
+    }
+    pub fn target<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
+        &buf[self.target.clone()]
+    }
+    /// True for methods RFC 9110 §9.2.2 calls idempotent: safe to retry when no
+    /// response byte was seen.
+    pub fn is_idempotent(&self, buf: &[u8]) -> bool {
+        matches!(
+            self.method(buf),
+            b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
+        )
+    }
+    pub fn is_head(&self, buf: &[u8]) -> bool {
+        self.method(buf) == b"HEAD"
+    }
+    /// Value of the first field called `name` (ASCII case-insensitive).
+    pub fn field<'b>(&self, buf: &'b [u8], name: &str) -> Option<&'b [u8]> {
+        find_field(&self.fields, buf, name)
+    }
+}
+
+impl ResponseHead {
+    pub fn version(&self) -> Version {
+        self.version.unwrap_or(Version::Http11)
+    }
+    pub fn framing(&self) -> Framing {
+        self.framing.unwrap_or(Framing::Empty)
+    }
+    pub fn field<'b>(&self, buf: &'b [u8], name: &str) -> Option<&'b [u8]> {
+        find_field(&self.fields, buf, name)
+    }
+}
+
+fn find_field<'b>(fields: &[Field], buf: &'b [u8], name: &str) -> Option<&'b [u8]> {
+    fields
+        .iter()
+        .find(|f| buf[f.name.clone()].eq_ignore_ascii_case(name.as_bytes()))
+        .map(|f| &buf[f.value.clone()])
+}
+
+/// Outcome of a parse over the bytes read so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parsed {
+    /// The head is complete; its length is in the head's `len`.
+    Complete,
+    /// More bytes are needed.
+    Partial,
+}
+
+fn offset_of(base: &[u8], part: &[u8]) -> Range<usize> {
+    let start = part.as_ptr() as usize - base.as_ptr() as usize;
+    start..start + part.len()
+}
+
+/// Checks the size limits on a head that is not complete yet (or is complete,
+/// with `len` its size), so an oversized head is refused without waiting for it.
+fn check_limits(buf: &[u8], head_len: Option<usize>, limits: &Limits) -> Result<(), HeadError> {
+    let line_end = memchr(b'\n', buf);
+    match line_end {
+        Some(i) if i > limits.max_request_line => return Err(HeadError::RequestLineTooLong),
+        None if buf.len() > limits.max_request_line => return Err(HeadError::RequestLineTooLong),
+        _ => {}
+    }
+    let len = head_len.unwrap_or(buf.len());
+    if len > limits.max_head {
+        return Err(HeadError::HeadTooLarge);
+    }
+    Ok(())
+}
+
+fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
+    hay.iter().position(|&b| b == needle)
+}
+
+fn map_httparse(e: httparse::Error) -> HeadError {
+    match e {
+        httparse::Error::TooManyHeaders => HeadError::TooManyFields,
+        httparse::Error::Version => HeadError::VersionNotSupported,
+        httparse::Error::HeaderName => HeadError::Malformed("invalid header field name"),
+        httparse::Error::HeaderValue => HeadError::Malformed("invalid header field value"),
+        httparse::Error::NewLine => HeadError::Malformed("invalid line ending"),
+        httparse::Error::Status => HeadError::Malformed("invalid status code"),
+        httparse::Error::Token => HeadError::Malformed("invalid token in request line"),
+    }
+}
+
+/// Parses a request head from the start of `buf` into `head`.
+///
+/// Enforces RFC 9112 framing strictly: a `Transfer-Encoding` and a
+/// `Content-Length` together, several differing `Content-Length`s, a transfer
+/// coding other than a final `chunked`, obs-fold, a missing or repeated `Host`
+/// in HTTP/1.1 are all errors, so no request can be framed two ways by two hops.
+pub fn parse_request(buf: &[u8], limits: &Limits, head: &mut RequestHead) -> Result<Parsed, HeadError> {
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let max = limits.max_headers.min(MAX_HEADERS);
+    let mut req = httparse::Request::new(&mut storage[..max]);
+    let status = match req.parse(buf) {
+        Ok(s) => s,
+        Err(e) => {
+            // A too-long line shows up to httparse as a token error before we
+            // see it complete; report the limit, which is what the client must fix.
+            check_limits(buf, None, limits)?;
+            return Err(map_httparse(e));
+        }
+    };
+    let len = match status {
+        httparse::Status::Partial => {
+            check_limits(buf, None, limits)?;
+            return Ok(Parsed::Partial);
+        }
+        httparse::Status::Complete(n) => n,
+    };
+    check_limits(buf, Some(len), limits)?;
+    head.len = len;
+    head.method = offset_of(buf, req.method.unwrap_or("").as_bytes());
+    head.target = offset_of(buf, req.path.unwrap_or("").as_bytes());
+    let version = if req.version == Some(0) { Version::Http10 } else { Version::Http11 };
+    head.version = Some(version);
+    head.fields.clear();
+    head.host = None;
+    head.expect_continue = false;
+    let mut framing = FramingFields::default();
+    let mut conn = ConnOptions::default();
+    let mut keep_alive = false;
+    let mut has_upgrade_field = false;
+    for h in req.headers.iter() {
+        let name = offset_of(buf, h.name.as_bytes());
+        let value = offset_of(buf, h.value);
+        let n = h.name.as_bytes();
+        if n.eq_ignore_ascii_case(b"host") {
+            if head.host.is_some() {
+                // RFC 9112 §3.2: more than one Host → 400.
+                return Err(HeadError::Malformed("more than one Host field"));
+            }
+            head.host = Some(value.clone());
+        } else if n.eq_ignore_ascii_case(b"expect") {
+            if trim(h.value).eq_ignore_ascii_case(b"100-continue") {
+                head.expect_continue = true;
+            } else {
+                return Err(HeadError::ExpectationFailed);
+            }
+        } else if n.eq_ignore_ascii_case(b"upgrade") {
+            has_upgrade_field = true;
+        }
+        framing.observe(h.name.as_bytes(), h.value)?;
+        if n.eq_ignore_ascii_case(b"connection") {
+            for tok in list_items(h.value) {
+                if tok.eq_ignore_ascii_case(b"close") {
+                    conn.close = true;
+                } else if tok.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive = true;
+                } else if tok.eq_ignore_ascii_case(b"upgrade") {
+                    conn.upgrade = true;
+                } else {
+                    conn.extra_hop_fields = true;
+                }
+            }
+        }
+        head.fields.push(Field { name, value });
+    }
+    conn.upgrade &= has_upgrade_field;
+    if version == Version::Http10 && !keep_alive {
+        conn.close = true;
+    }
+    if version == Version::Http11 && head.host.is_none() {
+        // RFC 9112 §3.2: an HTTP/1.1 request without Host → 400.
+        return Err(HeadError::Malformed("missing Host field"));
+    }
+    if framing.te_seen && version == Version::Http10 {
+        // RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message means the
+        // framing is faulty; treat it as an error and close.
+        return Err(HeadError::BadFraming("Transfer-Encoding in an HTTP/1.0 request"));
+    }
+    head.framing = Some(framing.request_framing()?);
+    head.conn = conn;
+    Ok(Parsed::Complete)
+}
+
+/// Parses a response head; `request_was_head` and the status decide bodyless
+/// responses (RFC 9112 §6.3 items 1–2).
+pub fn parse_response(
+    buf: &[u8],
+    limits: &Limits,
+    request_was_head: bool,
+    head: &mut ResponseHead,
+) -> Result<Parsed, HeadError> {
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let max = limits.max_headers.min(MAX_HEADERS);
+    let mut res = httparse::Response::new(&mut storage[..max]);
+    let len = match res.parse(buf).map_err(map_httparse)? {
+        httparse::Status::Partial => {
+            if buf.len() > limits.max_head {
+                return Err(HeadError::HeadTooLarge);
+            }
+            return Ok(Parsed::Partial);
+        }
+        httparse::Status::Complete(n) => n,
+    };
+    if len > limits.max_head {
+        return Err(HeadError::HeadTooLarge);
+    }
+    head.len = len;
+    head.status = res.code.unwrap_or(0);
+    head.reason = offset_of(buf, res.reason.unwrap_or("").as_bytes());
+    let version = if res.version == Some(0) { Version::Http10 } else { Version::Http11 };
+    head.version = Some(version);
+    head.fields.clear();
+    let mut framing = FramingFields::default();
+    let mut conn = ConnOptions::default();
+    let mut keep_alive = false;
+    for h in res.headers.iter() {
+        framing.observe(h.name.as_bytes(), h.value)?;
+        if h.name.eq_ignore_ascii_case("connection") {
+            for tok in list_items(h.value) {
+                if tok.eq_ignore_ascii_case(b"close") {
+                    conn.close = true;
+                } else if tok.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive = true;
+                } else if tok.eq_ignore_ascii_case(b"upgrade") {
+                    conn.upgrade = true;
+                } else {
+                    conn.extra_hop_fields = true;
+                }
+            }
+        }
+        head.fields.push(Field {
+            name: offset_of(buf, h.name.as_bytes()),
+            value: offset_of(buf, h.value),
+        });
+    }
+    if version == Version::Http10 && !keep_alive {
+        conn.close = true;
+    }
+    let status = head.status;
+    let f = if request_was_head || (100..200).contains(&status) || status == 204 || status == 304 {
+        Framing::Empty
+    } else {
+        framing.response_framing()?
+    };
+    if f == Framing::UntilClose {
+        conn.close = true;
+    }
+    head.framing = Some(f);
+    head.conn = conn;
+    Ok(Parsed::Complete)
+}
+
+/// Collects the framing fields of one message.
+#[derive(Default)]
+struct FramingFields {
+    length: Option<u64>,
+    te_seen: bool,
+    chunked_last: bool,
+    other_coding: bool,
+}
+
+impl FramingFields {
+    fn observe(&mut self, name: &[u8], value: &[u8]) -> Result<(), HeadError> {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            // RFC 9112 §6.3 item 5: a list of identical values may be folded to one;
+            // differing or invalid values are unrecoverable.
+            for item in value.split(|&b| b == b',') {
+                let n = parse_decimal(trim(item)).ok_or(HeadError::BadFraming("invalid Content-Length"))?;
+                match self.length {
+                    Some(prev) if prev != n => return Err(HeadError::BadFraming("conflicting Content-Length values")),
+                    _ => self.length = Some(n),
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            for coding in list_items(value) {
+                if self.chunked_last {
+                    // RFC 9112 §6.1: chunked must be the final coding, applied once.
+                    return Err(HeadError::BadFraming("chunked is not the final transfer coding"));
+                }
+                if coding.eq_ignore_ascii_case(b"chunked") {
+                    self.chunked_last = true;
+                } else {
+                    self.other_coding = true;
+                }
+                self.te_seen = true;
+            }
+            if value.iter().all(|b| b.is_ascii_whitespace() || *b == b',') {
+                return Err(HeadError::BadFraming("empty Transfer-Encoding"));
+            }
+        }
+        Ok(())
+    }
+
+    fn request_framing(&self) -> Result<Framing, HeadError> {
+        if self.te_seen {
+            if self.length.is_some() {
+                // RFC 9112 §6.3 item 3: both present is a smuggling vector; refuse.
+                return Err(HeadError::BadFraming("both Transfer-Encoding and Content-Length"));
+            }
+            if self.other_coding && !self.chunked_last {
+                // RFC 9112 §6.3 item 4: a request whose final coding is not chunked → 400.
+                return Err(HeadError::BadFraming("final transfer coding is not chunked"));
+            }
+            if self.other_coding {
+                return Err(HeadError::UnsupportedCoding);
+            }
+            return Ok(Framing::Chunked);
+        }
+        Ok(match self.length {
+            Some(0) | None => Framing::Empty,
+            Some(n) => Framing::Length(n),
+        })
+    }
+
+    fn response_framing(&self) -> Result<Framing, HeadError> {
+        if self.te_seen {
+            if self.length.is_some() {
+                return Err(HeadError::BadFraming("both Transfer-Encoding and Content-Length"));
+            }
+            if self.other_coding {
+                // We relay bodies as they are, so only plain chunked can be re-framed.
+                return Err(HeadError::UnsupportedCoding);
+            }
+            return Ok(Framing::Chunked);
+        }
+        Ok(match self.length {
+            Some(0) => Framing::Empty,
+            Some(n) => Framing::Length(n),
+            None => Framing::UntilClose,
+        })
+    }
+}
+
+fn parse_decimal(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    s.iter().try_fold(0u64, |acc, &d| acc.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+}
+
+/// Trims optional whitespace (RFC 9110 §5.6.3).
+pub fn trim(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// Iterates the non-empty items of a comma-separated field value.
+pub fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(trim).filter(|s| !s.is_empty())
+}
+
+/// Fields that describe one hop and are never forwarded (RFC 9110 §7.6.1).
+/// `Transfer-Encoding` and `Trailer` are absent on purpose: bodies are relayed in
+/// their received chunked framing, so the coding stays accurate on the next hop.
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    const HOP: [&[u8]; 7] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    ];
+    HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// True when the `Connection` field (or fields) of this message names `name`.
+fn named_by_connection(fields: &[Field], buf: &[u8], name: &[u8]) -> bool {
+    fields
+        .iter()
+        .filter(|f| buf[f.name.clone()].eq_ignore_ascii_case(b"connection"))
+        .any(|f| list_items(&buf[f.value.clone()]).any(|t| t.eq_ignore_ascii_case(name)))
+}
+
+fn write_fields(out: &mut Vec<u8>, buf: &[u8], fields: &[Field], extra_hop: bool, skip: &[&[u8]]) {
+    for f in fields {
+        let name = &buf[f.name.clone()];
+        if is_hop_by_hop(name) || skip.iter().any(|s| s.eq_ignore_ascii_case(name)) {
+            continue;
+        }
+        if extra_hop && named_by_connection(fields, buf, name) {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(&buf[f.value.clone()]);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// What the lb adds when it forwards a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarding<'a> {
+    /// The client's address, for `Forwarded: for=` (RFC 7239 §5.2).
+    pub client: std::net::SocketAddr,
+    /// `proto=` of the `Forwarded` element.
+    pub proto: &'a str,
+}
+
+/// Writes the request head to send on the next hop: HTTP/1.1 request line, the
+/// end-to-end fields, a `Forwarded` element for this hop, no hop-by-hop fields
+/// and no `Expect` (the lb answers `100 Continue` itself).
+pub fn write_request_head(out: &mut Vec<u8>, buf: &[u8], head: &RequestHead, fwd: Option<&Forwarding<'_>>) {
+    out.extend_from_slice(head.method(buf));
+    out.push(b' ');
+    out.extend_from_slice(head.target(buf));
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    write_fields(out, buf, &head.fields, head.conn.extra_hop_fields, &[b"expect"]);
+    if let Some(f) = fwd {
+        use std::io::Write;
+        // RFC 7239 §6: IPv6 addresses and ports need the quoted form.
+        let _ = write!(out, "Forwarded: for=\"{}\";proto={}", f.client, f.proto);
+        if let Some(h) = &head.host {
+            let host = &buf[h.clone()];
+            if host.iter().all(|b| b.is_ascii_graphic() && *b != b'"' && *b != b'\\') {
+                out.extend_from_slice(b";host=\"");
+                out.extend_from_slice(host);
+                out.push(b'"');
+            }
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How the head of a relayed response ends the connection to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persist {
+    /// Keep the connection; HTTP/1.0 clients need `Connection: keep-alive` said.
+    KeepAlive,
+    /// Send `Connection: close` and close after the body.
+    Close,
+}
+
+/// Writes a relayed response head for a client speaking `client_version`,
+/// without hop-by-hop fields. `dechunk` drops `Transfer-Encoding` because the
+/// body will be sent decoded and close-delimited (HTTP/1.0 clients).
+pub fn write_response_head(
+    out: &mut Vec<u8>,
+    buf: &[u8],
+    head: &ResponseHead,
+    client_version: Version,
+    persist: Persist,
+    dechunk: bool,
+) {
+    use std::io::Write;
+    out.extend_from_slice(client_version.as_str().as_bytes());
+    let _ = write!(out, " {} ", head.status);
+    out.extend_from_slice(&buf[head.reason.clone()]);
+    out.extend_from_slice(b"\r\n");
+    let skip: &[&[u8]] = if dechunk { &[b"transfer-encoding", b"trailer"] } else { &[] };
+    write_fields(out, buf, &head.fields, head.conn.extra_hop_fields, skip);
+    match (persist, client_version) {
+        (Persist::Close, _) => out.extend_from_slice(b"Connection: close\r\n"),
+        (Persist::KeepAlive, Version::Http10) => out.extend_from_slice(b"Connection: keep-alive\r\n"),
+        (Persist::KeepAlive, Version::Http11) => {}
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes a complete small response generated locally (errors, admin pages).
+pub fn write_simple_response(
+    out: &mut Vec<u8>,
+    status: u16,
+    reason: &str,
+    extra: &[(&str, &str)],
+    content_type: &str,
+    body: &[u8],
+    close: bool,
+) {
+    use std::io::Write;
+    let _ = write!(out, "HTTP/1.1 {status} {reason}\r\n");
+    for (k, v) in extra {
+        let _ = write!(out, "{k}: {v}\r\n");
+    }
+    if !body.is_empty() || status >= 200 {
+        let _ = write!(out, "Content-Type: {content_type}\r\nContent-Length: {}\r\n", body.len());
+    }
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
+
+/// The reason phrase we send for a status we generate.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        200 => "OK",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        417 => "Expectation Failed",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "Unknown",
+    }
+}
+
+/// Incremental body framing: says which received bytes belong to the body and,
+/// for chunked bodies, which of them are payload.
+#[derive(Debug, Clone)]
+pub struct BodyDecoder {
+    state: BodyState,
+    /// Bytes of the current chunk-size line or trailer section, bounded.
+    line: usize,
+    size: u64,
+    digits: u8,
+}
+
+/// Chunked-coding states (RFC 9112 §7.1):
+///
+/// ```text
+/// Size ─hex─▶ Size ─';'─▶ Ext ─CR─▶ SizeLf ─LF─▶ Data(n) ─▶ DataCr ─▶ DataLf ─▶ Size
+///                                          └─(n = 0)─▶ TrailerStart ─CRLF─▶ Done
+///                                                           └─field─▶ Trailer ─LF─▶ TrailerStart
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyState {
+    Length(u64),
+    UntilClose,
+    Size,
+    Ext,
+    SizeLf,
+    Data(u64),
+    DataCr,
+    DataLf,
+    TrailerStart,
+    Trailer,
+    TrailerLf,
+    EndLf,
+    Done,
+}
+
+/// One step of decoding: `consumed` bytes of the input belong to the body;
+/// `data` is the payload among them (empty for framing bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded {
+    pub consumed: usize,
+    pub data: Range<usize>,
+}
+
+/// Longest chunk-size line (with extensions) or trailer section accepted.
+const MAX_CHUNK_LINE: usize = 4096;
+const MAX_TRAILERS: usize = 16 * 1024;
+
+impl BodyDecoder {
+    pub fn new(framing: Framing) -> Self {
+        let state = match framing {
+            Framing::Empty | Framing::Length(0) => BodyState::Done,
+            Framing::Length(n) => BodyState::Length(n),
+            Framing::Chunked => BodyState::Size,
+            Framing::UntilClose => BodyState::UntilClose,
+        };
+        BodyDecoder { state, line: 0, size: 0, digits: 0 }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.state == BodyState::Done
+    }
+
+    /// The connection closed: fine for a close-delimited body, else truncation.
+    pub fn eof(&mut self) -> Result<(), BodyError> {
+        match self.state {
+            BodyState::UntilClose | BodyState::Done => {
+                self.state = BodyState::Done;
+                Ok(())
+            }
+            _ => Err(BodyError::Truncated),
+        }
+    }
+
+    /// Bytes of `input` (from its start) that belong to this body, in their
+    /// received framing. Stops at the end of the body.
+    pub fn scan(&mut self, input: &[u8]) -> Result<usize, BodyError> {
+        let mut at = 0;
+        while at < input.len() && !self.is_done() {
+            at += self.decode(&input[at..])?.consumed;
+        }
+        Ok(at)
+    }
+
+    /// Decodes one step from the start of `input`.
+    pub fn decode(&mut self, input: &[u8]) -> Result<Decoded, BodyError> {
+        use BodyState::*;
+        match self.state {
+            Done => return Ok(Decoded { consumed: 0, data: 0..0 }),
+            Length(n) => {
+                let take = n.min(input.len() as u64) as usize;
+                self.state = if take as u64 == n { Done } else { Length(n - take as u64) };
+                return Ok(Decoded { consumed: take, data: 0..take });
+            }
+            UntilClose => return Ok(Decoded { consumed: input.len(), data: 0..input.len() }),
+            Data(n) => {
+                let take = n.min(input.len() as u64) as usize;
+                self.state = if take as u64 == n { DataCr } else { Data(n - take as u64) };
+                return Ok(Decoded { consumed: take, data: 0..take });
+            }
+            _ => {}
+        }
+        // Framing bytes: walk them one at a time until payload or the end.
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
+            i += 1;
+            self.state = match self.state {
+                Size => match hex(b) {
+                    Some(d) => {
+                        self.digits += 1;
+                        if self.digits > 15 {
+                            return Err(BodyError::BadChunk("chunk size too large"));
+                        }
+                        self.size = self.size * 16 + u64::from(d);
+                        Size
+                    }
+                    None if self.digits == 0 => return Err(BodyError::BadChunk("missing chunk size")),
+                    None => match b {
+                        b';' | b' ' | b'\t' => Ext,
+                        b'\r' => SizeLf,
+                        _ => return Err(BodyError::BadChunk("invalid chunk size")),
+                    },
+                },
+                Ext => match b {
+                    b'\r' => SizeLf,
+                    b'\n' => return Err(BodyError::BadChunk("bare LF in chunk extension")),
+                    _ => Ext,
+                },
+                SizeLf => {
+                    if b != b'\n' {
+                        return Err(BodyError::BadChunk("chunk size line not ended by CRLF"));
+                    }
+                    self.line = 0;
+                    self.digits = 0;
+                    let n = std::mem::take(&mut self.size);
+                    if n == 0 {
+                        TrailerStart
+                    } else {
+                        self.state = Data(n);
+                        return Ok(Decoded { consumed: i, data: i..i });
+                    }
+                }
+                DataCr => {
+                    if b != b'\r' {
+                        return Err(BodyError::BadChunk("chunk data not followed by CRLF"));
+                    }
+                    DataLf
+                }
+                DataLf => {
+                    if b != b'\n' {
+                        return Err(BodyError::BadChunk("chunk data not followed by CRLF"));
+                    }
+                    Size
+                }
+                TrailerStart => match b {
+                    b'\r' => EndLf,
+                    b'\n' => return Err(BodyError::BadChunk("bare LF in trailer section")),
+                    _ => Trailer,
+                },
+                Trailer => match b {
+                    b'\r' => TrailerLf,
+                    b'\n' => return Err(BodyError::BadChunk("bare LF in trailer section")),
+                    _ => Trailer,
+                },
+                TrailerLf => {
+                    if b != b'\n' {
+                        return Err(BodyError::BadChunk("trailer field not ended by CRLF"));
+                    }
+                    TrailerStart
+                }
+                EndLf => {
+                    if b != b'\n' {
+                        return Err(BodyError::BadChunk("chunked body not ended by CRLF"));
+                    }
+                    self.state = Done;
+                    return Ok(Decoded { consumed: i, data: i..i });
+                }
+                Length(_) | UntilClose | Data(_) | Done => unreachable!("handled above"),
+            };
+            self.line += 1;
+            let limit = if matches!(self.state, TrailerStart | Trailer | TrailerLf | EndLf) {
+                MAX_TRAILERS
+            } else {
+                MAX_CHUNK_LINE
+            };
+            if self.line > limit {
+                return Err(BodyError::BadChunk("chunk line or trailer section too long"));
+            }
+        }
+        Ok(Decoded { consumed: i, data: i..i })
+    }
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Appends one chunk in chunked coding.
+pub fn write_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    use std::io::Write;
+    if data.is_empty() {
+        return;
+    }
+    let _ = write!(out, "{:x}\r\n", data.len());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The last chunk with an empty trailer section.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(s: &str) -> Result<(Parsed, RequestHead), HeadError> {
+        let mut h = RequestHead::default();
+        let p = parse_request(s.as_bytes(), &Limits::default(), &mut h)?;
+        Ok((p, h))
+    }
+
+    #[test]
+    fn parses_simple_get() {
+        let s = "GET /a?b HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\nrest";
+        let (p, h) = req(s).unwrap();
+        assert_eq!(p, Parsed::Complete);
+        assert_eq!(h.len, s.len() - 4);
+        assert_eq!(h.target(s.as_bytes()), b"/a?b");
+        assert_eq!(h.framing(), Framing::Empty);
+        assert!(!h.conn.close);
+    }
+
+    #[test]
+    fn framing_table() {
+        struct Case {
+            head: &'static str,
+            want: Result<Framing, HeadError>,
+        }
+        let cases = [
+            Case { head: "Content-Length: 5\r\n", want: Ok(Framing::Length(5)) },
+            Case { head: "Content-Length: 5, 5\r\n", want: Ok(Framing::Length(5)) },
+            Case {
+                head: "Content-Length: 5\r\nContent-Length: 6\r\n",
+                want: Err(HeadError::BadFraming("conflicting Content-Length values")),
+            },
+            Case { head: "Content-Length: -1\r\n", want: Err(HeadError::BadFraming("invalid Content-Length")) },
+            Case { head: "Transfer-Encoding: chunked\r\n", want: Ok(Framing::Chunked) },
+            Case {
+                head: "Transfer-Encoding: chunked\r\nContent-Length: 3\r\n",
+                want: Err(HeadError::BadFraming("both Transfer-Encoding and Content-Length")),
+            },
+            Case {
+                head: "Transfer-Encoding: gzip\r\n",
+                want: Err(HeadError::BadFraming("final transfer coding is not chunked")),
+            },
+            Case {
+                head: "Transfer-Encoding: chunked, gzip\r\n",
+                want: Err(HeadError::BadFraming("chunked is not the final transfer coding")),
+            },
+            Case { head: "Transfer-Encoding: gzip, chunked\r\n", want: Err(HeadError::UnsupportedCoding) },
+        ];
+        for c in cases {
+            let s = format!("POST / HTTP/1.1\r\nHost: x\r\n{}\r\n", c.head);
+            let got = req(&s).map(|(_, h)| h.framing());
+            assert_eq!(got, c.want, "{}", c.head);
+        }
+    }
+
+    #[test]
+    fn rejects_bad_heads() {
+        assert_eq!(req("GET / HTTP/1.1\r\n\r\n").unwrap_err(), HeadError::Malformed("missing Host field"));
+        assert!(matches!(
+            req("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").unwrap_err(),
+            HeadError::Malformed(_)
+        ));
+        // obs-fold (RFC 9112 §5.2) is rejected.
+        assert!(req("GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n").is_err());
+        assert_eq!(
+            req("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap_err(),
+            HeadError::BadFraming("Transfer-Encoding in an HTTP/1.0 request")
+        );
+        assert_eq!(req("GET / HTTP/2.0\r\nHost: a\r\n\r\n").unwrap_err(), HeadError::VersionNotSupported);
+        assert_eq!(
+            req("GET / HTTP/1.1\r\nHost: a\r\nExpect: bogus\r\n\r\n").unwrap_err(),
+            HeadError::ExpectationFailed
+        );
+    }
+
+    #[test]
+    fn limits() {
+        let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(9000));
+        assert_eq!(req(&long).unwrap_err(), HeadError::RequestLineTooLong);
+        // Partial, but already over the line limit.
+        assert_eq!(req(&long[..8500]).unwrap_err(), HeadError::RequestLineTooLong);
+        let big = format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n", "b".repeat(33 * 1024));
+        assert_eq!(req(&big).unwrap_err(), HeadError::HeadTooLarge);
+        let many: String = (0..101).map(|i| format!("X{i}: y\r\n")).collect();
+        assert_eq!(
+            req(&format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n")).unwrap_err(),
+            HeadError::TooManyFields
+        );
+    }
+
+    #[test]
+    fn http10_closes_unless_keep_alive() {
+        assert!(req("GET / HTTP/1.0\r\n\r\n").unwrap().1.conn.close);
+        assert!(!req("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap().1.conn.close);
+    }
+
+    #[test]
+    fn rewrite_strips_hop_by_hop_and_adds_forwarded() {
+        let s = "GET / HTTP/1.1\r\nHost: h\r\nConnection: close, x-hop\r\nX-Hop: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nExpect: 100-continue\r\nX-End: 2\r\n\r\n";
+        let (_, h) = req(s).unwrap();
+        let mut out = Vec::new();
+        let fwd = Forwarding { client: "10.0.0.1:5".parse().unwrap(), proto: "http" };
+        write_request_head(&mut out, s.as_bytes(), &h, Some(&fwd));
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(
+            out,
+            "GET / HTTP/1.1\r\nHost: h\r\nX-End: 2\r\nForwarded: for=\"10.0.0.1:5\";proto=http;host=\"h\"\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn response_framing() {
+        let mut h = ResponseHead::default();
+        let l = Limits::default();
+        let s = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc";
+        parse_response(s, &l, false, &mut h).unwrap();
+        assert_eq!(h.framing(), Framing::Length(3));
+        parse_response(s, &l, true, &mut h).unwrap();
+        assert_eq!(h.framing(), Framing::Empty);
+        parse_response(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 3\r\n\r\n", &l, false, &mut h).unwrap();
+        assert_eq!(h.framing(), Framing::Empty);
+        parse_response(b"HTTP/1.1 200 OK\r\n\r\n", &l, false, &mut h).unwrap();
+        assert_eq!(h.framing(), Framing::UntilClose);
+        assert!(h.conn.close);
+    }
+
+    fn decode_all(body: &[u8], split: usize) -> Result<(Vec<u8>, usize), BodyError> {
+        let mut d = BodyDecoder::new(Framing::Chunked);
+        let mut payload = Vec::new();
+        let mut total = 0;
+        for part in [&body[..split], &body[split..]] {
+            let mut at = 0;
+            while at < part.len() && !d.is_done() {
+                let step = d.decode(&part[at..])?;
+                payload.extend_from_slice(&part[at..][step.data.clone()]);
+                at += step.consumed;
+            }
+            total += at;
+        }
+        assert!(d.is_done());
+        Ok((payload, total))
+    }
+
+    #[test]
+    fn chunked_every_split_point() {
+        let body = b"5;ext=1\r\nhello\r\nA\r\n0123456789\r\n0\r\nTrailer: x\r\n\r\nNEXT";
+        let end = body.len() - 4;
+        for split in 0..=body.len() {
+            let (payload, consumed) = decode_all(body, split).unwrap();
+            assert_eq!(payload, b"hello0123456789", "split {split}");
+            assert_eq!(consumed, end, "split {split}");
+        }
+    }
+
+    #[test]
+    fn chunked_errors() {
+        for bad in [
+            &b"x\r\n"[..],
+            b"5\r\nhelloXX",
+            b"5\nhello\r\n",
+            b"fffffffffffffffff\r\n",
+            b"0\r\nbad\n",
+        ] {
+            let mut d = BodyDecoder::new(Framing::Chunked);
+            assert!(d.scan(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        let mut d = BodyDecoder::new(Framing::Chunked);
+        d.scan(b"5\r\nhel").unwrap();
+        assert_eq!(d.eof(), Err(BodyError::Truncated));
+    }
+
+    #[test]
+    fn length_body_stops_at_end() {
+        let mut d = BodyDecoder::new(Framing::Length(3));
+        assert_eq!(d.scan(b"abcdef").unwrap(), 3);
+        assert!(d.is_done());
+    }
+}

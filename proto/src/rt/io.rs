@@ -1,0 +1,185 @@
+//! Owned-buffer I/O around the framing in [`crate::h1`]: a reusable read
+//! buffer, deadline-bounded reads and writes, and the body relay used on every
+//! leg (client → tunnel, tunnel → client, tunnel → origin, origin → tunnel).
+//!
+//! Buffers follow monoio's rent model: a buffer is lent to the kernel for each
+//! operation and handed back, so one allocation per connection serves all its
+//! requests.
+
+use std::io;
+use std::time::Duration;
+
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+
+use crate::error::BodyError;
+use crate::h1::BodyDecoder;
+
+/// A connection's read buffer: bytes `[pos..len)` are received and unconsumed.
+#[derive(Debug)]
+pub struct ReadBuf {
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl ReadBuf {
+    pub fn with_capacity(cap: usize) -> Self {
+        ReadBuf { buf: Vec::with_capacity(cap), pos: 0 }
+    }
+
+    /// A buffer that starts with bytes already received elsewhere (a
+    /// connection handed over from another core).
+    pub fn from_vec(mut buf: Vec<u8>, cap: usize) -> Self {
+        if buf.capacity() < cap {
+            buf.reserve(cap - buf.len());
+        }
+        ReadBuf { buf, pos: 0 }
+    }
+
+    /// Unconsumed bytes.
+    pub fn data(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pos == self.buf.len()
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        self.pos += n;
+        debug_assert!(self.pos <= self.buf.len());
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        }
+    }
+
+    /// Takes the unconsumed bytes out (for handing a connection to another core).
+    pub fn take_unconsumed(&mut self) -> Vec<u8> {
+        let v = self.buf.split_off(self.pos);
+        self.buf.clear();
+        self.pos = 0;
+        v
+    }
+
+    /// Reads more bytes after the unconsumed ones. Returns 0 at end of stream.
+    /// Fails with `InvalidData` when the buffer is full of unconsumed bytes.
+    pub async fn fill<R: AsyncReadRent>(&mut self, r: &mut R, deadline: Duration) -> io::Result<usize> {
+        if self.buf.len() == self.buf.capacity() {
+            if self.pos == 0 {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "read buffer full"));
+            }
+            self.buf.copy_within(self.pos.., 0);
+            self.buf.truncate(self.buf.len() - self.pos);
+            self.pos = 0;
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let len = buf.len();
+        let (res, slice) = match monoio::time::timeout(deadline, r.read(buf.slice_mut(len..))).await {
+            Ok(r) => r,
+            Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "read deadline passed")),
+        };
+        self.buf = slice.into_inner();
+        res
+    }
+
+    /// Writes the first `n` unconsumed bytes to `w` without copying, then
+    /// consumes them.
+    pub async fn write_prefix<W: AsyncWriteRent>(&mut self, w: &mut W, n: usize, deadline: Duration) -> io::Result<()> {
+        let buf = std::mem::take(&mut self.buf);
+        let (start, end) = (self.pos, self.pos + n);
+        let (res, slice) = match monoio::time::timeout(deadline, w.write_all(buf.slice(start..end))).await {
+            Ok(r) => r,
+            Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "write deadline passed")),
+        };
+        self.buf = slice.into_inner();
+        res?;
+        self.consume(n);
+        Ok(())
+    }
+}
+
+/// Writes all of `buf` within `deadline`; hands the buffer back for reuse
+/// (cleared) unless the deadline cancelled the write.
+pub async fn write_all<W: AsyncWriteRent>(w: &mut W, buf: Vec<u8>, deadline: Duration) -> (io::Result<()>, Vec<u8>) {
+    match monoio::time::timeout(deadline, w.write_all(buf)).await {
+        Ok((res, mut buf)) => {
+            buf.clear();
+            (res.map(|_| ()), buf)
+        }
+        Err(_) => (Err(io::Error::new(io::ErrorKind::TimedOut, "write deadline passed")), Vec::new()),
+    }
+}
+
+/// Which side of a relay failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("reading the body: {0}")]
+    Read(io::Error),
+    #[error("writing the body: {0}")]
+    Write(io::Error),
+    #[error("{0}")]
+    Body(#[from] BodyError),
+}
+
+/// How a body is written to the next hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyMode {
+    /// Bytes exactly as received, framing included.
+    Pass,
+    /// Payload only, chunk framing removed (for an HTTP/1.0 client, with the
+    /// connection closed after the body).
+    Dechunk,
+}
+
+/// Relays one body from `src` to `dst`, starting with the bytes already in
+/// `rb`, until `dec` says it ended. Memory stays bounded by `rb`'s capacity;
+/// each read is followed by one write of everything that belongs to the body.
+/// Returns the number of bytes written.
+pub async fn relay_body<R, W>(
+    src: &mut R,
+    rb: &mut ReadBuf,
+    dst: &mut W,
+    dec: &mut BodyDecoder,
+    mode: BodyMode,
+    deadline: Duration,
+) -> Result<u64, RelayError>
+where
+    R: AsyncReadRent,
+    W: AsyncWriteRent,
+{
+    let mut total = 0u64;
+    loop {
+        while !rb.is_empty() && !dec.is_done() {
+            match mode {
+                BodyMode::Pass => {
+                    let n = dec.scan(rb.data())?;
+                    rb.write_prefix(dst, n, deadline).await.map_err(RelayError::Write)?;
+                    total += n as u64;
+                }
+                BodyMode::Dechunk => {
+                    let step = dec.decode(rb.data())?;
+                    if !step.data.is_empty() {
+                        // Payload sits after any framing in this step: drop the
+                        // framing, write the payload.
+                        rb.consume(step.data.start);
+                        let n = step.data.len();
+                        rb.write_prefix(dst, n, deadline).await.map_err(RelayError::Write)?;
+                        total += n as u64;
+                        rb.consume(step.consumed - step.data.end);
+                    } else {
+                        rb.consume(step.consumed);
+                    }
+                }
+            }
+        }
+        if dec.is_done() {
+            return Ok(total);
+        }
+        let n = rb.fill(src, deadline).await.map_err(RelayError::Read)?;
+        if n == 0 {
+            dec.eof()?;
+            return Ok(total);
+        }
+    }
+}
