@@ -1,1 +1,195 @@
-fn main(){}
+//! `ptth-workerd`: the sidecar worker binary. Parses the command line into a
+//! [`ptth_workerd::Config`], then serves until SIGTERM/SIGINT (graceful; a
+//! second signal exits at once).
+
+use std::process::ExitCode;
+
+use ptth_workerd::{Claim, Config, Exchange, Handler, Origin, OriginAddr, Responder, Sidecar};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const USAGE: &str = "usage: ptth-workerd --lb ADDR [--lb ADDR]... (--origin URL | --respond SPEC)
+         [--claim ORIGIN]... [--route PREFIX]... [--id ID] [--token TOKEN]
+         [--tunnels-per-core N] [--max-concurrency N] [--weight N]
+         [--threads N] [--pin] [--driver auto|uring|legacy] [--verbose] [--quiet]
+
+  --lb ADDR              lb tunnel listener, host:port (repeat for several lbs)
+  --origin URL           forward requests to this HTTP/1.1 origin (http://host:port)
+  --respond SPEC         built-in responder: hello | echo | delay=MS
+  --claim ORIGIN         origin served, e.g. https://app.example (repeat); none = any Host
+  --route PREFIX         path prefix served, e.g. /api/ (repeat); none = every path
+  --id ID                worker identity (default: hostname-pid)
+  --token TOKEN          bearer token for the lb (or env PTTH_TOKEN)
+  --tunnels-per-core N   tunnels kept on each lb core (default 8)
+  --max-concurrency N    requests at once across all tunnels and lb cores
+  --weight N             relative share of requests, 1..1000 (default 1)
+  --threads N            worker threads (default 1)
+";
+
+/// The two kinds of worker the binary runs.
+enum App {
+    Respond(Responder),
+    Origin(Sidecar),
+}
+
+impl Handler for App {
+    async fn handle(&self, ex: &mut Exchange<'_>) -> Result<(), ptth_workerd::Error> {
+        match self {
+            App::Respond(r) => r.handle(ex).await,
+            App::Origin(s) => s.handle(ex).await,
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Mode {
+    Respond(Responder),
+    Origin(OriginAddr),
+}
+
+fn parse(args: Vec<String>) -> Result<(Config, Mode), String> {
+    let mut cfg = Config { lbs: Vec::new(), ..Config::default() };
+    let mut mode = None;
+    let mut claims = Vec::new();
+    let mut it = args.into_iter();
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag}: missing value"));
+        let int = |v: String, lo: u64, hi: u64| -> Result<u64, String> {
+            v.parse::<u64>().ok().filter(|n| (lo..=hi).contains(n)).ok_or_else(|| format!("{flag}: expected an integer from {lo} to {hi}, got {v:?}"))
+        };
+        match flag.as_str() {
+            "--lb" => cfg.lbs.push(value()?),
+            "--origin" | "--respond" if mode.is_some() => return Err(format!("{flag}: give exactly one of --origin and --respond")),
+            "--origin" => mode = Some(Mode::Origin(OriginAddr::parse(&value()?)?)),
+            "--respond" => mode = Some(Mode::Respond(Responder::parse(&value()?)?)),
+            "--claim" => claims.push(Origin::parse(&value()?).map_err(|e| format!("--claim: {e}"))?),
+            "--route" => {
+                let r = value()?;
+                if !r.starts_with('/') || r.contains(' ') {
+                    return Err(format!("--route {r:?}: a path prefix starts with '/' and has no spaces"));
+                }
+                cfg.meta.routes.push(r);
+            }
+            "--id" => {
+                let id = value()?;
+                if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+                    return Err("--id: 1 to 128 printable ASCII characters".into());
+                }
+                cfg.meta.id = Some(id);
+            }
+            "--token" => cfg.token = Some(value()?),
+            "--tunnels-per-core" => cfg.tunnels_per_core = int(value()?, 1, 1024)? as u32,
+            "--max-concurrency" => cfg.meta.max_concurrency = Some(int(value()?, 1, 1_000_000)? as u32),
+            "--weight" => cfg.meta.weight = int(value()?, 1, 1000)? as u32,
+            "--threads" => cfg.threads = int(value()?, 1, 1024)? as usize,
+            "--pin" => cfg.pin = true,
+            "--driver" => {
+                let v = value()?;
+                cfg.runtime.driver = ptth_proto_driver(&v).ok_or_else(|| format!("--driver: expected auto, uring or legacy, got {v:?}"))?;
+            }
+            "--verbose" => cfg.verbose = true,
+            "--quiet" => cfg.quiet = true,
+            other => return Err(format!("unknown flag {other:?} (see --help)")),
+        }
+    }
+    if cfg.lbs.is_empty() {
+        return Err("--lb: at least one lb address is needed".into());
+    }
+    let mode = mode.ok_or("give one of --origin URL or --respond SPEC")?;
+    if !claims.is_empty() {
+        cfg.claim = Claim::Origins(claims);
+    }
+    if cfg.token.is_none() {
+        cfg.token = std::env::var("PTTH_TOKEN").ok().filter(|t| !t.is_empty());
+    }
+    if cfg.meta.id.is_none() {
+        let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+        let host = if host.is_empty() { "worker".to_string() } else { host };
+        cfg.meta.id = Some(format!("{host}-{}", std::process::id()));
+    }
+    cfg.validate()?;
+    Ok((cfg, mode))
+}
+
+fn ptth_proto_driver(s: &str) -> Option<ptth_proto::rt::runtime::DriverChoice> {
+    ptth_proto::rt::runtime::DriverChoice::parse(s)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        print!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    if args.iter().any(|a| a == "--version") {
+        println!("ptth-workerd {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    let (cfg, mode) = match parse(args) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("ptth-workerd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if !cfg.quiet {
+        let what = match &mode {
+            Mode::Respond(r) => format!("built-in responder {r:?}"),
+            Mode::Origin(o) => format!("origin http://{}", o.authority),
+        };
+        eprintln!(
+            "ptth-workerd: id {} serving {what}; dialing {} with {} tunnels per lb core",
+            cfg.meta.id.as_deref().unwrap_or("?"),
+            cfg.lbs.join(", "),
+            cfg.tunnels_per_core
+        );
+    }
+    let worker = match ptth_workerd::serve(cfg, move || match &mode {
+        Mode::Respond(r) => App::Respond(r.clone()),
+        Mode::Origin(o) => App::Origin(Sidecar::new(o.clone())),
+    }) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("ptth-workerd: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let stop = worker.stop_flag();
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        // A second signal while draining exits at once.
+        let _ = signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone());
+        let _ = signal_hook::flag::register(sig, stop.clone());
+    }
+    worker.wait();
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn flags() {
+        let (cfg, _) = parse(args("--lb 127.0.0.1:7000 --respond hello --route /api/ --claim https://a.example --max-concurrency 4")).unwrap();
+        assert_eq!(cfg.meta.routes, ["/api/"]);
+        assert_eq!(cfg.meta.max_concurrency, Some(4));
+        assert!(matches!(cfg.claim, Claim::Origins(ref o) if o.len() == 1));
+        for (bad, needle) in [
+            ("--respond hello", "--lb"),
+            ("--lb 1.2.3.4:1", "--origin"),
+            ("--lb x --respond hello", "--lb"),
+            ("--lb a:1 --respond hello --tunnels-per-core 0", "--tunnels-per-core"),
+            ("--lb a:1 --respond nope", "--respond"),
+            ("--lb a:1 --origin https://x", "--origin"),
+            ("--lb a:1 --respond hello --bogus", "--bogus"),
+        ] {
+            let e = parse(args(bad)).unwrap_err();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+    }
+}

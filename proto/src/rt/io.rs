@@ -20,11 +20,13 @@ use crate::h1::BodyDecoder;
 pub struct ReadBuf {
     buf: Vec<u8>,
     pos: usize,
+    /// Capacity to restore after a cancelled read kept the old allocation.
+    cap: usize,
 }
 
 impl ReadBuf {
     pub fn with_capacity(cap: usize) -> Self {
-        ReadBuf { buf: Vec::with_capacity(cap), pos: 0 }
+        ReadBuf { buf: Vec::with_capacity(cap), pos: 0, cap }
     }
 
     /// A buffer that starts with bytes already received elsewhere (a
@@ -33,7 +35,7 @@ impl ReadBuf {
         if buf.capacity() < cap {
             buf.reserve(cap - buf.len());
         }
-        ReadBuf { buf, pos: 0 }
+        ReadBuf { buf, pos: 0, cap }
     }
 
     /// Unconsumed bytes.
@@ -65,6 +67,10 @@ impl ReadBuf {
     /// Reads more bytes after the unconsumed ones. Returns 0 at end of stream.
     /// Fails with `InvalidData` when the buffer is full of unconsumed bytes.
     pub async fn fill<R: AsyncReadRent>(&mut self, r: &mut R, deadline: Duration) -> io::Result<usize> {
+        if self.buf.capacity() == 0 {
+            // A deadline cancelled the last operation, which kept the buffer.
+            self.buf.reserve(self.cap);
+        }
         if self.buf.len() == self.buf.capacity() {
             if self.pos == 0 {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, "read buffer full"));
@@ -77,7 +83,10 @@ impl ReadBuf {
         let len = buf.len();
         let (res, slice) = match monoio::time::timeout(deadline, r.read(buf.slice_mut(len..))).await {
             Ok(r) => r,
-            Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "read deadline passed")),
+            Err(_) => {
+                self.pos = 0;
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "read deadline passed"));
+            }
         };
         self.buf = slice.into_inner();
         res
@@ -90,7 +99,10 @@ impl ReadBuf {
         let (start, end) = (self.pos, self.pos + n);
         let (res, slice) = match monoio::time::timeout(deadline, w.write_all(buf.slice(start..end))).await {
             Ok(r) => r,
-            Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "write deadline passed")),
+            Err(_) => {
+                self.pos = 0;
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "write deadline passed"));
+            }
         };
         self.buf = slice.into_inner();
         res?;
@@ -182,4 +194,47 @@ where
             return Ok(total);
         }
     }
+}
+
+/// Most body bytes copied behind a head so both go out in one write.
+const COALESCE_MAX: usize = 64 * 1024;
+
+/// Sends one message: the head already encoded in `out`, followed in the same
+/// write by the body bytes `rb` already holds, then the rest of the body
+/// relayed from `src`. One write per message when the body has arrived whole.
+/// Hands `out` back (cleared) for reuse.
+pub async fn send_message<R, W>(
+    dst: &mut W,
+    mut out: Vec<u8>,
+    src: &mut R,
+    rb: &mut ReadBuf,
+    dec: &mut BodyDecoder,
+    mode: BodyMode,
+    deadline: Duration,
+) -> (Result<u64, RelayError>, Vec<u8>)
+where
+    R: AsyncReadRent,
+    W: AsyncWriteRent,
+{
+    let mut sent = 0u64;
+    if mode == BodyMode::Pass && !dec.is_done() {
+        let avail = rb.data().len().min(COALESCE_MAX);
+        match dec.scan(&rb.data()[..avail]) {
+            Ok(n) => {
+                out.extend_from_slice(&rb.data()[..n]);
+                rb.consume(n);
+                sent = n as u64;
+            }
+            Err(e) => return (Err(e.into()), out),
+        }
+    }
+    let (res, out) = write_all(dst, out, deadline).await;
+    if let Err(e) = res {
+        return (Err(RelayError::Write(e)), out);
+    }
+    if dec.is_done() {
+        return (Ok(sent), out);
+    }
+    let res = relay_body(src, rb, dst, dec, mode, deadline).await.map(|n| n + sent);
+    (res, out)
 }

@@ -1,0 +1,89 @@
+//! The worker's validated configuration. The CLI (main.rs) and library users
+//! build a [`Config`]; [`Config::validate`] rejects what cannot work, naming the
+//! setting to fix.
+
+use std::time::Duration;
+
+use ptth_proto::h1::Limits;
+use ptth_proto::rt::runtime::RuntimeSpec;
+use ptth_proto::setup::{Claim, WorkerMeta};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// lb tunnel addresses, `host:port`; the worker keeps tunnels to each.
+    pub lbs: Vec<String>,
+    /// Origins claimed; [`Claim::Any`] serves every `Host`.
+    pub claim: Claim,
+    /// Identity, routes, weight and concurrency declared at setup.
+    pub meta: WorkerMeta,
+    /// Bearer token sent in `Authorization`.
+    pub token: Option<String>,
+    /// Tunnels to keep on each lb core (an h1 tunnel carries one request at a time).
+    pub tunnels_per_core: u32,
+    /// Worker threads, each with its own runtime (default: 1).
+    pub threads: usize,
+    /// Pin each thread to a CPU.
+    pub pin: bool,
+    pub runtime: RuntimeSpec,
+    /// Limits on request heads read from tunnels.
+    pub limits: Limits,
+    /// TCP connect to an lb or origin.
+    pub connect_timeout: Duration,
+    /// Setup request to its 101.
+    pub setup_timeout: Duration,
+    /// Any one read or write once a request is under way.
+    pub io_timeout: Duration,
+    /// First reconnect delay; doubles per failure up to `backoff_max`, with jitter.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Log every tunnel, not only coverage changes.
+    pub verbose: bool,
+    /// Print nothing (tests, benchmarks).
+    pub quiet: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            lbs: vec!["127.0.0.1:7000".into()],
+            claim: Claim::Any,
+            meta: WorkerMeta::default(),
+            token: None,
+            tunnels_per_core: 8,
+            threads: 1,
+            pin: false,
+            runtime: RuntimeSpec::default(),
+            limits: Limits::default(),
+            connect_timeout: Duration::from_secs(5),
+            setup_timeout: Duration::from_secs(5),
+            io_timeout: Duration::from_secs(60),
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            verbose: false,
+            quiet: false,
+        }
+    }
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.lbs.is_empty() {
+            return Err("--lb: at least one lb address is needed".into());
+        }
+        for lb in &self.lbs {
+            if lb.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                return Err(format!("--lb {lb:?}: expected host:port"));
+            }
+        }
+        if self.tunnels_per_core == 0 || self.tunnels_per_core > 1024 {
+            return Err("--tunnels-per-core: expected 1 to 1024".into());
+        }
+        if self.threads == 0 || self.threads > 1024 {
+            return Err("--threads: expected 1 to 1024".into());
+        }
+        if self.backoff_base.is_zero() || self.backoff_max < self.backoff_base {
+            return Err("backoff: base must be > 0 and <= max".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,313 @@
+//! Serving requests on one tunnel (inner protocol HTTP/1.1, roles transposed:
+//! the lb sends requests, we answer). One request at a time per tunnel.
+//!
+//! Place in the request path: lb → **tunnel** → [`Handler`] (a built-in
+//! responder, the sidecar's origin forwarder, or an application's own code) →
+//! response back on the same tunnel.
+
+use std::io;
+use std::rc::Rc;
+use std::time::Duration;
+
+use monoio::net::TcpStream;
+use ptth_proto::h1::{self, BodyDecoder, Framing, Parsed, RequestHead};
+use ptth_proto::rt::io::{write_all, ReadBuf};
+use ptth_proto::rt::signal::Signal;
+
+use crate::config::Config;
+use crate::error::Error;
+
+/// Application code answering requests that arrive over tunnels. One handler
+/// value per worker thread; it may keep thread-local state.
+pub trait Handler: 'static {
+    /// Answers one request. Call one of [`Exchange::respond`] or
+    /// [`Exchange::start`]…[`Exchange::finish`]; a handler that returns without
+    /// answering gets a 500 sent for it, and an error before the head went out
+    /// is answered with the error's status.
+    #[allow(async_fn_in_trait)]
+    async fn handle(&self, ex: &mut Exchange<'_>) -> Result<(), Error>;
+}
+
+/// Read buffer per tunnel: holds a whole request head, and body slices.
+const TUNNEL_BUF: usize = 64 * 1024;
+/// How long an idle tunnel waits for a request before re-arming its read.
+/// Dead lbs are found by TCP keepalive and by the lb closing the socket.
+const IDLE_WAIT: Duration = Duration::from_secs(300);
+/// Unread request body a handler left behind that is drained to keep the
+/// tunnel; more than this and the tunnel is closed instead.
+const MAX_DRAIN: u64 = 1 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resp {
+    /// Nothing sent yet.
+    Pending,
+    /// Head sent with chunked framing; chunks follow.
+    Chunked,
+    /// The whole response went out.
+    Done,
+}
+
+/// One tunnel's connection state, reused across its requests.
+pub(crate) struct Conn {
+    pub(crate) stream: TcpStream,
+    pub(crate) rb: ReadBuf,
+    pub(crate) out: Vec<u8>,
+    /// Copy of the current request head, so handlers can read it while the
+    /// body streams through `rb`.
+    pub(crate) head_bytes: Vec<u8>,
+    pub(crate) head: RequestHead,
+    pub(crate) body: BodyDecoder,
+    pub(crate) resp: Resp,
+    /// Answer with `Connection: close` and end the tunnel after this request.
+    pub(crate) close_after: bool,
+    pub(crate) cfg: Rc<Config>,
+}
+
+/// How a tunnel ended.
+#[derive(Debug)]
+pub(crate) enum Ended {
+    /// The lb closed it (or it was idle at shutdown).
+    Closed,
+    /// We closed it after a response (drain, or the request asked).
+    Finished,
+}
+
+impl Conn {
+    pub(crate) fn new(stream: TcpStream, leftover: Vec<u8>, cfg: Rc<Config>) -> Conn {
+        Conn {
+            stream,
+            rb: ReadBuf::from_vec(leftover, TUNNEL_BUF),
+            out: Vec::with_capacity(4096),
+            head_bytes: Vec::with_capacity(1024),
+            head: RequestHead::default(),
+            body: BodyDecoder::new(Framing::Empty),
+            resp: Resp::Pending,
+            close_after: false,
+            cfg,
+        }
+    }
+
+    pub(crate) async fn write_out(&mut self) -> io::Result<()> {
+        let out = std::mem::take(&mut self.out);
+        let (res, out) = write_all(&mut self.stream, out, self.cfg.io_timeout).await;
+        self.out = out;
+        res
+    }
+
+    /// Waits for the next request head. `Ok(false)`: the tunnel ended cleanly.
+    async fn next_request(&mut self, stop: &Signal) -> Result<bool, Error> {
+        loop {
+            match h1::parse_request(self.rb.data(), &self.cfg.limits, &mut self.head) {
+                Ok(Parsed::Complete) => return Ok(true),
+                Ok(Parsed::Partial) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let idle = self.rb.is_empty();
+            let deadline = if idle { IDLE_WAIT } else { self.cfg.io_timeout };
+            let n = monoio::select! {
+                r = self.rb.fill(&mut self.stream, deadline) => r,
+                _ = stop.wait(), if idle => return Ok(false),
+            };
+            match n {
+                Ok(0) if idle => return Ok(false),
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "tunnel closed mid-head").into()),
+                Ok(_) => {}
+                Err(e) if idle && e.kind() == io::ErrorKind::TimedOut => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Reads and drops what the handler left of the request body.
+    async fn drain_body(&mut self) -> Result<(), Error> {
+        let mut dropped = 0u64;
+        while !self.body.is_done() {
+            if self.rb.is_empty() {
+                if self.rb.fill(&mut self.stream, self.cfg.io_timeout).await? == 0 {
+                    self.body.eof()?;
+                    break;
+                }
+            }
+            let n = self.body.scan(self.rb.data())?;
+            self.rb.consume(n);
+            dropped += n as u64;
+            if dropped > MAX_DRAIN {
+                self.close_after = true;
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a complete response generated here.
+    pub(crate) async fn respond(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        let is_head = self.head.is_head(&self.head_bytes);
+        self.out.clear();
+        let _ = write!(self.out, "HTTP/1.1 {status} {}\r\n", h1::reason(status));
+        for (k, v) in headers {
+            let _ = write!(self.out, "{k}: {v}\r\n");
+        }
+        if status >= 200 && status != 204 && status != 304 {
+            let _ = write!(self.out, "Content-Length: {}\r\n", body.len());
+        }
+        if self.close_after {
+            self.out.extend_from_slice(b"Connection: close\r\n");
+        }
+        self.out.extend_from_slice(b"\r\n");
+        if !is_head {
+            self.out.extend_from_slice(body);
+        }
+        self.resp = Resp::Done;
+        self.write_out().await
+    }
+}
+
+/// Serves requests on an established tunnel until it ends.
+pub(crate) async fn serve<H: Handler>(mut c: Conn, handler: &H, stop: &Signal) -> Result<Ended, Error> {
+    loop {
+        match c.next_request(stop).await {
+            Ok(true) => {}
+            Ok(false) => return Ok(Ended::Closed),
+            Err(Error::Head(e)) => {
+                // The lb sent something we cannot parse: answer and end the tunnel.
+                c.close_after = true;
+                let _ = c.respond(e.status(), &[("Content-Type", "text/plain")], format!("{e}\n").as_bytes()).await;
+                return Err(Error::Head(e));
+            }
+            Err(e) => return Err(e),
+        }
+        c.head_bytes.clear();
+        c.head_bytes.extend_from_slice(&c.rb.data()[..c.head.len]);
+        c.rb.consume(c.head.len);
+        c.body = BodyDecoder::new(c.head.framing());
+        c.resp = Resp::Pending;
+        // RFC 9112 §9.6: after a response with Connection: close the tunnel is
+        // done; during shutdown that is how an h1 tunnel drains.
+        c.close_after = c.head.conn.close || stop.is_fired();
+        let result = handler.handle(&mut Exchange { c: &mut c }).await;
+        match (result, c.resp) {
+            (Ok(()), Resp::Done) => {}
+            (Ok(()), Resp::Chunked) => Exchange { c: &mut c }.finish().await?,
+            (Ok(()), Resp::Pending) => {
+                c.respond(500, &[("Content-Type", "text/plain")], b"handler returned without a response\n").await?;
+            }
+            (Err(e), Resp::Pending) => {
+                c.close_after |= matches!(e, Error::Io(_) | Error::Relay(_));
+                let body = format!("{e}\n");
+                c.respond(e.status(), &[("Content-Type", "text/plain")], body.as_bytes()).await?;
+            }
+            (Err(e), _) => return Err(e),
+        }
+        if !c.close_after {
+            c.drain_body().await?;
+        }
+        if c.close_after || stop.is_fired() {
+            return Ok(Ended::Finished);
+        }
+    }
+}
+
+/// One request and its response, as a [`Handler`] sees them.
+pub struct Exchange<'a> {
+    pub(crate) c: &'a mut Conn,
+}
+
+impl Exchange<'_> {
+    pub fn method(&self) -> &str {
+        std::str::from_utf8(self.c.head.method(&self.c.head_bytes)).unwrap_or("")
+    }
+
+    /// The request target (path and query, as the client sent it).
+    pub fn target(&self) -> &str {
+        std::str::from_utf8(self.c.head.target(&self.c.head_bytes)).unwrap_or("")
+    }
+
+    /// The first field called `name`, if present and valid UTF-8.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.c.head.field(&self.c.head_bytes, name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// Every header field in order.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        let b = &self.c.head_bytes;
+        self.c
+            .head
+            .fields
+            .iter()
+            .map(move |f| (std::str::from_utf8(&b[f.name.clone()]).unwrap_or(""), &b[f.value.clone()]))
+    }
+
+    pub fn has_body(&self) -> bool {
+        !self.c.body.is_done()
+    }
+
+    /// Appends the next piece of the request body to `out`; returns how many
+    /// bytes it added, 0 at the end of the body.
+    pub async fn read_body(&mut self, out: &mut Vec<u8>) -> Result<usize, Error> {
+        let c = &mut *self.c;
+        loop {
+            if c.body.is_done() {
+                return Ok(0);
+            }
+            if c.rb.is_empty() && c.rb.fill(&mut c.stream, c.cfg.io_timeout).await? == 0 {
+                c.body.eof()?;
+                return Ok(0);
+            }
+            let step = c.body.decode(c.rb.data())?;
+            let data = &c.rb.data()[step.data.clone()];
+            out.extend_from_slice(data);
+            let n = data.len();
+            c.rb.consume(step.consumed);
+            if n > 0 {
+                return Ok(n);
+            }
+        }
+    }
+
+    /// Sends a complete response with a `Content-Length`.
+    pub async fn respond(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) -> Result<(), Error> {
+        Ok(self.c.respond(status, headers, body).await?)
+    }
+
+    /// Sends a response head with chunked framing; the body follows with
+    /// [`send`](Self::send) and ends with [`finish`](Self::finish).
+    pub async fn start(&mut self, status: u16, headers: &[(&str, &str)]) -> Result<(), Error> {
+        use std::io::Write;
+        let c = &mut *self.c;
+        c.out.clear();
+        let _ = write!(c.out, "HTTP/1.1 {status} {}\r\n", h1::reason(status));
+        for (k, v) in headers {
+            let _ = write!(c.out, "{k}: {v}\r\n");
+        }
+        c.out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+        if c.close_after {
+            c.out.extend_from_slice(b"Connection: close\r\n");
+        }
+        c.out.extend_from_slice(b"\r\n");
+        let head_only = c.head.is_head(&c.head_bytes);
+        c.resp = if head_only { Resp::Done } else { Resp::Chunked };
+        Ok(c.write_out().await?)
+    }
+
+    /// Sends one chunk of a response started with [`start`](Self::start).
+    pub async fn send(&mut self, data: &[u8]) -> Result<(), Error> {
+        if self.c.resp != Resp::Chunked || data.is_empty() {
+            return Ok(());
+        }
+        self.c.out.clear();
+        h1::write_chunk(&mut self.c.out, data);
+        Ok(self.c.write_out().await?)
+    }
+
+    /// Ends a chunked response.
+    pub async fn finish(&mut self) -> Result<(), Error> {
+        if self.c.resp != Resp::Chunked {
+            return Ok(());
+        }
+        self.c.out.clear();
+        self.c.out.extend_from_slice(h1::LAST_CHUNK);
+        self.c.resp = Resp::Done;
+        Ok(self.c.write_out().await?)
+    }
+}
