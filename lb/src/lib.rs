@@ -1,1 +1,178 @@
+//! ptth-lb: a thread-per-core io_uring load balancer for workers that dial
+//! out (reverse HTTP, draft-kazuho-ptth-ptth).
+//!
+//! The request path, file by file:
+//! 1. [`listen`]: SO_REUSEPORT listeners, one per core per address.
+//! 2. [`core`]: one pinned thread and monoio runtime per core, owning its state.
+//! 3. [`tunnel::accept`]: workers connect, send the PTTH setup, are
+//!    authorized and placed on a core ([`tunnel::placement`]).
+//! 4. [`proxy`]: a client request is parsed (strictly), routed and sent over a
+//!    tunnel chosen by [`tunnel::pool`]; the response streams back.
+//! 5. [`admin`]: `/status` and `/healthz`.
+//!
+//! [`run`] starts it all and returns a handle; tests call it on 127.0.0.1:0.
 
+pub mod admin;
+pub mod config;
+mod core;
+pub mod demo;
+pub mod error;
+mod inbox;
+mod listen;
+mod proxy;
+pub mod stats;
+mod tunnel;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_utils::CachePadded;
+
+pub use config::{Config, ConfigError, Profile};
+pub use error::Error;
+
+use crate::inbox::Inbox;
+use crate::stats::CoreStats;
+use crate::tunnel::placement::Placement;
+
+/// What every core can see; the data path reads only `cfg` and its own
+/// entries of `stats` and `inboxes`.
+pub(crate) struct Shared {
+    pub(crate) cfg: Config,
+    pub(crate) cores: usize,
+    pub(crate) placement: Arc<Placement>,
+    pub(crate) stats: Vec<CachePadded<CoreStats>>,
+    pub(crate) inboxes: Vec<Inbox>,
+    pub(crate) draining: AtomicBool,
+    pub(crate) started: Instant,
+    pub(crate) driver: std::sync::OnceLock<String>,
+}
+
+/// A running lb.
+pub struct Lb {
+    /// Bound client listener addresses (port 0 resolved).
+    pub client_addrs: Vec<SocketAddr>,
+    pub tunnel_addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    /// Cores running.
+    pub cores: usize,
+    /// Driver, ring flags and pinning of core 0, as started.
+    pub runtime: String,
+    stop: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Lb {
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_addrs[0]
+    }
+
+    /// The flag [`shutdown`](Self::shutdown) sets; a signal handler may set it.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Graceful shutdown: stop accepting, refuse new tunnels with 503, let
+    /// requests in flight finish within the drain deadline, close everything.
+    pub fn shutdown(mut self) {
+        self.shared.draining.store(true, Ordering::Release);
+        self.stop.store(true, Ordering::Release);
+        self.join();
+    }
+
+    /// Blocks until the stop flag is set and the cores have drained.
+    pub fn wait(mut self) {
+        self.join();
+    }
+
+    fn join(&mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Lb {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.shared.draining.store(true, Ordering::Release);
+            self.stop.store(true, Ordering::Release);
+            self.join();
+        }
+    }
+}
+
+/// The number of cores a profile asks for, given the CPUs this process may use.
+pub fn resolve_cores(requested: usize) -> usize {
+    let allowed = ptth_proto::rt::runtime::allowed_cpus().len().max(1);
+    if requested == 0 {
+        allowed
+    } else {
+        requested
+    }
+}
+
+/// Binds every listener, starts one thread per core and returns once all
+/// cores run.
+pub fn run(cfg: Config) -> Result<Lb, Error> {
+    let cores = resolve_cores(cfg.profile.cores);
+    let mut client_groups = Vec::new();
+    for &a in &cfg.client_listen {
+        client_groups.push(listen::bind_group("client", a, cores)?);
+    }
+    let tunnels = listen::bind_group("tunnel", cfg.tunnel_listen, cores)?;
+    let admin = match cfg.admin_listen {
+        Some(a) => Some(listen::bind_one("admin", a)?),
+        None => None,
+    };
+    let addr = |l: &std::net::TcpListener| l.local_addr().expect("bound listener has an address");
+    let client_addrs = client_groups.iter().map(|g| addr(&g[0])).collect();
+    let tunnel_addr = addr(&tunnels[0]);
+    let admin_addr = admin.as_ref().map(addr);
+
+    let shared = Arc::new(Shared {
+        cfg,
+        cores,
+        placement: Arc::new(Placement::new(cores)),
+        stats: (0..cores).map(|_| CachePadded::new(CoreStats::default())).collect(),
+        inboxes: (0..cores).map(|_| Inbox::new()).collect(),
+        draining: AtomicBool::new(false),
+        started: Instant::now(),
+        driver: std::sync::OnceLock::new(),
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let mut per_core: Vec<Vec<std::net::TcpListener>> = (0..cores).map(|_| Vec::new()).collect();
+    for group in client_groups {
+        for (i, l) in group.into_iter().enumerate() {
+            per_core[i].push(l);
+        }
+    }
+    let mut admin = admin;
+    let mut threads = Vec::new();
+    for (id, (clients, tunnel)) in per_core.into_iter().zip(tunnels).enumerate() {
+        let listeners = core::CoreListeners { clients, tunnel, admin: if id == 0 { admin.take() } else { None } };
+        let t = core::spawn(id, shared.clone(), listeners, stop.clone(), ready_tx.clone())
+            .map_err(|source| Error::Runtime { core: id, source })?;
+        threads.push(t);
+    }
+    drop(ready_tx);
+    let mut lb = Lb { client_addrs, tunnel_addr, admin_addr, cores, runtime: String::new(), stop, shared, threads };
+    for _ in 0..cores {
+        match ready_rx.recv() {
+            Ok(Ok(desc)) => {
+                if lb.runtime.is_empty() {
+                    lb.runtime = desc;
+                }
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(Error::Runtime { core: 0, source: std::io::Error::other("a core thread died at start") }),
+        }
+    }
+    let _ = lb.shared.driver.set(lb.runtime.clone());
+    Ok(lb)
+}

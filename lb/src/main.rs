@@ -1,1 +1,220 @@
-fn main(){}
+//! `ptth-lb`: command line → validated [`ptth_lb::Config`] → [`ptth_lb::run`],
+//! then serve until SIGTERM/SIGINT (graceful drain; a second signal exits).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use ptth_lb::config::{parse_addr, parse_toml, ConfigFile};
+use ptth_lb::{Config, Profile};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const USAGE: &str = "usage: ptth-lb [demo] [--config FILE] [--profile FILE] [--listen ADDR]...
+               [--tunnel-listen ADDR] [--admin-listen ADDR] [--cores N] [--token TOKEN]
+               [--driver auto|uring|legacy] [--quiet]
+
+  demo                 also run two in-process workers with a small app, and print curl commands
+  --config FILE        TOML config (listeners, tunnel token and policy); see docs/OPERATIONS.md
+  --profile FILE       per-core profile overlaying tuning/default.toml (built in)
+  --listen ADDR        client listener (repeat for several; default 127.0.0.1:8080)
+  --tunnel-listen ADDR worker tunnel listener (default 127.0.0.1:7000)
+  --admin-listen ADDR  admin listener for /status and /healthz (default 127.0.0.1:9901; \"off\" disables)
+  --cores N            cores to run (default: every allowed CPU)
+  --token TOKEN        bearer token workers must present (or env PTTH_TOKEN); without one,
+                       only loopback workers are accepted
+";
+
+struct Cli {
+    demo: bool,
+    config: Option<String>,
+    profile: Option<String>,
+    listen: Vec<String>,
+    tunnel: Option<String>,
+    admin: Option<String>,
+    cores: Option<usize>,
+    token: Option<String>,
+    driver: Option<String>,
+    quiet: bool,
+}
+
+fn parse_cli(args: Vec<String>) -> Result<Cli, String> {
+    let mut cli = Cli { demo: false, config: None, profile: None, listen: vec![], tunnel: None, admin: None, cores: None, token: None, driver: None, quiet: false };
+    let mut it = args.into_iter().peekable();
+    if it.peek().map(String::as_str) == Some("demo") {
+        it.next();
+        cli.demo = true;
+    }
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag}: missing value"));
+        match flag.as_str() {
+            "--config" => cli.config = Some(value()?),
+            "--profile" => cli.profile = Some(value()?),
+            "--listen" => cli.listen.push(value()?),
+            "--tunnel-listen" => cli.tunnel = Some(value()?),
+            "--admin-listen" => cli.admin = Some(value()?),
+            "--cores" => {
+                let v = value()?;
+                cli.cores = Some(v.parse().ok().filter(|n| (1..=1024).contains(n)).ok_or_else(|| format!("--cores: expected 1 to 1024, got {v:?}"))?);
+            }
+            "--token" => cli.token = Some(value()?),
+            "--driver" => cli.driver = Some(value()?),
+            "--quiet" => cli.quiet = true,
+            other => return Err(format!("unknown argument {other:?} (see --help)")),
+        }
+    }
+    Ok(cli)
+}
+
+fn read(path: &str, flag: &str) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{flag} {path}: {e}"))
+}
+
+/// Files first, then flags on top.
+fn build_config(cli: &Cli) -> Result<Config, String> {
+    let file: ConfigFile = match &cli.config {
+        Some(p) => parse_toml(p, &read(p, "--config")?).map_err(|e| e.to_string())?,
+        None => ConfigFile::default(),
+    };
+    let profile_path = cli.profile.clone().or_else(|| file.profile.clone());
+    let profile_text = match &profile_path {
+        Some(p) => Some(read(p, "--profile")?),
+        None => None,
+    };
+    let mut profile = Profile::load(profile_path.as_deref().zip(profile_text.as_deref())).map_err(|e| e.to_string())?;
+    if let Some(n) = cli.cores {
+        profile.cores = n;
+    }
+    if let Some(d) = &cli.driver {
+        profile.runtime.driver =
+            ptth_proto::rt::runtime::DriverChoice::parse(d).ok_or_else(|| format!("--driver: expected auto, uring or legacy, got {d:?}"))?;
+    }
+    let mut cfg = Config::from_file(file, profile).map_err(|e| e.to_string())?;
+    if !cli.listen.is_empty() {
+        cfg.client_listen = cli.listen.iter().map(|a| parse_addr("--listen", a)).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+    }
+    if let Some(t) = &cli.tunnel {
+        cfg.tunnel_listen = parse_addr("--tunnel-listen", t).map_err(|e| e.to_string())?;
+    }
+    if let Some(a) = &cli.admin {
+        cfg.admin_listen = if a == "off" { None } else { Some(parse_addr("--admin-listen", a).map_err(|e| e.to_string())?) };
+    }
+    if let Some(t) = cli.token.clone().or_else(|| std::env::var("PTTH_TOKEN").ok()).filter(|t| !t.is_empty()) {
+        if !t.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("--token: must be printable ASCII without spaces".into());
+        }
+        cfg.token = Some(t);
+    }
+    cfg.quiet = cli.quiet;
+    Ok(cfg)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        print!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    if args.iter().any(|a| a == "--version") {
+        println!("ptth-lb {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    let cli = match parse_cli(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ptth-lb: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cfg = match build_config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ptth-lb: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let quiet = cfg.quiet;
+    let no_token = cfg.token.is_none();
+    let lb = match ptth_lb::run(cfg) {
+        Ok(lb) => lb,
+        Err(e) => {
+            eprintln!("ptth-lb: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let clients: Vec<String> = lb.client_addrs.iter().map(|a| a.to_string()).collect();
+    if !quiet {
+        eprintln!("ptth-lb: {} cores ({}); clients on {}; tunnels on {}", lb.cores, lb.runtime, clients.join(", "), lb.tunnel_addr);
+        if let Some(a) = lb.admin_addr {
+            eprintln!("ptth-lb: admin on http://{a}/status");
+        }
+        if no_token {
+            eprintln!("ptth-lb: no --token given: accepting workers from loopback only");
+        }
+    }
+    let _workers = if cli.demo {
+        match ptth_lb::demo::start_workers(lb.tunnel_addr, Duration::from_secs(5)) {
+            Ok(w) => {
+                let c = lb.client_addr();
+                println!("ptth demo: lb on http://{c}, workers demo-1 and demo-2 dialed in over tunnels to {}", lb.tunnel_addr);
+                println!("try:");
+                println!("  curl http://{c}/                       # hello from demo-1 or demo-2");
+                println!("  curl -d 'hi there' http://{c}/echo     # the request as the worker saw it");
+                println!("  curl http://{c}/slow                   # a 1 s request");
+                if let Some(a) = lb.admin_addr {
+                    println!("  curl http://{a}/status               # cores, tunnels per worker per core, in-flight");
+                }
+                println!("Ctrl-C stops it.");
+                w
+            }
+            Err(e) => {
+                eprintln!("ptth-lb: demo workers: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    let stop = lb.stop_flag();
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        let _ = signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone());
+        let _ = signal_hook::flag::register(sig, stop.clone());
+    }
+    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if !quiet {
+        eprintln!("ptth-lb: draining");
+    }
+    drop(_workers);
+    lb.shutdown();
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(s: &str) -> Result<Config, String> {
+        build_config(&parse_cli(s.split_whitespace().map(String::from).collect())?)
+    }
+
+    #[test]
+    fn flags_override_and_errors_name_the_flag() {
+        let c = cli("--listen 127.0.0.1:1 --listen 127.0.0.1:2 --cores 3 --admin-listen off --token abc").unwrap();
+        assert_eq!(c.client_listen.len(), 2);
+        assert_eq!(c.profile.cores, 3);
+        assert!(c.admin_listen.is_none());
+        for (bad, needle) in [
+            ("--cores 0", "--cores"),
+            ("--listen nope", "--listen"),
+            ("--tunnel-listen 1.2.3.4", "--tunnel-listen"),
+            ("--driver fast", "--driver"),
+            ("--config /nonexistent.toml", "--config"),
+            ("--bogus", "--bogus"),
+        ] {
+            let e = cli(bad).err().unwrap();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! Configuration in two layers: serde `*File` structs that mirror the TOML
+//! (`deny_unknown_fields`, so a typo is an error), converted into the validated
+//! [`Config`] the cores run with (typed `Duration`s, checked ranges).
+//!
+//! Two files: the deployment config (`--config`: listeners, tunnel auth and
+//! policy) and the per-core profile (`--profile`: runtime, buffers, limits,
+//! queues, timeouts). The built-in profile is `tuning/default.toml`, compiled
+//! in; a profile given on the command line overlays only the keys it sets.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ptth_proto::h1::Limits;
+use ptth_proto::rt::runtime::{DriverChoice, RingFlags, RuntimeSpec};
+use serde::Deserialize;
+
+/// The profile ptth-lb runs with unless told otherwise.
+pub const DEFAULT_PROFILE: &str = include_str!("../../tuning/default.toml");
+
+pub const DEFAULT_CLIENT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_TUNNEL_LISTEN: &str = "127.0.0.1:7000";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+
+/// `--config FILE`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub listen: ListenFile,
+    #[serde(default)]
+    pub tunnel: TunnelFile,
+    /// Path of a profile to load (the `--profile` flag wins).
+    pub profile: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenFile {
+    /// Client listeners (default 127.0.0.1:8080).
+    pub client: Option<Vec<String>>,
+    /// Worker tunnel listener (default 127.0.0.1:7000).
+    pub tunnel: Option<String>,
+    /// Admin listener (default 127.0.0.1:9901); "" disables it.
+    pub admin: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelFile {
+    /// Bearer token workers must present. Without one, only loopback workers
+    /// are accepted.
+    pub token: Option<String>,
+    /// Origins workers may claim, e.g. "https://app.example"; "*" allows any
+    /// (the default), including catch-all workers.
+    pub allowed_origins: Option<Vec<String>>,
+    /// Tunnels one worker id may hold across all cores (default 1024).
+    pub max_tunnels_per_worker: Option<u32>,
+}
+
+/// A per-core profile file; every key optional so a profile can overlay the
+/// built-in one.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileFile {
+    #[serde(default)]
+    pub runtime: RuntimeFile,
+    #[serde(default)]
+    pub buffers: BuffersFile,
+    #[serde(default)]
+    pub limits: LimitsFile,
+    #[serde(default)]
+    pub queue: QueueFile,
+    #[serde(default)]
+    pub timeouts: TimeoutsFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeFile {
+    pub cores: Option<usize>,
+    pub pin: Option<bool>,
+    pub driver: Option<String>,
+    pub ring_flags: Option<String>,
+    pub ring_entries: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuffersFile {
+    pub client_read: Option<usize>,
+    pub tunnel_read: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    pub max_request_line: Option<usize>,
+    pub max_head: Option<usize>,
+    pub max_headers: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueFile {
+    pub max_waiting: Option<usize>,
+    pub max_wait_ms: Option<u64>,
+    pub retry_after_s: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsFile {
+    pub header_ms: Option<u64>,
+    pub keepalive_ms: Option<u64>,
+    pub response_ms: Option<u64>,
+    pub io_ms: Option<u64>,
+    pub handshake_ms: Option<u64>,
+    pub drain_ms: Option<u64>,
+}
+
+macro_rules! overlay {
+    ($base:expr, $top:expr, $($field:ident),+) => {
+        $( if $top.$field.is_some() { $base.$field = $top.$field; } )+
+    };
+}
+
+impl ProfileFile {
+    /// Keys set in `top` replace those of `self`.
+    pub fn overlay(mut self, top: ProfileFile) -> ProfileFile {
+        overlay!(self.runtime, top.runtime, cores, pin, driver, ring_flags, ring_entries);
+        overlay!(self.buffers, top.buffers, client_read, tunnel_read);
+        overlay!(self.limits, top.limits, max_request_line, max_head, max_headers);
+        overlay!(self.queue, top.queue, max_waiting, max_wait_ms, retry_after_s);
+        overlay!(self.timeouts, top.timeouts, header_ms, keepalive_ms, response_ms, io_ms, handshake_ms, drain_ms);
+        self
+    }
+}
+
+/// Which origins workers may claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginPolicy {
+    Any,
+    /// Allowed origins, as `Origin` values.
+    Only(Vec<ptth_proto::setup::Origin>),
+}
+
+/// The validated per-core profile.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    /// Cores to run; resolved against the CPUs allowed at start.
+    pub cores: usize,
+    pub pin: bool,
+    pub runtime: RuntimeSpec,
+    pub client_read: usize,
+    pub tunnel_read: usize,
+    pub limits: Limits,
+    pub queue_max: usize,
+    pub queue_wait: Duration,
+    pub retry_after_s: u32,
+    pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub response_timeout: Duration,
+    pub io_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub drain_timeout: Duration,
+}
+
+/// Everything the lb runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub client_listen: Vec<SocketAddr>,
+    pub tunnel_listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    pub token: Option<String>,
+    pub origins: OriginPolicy,
+    pub max_tunnels_per_worker: u32,
+    pub profile: Profile,
+    /// Print nothing but errors.
+    pub quiet: bool,
+}
+
+/// A configuration error: which key or flag, and what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {what}")]
+pub struct ConfigError {
+    pub key: String,
+    pub what: String,
+}
+
+fn cerr(key: &str, what: impl Into<String>) -> ConfigError {
+    ConfigError { key: key.to_string(), what: what.into() }
+}
+
+/// Parses TOML text, reporting the first line of the error and where.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(name: &str, text: &str) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e: toml::de::Error| {
+        let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1);
+        let msg = e.message().lines().next().unwrap_or("invalid TOML").to_string();
+        match line {
+            Some(l) => cerr(&format!("{name} line {l}"), msg),
+            None => cerr(name, msg),
+        }
+    })
+}
+
+pub fn parse_addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse().map_err(|_| cerr(key, format!("expected IP:PORT such as 127.0.0.1:8080, got {s:?}")))
+}
+
+fn range<T: PartialOrd + std::fmt::Display + Copy>(key: &str, v: Option<T>, lo: T, hi: T) -> Result<T, ConfigError> {
+    let v = v.ok_or_else(|| cerr(key, "missing from the profile"))?;
+    if v < lo || v > hi {
+        return Err(cerr(key, format!("expected {lo} to {hi}, got {v}")));
+    }
+    Ok(v)
+}
+
+fn ms(key: &str, v: Option<u64>) -> Result<Duration, ConfigError> {
+    Ok(Duration::from_millis(range(key, v, 1, 86_400_000)?))
+}
+
+impl TryFrom<ProfileFile> for Profile {
+    type Error = ConfigError;
+    fn try_from(f: ProfileFile) -> Result<Profile, ConfigError> {
+        let r = &f.runtime;
+        let driver = r.driver.as_deref().unwrap_or("auto");
+        let driver = DriverChoice::parse(driver).ok_or_else(|| cerr("runtime.driver", format!("expected auto, uring or legacy, got {driver:?}")))?;
+        let flags = r.ring_flags.as_deref().unwrap_or("coop_taskrun");
+        let flags = RingFlags::parse(flags)
+            .ok_or_else(|| cerr("runtime.ring_flags", format!("expected coop_taskrun, defer_taskrun or none, got {flags:?}")))?;
+        let limits = Limits {
+            max_request_line: range("limits.max_request_line", f.limits.max_request_line, 256, 1 << 20)?,
+            max_head: range("limits.max_head", f.limits.max_head, 1024, 1 << 20)?,
+            max_headers: range("limits.max_headers", f.limits.max_headers, 8, ptth_proto::h1::MAX_HEADERS)?,
+        };
+        let client_read = range("buffers.client_read", f.buffers.client_read, 4096, 16 << 20)?;
+        if client_read < limits.max_head {
+            return Err(cerr("buffers.client_read", format!("must be at least limits.max_head ({})", limits.max_head)));
+        }
+        Ok(Profile {
+            cores: range("runtime.cores", r.cores, 0, 1024)?,
+            pin: r.pin.unwrap_or(true),
+            runtime: RuntimeSpec { driver, flags, entries: range("runtime.ring_entries", r.ring_entries, 256, 32768)? },
+            client_read,
+            tunnel_read: range("buffers.tunnel_read", f.buffers.tunnel_read, 4096, 16 << 20)?,
+            limits,
+            queue_max: range("queue.max_waiting", f.queue.max_waiting, 0, 1 << 20)?,
+            queue_wait: ms("queue.max_wait_ms", f.queue.max_wait_ms)?,
+            retry_after_s: range("queue.retry_after_s", f.queue.retry_after_s, 0, 3600)?,
+            header_timeout: ms("timeouts.header_ms", f.timeouts.header_ms)?,
+            keepalive_timeout: ms("timeouts.keepalive_ms", f.timeouts.keepalive_ms)?,
+            response_timeout: ms("timeouts.response_ms", f.timeouts.response_ms)?,
+            io_timeout: ms("timeouts.io_ms", f.timeouts.io_ms)?,
+            handshake_timeout: ms("timeouts.handshake_ms", f.timeouts.handshake_ms)?,
+            drain_timeout: ms("timeouts.drain_ms", f.timeouts.drain_ms)?,
+        })
+    }
+}
+
+impl Profile {
+    /// The built-in profile with `overlay` (a profile file's text) on top.
+    pub fn load(overlay: Option<(&str, &str)>) -> Result<Profile, ConfigError> {
+        let base: ProfileFile = parse_toml("tuning/default.toml", DEFAULT_PROFILE)?;
+        let merged = match overlay {
+            Some((name, text)) => base.overlay(parse_toml(name, text)?),
+            None => base,
+        };
+        Profile::try_from(merged)
+    }
+}
+
+impl Config {
+    /// Builds the config from a config file (already parsed, may be default)
+    /// and a profile.
+    pub fn from_file(f: ConfigFile, profile: Profile) -> Result<Config, ConfigError> {
+        let client = f.listen.client.unwrap_or_else(|| vec![DEFAULT_CLIENT_LISTEN.into()]);
+        if client.is_empty() {
+            return Err(cerr("listen.client", "at least one client listener is needed"));
+        }
+        let client_listen = client.iter().map(|a| parse_addr("listen.client", a)).collect::<Result<Vec<_>, _>>()?;
+        let tunnel_listen = parse_addr("listen.tunnel", f.listen.tunnel.as_deref().unwrap_or(DEFAULT_TUNNEL_LISTEN))?;
+        let admin_listen = match f.listen.admin.as_deref() {
+            Some("") => None,
+            a => Some(parse_addr("listen.admin", a.unwrap_or(DEFAULT_ADMIN_LISTEN))?),
+        };
+        let origins = match f.tunnel.allowed_origins {
+            None => OriginPolicy::Any,
+            Some(list) if list.iter().any(|o| o == "*") => OriginPolicy::Any,
+            Some(list) => OriginPolicy::Only(
+                list.iter()
+                    .map(|o| ptth_proto::setup::Origin::parse(o).map_err(|e| cerr("tunnel.allowed_origins", e)))
+                    .collect::<Result<_, _>>()?,
+            ),
+        };
+        let token = f.tunnel.token.filter(|t| !t.is_empty());
+        if let Some(t) = &token {
+            if !t.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(cerr("tunnel.token", "must be printable ASCII without spaces"));
+            }
+        }
+        Ok(Config {
+            client_listen,
+            tunnel_listen,
+            admin_listen,
+            token,
+            origins,
+            max_tunnels_per_worker: range("tunnel.max_tunnels_per_worker", Some(f.tunnel.max_tunnels_per_worker.unwrap_or(1024)), 1, 1 << 20)?,
+            profile,
+            quiet: false,
+        })
+    }
+
+    /// Defaults everywhere, listeners on 127.0.0.1 with ephemeral ports (for
+    /// tests and the demo).
+    pub fn ephemeral() -> Config {
+        let mut c = Config::from_file(ConfigFile::default(), Profile::load(None).expect("built-in profile is valid"))
+            .expect("default config is valid");
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("literal address");
+        c.client_listen = vec![any];
+        c.tunnel_listen = any;
+        c.admin_listen = Some(any);
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_profile_sets_every_key() {
+        let f: ProfileFile = parse_toml("default", DEFAULT_PROFILE).unwrap();
+        let r = &f.runtime;
+        assert!(r.cores.is_some() && r.pin.is_some() && r.driver.is_some() && r.ring_flags.is_some() && r.ring_entries.is_some());
+        assert!(f.buffers.client_read.is_some() && f.buffers.tunnel_read.is_some());
+        assert!(f.limits.max_request_line.is_some() && f.limits.max_head.is_some() && f.limits.max_headers.is_some());
+        assert!(f.queue.max_waiting.is_some() && f.queue.max_wait_ms.is_some() && f.queue.retry_after_s.is_some());
+        let t = &f.timeouts;
+        assert!(t.header_ms.is_some() && t.keepalive_ms.is_some() && t.response_ms.is_some());
+        assert!(t.io_ms.is_some() && t.handshake_ms.is_some() && t.drain_ms.is_some());
+        Profile::try_from(f).unwrap();
+    }
+
+    #[test]
+    fn every_tuning_profile_loads() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tuning");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&p).unwrap();
+                Profile::load(Some((p.to_str().unwrap(), &text))).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            }
+        }
+    }
+
+    #[test]
+    fn overlay_and_errors_name_the_key() {
+        let p = Profile::load(Some(("p", "[queue]\nmax_wait_ms = 7\n"))).unwrap();
+        assert_eq!(p.queue_wait, Duration::from_millis(7));
+        assert_eq!(p.io_timeout, Duration::from_secs(60));
+        let e = Profile::load(Some(("p", "[queue]\nmax_wait = 7\n"))).unwrap_err();
+        assert!(e.to_string().contains("p line 2") && e.to_string().contains("max_wait"), "{e}");
+        let e = Profile::load(Some(("p", "[runtime]\nring_flags = \"sqpoll\"\n"))).unwrap_err();
+        assert_eq!(e.key, "runtime.ring_flags");
+        let e = Profile::load(Some(("p", "[buffers]\nclient_read = 8192\n"))).unwrap_err();
+        assert_eq!(e.key, "buffers.client_read");
+        let f: ConfigFile = parse_toml("c", "[tunnel]\nallowed_origins = [\"ftp://x\"]\n").unwrap();
+        assert_eq!(Config::from_file(f, Profile::load(None).unwrap()).unwrap_err().key, "tunnel.allowed_origins");
+    }
+}

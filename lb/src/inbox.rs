@@ -1,0 +1,78 @@
+//! Owned messages between cores (DESIGN §4: cross-core traffic only as owned
+//! messages). Used on the control path only: a tunnel placed on another core,
+//! a client connection handed to a core that has tunnels for its route.
+//!
+//! crossbeam's channel has no async receive; the receiver parks its waker in
+//! a mutex between two `try_recv`s, and senders wake it (monoio's `sync`
+//! feature makes that cross-thread wake legal).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+
+use crate::tunnel::Meta;
+
+pub(crate) enum CoreMsg {
+    /// A tunnel whose setup another core read and placed here; this core
+    /// sends the `101` and adopts it.
+    Tunnel { stream: std::net::TcpStream, id: std::sync::Arc<str>, meta: std::sync::Arc<Meta>, setup: TunnelSetup },
+    /// A client connection with the bytes already read from it.
+    Client { stream: std::net::TcpStream, peer: std::net::SocketAddr, buffered: Vec<u8> },
+}
+
+/// What the adopting core needs to answer a setup.
+pub(crate) struct TunnelSetup {
+    pub(crate) token: ptth_proto::setup::UpgradeToken,
+    pub(crate) protocol: ptth_proto::setup::InnerProtocol,
+    pub(crate) placed: crate::tunnel::placement::Placed,
+}
+
+pub(crate) struct Inbox {
+    tx: Sender<CoreMsg>,
+    rx: Receiver<CoreMsg>,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Inbox {
+    pub(crate) fn new() -> Inbox {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Inbox { tx, rx, waker: Mutex::new(None) }
+    }
+
+    pub(crate) fn send(&self, msg: CoreMsg) {
+        if self.tx.send(msg).is_ok() {
+            if let Some(w) = self.waker.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                w.wake();
+            }
+        }
+    }
+
+    pub(crate) fn recv(&self) -> Recv<'_> {
+        Recv { inbox: self }
+    }
+}
+
+pub(crate) struct Recv<'a> {
+    inbox: &'a Inbox,
+}
+
+impl Future for Recv<'_> {
+    type Output = Option<CoreMsg>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<CoreMsg>> {
+        let inbox = self.inbox;
+        match inbox.rx.try_recv() {
+            Ok(m) => return Poll::Ready(Some(m)),
+            Err(TryRecvError::Disconnected) => return Poll::Ready(None),
+            Err(TryRecvError::Empty) => {}
+        }
+        *inbox.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(cx.waker().clone());
+        match inbox.rx.try_recv() {
+            Ok(m) => Poll::Ready(Some(m)),
+            Err(TryRecvError::Disconnected) => Poll::Ready(None),
+            Err(TryRecvError::Empty) => Poll::Pending,
+        }
+    }
+}

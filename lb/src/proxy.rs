@@ -1,0 +1,556 @@
+//! The request path for one HTTP/1.1 client connection, top to bottom:
+//!
+//! read head (strict RFC 9112 parse, header deadline) → route key (Host or
+//! absolute-form authority, path) → forwarded head (hop-by-hop fields
+//! dropped, `Forwarded` added) → a tunnel from this core's pool (or wait in
+//! the bounded queue; or hand the connection to a core that has tunnels for
+//! the route) → `100 Continue` if asked → request head and body to the tunnel
+//! → response head (response deadline) → response to the client → tunnel back
+//! to the pool.
+//!
+//! Requests on a connection are handled one after another, so pipelined
+//! requests are answered in order. Bodies stream through the connection's read
+//! buffers; memory per connection is bounded by them whatever the body size.
+//! When a request body is still arriving, the body upload and the response
+//! download run concurrently, so a worker may answer before reading it all.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
+use monoio::net::TcpStream;
+use ptth_proto::h1::{self, BodyDecoder, Forwarding, Framing, Parsed, Persist, RequestHead, ResponseHead, Version};
+use ptth_proto::rt::io::{send_message, write_all, BodyMode, ReadBuf, RelayError};
+
+use crate::config::Profile;
+use crate::core::{self, Core};
+use crate::error::Error;
+use crate::inbox::CoreMsg;
+use crate::stats;
+use crate::tunnel::pool::{Pick, Pool, Tunnel, Waiter};
+
+/// Retries of an idempotent, bodyless request whose tunnel failed before
+/// sending any response byte (RFC 9110 §9.2.2).
+const MAX_RETRIES: u32 = 2;
+/// An idle tunnel unused for this long is checked for a worker hang-up
+/// before a request goes on it.
+const STALE_CHECK_AFTER: Duration = Duration::from_millis(200);
+
+struct Client {
+    /// `None` only while a request splits it into read and write halves.
+    stream: Option<TcpStream>,
+    rb: ReadBuf,
+    out: Vec<u8>,
+    /// The forwarded request head, kept until the exchange succeeds so a
+    /// retry can resend it.
+    fwd: Vec<u8>,
+    /// Route key of the current request: host bytes, then path bytes.
+    key: Vec<u8>,
+    head: RequestHead,
+    peer: SocketAddr,
+    /// Handed over from another core: requests here are not core-local.
+    migrated: bool,
+}
+
+/// What a request needs from its head once the head bytes are consumed.
+#[derive(Debug, Clone, Copy)]
+struct ReqInfo {
+    version: Version,
+    is_head: bool,
+    idempotent: bool,
+    close: bool,
+    expect_continue: bool,
+    framing: Framing,
+    host_len: usize,
+}
+
+enum Next {
+    Continue,
+    Close,
+    HandOff(usize),
+}
+
+pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, buffered: Vec<u8>, migrated: bool) {
+    let _ = stream.set_nodelay(true);
+    let p = &core.shared.cfg.profile;
+    let mut c = Client {
+        stream: Some(stream),
+        rb: ReadBuf::from_vec(buffered, p.client_read),
+        out: Vec::with_capacity(4096),
+        fwd: Vec::with_capacity(1024),
+        key: Vec::with_capacity(256),
+        head: RequestHead::default(),
+        peer,
+        migrated,
+    };
+    loop {
+        match read_head(&core, &mut c).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                send_error(&core, &mut c, &e, Version::Http11, true).await;
+                return;
+            }
+        }
+        match handle(&core, &mut c).await {
+            Next::Continue => {}
+            Next::Close => return,
+            Next::HandOff(to) => {
+                let Some(stream) = c.stream.take() else { return };
+                stats::add(&core.stats().clients_handed_off, 1);
+                let buffered = c.rb.take_unconsumed();
+                core::send_to(&core.shared, to, CoreMsg::Client { stream: core::detach(stream), peer, buffered });
+                return;
+            }
+        }
+    }
+}
+
+/// Reads until a complete request head is buffered. `Ok(false)`: the
+/// connection ended or idled out between requests (nothing to answer).
+async fn read_head(core: &Core, c: &mut Client) -> Result<bool, Error> {
+    let p = &core.shared.cfg.profile;
+    let mut started = (!c.rb.is_empty()).then(Instant::now);
+    loop {
+        match h1::parse_request(c.rb.data(), &p.limits, &mut c.head) {
+            Ok(Parsed::Complete) => return Ok(true),
+            Ok(Parsed::Partial) => {}
+            Err(e) => return Err(Error::Head(e)),
+        }
+        let idle = c.rb.is_empty();
+        let wait = match started {
+            None => p.keepalive_timeout,
+            Some(t) => p.header_timeout.saturating_sub(t.elapsed()),
+        };
+        let Some(stream) = c.stream.as_mut() else { return Ok(false) };
+        let r = monoio::select! {
+            r = c.rb.fill(stream, wait) => r,
+            _ = core.stop.wait(), if idle => return Ok(false),
+        };
+        match r {
+            Ok(0) => return Ok(false),
+            Ok(_) => {
+                started.get_or_insert_with(Instant::now);
+            }
+            Err(e) if e.kind() == io::ErrorKind::TimedOut && started.is_none() => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(Error::HeaderTimeout(p.header_timeout)),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => return Err(Error::Head(ptth_proto::HeadError::HeadTooLarge)),
+            Err(e) => return Err(Error::ClientIo(e)),
+        }
+    }
+}
+
+/// Host and path to route on: the authority of an absolute-form target
+/// (RFC 9112 §3.2.2: it overrides Host), else the Host field; the path
+/// without its query.
+fn route_key<'b>(buf: &'b [u8], head: &RequestHead) -> (&'b [u8], &'b [u8]) {
+    let target = head.target(buf);
+    let lower = |p: &[u8]| target.len() >= p.len() && target[..p.len()].eq_ignore_ascii_case(p);
+    let (host, rest) = if lower(b"http://") || lower(b"https://") {
+        let after = &target[target.iter().position(|&b| b == b':').unwrap_or(0) + 3..];
+        let end = after.iter().position(|&b| b == b'/' || b == b'?').unwrap_or(after.len());
+        (&after[..end], &after[end..])
+    } else {
+        (head.host.as_ref().map(|r| &buf[r.clone()]).unwrap_or(b""), target)
+    };
+    let path_end = rest.iter().position(|&b| b == b'?').unwrap_or(rest.len());
+    (host, &rest[..path_end])
+}
+
+async fn handle(core: &Rc<Core>, c: &mut Client) -> Next {
+    let data = c.rb.data();
+    let head = &c.head;
+    let (host, path) = route_key(data, head);
+    c.key.clear();
+    c.key.extend_from_slice(host);
+    c.key.extend_from_slice(path);
+    let info = ReqInfo {
+        version: head.version(),
+        is_head: head.is_head(data),
+        idempotent: head.is_idempotent(data),
+        // Upgrades (WebSocket) are not relayed over h1 tunnels yet: the
+        // request is forwarded as a plain one and the connection closes after.
+        close: head.conn.close || head.conn.upgrade,
+        expect_continue: head.expect_continue,
+        framing: head.framing(),
+        host_len: host.len(),
+    };
+    c.fwd.clear();
+    h1::write_request_head(&mut c.fwd, data, head, Some(&Forwarding { client: c.peer, proto: "http" }));
+    let head_len = head.len;
+    let bodyless = !info.framing.has_body();
+
+    let key = std::mem::take(&mut c.key);
+    let (host, path) = key.split_at(info.host_len);
+    let mut tunnel = match acquire(core, host, path).await {
+        Ok(t) => t,
+        Err(e) => {
+            let next = match &e {
+                Error::NoRoute { .. } if !c.migrated => core.shared.placement.core_for(host, path, core.id).map(Next::HandOff),
+                _ => None,
+            };
+            c.key = key;
+            if let Some(n) = next {
+                return n;
+            }
+            c.rb.consume(head_len);
+            // The body was not read: only a bodyless request leaves the
+            // connection in a state to carry the next one.
+            let close = !bodyless || info.close;
+            send_error(core, c, &e, info.version, close).await;
+            return if close { Next::Close } else { Next::Continue };
+        }
+    };
+    c.rb.consume(head_len);
+    let mut dec = BodyDecoder::new(info.framing);
+    if info.expect_continue && !dec.is_done() && c.rb.is_empty() && info.version == Version::Http11 {
+        // RFC 9110 §10.1.1: we answer the expectation ourselves once a tunnel
+        // is ready, and forward the request without Expect.
+        c.out.clear();
+        c.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        if let Err(e) = write_client(core, c).await {
+            core.pool.borrow_mut().discard(tunnel);
+            let _ = e;
+            c.key = key;
+            return Next::Close;
+        }
+    }
+    let mut attempt = 0;
+    let next = loop {
+        let (result, t) = exchange(core, c, tunnel, &mut dec, &info).await;
+        tunnel = t;
+        match result {
+            Ok(done) => {
+                core.pool.borrow_mut().release(tunnel, done.reusable);
+                core.stats().count_status(done.status);
+                let local = if c.migrated { &core.stats().served_migrated } else { &core.stats().served_local };
+                stats::add(local, 1);
+                break if done.client_close { Next::Close } else { Next::Continue };
+            }
+            Err(Fail::BeforeResponse { err, replayable }) => {
+                core.pool.borrow_mut().release(tunnel, false);
+                if replayable && bodyless && info.idempotent && attempt < MAX_RETRIES {
+                    attempt += 1;
+                    stats::add(&core.stats().retries, 1);
+                    match acquire(core, host, path).await {
+                        Ok(t) => {
+                            tunnel = t;
+                            continue;
+                        }
+                        Err(e) => {
+                            send_error(core, c, &e, info.version, true).await;
+                            break Next::Close;
+                        }
+                    }
+                }
+                send_error(core, c, &err, info.version, true).await;
+                break Next::Close;
+            }
+            Err(Fail::AfterHead | Fail::Client) => {
+                core.pool.borrow_mut().release(tunnel, false);
+                break Next::Close;
+            }
+        }
+    };
+    c.key = key;
+    next
+}
+
+/// Takes a tunnel for this route from the core's pool, waiting in the bounded
+/// queue when every eligible tunnel is busy.
+async fn acquire(core: &Rc<Core>, host: &[u8], path: &[u8]) -> Result<Tunnel, Error> {
+    let p = &core.shared.cfg.profile;
+    loop {
+        let pick = core.pool.borrow_mut().try_pick(host, path);
+        let t = match pick {
+            Pick::Got(t) => t,
+            Pick::NoRoute => {
+                return Err(Error::NoRoute {
+                    host: String::from_utf8_lossy(host).into_owned(),
+                    path: String::from_utf8_lossy(path).into_owned(),
+                })
+            }
+            Pick::Busy => wait_for_tunnel(core, host, path, p).await?,
+        };
+        // A tunnel idle for a while may have been closed by its worker: check
+        // before trusting it with a request that might not be replayable.
+        if Pool::is_stale(&t, STALE_CHECK_AFTER) {
+            core.pool.borrow_mut().discard(t);
+            continue;
+        }
+        return Ok(t);
+    }
+}
+
+async fn wait_for_tunnel(core: &Rc<Core>, host: &[u8], path: &[u8], p: &Profile) -> Result<Tunnel, Error> {
+    let w = {
+        let mut pool = core.pool.borrow_mut();
+        if pool.waiters.len() >= p.queue_max {
+            return Err(Error::QueueFull);
+        }
+        let w = Waiter::new(host, path);
+        pool.waiters.push_back(w.clone());
+        w
+    };
+    stats::add(&core.stats().queued, 1);
+    let guard = QueueGuard { core, w: w.clone() };
+    let got = monoio::time::timeout(p.queue_wait, WaitTunnel { w: &w }).await;
+    drop(guard);
+    match got {
+        Ok(t) => Ok(t),
+        Err(_) => Err(Error::QueueTimeout(p.queue_wait)),
+    }
+}
+
+/// Leaves the queue however the wait ends; a tunnel handed over at the last
+/// moment goes back to the pool.
+struct QueueGuard<'a> {
+    core: &'a Core,
+    w: Rc<Waiter>,
+}
+
+impl Drop for QueueGuard<'_> {
+    fn drop(&mut self) {
+        let mut pool = self.core.pool.borrow_mut();
+        if let Some(i) = pool.waiters.iter().position(|x| Rc::ptr_eq(x, &self.w)) {
+            pool.waiters.remove(i);
+        }
+        if let Some(t) = self.w.got.borrow_mut().take() {
+            pool.release(t, true);
+        }
+    }
+}
+
+struct WaitTunnel<'a> {
+    w: &'a Rc<Waiter>,
+}
+
+impl std::future::Future for WaitTunnel<'_> {
+    type Output = Tunnel;
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Tunnel> {
+        if let Some(t) = self.w.got.borrow_mut().take() {
+            return std::task::Poll::Ready(t);
+        }
+        *self.w.waker.borrow_mut() = Some(cx.waker().clone());
+        std::task::Poll::Pending
+    }
+}
+
+/// How one exchange over a tunnel ended, when it did not succeed.
+enum Fail {
+    /// Nothing of the response reached the client. `replayable`: the tunnel
+    /// failed before any response byte, so an idempotent request may retry.
+    BeforeResponse { err: Error, replayable: bool },
+    /// The response was under way to the client; the client is closed.
+    AfterHead,
+    /// The client connection failed.
+    Client,
+}
+
+struct Done {
+    status: u16,
+    reusable: bool,
+    client_close: bool,
+}
+
+/// Sends the request on `t` and relays the response. A request whose body is
+/// still arriving is uploaded while the response downloads.
+async fn exchange(core: &Core, c: &mut Client, mut t: Tunnel, dec: &mut BodyDecoder, info: &ReqInfo) -> (Result<Done, Fail>, Tunnel) {
+    let p = &core.shared.cfg.profile;
+    let draining = core::draining(&core.shared) || core.stop.is_fired();
+    let worker = core.pool.borrow().worker_id(t.slot);
+    t.out.clear();
+    t.out.extend_from_slice(&c.fwd);
+    let body_buffered = {
+        let mut probe = dec.clone();
+        probe.scan(c.rb.data()).is_ok() && probe.is_done()
+    };
+    let Some(cs) = c.stream.as_mut() else {
+        return (Err(Fail::Client), t);
+    };
+    if body_buffered {
+        let out = std::mem::take(&mut t.out);
+        let (res, out) = send_message(&mut t.stream, out, cs, &mut c.rb, dec, BodyMode::Pass, p.io_timeout).await;
+        t.out = out;
+        let fail = match res {
+            Ok(_) => None,
+            Err(RelayError::Write(e)) => {
+                Some(Fail::BeforeResponse { err: Error::Tunnel { worker: worker.to_string(), why: e.to_string() }, replayable: true })
+            }
+            Err(RelayError::Body(e)) => Some(Fail::BeforeResponse { err: Error::ClientBody(e), replayable: false }),
+            Err(RelayError::Read(_)) => Some(Fail::Client),
+        };
+        if let Some(f) = fail {
+            return (Err(f), t);
+        }
+        let r = response(p, &mut t.stream, &mut t.rb, &mut t.head, cs, &mut c.out, info, draining, &worker).await;
+        return (r, t);
+    }
+
+    // Body still arriving: split both connections and run both directions.
+    let Some(client) = c.stream.take() else {
+        return (Err(Fail::Client), t);
+    };
+    let (mut cr, mut cw) = client.into_split();
+    let Tunnel { stream: tunnel, rb: mut trb, out: tout, head: mut thead, slot, idle_since } = t;
+    let (mut tr, mut tw) = tunnel.into_split();
+    let (result, out) = {
+        let mut send = pin!(send_message(&mut tw, tout, &mut cr, &mut c.rb, dec, BodyMode::Pass, p.io_timeout));
+        let mut resp = pin!(response(p, &mut tr, &mut trb, &mut thead, &mut cw, &mut c.out, info, draining, &worker));
+        monoio::select! {
+            (sent, out) = &mut send => match sent {
+                Ok(_) => (resp.await, out),
+                Err(e) => {
+                    let fail = match e {
+                        RelayError::Write(e) => Fail::BeforeResponse { err: Error::Tunnel { worker: worker.to_string(), why: e.to_string() }, replayable: false },
+                        RelayError::Body(e) => Fail::BeforeResponse { err: Error::ClientBody(e), replayable: false },
+                        RelayError::Read(_) => Fail::Client,
+                    };
+                    (Err(fail), out)
+                }
+            },
+            r = &mut resp => {
+                // The worker answered before the whole body arrived: the rest
+                // of the body is abandoned, so neither connection can be reused.
+                let r = r.map(|d| Done { reusable: false, client_close: true, ..d });
+                (r, Vec::new())
+            },
+        }
+    };
+    // Reuniting halves of one split cannot fail; the futures borrowing them
+    // have ended above.
+    c.stream = cr.reunite(cw).ok();
+    let stream = tr.reunite(tw).expect("halves of one tunnel stream");
+    (result, Tunnel { stream, rb: trb, out, head: thead, slot, idle_since })
+}
+
+/// Reads the response head (skipping or relaying 1xx) and relays the
+/// response to the client.
+#[allow(clippy::too_many_arguments)]
+async fn response<TR: AsyncReadRent, CW: AsyncWriteRent>(
+    p: &Profile,
+    tr: &mut TR,
+    trb: &mut ReadBuf,
+    thead: &mut ResponseHead,
+    cw: &mut CW,
+    cout: &mut Vec<u8>,
+    info: &ReqInfo,
+    draining: bool,
+    worker: &str,
+) -> Result<Done, Fail> {
+    let deadline = Instant::now() + p.response_timeout;
+    let mut interim_sent = false;
+    let limits = h1::Limits { max_head: p.tunnel_read.min(p.limits.max_head.max(64 * 1024)), ..p.limits };
+    let tunnel_err = |why: String, replayable: bool| Fail::BeforeResponse { err: Error::Tunnel { worker: worker.to_string(), why }, replayable };
+    loop {
+        match h1::parse_response(trb.data(), &limits, info.is_head, thead) {
+            Ok(Parsed::Complete) if thead.status == 101 => {
+                return Err(Fail::BeforeResponse {
+                    err: Error::BadResponse { worker: worker.to_string(), why: "101 Switching Protocols is not relayed over HTTP/1.1 tunnels".into() },
+                    replayable: false,
+                });
+            }
+            Ok(Parsed::Complete) if thead.status < 200 => {
+                // RFC 9110 §15.2: forward interim responses to HTTP/1.1
+                // clients; HTTP/1.0 clients cannot take them.
+                if info.version == Version::Http11 && thead.status != 100 {
+                    cout.clear();
+                    h1::write_response_head(cout, trb.data(), thead, Version::Http11, Persist::KeepAlive, false);
+                    let (res, out) = write_all(cw, std::mem::take(cout), p.io_timeout).await;
+                    *cout = out;
+                    res.map_err(|_| Fail::Client)?;
+                }
+                interim_sent = true;
+                trb.consume(thead.len);
+                continue;
+            }
+            Ok(Parsed::Complete) => break,
+            Ok(Parsed::Partial) => {}
+            Err(e) => {
+                return Err(Fail::BeforeResponse { err: Error::BadResponse { worker: worker.to_string(), why: e.to_string() }, replayable: false })
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let nothing_yet = trb.is_empty() && !interim_sent;
+        match trb.fill(tr, left).await {
+            Ok(0) => return Err(tunnel_err("closed before the response".into(), nothing_yet)),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                return Err(Fail::BeforeResponse { err: Error::ResponseTimeout { worker: worker.to_string(), after: p.response_timeout }, replayable: false })
+            }
+            Err(e) => return Err(tunnel_err(e.to_string(), nothing_yet)),
+        }
+    }
+    let framing = thead.framing();
+    // An HTTP/1.0 client cannot take chunked coding: send the payload and
+    // close to delimit it (RFC 9112 §6.3 item 8).
+    let dechunk = info.version == Version::Http10 && framing == Framing::Chunked;
+    let client_close = info.close || draining || framing == Framing::UntilClose || dechunk;
+    cout.clear();
+    let persist = if client_close { Persist::Close } else { Persist::KeepAlive };
+    h1::write_response_head(cout, trb.data(), thead, info.version, persist, dechunk);
+    let status = thead.status;
+    let tunnel_close = thead.conn.close;
+    trb.consume(thead.len);
+    let mut dec = BodyDecoder::new(framing);
+    let mode = if dechunk { BodyMode::Dechunk } else { BodyMode::Pass };
+    let (res, out) = send_message(cw, std::mem::take(cout), tr, trb, &mut dec, mode, p.io_timeout).await;
+    *cout = out;
+    match res {
+        Ok(_) => {}
+        Err(RelayError::Write(_)) => return Err(Fail::Client),
+        Err(RelayError::Read(_)) => return Err(Fail::AfterHead),
+        Err(RelayError::Body(_)) => return Err(Fail::AfterHead),
+    }
+    // RFC 9112 §9.6: a worker's Connection: close drains this tunnel.
+    let reusable = !tunnel_close && framing != Framing::UntilClose && trb.is_empty();
+    Ok(Done { status, reusable, client_close })
+}
+
+async fn write_client(core: &Core, c: &mut Client) -> io::Result<()> {
+    let Some(s) = c.stream.as_mut() else { return Err(io::Error::other("client stream missing")) };
+    let (res, out) = write_all(s, std::mem::take(&mut c.out), core.shared.cfg.profile.io_timeout).await;
+    c.out = out;
+    res
+}
+
+/// Answers an error generated here (the one place client errors become
+/// responses; the status comes from [`Error::status`]).
+async fn send_error(core: &Core, c: &mut Client, e: &Error, version: Version, close: bool) {
+    let Some(status) = e.status() else { return };
+    core.stats().count_status(status);
+    let retry = core.shared.cfg.profile.retry_after_s.to_string();
+    let mut extra: Vec<(&str, &str)> = Vec::new();
+    if e.is_retryable() {
+        extra.push(("Retry-After", &retry));
+    }
+    let body = format!("{status} {}: {e}\n", h1::reason(status));
+    c.out.clear();
+    h1::write_simple_response(&mut c.out, status, h1::reason(status), &extra, "text/plain", body.as_bytes(), close);
+    if version == Version::Http10 && !close {
+        // Keep-alive must be explicit for HTTP/1.0; simpler to close.
+    }
+    let _ = write_client(core, c).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(req: &str) -> (String, String) {
+        let mut h = RequestHead::default();
+        h1::parse_request(req.as_bytes(), &h1::Limits::default(), &mut h).unwrap();
+        let (a, b) = route_key(req.as_bytes(), &h);
+        (String::from_utf8(a.to_vec()).unwrap(), String::from_utf8(b.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn route_keys() {
+        assert_eq!(key("GET /a/b?x=1 HTTP/1.1\r\nHost: h:80\r\n\r\n"), ("h:80".into(), "/a/b".into()));
+        assert_eq!(key("GET http://abs.example/p?q HTTP/1.1\r\nHost: other\r\n\r\n"), ("abs.example".into(), "/p".into()));
+        assert_eq!(key("GET / HTTP/1.0\r\n\r\n"), ("".into(), "/".into()));
+    }
+}

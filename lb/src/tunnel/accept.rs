@@ -1,0 +1,200 @@
+//! The tunnel listener: PTTH setup (draft-kazuho-ptth-ptth-01 §3).
+//!
+//! Place in the request path: before any request. A worker connects, sends
+//! `GET /.well-known/ptth/<origins>/` with `Upgrade: ptth`; we read it under
+//! the handshake deadline, authenticate it (bearer token, or loopback when no
+//! token is configured), authorize every claimed origin (the draft's MUST),
+//! choose the core that will own it ([`Placement::place`]) and answer `101`
+//! from that core. Every refusal carries its reason in the body and closes.
+//!
+//! [`Placement::place`]: crate::tunnel::placement::Placement::place
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use monoio::net::{TcpListener, TcpStream};
+use ptth_proto::h1::{self, Parsed, RequestHead};
+use ptth_proto::rt::io::{write_all, ReadBuf};
+use ptth_proto::setup::{write_accept, write_reject, Accepted, Claim, InnerProtocol, SetupRequest};
+
+use crate::config::{Config, OriginPolicy};
+use crate::core::{self, Core};
+use crate::error::Error;
+use crate::inbox::{CoreMsg, TunnelSetup};
+use crate::stats;
+use crate::tunnel::Meta;
+
+/// Inner protocols this lb speaks on tunnels.
+const SUPPORTED: &[InnerProtocol] = &[InnerProtocol::Http11];
+/// A setup request is small; this bounds what a connecting peer can make us hold.
+const SETUP_BUF: usize = 16 * 1024;
+
+pub(crate) async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
+    loop {
+        let accepted = monoio::select! {
+            r = listener.accept() => r,
+            _ = core.stop.wait() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let kill = core.kill.clone();
+                let c = core.clone();
+                monoio::spawn(async move {
+                    monoio::select! {
+                        _ = setup(c, stream, peer) => {},
+                        _ = kill.wait() => {},
+                    }
+                });
+            }
+            Err(e) => {
+                eprintln!("ptth-lb: core {}: tunnel accept: {e}", core.id);
+                monoio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte
+/// from response timing.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Authentication and the operator's origin policy.
+fn authorize(cfg: &Config, req: &SetupRequest, peer: SocketAddr) -> Result<(), Error> {
+    match &cfg.token {
+        Some(t) => match &req.bearer {
+            Some(b) if same_secret(b.as_bytes(), t.as_bytes()) => {}
+            Some(_) => return Err(Error::Unauthorized("invalid bearer token")),
+            None => return Err(Error::Unauthorized("missing Authorization: Bearer <token>")),
+        },
+        None if peer.ip().is_loopback() => {}
+        None => return Err(Error::Forbidden("no token is configured on this lb: only loopback workers are accepted".into())),
+    }
+    match (&cfg.origins, &req.claim) {
+        (OriginPolicy::Any, _) => Ok(()),
+        (OriginPolicy::Only(_), Claim::Any) => Err(Error::Forbidden("claiming every origin (*) is not allowed here; claim specific origins".into())),
+        (OriginPolicy::Only(allowed), Claim::Origins(list)) => match list.iter().find(|o| !allowed.contains(o)) {
+            Some(o) => Err(Error::Forbidden(format!("origin {o} is not allowed for this worker"))),
+            None => Ok(()),
+        },
+    }
+}
+
+async fn reject(core: &Core, stream: &mut TcpStream, e: &Error, peer: SocketAddr) {
+    stats::add(&core.stats().setups_rejected, 1);
+    let status = e.status().unwrap_or(400);
+    if !core.shared.cfg.quiet && status != 404 {
+        eprintln!("ptth-lb: tunnel setup from {peer} refused with {status}: {e}");
+    }
+    let retry = e.is_retryable().then_some(core.shared.cfg.profile.retry_after_s.max(1));
+    let mut out = Vec::with_capacity(256);
+    write_reject(&mut out, status, &e.to_string(), retry);
+    let _ = write_all(stream, out, core.shared.cfg.profile.handshake_timeout).await;
+}
+
+async fn setup(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_tcp_keepalive(Some(std::time::Duration::from_secs(30)), Some(std::time::Duration::from_secs(10)), Some(3));
+    let cfg = &core.shared.cfg;
+    let deadline = Instant::now() + cfg.profile.handshake_timeout;
+    let mut rb = ReadBuf::with_capacity(SETUP_BUF);
+    let mut head = RequestHead::default();
+    let limits = h1::Limits { max_head: SETUP_BUF, ..cfg.profile.limits };
+    loop {
+        match h1::parse_request(rb.data(), &limits, &mut head) {
+            Ok(Parsed::Complete) => break,
+            Ok(Parsed::Partial) => {}
+            Err(e) => return reject(&core, &mut stream, &Error::Head(e), peer).await,
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rb.fill(&mut stream, left).await {
+            Ok(n) if n > 0 => {}
+            // Closed or too slow: nobody to answer (DESIGN §6: handshake deadline).
+            _ => return,
+        }
+    }
+    let req = match SetupRequest::parse(rb.data(), &head) {
+        Ok(r) => r,
+        Err(e) => return reject(&core, &mut stream, &Error::Setup(e), peer).await,
+    };
+    if rb.data().len() > head.len {
+        let e = Error::Setup(ptth_proto::SetupError::Malformed("the worker sent data before the 101".into()));
+        return reject(&core, &mut stream, &e, peer).await;
+    }
+    if let Err(e) = authorize(cfg, &req, peer) {
+        return reject(&core, &mut stream, &e, peer).await;
+    }
+    if core::draining(&core.shared) {
+        return reject(&core, &mut stream, &Error::Draining, peer).await;
+    }
+    let Some(protocol) = req.choose(SUPPORTED) else {
+        let e = Error::Setup(ptth_proto::SetupError::Malformed("no supported inner protocol offered; this lb speaks ALPN http%2F1.1".into()));
+        return reject(&core, &mut stream, &e, peer).await;
+    };
+    // Workers that do not name themselves are told apart by address.
+    let id: Arc<str> = match &req.meta.id {
+        Some(id) => Arc::from(id.as_str()),
+        None => Arc::from(format!("anon@{}", peer.ip())),
+    };
+    let meta = Arc::new(Meta::new(req.claim.clone(), &req.meta));
+    let placed = match core.shared.placement.place(&id, &meta, core.id, cfg.max_tunnels_per_worker) {
+        Ok(p) => p,
+        Err(e) => return reject(&core, &mut stream, &e, peer).await,
+    };
+    if !cfg.quiet {
+        log_registration(&core, &id, &meta, peer);
+    }
+    let to = placed.core;
+    let setup = TunnelSetup { token: req.token, protocol, placed };
+    if to == core.id {
+        finish(core, stream, id, meta, setup).await;
+    } else {
+        // No operation is in flight on the stream: the last read completed.
+        core::send_to(&core.shared, to, CoreMsg::Tunnel { stream: core::detach(stream), id, meta, setup });
+    }
+}
+
+/// Logs a worker's first tunnel: a worker declaring its routes is a
+/// configuration change (DESIGN §6), so it is always recorded.
+fn log_registration(core: &Core, id: &str, meta: &Meta, peer: SocketAddr) {
+    let first = core.shared.placement.lock().get(id).is_some_and(|e| e.per_core.iter().sum::<u32>() == 1);
+    if first {
+        let claim = match &meta.claim {
+            Claim::Any => "any origin".to_string(),
+            Claim::Origins(o) => o.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(", "),
+        };
+        let routes = if meta.routes.is_empty() { "every path".to_string() } else { meta.routes.join(", ") };
+        eprintln!("ptth-lb: worker {id} from {peer} registered: {claim}; {routes}; weight {}", meta.weight);
+    }
+}
+
+/// Answers `101` from the owning core and adds the tunnel to its pool.
+pub(crate) async fn finish(core: Rc<Core>, mut stream: TcpStream, id: Arc<str>, meta: Arc<Meta>, setup: TunnelSetup) {
+    let mut out = Vec::with_capacity(256);
+    let acc = Accepted { token: setup.token, protocol: setup.protocol, core: core.id as u32, cores: core.shared.cores as u32 };
+    write_accept(&mut out, &acc);
+    let (res, _) = write_all(&mut stream, out, core.shared.cfg.profile.handshake_timeout).await;
+    if res.is_err() {
+        core.shared.placement.release(&id, core.id);
+        return;
+    }
+    let _ = stream.set_nodelay(true);
+    stats::add(&core.stats().tunnels_accepted, 1);
+    let TunnelSetup { placed, .. } = setup;
+    core.pool.borrow_mut().add(id, meta, placed.permits, placed.stats, stream, core.shared.cfg.profile.tunnel_read);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"ab"));
+    }
+}

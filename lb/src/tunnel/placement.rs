@@ -1,0 +1,126 @@
+//! Which core owns which tunnels: the one structure the cores share, used only
+//! on the control path (tunnel setup and teardown, the rare client hand-off,
+//! admin scrapes), never per request.
+//!
+//! A fresh tunnel goes to the core holding the fewest tunnels of its worker,
+//! ties to the core that accepted it, so each worker's tunnels spread evenly
+//! and every core can serve every route locally (DESIGN §4). The worker learns
+//! the core from the `101` and keeps dialing until each core holds its target.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crossbeam_utils::CachePadded;
+
+use crate::error::Error;
+use crate::stats::WorkerCoreStats;
+use crate::tunnel::Meta;
+
+/// What a worker's tunnels share across cores.
+#[derive(Debug)]
+pub(crate) struct WorkerEntry {
+    pub(crate) per_core: Vec<u32>,
+    /// Metadata of the most recent setup (for status and hand-off decisions).
+    pub(crate) meta: Arc<Meta>,
+    /// In-flight requests across all cores, when the worker declared
+    /// `Tunnel-Max-Concurrency` (its limit is per worker, not per core).
+    pub(crate) permits: Option<Arc<CachePadded<AtomicU32>>>,
+    pub(crate) stats: Vec<Arc<WorkerCoreStats>>,
+}
+
+/// Where a new tunnel goes, and the shared handles its core needs.
+#[derive(Debug)]
+pub(crate) struct Placed {
+    pub(crate) core: usize,
+    pub(crate) permits: Option<Arc<CachePadded<AtomicU32>>>,
+    pub(crate) stats: Arc<WorkerCoreStats>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Placement {
+    cores: usize,
+    workers: Mutex<HashMap<Arc<str>, WorkerEntry>>,
+}
+
+impl Placement {
+    pub(crate) fn new(cores: usize) -> Placement {
+        Placement { cores, workers: Mutex::new(HashMap::new()) }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, WorkerEntry>> {
+        self.workers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reserves a slot for a new tunnel of worker `id`.
+    pub(crate) fn place(&self, id: &Arc<str>, meta: &Arc<Meta>, here: usize, cap: u32) -> Result<Placed, Error> {
+        let mut map = self.lock();
+        let cores = self.cores;
+        let e = map.entry(id.clone()).or_insert_with(|| WorkerEntry {
+            per_core: vec![0; cores],
+            meta: meta.clone(),
+            permits: None,
+            stats: (0..cores).map(|_| Arc::new(WorkerCoreStats::default())).collect(),
+        });
+        let total: u32 = e.per_core.iter().sum();
+        if total >= cap {
+            return Err(Error::TooManyTunnels(format!("worker {id} already holds {total} tunnels (limit {cap})")));
+        }
+        e.meta = meta.clone();
+        if meta.max_concurrency.is_some() && e.permits.is_none() {
+            e.permits = Some(Arc::new(CachePadded::new(AtomicU32::new(0))));
+        }
+        let min = *e.per_core.iter().min().unwrap_or(&0);
+        let core = if e.per_core[here] == min { here } else { e.per_core.iter().position(|&n| n == min).unwrap_or(here) };
+        e.per_core[core] += 1;
+        Ok(Placed { core, permits: e.permits.clone(), stats: e.stats[core].clone() })
+    }
+
+    /// A tunnel of `id` on `core` ended (or its setup failed after placement).
+    pub(crate) fn release(&self, id: &str, core: usize) {
+        let mut map = self.lock();
+        if let Some(e) = map.get_mut(id) {
+            e.per_core[core] = e.per_core[core].saturating_sub(1);
+            if e.per_core.iter().all(|&n| n == 0) {
+                map.remove(id);
+            }
+        }
+    }
+
+    /// A core other than `here` with tunnels of a worker serving this host and
+    /// path: where to hand a client connection when `here` has none.
+    pub(crate) fn core_for(&self, host: &[u8], path: &[u8], here: usize) -> Option<usize> {
+        let map = self.lock();
+        let mut best: Option<(usize, u32)> = None;
+        for e in map.values().filter(|e| e.meta.specificity(host, path).is_some()) {
+            for (core, &n) in e.per_core.iter().enumerate() {
+                if core != here && n > 0 && best.is_none_or(|(_, m)| n > m) {
+                    best = Some((core, n));
+                }
+            }
+        }
+        best.map(|(c, _)| c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ptth_proto::setup::Claim;
+
+    fn meta() -> Arc<Meta> {
+        Arc::new(Meta { claim: Claim::Any, routes: vec![], weight: 1, max_concurrency: None })
+    }
+
+    #[test]
+    fn spreads_evenly_and_prefers_here() {
+        let p = Placement::new(3);
+        let id: Arc<str> = Arc::from("w");
+        let cores: Vec<usize> = (0..6).map(|_| p.place(&id, &meta(), 1, 100).unwrap().core).collect();
+        assert_eq!(cores, [1, 0, 2, 1, 0, 2]);
+        p.release("w", 2);
+        assert_eq!(p.place(&id, &meta(), 0, 100).unwrap().core, 2);
+        assert!(matches!(p.place(&id, &meta(), 0, 6), Err(Error::TooManyTunnels(_))));
+        assert_eq!(p.core_for(b"any", b"/", 0), Some(1));
+    }
+}

@@ -1,0 +1,376 @@
+//! One core's tunnels and the choice among them.
+//!
+//! Place in the request path: route (Host, then longest path prefix) → pick a
+//! worker (power of two choices on in-flight requests, weighted) → take one of
+//! its idle tunnels; if every eligible tunnel is busy, wait in this core's
+//! bounded FIFO queue; a freed tunnel goes straight to the first waiter it can
+//! serve. Everything here is owned by one core: no locks, no atomics except a
+//! worker's cross-core concurrency permit when it declared a limit.
+
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::CachePadded;
+use monoio::net::TcpStream;
+use ptth_proto::h1::ResponseHead;
+use ptth_proto::rt::io::ReadBuf;
+use ptth_proto::rt::FastRng;
+
+use crate::stats::{self, WorkerCoreStats};
+use crate::tunnel::placement::Placement;
+use crate::tunnel::Meta;
+
+/// An established HTTP/1.1 tunnel with its reusable buffers.
+pub(crate) struct Tunnel {
+    pub(crate) stream: TcpStream,
+    pub(crate) rb: ReadBuf,
+    pub(crate) out: Vec<u8>,
+    pub(crate) head: ResponseHead,
+    /// The worker entry this tunnel belongs to, in this core's pool.
+    pub(crate) slot: usize,
+    pub(crate) idle_since: Instant,
+}
+
+struct LocalWorker {
+    id: Arc<str>,
+    meta: Arc<Meta>,
+    idle: Vec<Tunnel>,
+    /// Live tunnels on this core, idle or busy.
+    tunnels: u32,
+    in_flight: u32,
+    permits: Option<Arc<CachePadded<AtomicU32>>>,
+    stats: Arc<WorkerCoreStats>,
+}
+
+impl LocalWorker {
+    /// Takes a cross-core concurrency permit if the worker declared a limit.
+    fn try_permit(&self) -> bool {
+        match (&self.permits, self.meta.max_concurrency) {
+            (Some(p), Some(max)) => {
+                if p.fetch_add(1, Ordering::AcqRel) < max {
+                    true
+                } else {
+                    p.fetch_sub(1, Ordering::AcqRel);
+                    false
+                }
+            }
+            _ => true,
+        }
+    }
+
+    fn release_permit(&self) {
+        if let Some(p) = &self.permits {
+            p.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// A request waiting for a tunnel.
+pub(crate) struct Waiter {
+    host: Box<[u8]>,
+    path: Box<[u8]>,
+    pub(crate) got: std::cell::RefCell<Option<Tunnel>>,
+    pub(crate) waker: std::cell::RefCell<Option<Waker>>,
+}
+
+impl Waiter {
+    pub(crate) fn new(host: &[u8], path: &[u8]) -> Rc<Waiter> {
+        Rc::new(Waiter { host: host.into(), path: path.into(), got: Default::default(), waker: Default::default() })
+    }
+}
+
+/// Outcome of [`Pool::try_pick`].
+pub(crate) enum Pick {
+    Got(Tunnel),
+    /// Workers serve this route here, but none has a free tunnel (or permit).
+    Busy,
+    /// No worker on this core serves it.
+    NoRoute,
+}
+
+pub(crate) struct Pool {
+    core: usize,
+    placement: Arc<Placement>,
+    workers: Vec<Option<LocalWorker>>,
+    pub(crate) waiters: VecDeque<Rc<Waiter>>,
+    rng: FastRng,
+    cand: Vec<usize>,
+    avail: Vec<usize>,
+}
+
+impl Pool {
+    pub(crate) fn new(core: usize, placement: Arc<Placement>) -> Pool {
+        Pool {
+            core,
+            placement,
+            workers: Vec::new(),
+            waiters: VecDeque::new(),
+            rng: FastRng::seeded(core as u64 + 1),
+            cand: Vec::new(),
+            avail: Vec::new(),
+        }
+    }
+
+    /// Registers a freshly set-up tunnel and offers it to the queue.
+    pub(crate) fn add(
+        &mut self,
+        id: Arc<str>,
+        meta: Arc<Meta>,
+        permits: Option<Arc<CachePadded<AtomicU32>>>,
+        wstats: Arc<WorkerCoreStats>,
+        stream: TcpStream,
+        tunnel_read: usize,
+    ) {
+        let slot = match self.workers.iter().position(|w| w.as_ref().is_some_and(|w| w.id == id && w.meta == meta)) {
+            Some(s) => s,
+            None => {
+                let w = LocalWorker { id, meta, idle: Vec::new(), tunnels: 0, in_flight: 0, permits, stats: wstats };
+                match self.workers.iter().position(Option::is_none) {
+                    Some(s) => {
+                        self.workers[s] = Some(w);
+                        s
+                    }
+                    None => {
+                        self.workers.push(Some(w));
+                        self.workers.len() - 1
+                    }
+                }
+            }
+        };
+        let w = self.workers[slot].as_mut().expect("slot just filled");
+        w.tunnels += 1;
+        stats::set32(&w.stats.tunnels, w.tunnels);
+        let t = Tunnel {
+            stream,
+            rb: ReadBuf::with_capacity(tunnel_read),
+            out: Vec::with_capacity(4096),
+            head: ResponseHead::default(),
+            slot,
+            idle_since: Instant::now(),
+        };
+        self.offer(t);
+    }
+
+    /// The worker id a tunnel belongs to (for errors and logs).
+    pub(crate) fn worker_id(&self, slot: usize) -> Arc<str> {
+        self.workers[slot].as_ref().map(|w| w.id.clone()).unwrap_or_else(|| Arc::from("?"))
+    }
+
+    /// Fills `cand` with the workers that best match host and path.
+    fn candidates(workers: &[Option<LocalWorker>], cand: &mut Vec<usize>, host: &[u8], path: &[u8]) {
+        cand.clear();
+        let mut best = None;
+        for (i, w) in workers.iter().enumerate() {
+            let Some(w) = w else { continue };
+            let Some(s) = w.meta.specificity(host, path) else { continue };
+            match best {
+                Some(b) if s < b => {}
+                Some(b) if s == b => cand.push(i),
+                _ => {
+                    best = Some(s);
+                    cand.clear();
+                    cand.push(i);
+                }
+            }
+        }
+    }
+
+    /// Picks a tunnel for a request, or says why it cannot now.
+    pub(crate) fn try_pick(&mut self, host: &[u8], path: &[u8]) -> Pick {
+        Self::candidates(&self.workers, &mut self.cand, host, path);
+        if self.cand.is_empty() {
+            return Pick::NoRoute;
+        }
+        self.avail.clear();
+        for &i in &self.cand {
+            if self.workers[i].as_ref().is_some_and(|w| !w.idle.is_empty()) {
+                self.avail.push(i);
+            }
+        }
+        // Power of two choices (Mitzenmacher): two random candidates, the one
+        // with fewer in-flight requests per unit of weight wins. If its permit
+        // is exhausted, fall back to the other, then to a scan.
+        while !self.avail.is_empty() {
+            let n = self.avail.len() as u64;
+            let a = self.rng.below(n) as usize;
+            let pick = if n == 1 {
+                a
+            } else {
+                let mut b = self.rng.below(n - 1) as usize;
+                if b >= a {
+                    b += 1;
+                }
+                if self.load(self.avail[b]) < self.load(self.avail[a]) {
+                    b
+                } else {
+                    a
+                }
+            };
+            let slot = self.avail[pick];
+            if let Some(t) = self.take(slot) {
+                return Pick::Got(t);
+            }
+            self.avail.swap_remove(pick);
+        }
+        Pick::Busy
+    }
+
+    /// In-flight requests per unit of weight, scaled to stay integral.
+    fn load(&self, slot: usize) -> u64 {
+        let w = self.workers[slot].as_ref().expect("candidate exists");
+        (u64::from(w.in_flight) + 1) * 1_000_000 / u64::from(w.meta.weight)
+    }
+
+    /// Takes an idle tunnel of `slot`, accounting for it as in flight.
+    fn take(&mut self, slot: usize) -> Option<Tunnel> {
+        let w = self.workers[slot].as_mut()?;
+        if w.idle.is_empty() || !w.try_permit() {
+            return None;
+        }
+        let t = w.idle.pop()?;
+        w.in_flight += 1;
+        stats::set32(&w.stats.in_flight, w.in_flight);
+        Some(t)
+    }
+
+    /// A request is done with its tunnel. A reusable tunnel goes to the first
+    /// waiter it can serve, else back to the idle list; a broken one closes.
+    pub(crate) fn release(&mut self, t: Tunnel, reusable: bool) {
+        let slot = t.slot;
+        if let Some(w) = self.workers[slot].as_mut() {
+            w.in_flight -= 1;
+            stats::set32(&w.stats.in_flight, w.in_flight);
+            stats::add(&w.stats.requests, 1);
+            w.release_permit();
+        }
+        if reusable {
+            self.offer(t);
+        } else {
+            drop(t);
+            self.closed(slot);
+        }
+    }
+
+    /// Hands a free tunnel to the first waiter it can serve, or parks it.
+    fn offer(&mut self, mut t: Tunnel) {
+        let slot = t.slot;
+        let mut i = 0;
+        while i < self.waiters.len() {
+            let w = &self.waiters[i];
+            Self::candidates(&self.workers, &mut self.cand, &w.host, &w.path);
+            if self.cand.contains(&slot) {
+                let w = self.workers[slot].as_mut().expect("tunnel's worker exists");
+                if !w.try_permit() {
+                    break;
+                }
+                w.in_flight += 1;
+                stats::set32(&w.stats.in_flight, w.in_flight);
+                let waiter = self.waiters.remove(i).expect("index in range");
+                *waiter.got.borrow_mut() = Some(t);
+                if let Some(wk) = waiter.waker.borrow_mut().take() {
+                    wk.wake();
+                }
+                return;
+            }
+            i += 1;
+        }
+        t.idle_since = Instant::now();
+        if let Some(w) = self.workers[slot].as_mut() {
+            w.idle.push(t);
+        }
+    }
+
+    /// A tunnel of `slot` is gone: update counts, forget an empty worker, and
+    /// release its placement.
+    fn closed(&mut self, slot: usize) {
+        let Some(w) = self.workers[slot].as_mut() else { return };
+        w.tunnels -= 1;
+        stats::set32(&w.stats.tunnels, w.tunnels);
+        let id = w.id.clone();
+        if w.tunnels == 0 {
+            self.workers[slot] = None;
+        }
+        self.placement.release(&id, self.core);
+    }
+
+    /// Closes idle tunnels whose worker hung up, so routing and /status stop
+    /// counting them. Tunnels idle for less than `min_idle` are left alone.
+    pub(crate) fn sweep(&mut self, min_idle: Duration) {
+        let now = Instant::now();
+        let mut dead = Vec::new();
+        for (slot, w) in self.workers.iter_mut().enumerate() {
+            let Some(w) = w else { continue };
+            let mut i = 0;
+            while i < w.idle.len() {
+                if now.duration_since(w.idle[i].idle_since) >= min_idle && peer_closed(&w.idle[i].stream) {
+                    w.idle.swap_remove(i);
+                    dead.push(slot);
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        for slot in dead {
+            self.closed(slot);
+        }
+    }
+
+    /// Drops every idle tunnel (shutdown).
+    pub(crate) fn close_all(&mut self) {
+        for slot in 0..self.workers.len() {
+            let idle = match self.workers[slot].as_mut() {
+                Some(w) => std::mem::take(&mut w.idle),
+                None => continue,
+            };
+            for t in idle {
+                drop(t);
+                self.closed(slot);
+            }
+        }
+    }
+
+    /// Idle tunnels must be checked before use: has the worker closed it?
+    pub(crate) fn is_stale(t: &Tunnel, after: Duration) -> bool {
+        t.idle_since.elapsed() >= after && peer_closed(&t.stream)
+    }
+
+    /// Drops a tunnel that turned out dead before a request was sent on it
+    /// (no request counted).
+    pub(crate) fn discard(&mut self, t: Tunnel) {
+        let slot = t.slot;
+        if let Some(w) = self.workers[slot].as_mut() {
+            w.in_flight -= 1;
+            stats::set32(&w.stats.in_flight, w.in_flight);
+            w.release_permit();
+        }
+        drop(t);
+        self.closed(slot);
+    }
+}
+
+/// True when the peer closed (or reset) an idle connection: a non-blocking
+/// `MSG_PEEK` returns 0 bytes or an error other than "would block".
+#[allow(unsafe_code)]
+fn peer_closed(s: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut byte = [0u8; 1];
+    // SAFETY: the fd belongs to `s`, which is borrowed for the whole call, so
+    // it stays open; `byte` is a live one-byte buffer and we pass its length.
+    // MSG_PEEK leaves data in the socket; MSG_DONTWAIT keeps the call from
+    // blocking even though io_uring-accepted sockets are in blocking mode.
+    let n = unsafe { libc::recv(s.as_raw_fd(), byte.as_mut_ptr().cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    if n == 0 {
+        return true;
+    }
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        return !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted);
+    }
+    // Bytes on an idle h1 tunnel are a protocol error from the worker: the
+    // tunnel cannot be trusted with a request.
+    true
+}
