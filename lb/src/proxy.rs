@@ -148,13 +148,12 @@ async fn read_head(core: &Core, c: &mut Client) -> Result<bool, Error> {
 /// without its query.
 fn route_key<'b>(buf: &'b [u8], head: &RequestHead) -> (&'b [u8], &'b [u8]) {
     let target = head.target(buf);
-    let lower = |p: &[u8]| target.len() >= p.len() && target[..p.len()].eq_ignore_ascii_case(p);
-    let (host, rest) = if lower(b"http://") || lower(b"https://") {
-        let after = &target[target.iter().position(|&b| b == b':').unwrap_or(0) + 3..];
-        let end = after.iter().position(|&b| b == b'/' || b == b'?').unwrap_or(after.len());
-        (&after[..end], &after[end..])
-    } else {
+    let authority = h1::absolute_authority(target);
+    let (host, rest) = if authority.is_empty() {
         (head.host.as_ref().map(|r| &buf[r.clone()]).unwrap_or(b""), target)
+    } else {
+        let start = authority.as_ptr() as usize - target.as_ptr() as usize + authority.len();
+        (authority, &target[start..])
     };
     let path_end = rest.iter().position(|&b| b == b'?').unwrap_or(rest.len());
     (host, &rest[..path_end])

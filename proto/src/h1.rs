@@ -125,11 +125,12 @@ impl RequestHead {
     pub fn framing(&self) -> Framing {
         self.framing.unwrap_or(Framing::Empty)
     }
+    /// The method; empty if `buf` is not the buffer the head was parsed from.
     pub fn method<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
-        &buf[self.method.clone()]
+        buf.get(self.method.clone()).unwrap_or(b"")
     }
     pub fn target<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
-        &buf[self.target.clone()]
+        buf.get(self.target.clone()).unwrap_or(b"")
     }
     /// True for methods RFC 9110 §9.2.2 calls idempotent: safe to retry when no
     /// response byte was seen.
@@ -536,6 +537,13 @@ pub fn write_request_head(out: &mut Vec<u8>, buf: &[u8], head: &RequestHead, fwd
     out.extend_from_slice(head.target(buf));
     out.extend_from_slice(b" HTTP/1.1\r\n");
     write_fields(out, buf, &head.fields, head.conn.extra_hop_fields, &[b"expect"]);
+    if head.host.is_none() {
+        // An HTTP/1.0 request may lack Host; the HTTP/1.1 request we send must
+        // carry one, empty when the target names no authority (RFC 9112 §3.2).
+        out.extend_from_slice(b"Host: ");
+        out.extend_from_slice(absolute_authority(head.target(buf)));
+        out.extend_from_slice(b"\r\n");
+    }
     if let Some(f) = fwd {
         use std::io::Write;
         // RFC 7239 §6: IPv6 addresses and ports need the quoted form.
@@ -551,6 +559,21 @@ pub fn write_request_head(out: &mut Vec<u8>, buf: &[u8], head: &RequestHead, fwd
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// The authority of an absolute-form target (`http://host:port/path`), or
+/// empty for any other form.
+pub fn absolute_authority(target: &[u8]) -> &[u8] {
+    let lower = |p: &[u8]| target.len() >= p.len() && target[..p.len()].eq_ignore_ascii_case(p);
+    let rest = if lower(b"http://") {
+        &target[7..]
+    } else if lower(b"https://") {
+        &target[8..]
+    } else {
+        return b"";
+    };
+    let end = rest.iter().position(|&b| b == b'/' || b == b'?').unwrap_or(rest.len());
+    &rest[..end]
 }
 
 /// How the head of a relayed response ends the connection to the client.

@@ -1,1 +1,193 @@
+//! Support for the end-to-end tests: start a real lb and real workers
+//! in-process on 127.0.0.1:0, and talk to them over real sockets with a small
+//! blocking HTTP/1.1 client. Every wait is bounded.
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use ptth_lb::{Config, Lb};
+use ptth_proto::h1::{self, BodyDecoder, Parsed, ResponseHead};
+use ptth_workerd::{Handler, Responder, Worker};
+
+pub use ptth_lb;
+pub use ptth_workerd;
+
+/// Longest any single test step waits.
+pub const STEP: Duration = Duration::from_secs(10);
+
+/// An lb on ephemeral loopback ports with `cores` cores; `tweak` adjusts the
+/// config first.
+pub fn start_lb(cores: usize, tweak: impl FnOnce(&mut Config)) -> Lb {
+    let mut cfg = Config::ephemeral();
+    cfg.profile.cores = cores;
+    cfg.profile.pin = false;
+    cfg.quiet = true;
+    tweak(&mut cfg);
+    ptth_lb::run(cfg).expect("lb starts")
+}
+
+/// Worker config dialing `lb`, quiet, with id `id`.
+pub fn worker_config(lb: &Lb, id: &str, tunnels_per_core: u32) -> ptth_workerd::Config {
+    let mut c = ptth_workerd::Config {
+        lbs: vec![lb.tunnel_addr.to_string()],
+        tunnels_per_core,
+        quiet: true,
+        backoff_base: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+        ..Default::default()
+    };
+    c.meta.id = Some(id.to_string());
+    c
+}
+
+/// Starts a worker and waits until it covers every lb core.
+pub fn start_worker<H: Handler, F: Fn() -> H + Send + Sync + 'static>(cfg: ptth_workerd::Config, make: F) -> Worker {
+    let w = ptth_workerd::serve(cfg, make).expect("worker starts");
+    wait_until("worker covers every lb core", || w.is_covered());
+    w
+}
+
+/// A worker running a built-in responder.
+pub fn responder(lb: &Lb, id: &str, r: Responder) -> Worker {
+    start_worker(worker_config(lb, id, 4), move || r.clone())
+}
+
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let until = Instant::now() + STEP;
+    while !cond() {
+        assert!(Instant::now() < until, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A response as the test client read it.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A blocking client connection.
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(STEP)).unwrap();
+        stream.set_write_timeout(Some(STEP)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client { stream, buf: Vec::new() }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    /// Sends `GET path` with keep-alive.
+    pub fn get(&mut self, path: &str) -> Response {
+        self.send(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes());
+        self.read_response(false)
+    }
+
+    fn fill(&mut self) -> usize {
+        let mut chunk = [0u8; 65536];
+        match self.stream.read(&mut chunk) {
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                n
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionReset) => 0,
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+
+    /// Reads one response (the body whole). `head_request`: it answers a HEAD.
+    pub fn read_response(&mut self, head_request: bool) -> Response {
+        self.read_response_with(head_request, |_| {}).0
+    }
+
+    /// Reads one response, passing body payload to `sink` instead of keeping
+    /// it when `sink` wants it; returns the response and the body length.
+    pub fn read_response_with(&mut self, head_request: bool, mut sink: impl FnMut(&[u8])) -> (Response, u64) {
+        let mut head = ResponseHead::default();
+        let limits = h1::Limits::default();
+        loop {
+            match h1::parse_response(&self.buf, &limits, head_request, &mut head).expect("valid response head") {
+                Parsed::Complete => break,
+                Parsed::Partial => {
+                    assert!(self.fill() > 0, "connection closed before a response head; got {:?}", String::from_utf8_lossy(&self.buf));
+                }
+            }
+        }
+        let headers = head
+            .fields
+            .iter()
+            .map(|f| {
+                (
+                    String::from_utf8_lossy(&self.buf[f.name.clone()]).into_owned(),
+                    String::from_utf8_lossy(&self.buf[f.value.clone()]).into_owned(),
+                )
+            })
+            .collect();
+        let status = head.status;
+        self.buf.drain(..head.len);
+        let mut dec = BodyDecoder::new(head.framing());
+        let mut body = Vec::new();
+        let mut total = 0u64;
+        loop {
+            while !self.buf.is_empty() && !dec.is_done() {
+                let step = dec.decode(&self.buf).expect("valid body framing");
+                let data = &self.buf[step.data.clone()];
+                total += data.len() as u64;
+                if body.len() < 16 << 20 {
+                    body.extend_from_slice(data);
+                }
+                sink(data);
+                self.buf.drain(..step.consumed);
+            }
+            if dec.is_done() {
+                break;
+            }
+            if self.fill() == 0 {
+                dec.eof().expect("body complete at close");
+                break;
+            }
+        }
+        (Response { status, headers, body }, total)
+    }
+
+    /// True when the server closed the connection (EOF with nothing pending).
+    pub fn is_closed(&mut self) -> bool {
+        self.stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let closed = self.buf.is_empty() && self.fill() == 0;
+        self.stream.set_read_timeout(Some(STEP)).unwrap();
+        closed
+    }
+}
+
+/// GET on a fresh connection.
+pub fn get(addr: SocketAddr, path: &str) -> Response {
+    Client::connect(addr).get(path)
+}
+
+/// Fetches and parses the lb's /status.
+pub fn status(lb: &Lb) -> serde_json::Value {
+    let mut c = Client::connect(lb.admin_addr.expect("admin listener"));
+    let r = c.get("/status");
+    assert_eq!(r.status, 200);
+    serde_json::from_slice(&r.body).expect("status is JSON")
+}

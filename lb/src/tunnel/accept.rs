@@ -191,6 +191,29 @@ pub(crate) async fn finish(core: Rc<Core>, mut stream: TcpStream, id: Arc<str>, 
 mod tests {
     use super::*;
 
+    fn setup_req(claim: Claim, bearer: Option<&str>) -> SetupRequest {
+        SetupRequest {
+            token: ptth_proto::setup::UpgradeToken::Ptth,
+            claim,
+            offered: vec![InnerProtocol::Http11],
+            bearer: bearer.map(String::from),
+            meta: Default::default(),
+        }
+    }
+
+    #[test]
+    fn authorization_table() {
+        let mut cfg = Config::ephemeral();
+        let lo: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let far: SocketAddr = "10.0.0.1:1".parse().unwrap();
+        assert!(authorize(&cfg, &setup_req(Claim::Any, None), lo).is_ok());
+        assert!(matches!(authorize(&cfg, &setup_req(Claim::Any, None), far), Err(Error::Forbidden(_))));
+        cfg.token = Some("t".into());
+        assert!(authorize(&cfg, &setup_req(Claim::Any, Some("t")), far).is_ok());
+        assert!(matches!(authorize(&cfg, &setup_req(Claim::Any, Some("u")), lo), Err(Error::Unauthorized(_))));
+        assert!(matches!(authorize(&cfg, &setup_req(Claim::Any, None), lo), Err(Error::Unauthorized(_))));
+    }
+
     #[test]
     fn secrets_compare_whole() {
         assert!(same_secret(b"abc", b"abc"));
