@@ -184,7 +184,7 @@ async fn handle(core: &Rc<Core>, c: &mut Client) -> Next {
 
     let key = std::mem::take(&mut c.key);
     let (host, path) = key.split_at(info.host_len);
-    let mut tunnel = match acquire(core, host, path).await {
+    let mut tunnel = match acquire(core, host, path, None).await {
         Ok(t) => t,
         Err(e) => {
             let next = match &e {
@@ -230,11 +230,12 @@ async fn handle(core: &Rc<Core>, c: &mut Client) -> Next {
                 break if done.client_close { Next::Close } else { Next::Continue };
             }
             Err(Fail::BeforeResponse { err, replayable }) => {
+                let failed = tunnel.slot;
                 core.pool.borrow_mut().release(tunnel, false);
                 if replayable && bodyless && info.idempotent && attempt < MAX_RETRIES {
                     attempt += 1;
                     stats::add(&core.stats().retries, 1);
-                    match acquire(core, host, path).await {
+                    match acquire(core, host, path, Some(failed)).await {
                         Ok(t) => {
                             tunnel = t;
                             continue;
@@ -260,10 +261,10 @@ async fn handle(core: &Rc<Core>, c: &mut Client) -> Next {
 
 /// Takes a tunnel for this route from the core's pool, waiting in the bounded
 /// queue when every eligible tunnel is busy.
-async fn acquire(core: &Rc<Core>, host: &[u8], path: &[u8]) -> Result<Tunnel, Error> {
+async fn acquire(core: &Rc<Core>, host: &[u8], path: &[u8], avoid: Option<usize>) -> Result<Tunnel, Error> {
     let p = &core.shared.cfg.profile;
     loop {
-        let pick = core.pool.borrow_mut().try_pick(host, path);
+        let pick = core.pool.borrow_mut().try_pick(host, path, avoid);
         let t = match pick {
             Pick::Got(t) => t,
             Pick::NoRoute => {
@@ -385,7 +386,8 @@ async fn exchange(core: &Core, c: &mut Client, mut t: Tunnel, dec: &mut BodyDeco
         if let Some(f) = fail {
             return (Err(f), t);
         }
-        let r = response(p, &mut t.stream, &mut t.rb, &mut t.head, cs, &mut c.out, info, draining, &worker).await;
+        let started = std::cell::Cell::new(false);
+        let r = response(p, &mut t.stream, &mut t.rb, &mut t.head, cs, &mut c.out, info, draining, &worker, &started).await;
         return (r, t);
     }
 
@@ -396,12 +398,16 @@ async fn exchange(core: &Core, c: &mut Client, mut t: Tunnel, dec: &mut BodyDeco
     let (mut cr, mut cw) = client.into_split();
     let Tunnel { stream: tunnel, rb: mut trb, out: tout, head: mut thead, slot, idle_since } = t;
     let (mut tr, mut tw) = tunnel.into_split();
+    let started = std::cell::Cell::new(false);
     let (result, out) = {
         let mut send = pin!(send_message(&mut tw, tout, &mut cr, &mut c.rb, dec, BodyMode::Pass, p.io_timeout));
-        let mut resp = pin!(response(p, &mut tr, &mut trb, &mut thead, &mut cw, &mut c.out, info, draining, &worker));
+        let mut resp = pin!(response(p, &mut tr, &mut trb, &mut thead, &mut cw, &mut c.out, info, draining, &worker, &started));
         monoio::select! {
             (sent, out) = &mut send => match sent {
                 Ok(_) => (resp.await, out),
+                // Once response bytes went to the client, an error can only
+                // end the connection.
+                Err(_) if started.get() => (Err(Fail::AfterHead), out),
                 Err(e) => {
                     let fail = match e {
                         RelayError::Write(e) => Fail::BeforeResponse { err: Error::Tunnel { worker: worker.to_string(), why: e.to_string() }, replayable: false },
@@ -439,6 +445,7 @@ async fn response<TR: AsyncReadRent, CW: AsyncWriteRent>(
     info: &ReqInfo,
     draining: bool,
     worker: &str,
+    started: &std::cell::Cell<bool>,
 ) -> Result<Done, Fail> {
     let deadline = Instant::now() + p.response_timeout;
     let mut interim_sent = false;
@@ -456,6 +463,7 @@ async fn response<TR: AsyncReadRent, CW: AsyncWriteRent>(
                 // RFC 9110 §15.2: forward interim responses to HTTP/1.1
                 // clients; HTTP/1.0 clients cannot take them.
                 if info.version == Version::Http11 && thead.status != 100 {
+                    started.set(true);
                     cout.clear();
                     h1::write_response_head(cout, trb.data(), thead, Version::Http11, Persist::KeepAlive, false);
                     let (res, out) = write_all(cw, std::mem::take(cout), p.io_timeout).await;
@@ -496,6 +504,7 @@ async fn response<TR: AsyncReadRent, CW: AsyncWriteRent>(
     trb.consume(thead.len);
     let mut dec = BodyDecoder::new(framing);
     let mode = if dechunk { BodyMode::Dechunk } else { BodyMode::Pass };
+    started.set(true);
     let (res, out) = send_message(cw, std::mem::take(cout), tr, trb, &mut dec, mode, p.io_timeout).await;
     *cout = out;
     match res {

@@ -67,6 +67,8 @@ pub struct Response {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// False when the connection closed before the body's framing ended.
+    pub complete: bool,
 }
 
 impl Response {
@@ -148,6 +150,7 @@ impl Client {
         let mut dec = BodyDecoder::new(head.framing());
         let mut body = Vec::new();
         let mut total = 0u64;
+        let mut complete = true;
         loop {
             while !self.buf.is_empty() && !dec.is_done() {
                 let step = dec.decode(&self.buf).expect("valid body framing");
@@ -163,11 +166,11 @@ impl Client {
                 break;
             }
             if self.fill() == 0 {
-                dec.eof().expect("body complete at close");
+                complete = dec.eof().is_ok();
                 break;
             }
         }
-        (Response { status, headers, body }, total)
+        (Response { status, headers, body, complete }, total)
     }
 
     /// True when the server closed the connection (EOF with nothing pending).

@@ -233,4 +233,8 @@ where
         _ = kill.wait() => {},
         _ = drained => {},
     }
+    // monoio drops tasks still parked when the runtime goes away without
+    // running them; give the killed ones a turn so their sockets close now.
+    kill.fire();
+    monoio::time::sleep(Duration::from_millis(20)).await;
 }

@@ -179,8 +179,10 @@ impl Pool {
         }
     }
 
-    /// Picks a tunnel for a request, or says why it cannot now.
-    pub(crate) fn try_pick(&mut self, host: &[u8], path: &[u8]) -> Pick {
+    /// Picks a tunnel for a request, or says why it cannot now. `avoid`: a
+    /// worker whose tunnel just failed this request, used only if no other
+    /// worker has a free tunnel.
+    pub(crate) fn try_pick(&mut self, host: &[u8], path: &[u8], avoid: Option<usize>) -> Pick {
         Self::candidates(&self.workers, &mut self.cand, host, path);
         if self.cand.is_empty() {
             return Pick::NoRoute;
@@ -191,23 +193,26 @@ impl Pool {
                 self.avail.push(i);
             }
         }
-        // Power of two choices (Mitzenmacher): two random candidates, the one
-        // with fewer in-flight requests per unit of weight wins. If its permit
-        // is exhausted, fall back to the other, then to a scan.
+        if let Some(a) = avoid {
+            if self.avail.iter().any(|&i| i != a) {
+                self.avail.retain(|&i| i != a);
+            }
+        }
+        // Power of two choices (Mitzenmacher), weighted: two candidates drawn
+        // in proportion to their weight; the one with fewer in-flight
+        // requests per unit of weight wins, ties to the first draw. Idle
+        // workers thus share requests by weight; loaded ones by load.
         while !self.avail.is_empty() {
-            let n = self.avail.len() as u64;
-            let a = self.rng.below(n) as usize;
-            let pick = if n == 1 {
-                a
-            } else {
-                let mut b = self.rng.below(n - 1) as usize;
-                if b >= a {
-                    b += 1;
-                }
-                if self.load(self.avail[b]) < self.load(self.avail[a]) {
-                    b
-                } else {
-                    a
+            let a = self.draw(None);
+            let pick = match self.avail.len() {
+                1 => a,
+                _ => {
+                    let b = self.draw(Some(a));
+                    if self.load(self.avail[b]) < self.load(self.avail[a]) {
+                        b
+                    } else {
+                        a
+                    }
                 }
             };
             let slot = self.avail[pick];
@@ -222,7 +227,25 @@ impl Pool {
     /// In-flight requests per unit of weight, scaled to stay integral.
     fn load(&self, slot: usize) -> u64 {
         let w = self.workers[slot].as_ref().expect("candidate exists");
-        (u64::from(w.in_flight) + 1) * 1_000_000 / u64::from(w.meta.weight)
+        u64::from(w.in_flight) * 1_000_000 / u64::from(w.meta.weight)
+    }
+
+    fn weight(&self, slot: usize) -> u64 {
+        self.workers[slot].as_ref().map_or(1, |w| u64::from(w.meta.weight))
+    }
+
+    /// An index into `avail`, drawn in proportion to weight, other than `not`.
+    fn draw(&mut self, not: Option<usize>) -> usize {
+        let total: u64 = (0..self.avail.len()).filter(|&i| Some(i) != not).map(|i| self.weight(self.avail[i])).sum();
+        let mut r = self.rng.below(total.max(1));
+        for i in (0..self.avail.len()).filter(|&i| Some(i) != not) {
+            let w = self.weight(self.avail[i]);
+            if r < w {
+                return i;
+            }
+            r -= w;
+        }
+        0
     }
 
     /// Takes an idle tunnel of `slot`, accounting for it as in flight.

@@ -1,0 +1,142 @@
+//! Failures around the data path: no worker, a worker killed mid-request, a
+//! worker too slow, full queues, the lb restarted under its workers.
+
+use std::time::Duration;
+
+use ptth_tests::*;
+use ptth_workerd::Responder;
+
+#[test]
+fn no_worker_is_503_with_retry_after() {
+    let lb = start_lb(2, |_| {});
+    let mut c = Client::connect(lb.client_addr());
+    let r = c.get("/nothing");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(r.text().contains("no worker serves"), "{}", r.text());
+    // A bodyless request leaves the connection usable.
+    assert_eq!(c.get("/again").status, 503);
+}
+
+fn routed(lb: &ptth_lb::Lb, id: &str, route: &str, r: Responder) -> ptth_workerd::Worker {
+    let mut cfg = worker_config(lb, id, 2);
+    cfg.meta.routes = vec![route.to_string()];
+    start_worker(cfg, move || r.clone())
+}
+
+#[test]
+fn worker_killed_mid_request_is_502_and_others_keep_serving() {
+    let lb = start_lb(2, |_| {});
+    let slow = routed(&lb, "slow", "/slow/", Responder::Delay(Duration::from_secs(3)));
+    let _fast = routed(&lb, "fast", "/", Responder::Hello);
+    let addr = lb.client_addr();
+    let pending = std::thread::spawn(move || {
+        let mut c = Client::connect(addr);
+        c.send(b"POST /slow/x HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi");
+        c.read_response(false)
+    });
+    wait_until("the slow request is in flight", || status(&lb)["workers"].as_array().unwrap().iter().any(|w| w["id"] == "slow" && w["in_flight"] == 1));
+    slow.kill();
+    let r = pending.join().unwrap();
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.text().contains("slow"), "names the worker: {}", r.text());
+    for _ in 0..20 {
+        assert_eq!(get(lb.client_addr(), "/").status, 200);
+    }
+    // The dead worker's tunnels are forgotten.
+    wait_until("the killed worker leaves /status", || !status(&lb)["workers"].as_array().unwrap().iter().any(|w| w["id"] == "slow"));
+    assert_eq!(get(lb.client_addr(), "/slow/x").status, 200, "falls back to the / worker");
+}
+
+#[test]
+fn idempotent_request_is_retried_on_another_worker() {
+    let lb = start_lb(1, |_| {});
+    let a = routed(&lb, "a", "/r/", Responder::Delay(Duration::from_millis(1500)));
+    let b = routed(&lb, "b", "/r/", Responder::Delay(Duration::from_millis(1500)));
+    let addr = lb.client_addr();
+    let pending = std::thread::spawn(move || get(addr, "/r/1"));
+    let mut busy = String::new();
+    wait_until("the request is in flight", || {
+        let s = status(&lb);
+        match s["workers"].as_array().unwrap().iter().find(|w| w["in_flight"] == 1) {
+            Some(w) => {
+                busy = w["id"].as_str().unwrap().to_string();
+                true
+            }
+            None => false,
+        }
+    });
+    let survivor = if busy == "a" {
+        a.kill();
+        b
+    } else {
+        b.kill();
+        a
+    };
+    let r = pending.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let s = status(&lb);
+    assert_eq!(s["per_core"][0]["retries"].as_u64(), Some(1));
+    drop(survivor);
+}
+
+#[test]
+fn slow_worker_is_504() {
+    let lb = start_lb(1, |c| c.profile.response_timeout = Duration::from_millis(300));
+    let _w = responder(&lb, "slow", Responder::Delay(Duration::from_secs(2)));
+    let r = get(lb.client_addr(), "/");
+    assert_eq!(r.status, 504);
+    assert!(r.text().contains("slow"), "{}", r.text());
+}
+
+#[test]
+fn queue_bounds_give_503() {
+    // One tunnel, so a second request must wait for it.
+    let lb = start_lb(1, |c| c.profile.queue_wait = Duration::from_millis(200));
+    let mut cfg = worker_config(&lb, "one", 1);
+    cfg.meta.max_concurrency = Some(1);
+    let _w = start_worker(cfg, || Responder::Delay(Duration::from_millis(1000)));
+    let addr = lb.client_addr();
+    let first = std::thread::spawn(move || get(addr, "/"));
+    wait_until("the first request holds the tunnel", || status(&lb)["workers"][0]["in_flight"] == 1);
+    let r = get(lb.client_addr(), "/");
+    assert_eq!(r.status, 503);
+    assert!(r.header("retry-after").is_some());
+    assert!(r.text().contains("no tunnel became free"), "{}", r.text());
+    assert_eq!(first.join().unwrap().status, 200);
+
+    let lb = start_lb(1, |c| c.profile.queue_max = 0);
+    let _w = start_worker(worker_config(&lb, "one", 1), || Responder::Delay(Duration::from_millis(500)));
+    let addr = lb.client_addr();
+    let first = std::thread::spawn(move || get(addr, "/"));
+    wait_until("the first request holds the tunnel", || status(&lb)["workers"][0]["in_flight"] == 1);
+    let r = get(lb.client_addr(), "/");
+    assert_eq!(r.status, 503);
+    assert!(r.text().contains("too many requests are waiting"), "{}", r.text());
+    assert_eq!(first.join().unwrap().status, 200);
+}
+
+#[test]
+fn waiting_request_gets_the_next_free_tunnel() {
+    let lb = start_lb(1, |_| {});
+    let _w = start_worker(worker_config(&lb, "one", 1), || Responder::Delay(Duration::from_millis(300)));
+    let addr = lb.client_addr();
+    let threads: Vec<_> = (0..4).map(|_| std::thread::spawn(move || get(addr, "/"))).collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap().status, 200);
+    }
+    assert!(status(&lb)["per_core"][0]["queued"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn workers_reconnect_after_the_lb_restarts() {
+    let lb = start_lb(2, |_| {});
+    let tunnel = lb.tunnel_addr;
+    let w = responder(&lb, "w", Responder::Hello);
+    assert_eq!(get(lb.client_addr(), "/").status, 200);
+    lb.shutdown();
+    wait_until("the worker notices", || !w.is_covered());
+    let lb = start_lb(2, |c| c.tunnel_listen = tunnel);
+    wait_until("the worker covers the new lb", || w.is_covered());
+    assert_eq!(get(lb.client_addr(), "/").status, 200);
+}
