@@ -224,7 +224,8 @@ impl TryFrom<ProfileFile> for Profile {
     fn try_from(f: ProfileFile) -> Result<Profile, ConfigError> {
         let r = &f.runtime;
         let driver = r.driver.as_deref().unwrap_or("auto");
-        let driver = DriverChoice::parse(driver).ok_or_else(|| cerr("runtime.driver", format!("expected auto, uring or legacy, got {driver:?}")))?;
+        let driver =
+            DriverChoice::parse(driver).ok_or_else(|| cerr("runtime.driver", format!("expected auto, uring or legacy, got {driver:?}")))?;
         let flags = r.ring_flags.as_deref().unwrap_or("coop_taskrun");
         let flags = RingFlags::parse(flags)
             .ok_or_else(|| cerr("runtime.ring_flags", format!("expected coop_taskrun, defer_taskrun or none, got {flags:?}")))?;
@@ -304,7 +305,12 @@ impl Config {
             admin_listen,
             token,
             origins,
-            max_tunnels_per_worker: range("tunnel.max_tunnels_per_worker", Some(f.tunnel.max_tunnels_per_worker.unwrap_or(1024)), 1, 1 << 20)?,
+            max_tunnels_per_worker: range(
+                "tunnel.max_tunnels_per_worker",
+                Some(f.tunnel.max_tunnels_per_worker.unwrap_or(1024)),
+                1,
+                1 << 20,
+            )?,
             profile,
             quiet: false,
         })

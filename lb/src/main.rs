@@ -39,7 +39,18 @@ struct Cli {
 }
 
 fn parse_cli(args: Vec<String>) -> Result<Cli, String> {
-    let mut cli = Cli { demo: false, config: None, profile: None, listen: vec![], tunnel: None, admin: None, cores: None, token: None, driver: None, quiet: false };
+    let mut cli = Cli {
+        demo: false,
+        config: None,
+        profile: None,
+        listen: vec![],
+        tunnel: None,
+        admin: None,
+        cores: None,
+        token: None,
+        driver: None,
+        quiet: false,
+    };
     let mut it = args.into_iter().peekable();
     if it.peek().map(String::as_str) == Some("demo") {
         it.next();
@@ -55,7 +66,9 @@ fn parse_cli(args: Vec<String>) -> Result<Cli, String> {
             "--admin-listen" => cli.admin = Some(value()?),
             "--cores" => {
                 let v = value()?;
-                cli.cores = Some(v.parse().ok().filter(|n| (1..=1024).contains(n)).ok_or_else(|| format!("--cores: expected 1 to 1024, got {v:?}"))?);
+                cli.cores = Some(
+                    v.parse().ok().filter(|n| (1..=1024).contains(n)).ok_or_else(|| format!("--cores: expected 1 to 1024, got {v:?}"))?,
+                );
             }
             "--token" => cli.token = Some(value()?),
             "--driver" => cli.driver = Some(value()?),
@@ -86,8 +99,8 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
         profile.cores = n;
     }
     if let Some(d) = &cli.driver {
-        profile.runtime.driver =
-            ptth_proto::rt::runtime::DriverChoice::parse(d).ok_or_else(|| format!("--driver: expected auto, uring or legacy, got {d:?}"))?;
+        profile.runtime.driver = ptth_proto::rt::runtime::DriverChoice::parse(d)
+            .ok_or_else(|| format!("--driver: expected auto, uring or legacy, got {d:?}"))?;
     }
     let mut cfg = Config::from_file(file, profile).map_err(|e| e.to_string())?;
     if !cli.listen.is_empty() {

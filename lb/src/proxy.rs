@@ -450,12 +450,16 @@ async fn response<TR: AsyncReadRent, CW: AsyncWriteRent>(
     let deadline = Instant::now() + p.response_timeout;
     let mut interim_sent = false;
     let limits = h1::Limits { max_head: p.tunnel_read.min(p.limits.max_head.max(64 * 1024)), ..p.limits };
-    let tunnel_err = |why: String, replayable: bool| Fail::BeforeResponse { err: Error::Tunnel { worker: worker.to_string(), why }, replayable };
+    let tunnel_err =
+        |why: String, replayable: bool| Fail::BeforeResponse { err: Error::Tunnel { worker: worker.to_string(), why }, replayable };
     loop {
         match h1::parse_response(trb.data(), &limits, info.is_head, thead) {
             Ok(Parsed::Complete) if thead.status == 101 => {
                 return Err(Fail::BeforeResponse {
-                    err: Error::BadResponse { worker: worker.to_string(), why: "101 Switching Protocols is not relayed over HTTP/1.1 tunnels".into() },
+                    err: Error::BadResponse {
+                        worker: worker.to_string(),
+                        why: "101 Switching Protocols is not relayed over HTTP/1.1 tunnels".into(),
+                    },
                     replayable: false,
                 });
             }
@@ -477,7 +481,10 @@ async fn response<TR: AsyncReadRent, CW: AsyncWriteRent>(
             Ok(Parsed::Complete) => break,
             Ok(Parsed::Partial) => {}
             Err(e) => {
-                return Err(Fail::BeforeResponse { err: Error::BadResponse { worker: worker.to_string(), why: e.to_string() }, replayable: false })
+                return Err(Fail::BeforeResponse {
+                    err: Error::BadResponse { worker: worker.to_string(), why: e.to_string() },
+                    replayable: false,
+                })
             }
         }
         let left = deadline.saturating_duration_since(Instant::now());
@@ -486,7 +493,10 @@ async fn response<TR: AsyncReadRent, CW: AsyncWriteRent>(
             Ok(0) => return Err(tunnel_err("closed before the response".into(), nothing_yet)),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                return Err(Fail::BeforeResponse { err: Error::ResponseTimeout { worker: worker.to_string(), after: p.response_timeout }, replayable: false })
+                return Err(Fail::BeforeResponse {
+                    err: Error::ResponseTimeout { worker: worker.to_string(), after: p.response_timeout },
+                    replayable: false,
+                })
             }
             Err(e) => return Err(tunnel_err(e.to_string(), nothing_yet)),
         }

@@ -24,11 +24,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_request_line: 8 * 1024,
-            max_head: 32 * 1024,
-            max_headers: 100,
-        }
+        Limits { max_request_line: 8 * 1024, max_head: 32 * 1024, max_headers: 100 }
     }
 }
 
@@ -135,10 +131,7 @@ impl RequestHead {
     /// True for methods RFC 9110 §9.2.2 calls idempotent: safe to retry when no
     /// response byte was seen.
     pub fn is_idempotent(&self, buf: &[u8]) -> bool {
-        matches!(
-            self.method(buf),
-            b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
-        )
+        matches!(self.method(buf), b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE")
     }
     pub fn is_head(&self, buf: &[u8]) -> bool {
         self.method(buf) == b"HEAD"
@@ -162,10 +155,7 @@ impl ResponseHead {
 }
 
 fn find_field<'b>(fields: &[Field], buf: &'b [u8], name: &str) -> Option<&'b [u8]> {
-    fields
-        .iter()
-        .find(|f| buf[f.name.clone()].eq_ignore_ascii_case(name.as_bytes()))
-        .map(|f| &buf[f.value.clone()])
+    fields.iter().find(|f| buf[f.name.clone()].eq_ignore_ascii_case(name.as_bytes())).map(|f| &buf[f.value.clone()])
 }
 
 /// Outcome of a parse over the bytes read so far.
@@ -308,12 +298,7 @@ pub fn parse_request(buf: &[u8], limits: &Limits, head: &mut RequestHead) -> Res
 
 /// Parses a response head; `request_was_head` and the status decide bodyless
 /// responses (RFC 9112 §6.3 items 1–2).
-pub fn parse_response(
-    buf: &[u8],
-    limits: &Limits,
-    request_was_head: bool,
-    head: &mut ResponseHead,
-) -> Result<Parsed, HeadError> {
+pub fn parse_response(buf: &[u8], limits: &Limits, request_was_head: bool, head: &mut ResponseHead) -> Result<Parsed, HeadError> {
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let max = limits.max_headers.min(MAX_HEADERS);
     let mut res = httparse::Response::new(&mut storage[..max]);
@@ -353,10 +338,7 @@ pub fn parse_response(
                 }
             }
         }
-        head.fields.push(Field {
-            name: offset_of(buf, h.name.as_bytes()),
-            value: offset_of(buf, h.value),
-        });
+        head.fields.push(Field { name: offset_of(buf, h.name.as_bytes()), value: offset_of(buf, h.value) });
     }
     if version == Version::Http10 && !keep_alive {
         conn.close = true;
@@ -483,15 +465,8 @@ pub fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// `Transfer-Encoding` and `Trailer` are absent on purpose: bodies are relayed in
 /// their received chunked framing, so the coding stays accurate on the next hop.
 fn is_hop_by_hop(name: &[u8]) -> bool {
-    const HOP: [&[u8]; 7] = [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"upgrade",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-    ];
+    const HOP: [&[u8]; 7] =
+        [b"connection", b"keep-alive", b"proxy-connection", b"te", b"upgrade", b"proxy-authenticate", b"proxy-authorization"];
     HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
@@ -588,14 +563,7 @@ pub enum Persist {
 /// Writes a relayed response head for a client speaking `client_version`,
 /// without hop-by-hop fields. `dechunk` drops `Transfer-Encoding` because the
 /// body will be sent decoded and close-delimited (HTTP/1.0 clients).
-pub fn write_response_head(
-    out: &mut Vec<u8>,
-    buf: &[u8],
-    head: &ResponseHead,
-    client_version: Version,
-    persist: Persist,
-    dechunk: bool,
-) {
+pub fn write_response_head(out: &mut Vec<u8>, buf: &[u8], head: &ResponseHead, client_version: Version, persist: Persist, dechunk: bool) {
     use std::io::Write;
     out.extend_from_slice(client_version.as_str().as_bytes());
     let _ = write!(out, " {} ", head.status);
@@ -845,11 +813,7 @@ impl BodyDecoder {
                 Length(_) | UntilClose | Data(_) | Done => unreachable!("handled above"),
             };
             self.line += 1;
-            let limit = if matches!(self.state, TrailerStart | Trailer | TrailerLf | EndLf) {
-                MAX_TRAILERS
-            } else {
-                MAX_CHUNK_LINE
-            };
+            let limit = if matches!(self.state, TrailerStart | Trailer | TrailerLf | EndLf) { MAX_TRAILERS } else { MAX_CHUNK_LINE };
             if self.line > limit {
                 return Err(BodyError::BadChunk("chunk line or trailer section too long"));
             }
@@ -921,10 +885,7 @@ mod tests {
                 head: "Transfer-Encoding: chunked\r\nContent-Length: 3\r\n",
                 want: Err(HeadError::BadFraming("both Transfer-Encoding and Content-Length")),
             },
-            Case {
-                head: "Transfer-Encoding: gzip\r\n",
-                want: Err(HeadError::BadFraming("final transfer coding is not chunked")),
-            },
+            Case { head: "Transfer-Encoding: gzip\r\n", want: Err(HeadError::BadFraming("final transfer coding is not chunked")) },
             Case {
                 head: "Transfer-Encoding: chunked, gzip\r\n",
                 want: Err(HeadError::BadFraming("chunked is not the final transfer coding")),
@@ -941,10 +902,7 @@ mod tests {
     #[test]
     fn rejects_bad_heads() {
         assert_eq!(req("GET / HTTP/1.1\r\n\r\n").unwrap_err(), HeadError::Malformed("missing Host field"));
-        assert!(matches!(
-            req("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").unwrap_err(),
-            HeadError::Malformed(_)
-        ));
+        assert!(matches!(req("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").unwrap_err(), HeadError::Malformed(_)));
         // obs-fold (RFC 9112 §5.2) is rejected.
         assert!(req("GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n").is_err());
         assert_eq!(
@@ -952,10 +910,7 @@ mod tests {
             HeadError::BadFraming("Transfer-Encoding in an HTTP/1.0 request")
         );
         assert_eq!(req("GET / HTTP/2.0\r\nHost: a\r\n\r\n").unwrap_err(), HeadError::VersionNotSupported);
-        assert_eq!(
-            req("GET / HTTP/1.1\r\nHost: a\r\nExpect: bogus\r\n\r\n").unwrap_err(),
-            HeadError::ExpectationFailed
-        );
+        assert_eq!(req("GET / HTTP/1.1\r\nHost: a\r\nExpect: bogus\r\n\r\n").unwrap_err(), HeadError::ExpectationFailed);
     }
 
     #[test]
@@ -967,10 +922,7 @@ mod tests {
         let big = format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n", "b".repeat(33 * 1024));
         assert_eq!(req(&big).unwrap_err(), HeadError::HeadTooLarge);
         let many: String = (0..101).map(|i| format!("X{i}: y\r\n")).collect();
-        assert_eq!(
-            req(&format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n")).unwrap_err(),
-            HeadError::TooManyFields
-        );
+        assert_eq!(req(&format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n")).unwrap_err(), HeadError::TooManyFields);
     }
 
     #[test]
@@ -987,10 +939,7 @@ mod tests {
         let fwd = Forwarding { client: "10.0.0.1:5".parse().unwrap(), proto: "http" };
         write_request_head(&mut out, s.as_bytes(), &h, Some(&fwd));
         let out = String::from_utf8(out).unwrap();
-        assert_eq!(
-            out,
-            "GET / HTTP/1.1\r\nHost: h\r\nX-End: 2\r\nForwarded: for=\"10.0.0.1:5\";proto=http;host=\"h\"\r\n\r\n"
-        );
+        assert_eq!(out, "GET / HTTP/1.1\r\nHost: h\r\nX-End: 2\r\nForwarded: for=\"10.0.0.1:5\";proto=http;host=\"h\"\r\n\r\n");
     }
 
     #[test]
@@ -1039,13 +988,7 @@ mod tests {
 
     #[test]
     fn chunked_errors() {
-        for bad in [
-            &b"x\r\n"[..],
-            b"5\r\nhelloXX",
-            b"5\nhello\r\n",
-            b"fffffffffffffffff\r\n",
-            b"0\r\nbad\n",
-        ] {
+        for bad in [&b"x\r\n"[..], b"5\r\nhelloXX", b"5\nhello\r\n", b"fffffffffffffffff\r\n", b"0\r\nbad\n"] {
             let mut d = BodyDecoder::new(Framing::Chunked);
             assert!(d.scan(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }

@@ -221,9 +221,7 @@ impl SetupRequest {
         if head.framing().has_body() {
             return Err(SetupError::Malformed("setup requests have no body".into()));
         }
-        let alpn = head
-            .field(buf, "alpn")
-            .ok_or_else(|| SetupError::Malformed("missing ALPN field (e.g. ALPN: http%2F1.1)".into()))?;
+        let alpn = head.field(buf, "alpn").ok_or_else(|| SetupError::Malformed("missing ALPN field (e.g. ALPN: http%2F1.1)".into()))?;
         let mut offered = Vec::new();
         for item in list_items(alpn) {
             let id = percent_decode(item).ok_or_else(|| SetupError::Malformed("ALPN entry is not valid percent-encoding".into()))?;
@@ -254,9 +252,7 @@ impl SetupRequest {
 }
 
 fn parse_claim(rest: &str) -> Result<Claim, SetupError> {
-    let list = rest
-        .strip_suffix('/')
-        .ok_or_else(|| SetupError::Malformed("setup path must end with '/' after the origin list".into()))?;
+    let list = rest.strip_suffix('/').ok_or_else(|| SetupError::Malformed("setup path must end with '/' after the origin list".into()))?;
     if list.is_empty() {
         return Err(SetupError::Malformed("the origin list is empty (use * for any origin)".into()));
     }
@@ -265,8 +261,8 @@ fn parse_claim(rest: &str) -> Result<Claim, SetupError> {
     }
     let mut origins = Vec::new();
     for item in list.split(',') {
-        let decoded =
-            percent_decode(item.as_bytes()).ok_or_else(|| SetupError::Malformed(format!("origin {item:?} is not valid percent-encoding")))?;
+        let decoded = percent_decode(item.as_bytes())
+            .ok_or_else(|| SetupError::Malformed(format!("origin {item:?} is not valid percent-encoding")))?;
         origins.push(Origin::parse(&decoded).map_err(SetupError::Malformed)?);
     }
     if origins.len() > MAX_ORIGINS {
@@ -286,7 +282,8 @@ fn parse_meta(buf: &[u8], head: &RequestHead) -> Result<WorkerMeta, SetupError> 
         meta.id = Some(id);
     }
     if let Some(v) = head.field(buf, FIELD_ROUTES) {
-        let routes = sf::parse_string_list(v).ok_or_else(|| bad(FIELD_ROUTES, "expected a list of sf-strings like \"/api/\", \"/img/\""))?;
+        let routes =
+            sf::parse_string_list(v).ok_or_else(|| bad(FIELD_ROUTES, "expected a list of sf-strings like \"/api/\", \"/img/\""))?;
         if routes.len() > MAX_ROUTES {
             return Err(bad(FIELD_ROUTES, "more than 64 routes"));
         }
@@ -399,11 +396,7 @@ pub struct Accepted {
 /// Writes the `101 Switching Protocols` that starts the inner protocol.
 pub fn write_accept(out: &mut Vec<u8>, a: &Accepted) {
     let mut s = String::with_capacity(160);
-    let _ = write!(
-        s,
-        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {}\r\n",
-        a.token.as_str()
-    );
+    let _ = write!(s, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {}\r\n", a.token.as_str());
     match a.token {
         UpgradeToken::Ptth => {
             let _ = write!(s, "ALPN: {}\r\n", a.protocol.alpn_field());
@@ -437,7 +430,10 @@ pub fn write_reject(out: &mut Vec<u8>, status: u16, reason: &str, retry_after: O
 pub enum SetupResponse {
     Accepted(Accepted),
     /// Any other status; `retry_after` in seconds when the lb sent one.
-    Rejected { status: u16, retry_after: Option<u32> },
+    Rejected {
+        status: u16,
+        retry_after: Option<u32>,
+    },
 }
 
 impl SetupResponse {
@@ -455,14 +451,10 @@ impl SetupResponse {
         } else {
             return Err("101 without Upgrade: ptth".into());
         };
-        let alpn = head
-            .field(buf, "alpn")
-            .or_else(|| head.field(buf, "selected-alpn"))
-            .ok_or("101 without an ALPN field")?;
+        let alpn = head.field(buf, "alpn").or_else(|| head.field(buf, "selected-alpn")).ok_or("101 without an ALPN field")?;
         let id = percent_decode(trim(alpn)).ok_or("101 with an invalid ALPN field")?;
-        let protocol = InnerProtocol::from_id(&id)
-            .filter(|p| offer.contains(p))
-            .ok_or_else(|| format!("lb chose {id:?}, which was not offered"))?;
+        let protocol =
+            InnerProtocol::from_id(&id).filter(|p| offer.contains(p)).ok_or_else(|| format!("lb chose {id:?}, which was not offered"))?;
         let int = |name: &str| head.field(buf, name).and_then(|v| sf::parse_integer(trim(v))).and_then(|v| u32::try_from(v).ok());
         let (core, cores) = match (int(FIELD_CORE), int(FIELD_CORES)) {
             (Some(c), Some(n)) if c < n => (c, n),
@@ -486,17 +478,18 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let meta = WorkerMeta {
-            id: Some("w-1".into()),
-            routes: vec!["/api/".into(), "/img/".into()],
-            weight: 3,
-            max_concurrency: Some(8),
-        };
+        let meta = WorkerMeta { id: Some("w-1".into()), routes: vec!["/api/".into(), "/img/".into()], weight: 3, max_concurrency: Some(8) };
         let claim = Claim::Origins(vec![Origin::parse("https://API.example.com").unwrap(), Origin::parse("http://b.test:8080").unwrap()]);
         let mut out = Vec::new();
         write_setup_request(
             &mut out,
-            &SetupParams { host: "lb", claim: &claim, offer: &[InnerProtocol::H2, InnerProtocol::Http11], token: Some("s3cret"), meta: &meta },
+            &SetupParams {
+                host: "lb",
+                claim: &claim,
+                offer: &[InnerProtocol::H2, InnerProtocol::Http11],
+                token: Some("s3cret"),
+                meta: &meta,
+            },
         );
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("GET /.well-known/ptth/https%3A%2F%2Fapi.example.com,http%3A%2F%2Fb.test%3A8080/ HTTP/1.1\r\n"), "{text}");
@@ -525,7 +518,8 @@ mod tests {
 
     #[test]
     fn reverse_token_is_accepted_anywhere() {
-        let r = setup("GET /connect HTTP/1.1\r\nHost: lb\r\nConnection: upgrade\r\nUpgrade: reverse\r\nALPN: h2, http%2F1.1\r\n\r\n").unwrap();
+        let r =
+            setup("GET /connect HTTP/1.1\r\nHost: lb\r\nConnection: upgrade\r\nUpgrade: reverse\r\nALPN: h2, http%2F1.1\r\n\r\n").unwrap();
         assert_eq!(r.token, UpgradeToken::Reverse);
         assert_eq!(r.claim, Claim::Any);
         let mut out = Vec::new();

@@ -35,7 +35,9 @@ fn worker_killed_mid_request_is_502_and_others_keep_serving() {
         c.send(b"POST /slow/x HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi");
         c.read_response(false)
     });
-    wait_until("the slow request is in flight", || status(&lb)["workers"].as_array().unwrap().iter().any(|w| w["id"] == "slow" && w["in_flight"] == 1));
+    wait_until("the slow request is in flight", || {
+        status(&lb)["workers"].as_array().unwrap().iter().any(|w| w["id"] == "slow" && w["in_flight"] == 1)
+    });
     slow.kill();
     let r = pending.join().unwrap();
     assert_eq!(r.status, 502, "{}", r.text());

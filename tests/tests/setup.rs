@@ -47,7 +47,10 @@ fn accepts_and_reports_the_core() {
 #[test]
 fn legacy_reverse_upgrade_gets_selected_alpn() {
     let lb = start_lb(1, |_| {});
-    let a = setup_raw(lb.tunnel_addr, "GET /reverse HTTP/1.1\r\nHost: lb\r\nConnection: upgrade\r\nUpgrade: reverse\r\nALPN: h2,http%2F1.1\r\n\r\n");
+    let a = setup_raw(
+        lb.tunnel_addr,
+        "GET /reverse HTTP/1.1\r\nHost: lb\r\nConnection: upgrade\r\nUpgrade: reverse\r\nALPN: h2,http%2F1.1\r\n\r\n",
+    );
     assert!(a.starts_with("HTTP/1.1 101"), "{a}");
     assert!(a.contains("Upgrade: reverse\r\n") && a.contains("Selected-ALPN: http%2F1.1\r\n"), "{a}");
 }

@@ -107,7 +107,11 @@ where
             }
             continue;
         }
-        match dial_once(&lb.addr, &cfg).await {
+        let dialed = monoio::select! {
+            r = dial_once(&lb.addr, &cfg) => r,
+            _ = stop.wait() => return,
+        };
+        match dialed {
             Ok((stream, leftover, acc)) => {
                 attempt = 0;
                 if failing {
@@ -209,10 +213,7 @@ async fn dial_once(addr: &str, cfg: &Config) -> Result<(TcpStream, Vec<u8>, Acce
     let _ = stream.set_tcp_keepalive(Some(Duration::from_secs(30)), Some(Duration::from_secs(10)), Some(3));
     let host = addr;
     let mut out = Vec::with_capacity(512);
-    write_setup_request(
-        &mut out,
-        &SetupParams { host, claim: &cfg.claim, offer: OFFER, token: cfg.token.as_deref(), meta: &cfg.meta },
-    );
+    write_setup_request(&mut out, &SetupParams { host, claim: &cfg.claim, offer: OFFER, token: cfg.token.as_deref(), meta: &cfg.meta });
     let (res, _) = write_all(&mut stream, out, cfg.setup_timeout).await;
     res.map_err(conn_err)?;
     let mut rb = ReadBuf::with_capacity(16 * 1024);

@@ -85,10 +85,7 @@ impl Worker {
 
     /// True when every core of every lb holds `tunnels_per_core` tunnels.
     pub fn is_covered(&self) -> bool {
-        self.shared
-            .lbs
-            .iter()
-            .all(|lb| lb.coverage.lock().unwrap_or_else(|p| p.into_inner()).is_covered(self.cfg.tunnels_per_core))
+        self.shared.lbs.iter().all(|lb| lb.coverage.lock().unwrap_or_else(|p| p.into_inner()).is_covered(self.cfg.tunnels_per_core))
     }
 
     /// Graceful stop: no more dials, idle tunnels close, requests in flight
@@ -149,7 +146,8 @@ where
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut threads = Vec::new();
     for t in 0..cfg.threads {
-        let (cfg, shared, stop, kill, make, ready) = (cfg.clone(), shared.clone(), stop.clone(), kill.clone(), make.clone(), ready_tx.clone());
+        let (cfg, shared, stop, kill, make, ready) =
+            (cfg.clone(), shared.clone(), stop.clone(), kill.clone(), make.clone(), ready_tx.clone());
         let th = std::thread::Builder::new()
             .name(format!("ptth-workerd-{t}"))
             .spawn(move || {
@@ -184,8 +182,14 @@ where
     Ok(worker)
 }
 
-async fn thread_main<H, F>(thread: usize, cfg: Config, shared: Arc<Shared>, stop_flag: Arc<AtomicBool>, kill_flag: Arc<AtomicBool>, make: Arc<F>)
-where
+async fn thread_main<H, F>(
+    thread: usize,
+    cfg: Config,
+    shared: Arc<Shared>,
+    stop_flag: Arc<AtomicBool>,
+    kill_flag: Arc<AtomicBool>,
+    make: Arc<F>,
+) where
     H: Handler,
     F: Fn() -> H,
 {
@@ -199,12 +203,14 @@ where
     for lb in 0..shared.lbs.len() {
         let slot = thread * shared.lbs.len() + lb;
         let spawn_tunnel = {
-            let (handler, cfg, shared, stop, kill, live) = (handler.clone(), cfg.clone(), shared.clone(), stop.clone(), kill.clone(), live.clone());
+            let (handler, cfg, shared, stop, kill, live) =
+                (handler.clone(), cfg.clone(), shared.clone(), stop.clone(), kill.clone(), live.clone());
             move |stream, leftover, acc: ptth_proto::setup::Accepted, epoch| {
                 dial::bump(&shared.counts, slot, true);
                 shared.up.fetch_add(1, Ordering::Relaxed);
                 live.set(live.get() + 1);
-                let (handler, cfg, shared, stop, kill, live) = (handler.clone(), cfg.clone(), shared.clone(), stop.clone(), kill.clone(), live.clone());
+                let (handler, cfg, shared, stop, kill, live) =
+                    (handler.clone(), cfg.clone(), shared.clone(), stop.clone(), kill.clone(), live.clone());
                 monoio::spawn(async move {
                     let conn = tunnel::Conn::new(stream, leftover, cfg.clone());
                     let res = monoio::select! {
@@ -235,6 +241,7 @@ where
     }
     // monoio drops tasks still parked when the runtime goes away without
     // running them; give the killed ones a turn so their sockets close now.
+    stop.fire();
     kill.fire();
     monoio::time::sleep(Duration::from_millis(20)).await;
 }

@@ -42,7 +42,7 @@ impl Handler for App {
     }
 }
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 enum Mode {
     Respond(Responder),
     Origin(OriginAddr),
@@ -56,7 +56,10 @@ fn parse(args: Vec<String>) -> Result<(Config, Mode), String> {
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag}: missing value"));
         let int = |v: String, lo: u64, hi: u64| -> Result<u64, String> {
-            v.parse::<u64>().ok().filter(|n| (lo..=hi).contains(n)).ok_or_else(|| format!("{flag}: expected an integer from {lo} to {hi}, got {v:?}"))
+            v.parse::<u64>()
+                .ok()
+                .filter(|n| (lo..=hi).contains(n))
+                .ok_or_else(|| format!("{flag}: expected an integer from {lo} to {hi}, got {v:?}"))
         };
         match flag.as_str() {
             "--lb" => cfg.lbs.push(value()?),
@@ -175,7 +178,8 @@ mod tests {
 
     #[test]
     fn flags() {
-        let (cfg, _) = parse(args("--lb 127.0.0.1:7000 --respond hello --route /api/ --claim https://a.example --max-concurrency 4")).unwrap();
+        let (cfg, _) =
+            parse(args("--lb 127.0.0.1:7000 --respond hello --route /api/ --claim https://a.example --max-concurrency 4")).unwrap();
         assert_eq!(cfg.meta.routes, ["/api/"]);
         assert_eq!(cfg.meta.max_concurrency, Some(4));
         assert!(matches!(cfg.claim, Claim::Origins(ref o) if o.len() == 1));

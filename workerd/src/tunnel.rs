@@ -122,11 +122,9 @@ impl Conn {
     async fn drain_body(&mut self) -> Result<(), Error> {
         let mut dropped = 0u64;
         while !self.body.is_done() {
-            if self.rb.is_empty() {
-                if self.rb.fill(&mut self.stream, self.cfg.io_timeout).await? == 0 {
-                    self.body.eof()?;
-                    break;
-                }
+            if self.rb.is_empty() && self.rb.fill(&mut self.stream, self.cfg.io_timeout).await? == 0 {
+                self.body.eof()?;
+                break;
             }
             let n = self.body.scan(self.rb.data())?;
             self.rb.consume(n);
@@ -231,11 +229,7 @@ impl Exchange<'_> {
     /// Every header field in order.
     pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
         let b = &self.c.head_bytes;
-        self.c
-            .head
-            .fields
-            .iter()
-            .map(move |f| (std::str::from_utf8(&b[f.name.clone()]).unwrap_or(""), &b[f.value.clone()]))
+        self.c.head.fields.iter().map(move |f| (std::str::from_utf8(&b[f.name.clone()]).unwrap_or(""), &b[f.value.clone()]))
     }
 
     pub fn has_body(&self) -> bool {

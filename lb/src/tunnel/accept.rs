@@ -75,7 +75,9 @@ fn authorize(cfg: &Config, req: &SetupRequest, peer: SocketAddr) -> Result<(), E
     }
     match (&cfg.origins, &req.claim) {
         (OriginPolicy::Any, _) => Ok(()),
-        (OriginPolicy::Only(_), Claim::Any) => Err(Error::Forbidden("claiming every origin (*) is not allowed here; claim specific origins".into())),
+        (OriginPolicy::Only(_), Claim::Any) => {
+            Err(Error::Forbidden("claiming every origin (*) is not allowed here; claim specific origins".into()))
+        }
         (OriginPolicy::Only(allowed), Claim::Origins(list)) => match list.iter().find(|o| !allowed.contains(o)) {
             Some(o) => Err(Error::Forbidden(format!("origin {o} is not allowed for this worker"))),
             None => Ok(()),
@@ -131,7 +133,8 @@ async fn setup(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
         return reject(&core, &mut stream, &Error::Draining, peer).await;
     }
     let Some(protocol) = req.choose(SUPPORTED) else {
-        let e = Error::Setup(ptth_proto::SetupError::Malformed("no supported inner protocol offered; this lb speaks ALPN http%2F1.1".into()));
+        let e =
+            Error::Setup(ptth_proto::SetupError::Malformed("no supported inner protocol offered; this lb speaks ALPN http%2F1.1".into()));
         return reject(&core, &mut stream, &e, peer).await;
     };
     // Workers that do not name themselves are told apart by address.

@@ -83,7 +83,9 @@ impl Waiter {
     }
 }
 
-/// Outcome of [`Pool::try_pick`].
+/// Outcome of [`Pool::try_pick`]. Not boxed: it lives for one call and the
+/// tunnel moves straight on to its request.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Pick {
     Got(Tunnel),
     /// Workers serve this route here, but none has a free tunnel (or permit).

@@ -3,8 +3,8 @@
 //! Kept behind a feature so the protocol core builds without any runtime.
 
 pub mod io;
-pub mod signal;
 pub mod runtime;
+pub mod signal;
 
 /// A small per-thread xorshift generator for jitter and power-of-two choices;
 /// not for anything secret.

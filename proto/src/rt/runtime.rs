@@ -104,11 +104,7 @@ impl Runtime {
                         b.setup_single_issuer().setup_defer_taskrun();
                     }
                 }
-                let built = RuntimeBuilder::<IoUringDriver>::new()
-                    .with_entries(spec.entries)
-                    .uring_builder(b)
-                    .enable_timer()
-                    .build();
+                let built = RuntimeBuilder::<IoUringDriver>::new().with_entries(spec.entries).uring_builder(b).enable_timer().build();
                 match built {
                     Ok(rt) => return Ok((Runtime::Uring(rt), format!("io_uring ({} entries, flags {})", spec.entries, flags.as_str()))),
                     Err(e) => last_err = Some(e),
@@ -119,7 +115,13 @@ impl Runtime {
             }
         }
         let rt = RuntimeBuilder::<LegacyDriver>::new().enable_timer().build()?;
-        let why = if forced { "legacy epoll (forced)" } else if driver == DriverChoice::Legacy { "legacy epoll" } else { "legacy epoll (io_uring unavailable)" };
+        let why = if forced {
+            "legacy epoll (forced)"
+        } else if driver == DriverChoice::Legacy {
+            "legacy epoll"
+        } else {
+            "legacy epoll (io_uring unavailable)"
+        };
         Ok((Runtime::Legacy(rt), why.to_string()))
     }
 

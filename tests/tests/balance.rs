@@ -1,0 +1,166 @@
+//! Routing and balancing: Host claims, longest path prefix, an even spread
+//! over workers, weights, and core-local serving on a 2-core lb (with the
+//! hand-off to another core when the accepting core has no tunnel).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use ptth_tests::*;
+use ptth_workerd::{Claim, Exchange, Handler, Origin};
+
+/// Answers with its own name.
+#[derive(Clone)]
+struct Named(String);
+
+impl Handler for Named {
+    async fn handle(&self, ex: &mut Exchange<'_>) -> Result<(), ptth_workerd::Error> {
+        ex.respond(200, &[], self.0.as_bytes()).await
+    }
+}
+
+fn named(lb: &ptth_lb::Lb, id: &str, tweak: impl FnOnce(&mut ptth_workerd::Config)) -> ptth_workerd::Worker {
+    let mut cfg = worker_config(lb, id, 2);
+    cfg.tunnels_per_core = 2;
+    tweak(&mut cfg);
+    let name = id.to_string();
+    start_worker(cfg, move || Named(name.clone()))
+}
+
+/// Sends `n` requests over `conns` keep-alive connections in parallel;
+/// counts responses by body.
+fn tally(addr: std::net::SocketAddr, conns: usize, n: usize, host: &str, path: &str) -> std::collections::HashMap<String, usize> {
+    let threads: Vec<_> = (0..conns)
+        .map(|_| {
+            let (host, path) = (host.to_string(), path.to_string());
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                let mut seen = Vec::new();
+                for _ in 0..n / conns {
+                    c.send(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());
+                    let r = c.read_response(false);
+                    assert_eq!(r.status, 200, "{}", r.text());
+                    seen.push(r.text());
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut out = std::collections::HashMap::new();
+    for t in threads {
+        for s in t.join().unwrap() {
+            *out.entry(s).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn three_workers_share_evenly() {
+    let lb = start_lb(2, |_| {});
+    let _w: Vec<_> = ["w1", "w2", "w3"].iter().map(|id| named(&lb, id, |_| {})).collect();
+    let counts = tally(lb.client_addr(), 12, 3000, "t", "/");
+    for id in ["w1", "w2", "w3"] {
+        let n = counts.get(id).copied().unwrap_or(0);
+        assert!((800..=1200).contains(&n), "{id} got {n} of 3000: {counts:?}");
+    }
+}
+
+#[test]
+fn weights_bias_the_share() {
+    let lb = start_lb(1, |_| {});
+    // Enough tunnels that requests never wait: weights pick among idle workers.
+    let _a = named(&lb, "light", |c| {
+        c.meta.weight = 1;
+        c.tunnels_per_core = 8;
+    });
+    let _b = named(&lb, "heavy", |c| {
+        c.meta.weight = 3;
+        c.tunnels_per_core = 8;
+    });
+    let counts = tally(lb.client_addr(), 4, 2000, "t", "/");
+    let heavy = counts.get("heavy").copied().unwrap_or(0);
+    assert!((1300..=1700).contains(&heavy), "heavy got {heavy} of 2000, want about 1500: {counts:?}");
+}
+
+#[test]
+fn host_then_longest_prefix() {
+    let lb = start_lb(2, |_| {});
+    let _site = named(&lb, "site", |_| {});
+    let _api = named(&lb, "api", |c| c.meta.routes = vec!["/api/".into()]);
+    let _v2 = named(&lb, "api-v2", |c| c.meta.routes = vec!["/api/v2/".into()]);
+    let _special = named(&lb, "special", |c| c.claim = Claim::Origins(vec![Origin::parse("https://special.example").unwrap()]));
+    let one = |host: &str, path: &str| {
+        let mut c = Client::connect(lb.client_addr());
+        c.send(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());
+        c.read_response(false).text()
+    };
+    assert_eq!(one("t", "/"), "site");
+    assert_eq!(one("t", "/api/x"), "api");
+    assert_eq!(one("t", "/api/v2/x?q=/api/"), "api-v2");
+    assert_eq!(one("t", "/apix"), "site");
+    assert_eq!(one("special.example:8080", "/api/x"), "special");
+}
+
+#[test]
+fn requests_are_served_core_locally() {
+    let lb = start_lb(2, |_| {});
+    let _w = named(&lb, "w", |_| {});
+    let counts = tally(lb.client_addr(), 20, 400, "t", "/");
+    assert_eq!(counts.get("w"), Some(&400));
+    let s = status(&lb);
+    assert_eq!(s["requests"]["served_local"].as_u64(), Some(400), "{s}");
+    assert_eq!(s["requests"]["served_migrated"].as_u64(), Some(0));
+    assert_eq!(s["workers"][0]["tunnels_per_core"], serde_json::json!([2, 2]));
+}
+
+/// A worker written from docs/PROTOCOL.md alone: raw socket, one tunnel.
+fn raw_worker(tunnel: std::net::SocketAddr) -> (TcpStream, u32) {
+    let mut s = TcpStream::connect(tunnel).unwrap();
+    s.set_read_timeout(Some(STEP)).unwrap();
+    s.write_all(b"GET /.well-known/ptth/*/ HTTP/1.1\r\nHost: lb\r\nConnection: Upgrade\r\nUpgrade: ptth\r\nALPN: http%2F1.1\r\nTunnel-Worker-Id: \"raw\"\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).unwrap(), 1);
+        head.push(b[0]);
+    }
+    let text = String::from_utf8(head).unwrap();
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    let core = text.lines().find_map(|l| l.strip_prefix("Tunnel-Core: ")).unwrap().trim().parse().unwrap();
+    (s, core)
+}
+
+#[test]
+fn connections_hop_to_the_core_that_has_the_tunnel() {
+    let lb = start_lb(2, |_| {});
+    let (mut tunnel, core) = raw_worker(lb.tunnel_addr);
+    // Serve requests on the one tunnel: read a head, answer "raw".
+    let server = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let mut served = 0;
+        while served < 20 {
+            let n = tunnel.read(&mut chunk).unwrap();
+            assert!(n > 0);
+            buf.extend_from_slice(&chunk[..n]);
+            while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                buf.drain(..end + 4);
+                tunnel.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nraw").unwrap();
+                served += 1;
+            }
+        }
+        core
+    });
+    // Twenty connections: the kernel spreads them over both cores; those on
+    // the core without the tunnel are handed to the one with it.
+    for _ in 0..20 {
+        let r = get(lb.client_addr(), "/");
+        assert_eq!(r.text(), "raw");
+    }
+    server.join().unwrap();
+    let s = status(&lb);
+    let local = s["requests"]["served_local"].as_u64().unwrap();
+    let migrated = s["requests"]["served_migrated"].as_u64().unwrap();
+    assert_eq!(local + migrated, 20, "{s}");
+    assert!(migrated > 0, "with 20 connections some land on the other core: {s}");
+}
