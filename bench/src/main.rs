@@ -1,1 +1,422 @@
-fn main() {}
+//! ptth-bench: runs one benchmark scenario against ptth and, in the same
+//! invocation, against nginx and HAProxy as plain reverse proxies to the same
+//! origin, and records the result under bench/results/.
+//!
+//! Scenario `h1-wrk`: wrk (HTTP/1.1 keep-alive, 64 connections by default) →
+//! proxy → nginx origin answering `hello\n`. The proxies:
+//! - ptth: `ptth-lb` + `ptth-workerd --origin` (the worker dials the lb; the
+//!   request crosses two hops: lb → tunnel → workerd → origin);
+//! - nginx: `proxy_pass` with an upstream keep-alive pool;
+//! - HAProxy: `mode http` with connection reuse.
+//!
+//! For each it reports req/s, p50/p99 latency (from wrk), and requests per
+//! CPU-second of the proxy processes (utime+stime from /proc, summed over
+//! the processes and their threads). Rounds are interleaved so drift on a
+//! noisy host hits every target alike; the medians are compared.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const USAGE: &str = "usage: ptth-bench h1-wrk [--duration SECS] [--connections N] [--threads N] [--rounds N]
+                     [--tunnels-per-core N] [--workerd-threads N] [--lb-cores N] [--only ptth,nginx,haproxy]
+                     [--out DIR]
+Run from the repository root after `cargo build --release` (bench/run.sh does both).";
+
+struct Opts {
+    duration: u64,
+    connections: u32,
+    threads: u32,
+    rounds: u32,
+    tunnels_per_core: u32,
+    workerd_threads: u32,
+    lb_cores: u32,
+    only: Vec<String>,
+    out: PathBuf,
+}
+
+fn parse(args: &[String]) -> Result<Opts, String> {
+    let mut o = Opts {
+        duration: 10,
+        connections: 64,
+        threads: 1,
+        rounds: 3,
+        tunnels_per_core: 32,
+        workerd_threads: 1,
+        lb_cores: 0,
+        only: vec!["ptth".into(), "nginx".into(), "haproxy".into()],
+        out: PathBuf::from("bench/results"),
+    };
+    let mut it = args.iter();
+    match it.next().map(String::as_str) {
+        Some("h1-wrk") => {}
+        Some(other) => return Err(format!("unknown scenario {other:?}; available: h1-wrk")),
+        None => return Err("name a scenario: h1-wrk".into()),
+    }
+    while let Some(flag) = it.next() {
+        let v = it.next().ok_or_else(|| format!("{flag}: missing value"))?;
+        let num = |lo: u64, hi: u64| v.parse::<u64>().ok().filter(|n| (lo..=hi).contains(n)).ok_or_else(|| format!("{flag}: expected {lo}..{hi}"));
+        match flag.as_str() {
+            "--duration" => o.duration = num(1, 3600)?,
+            "--connections" => o.connections = num(1, 100_000)? as u32,
+            "--threads" => o.threads = num(1, 1024)? as u32,
+            "--rounds" => o.rounds = num(1, 100)? as u32,
+            "--tunnels-per-core" => o.tunnels_per_core = num(1, 1024)? as u32,
+            "--workerd-threads" => o.workerd_threads = num(1, 1024)? as u32,
+            "--lb-cores" => o.lb_cores = num(0, 1024)? as u32,
+            "--only" => o.only = v.split(',').map(String::from).collect(),
+            "--out" => o.out = PathBuf::from(v),
+            _ => return Err(format!("unknown flag {flag:?}")),
+        }
+    }
+    Ok(o)
+}
+
+/// Ports used on 127.0.0.1. Fixed because the external servers need them in
+/// their configs; each is checked free before use.
+const ORIGIN: u16 = 18080;
+const NGINX: u16 = 18081;
+const HAPROXY: u16 = 18082;
+const PTTH: u16 = 18083;
+const PTTH_TUNNEL: u16 = 17000;
+
+fn port_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+fn wait_port(port: u16) -> Result<(), String> {
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("nothing listens on 127.0.0.1:{port} after 10 s"))
+}
+
+/// A started process tree; killed on drop.
+struct Proc {
+    name: &'static str,
+    child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SIGTERM first (nginx and HAProxy clean up their workers on it).
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let until = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < until {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(name: &'static str, cmd: &mut Command) -> Result<Proc, String> {
+    let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| format!("starting {name}: {e}"))?;
+    Ok(Proc { name, child })
+}
+
+/// CPU seconds used so far by `pid` and all its descendants.
+fn cpu_seconds(pid: u32) -> f64 {
+    let tick = 100.0; // USER_HZ on Linux
+    let mut total = 0u64;
+    let mut stack = vec![pid];
+    let all: Vec<(u32, u32, u64)> = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                .filter_map(|p| {
+                    let s = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+                    let rest = &s[s.rfind(')')? + 2..];
+                    let f: Vec<&str> = rest.split_whitespace().collect();
+                    // fields after the name: state(0) ppid(1) ... utime(11) stime(12)
+                    Some((p, f.get(1)?.parse().ok()?, f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    while let Some(p) = stack.pop() {
+        for &(q, ppid, t) in &all {
+            if q == p {
+                total += t;
+            }
+            if ppid == p {
+                stack.push(q);
+            }
+        }
+    }
+    total as f64 / tick
+}
+
+struct WrkResult {
+    rps: f64,
+    requests: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: String,
+}
+
+fn to_ms(s: &str) -> Option<f64> {
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic())?);
+    let v: f64 = num.parse().ok()?;
+    Some(match unit {
+        "us" => v / 1000.0,
+        "ms" => v,
+        "s" => v * 1000.0,
+        "m" => v * 60_000.0,
+        _ => return None,
+    })
+}
+
+fn run_wrk(o: &Opts, port: u16, secs: u64) -> Result<WrkResult, String> {
+    let out = Command::new("wrk")
+        .args(["-t", &o.threads.to_string(), "-c", &o.connections.to_string(), "-d", &format!("{secs}s"), "--latency"])
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .map_err(|e| format!("running wrk: {e} (apt-get install wrk)"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let find = |prefix: &str| text.lines().map(str::trim).find(|l| l.starts_with(prefix)).map(String::from);
+    let pct = |p: &str| find(p).and_then(|l| l.split_whitespace().nth(1).and_then(to_ms)).unwrap_or(f64::NAN);
+    let rps = find("Requests/sec:").and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).ok_or_else(|| format!("wrk printed no rate:\n{text}"))?;
+    let requests = find("").and_then(|_| text.lines().find(|l| l.contains(" requests in ")).and_then(|l| l.split_whitespace().next()?.parse().ok())).unwrap_or(0);
+    let mut errors = String::new();
+    if let Some(l) = find("Non-2xx") {
+        errors.push_str(&l);
+    }
+    if let Some(l) = find("Socket errors") {
+        if !errors.is_empty() {
+            errors.push_str("; ");
+        }
+        errors.push_str(&l);
+    }
+    Ok(WrkResult { rps, requests, p50_ms: pct("50%"), p99_ms: pct("99%"), errors })
+}
+
+struct Target {
+    name: &'static str,
+    port: u16,
+    procs: Vec<Proc>,
+    note: String,
+}
+
+fn nginx_conf(dir: &Path, name: &str, body: &str, workers: &str) -> Result<PathBuf, String> {
+    let d = dir.join(name);
+    std::fs::create_dir_all(d.join("logs")).map_err(|e| e.to_string())?;
+    let conf = format!(
+        "daemon off;\nmaster_process on;\nworker_processes {workers};\nworker_cpu_affinity auto;\npid {pid};\nerror_log {err} crit;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy; fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;\n  keepalive_requests 1000000;\n{body}\n}}\n",
+        pid = d.join("nginx.pid").display(),
+        err = d.join("logs/error.log").display(),
+        tmp = d.display(),
+    );
+    let p = d.join("nginx.conf");
+    std::fs::write(&p, conf).map_err(|e| e.to_string())?;
+    Ok(p)
+}
+
+fn start_origin(dir: &Path) -> Result<Proc, String> {
+    let conf = nginx_conf(dir, "origin", &format!("  server {{ listen 127.0.0.1:{ORIGIN} reuseport; location / {{ return 200 \"hello\\n\"; }} }}"), "1")?;
+    let p = spawn("nginx origin", Command::new("nginx").arg("-c").arg(&conf).arg("-p").arg(dir))?;
+    wait_port(ORIGIN)?;
+    Ok(p)
+}
+
+fn start_target(name: &str, dir: &Path, o: &Opts, cores: u32) -> Result<Target, String> {
+    match name {
+        "nginx" => {
+            let conf = nginx_conf(
+                dir,
+                "proxy",
+                &format!(
+                    "  upstream origin {{ server 127.0.0.1:{ORIGIN}; keepalive 256; }}\n  server {{ listen 127.0.0.1:{NGINX}; location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}"
+                ),
+                &cores.to_string(),
+            )?;
+            let p = spawn("nginx", Command::new("nginx").arg("-c").arg(&conf).arg("-p").arg(dir))?;
+            wait_port(NGINX)?;
+            Ok(Target { name: "nginx", port: NGINX, procs: vec![p], note: format!("proxy_pass, upstream keepalive 256, {cores} workers, worker_cpu_affinity auto") })
+        }
+        "haproxy" => {
+            let conf = format!(
+                "global\n  nbthread {cores}\n  cpu-map auto:1/1-{cores} 0-{last}\n  maxconn 4096\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  http-reuse always\nfrontend f\n  bind 127.0.0.1:{HAPROXY}\n  default_backend b\nbackend b\n  server o 127.0.0.1:{ORIGIN}\n",
+                last = cores - 1
+            );
+            let p = dir.join("haproxy.cfg");
+            std::fs::write(&p, conf).map_err(|e| e.to_string())?;
+            let h = spawn("haproxy", Command::new("haproxy").arg("-f").arg(&p).arg("-db"))?;
+            wait_port(HAPROXY)?;
+            Ok(Target { name: "haproxy", port: HAPROXY, procs: vec![h], note: format!("mode http, http-reuse always, nbthread {cores}, cpu-map auto") })
+        }
+        "ptth" => {
+            let lb = spawn(
+                "ptth-lb",
+                Command::new("target/release/ptth-lb").args([
+                    "--listen",
+                    &format!("127.0.0.1:{PTTH}"),
+                    "--tunnel-listen",
+                    &format!("127.0.0.1:{PTTH_TUNNEL}"),
+                    "--admin-listen",
+                    "off",
+                    "--cores",
+                    &cores.to_string(),
+                    "--quiet",
+                ]),
+            )?;
+            wait_port(PTTH)?;
+            let w = spawn(
+                "ptth-workerd",
+                Command::new("target/release/ptth-workerd").args([
+                    "--lb",
+                    &format!("127.0.0.1:{PTTH_TUNNEL}"),
+                    "--origin",
+                    &format!("http://127.0.0.1:{ORIGIN}"),
+                    "--tunnels-per-core",
+                    &o.tunnels_per_core.to_string(),
+                    "--threads",
+                    &o.workerd_threads.to_string(),
+                    "--quiet",
+                ]),
+            )?;
+            // Tunnels come up within the backoff window; give them a moment.
+            std::thread::sleep(Duration::from_millis(500));
+            Ok(Target {
+                name: "ptth",
+                port: PTTH,
+                procs: vec![lb, w],
+                note: format!(
+                    "ptth-lb --cores {cores} (io_uring coop_taskrun, pinned) + ptth-workerd --threads {} --tunnels-per-core {}",
+                    o.workerd_threads, o.tunnels_per_core
+                ),
+            })
+        }
+        other => Err(format!("unknown target {other:?}")),
+    }
+}
+
+struct Sample {
+    wrk: WrkResult,
+    cpu: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+fn sh(cmd: &str) -> String {
+    Command::new("sh").arg("-c").arg(cmd).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.is_empty() || args.iter().any(|a| a == "--help") {
+        println!("{USAGE}");
+        return;
+    }
+    let o = match parse(&args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("ptth-bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(&o) {
+        eprintln!("ptth-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(o: &Opts) -> Result<(), String> {
+    for bin in ["target/release/ptth-lb", "target/release/ptth-workerd"] {
+        if !Path::new(bin).exists() {
+            return Err(format!("{bin} is missing: run `cargo build --release` first (bench/run.sh does)"));
+        }
+    }
+    for (tool, pkg) in [("wrk", "wrk"), ("nginx", "nginx-light"), ("haproxy", "haproxy")] {
+        if sh(&format!("command -v {tool}")).is_empty() {
+            return Err(format!("{tool} is not installed (apt-get install {pkg})"));
+        }
+    }
+    for port in [ORIGIN, NGINX, HAPROXY, PTTH, PTTH_TUNNEL] {
+        if !port_free(port) {
+            return Err(format!("127.0.0.1:{port} is in use; stop what holds it"));
+        }
+    }
+    let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let cores = if o.lb_cores == 0 { cpus } else { o.lb_cores };
+    let dir = std::env::temp_dir().join(format!("ptth-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let origin = start_origin(&dir)?;
+    let mut samples: Vec<(String, String, Vec<Sample>)> = o.only.iter().map(|n| (n.clone(), String::new(), Vec::new())).collect();
+    for round in 1..=o.rounds {
+        for (name, note, list) in samples.iter_mut() {
+            let t = start_target(name, &dir, o, cores)?;
+            *note = t.note.clone();
+            // Warm-up: pools fill, tunnels settle, caches heat.
+            run_wrk(o, t.port, 2)?;
+            let pids: Vec<u32> = t.procs.iter().map(|p| p.child.id()).collect();
+            let before: f64 = pids.iter().map(|&p| cpu_seconds(p)).sum();
+            let w = run_wrk(o, t.port, o.duration)?;
+            let after: f64 = pids.iter().map(|&p| cpu_seconds(p)).sum();
+            let cpu = after - before;
+            eprintln!(
+                "round {round} {:>8}: {:>9.0} req/s  p50 {:.3} ms  p99 {:.3} ms  {:>7.0} req/CPU-s ({}){}",
+                t.name,
+                w.rps,
+                w.p50_ms,
+                w.p99_ms,
+                w.requests as f64 / cpu.max(0.001),
+                t.procs.iter().map(|p| p.name).collect::<Vec<_>>().join("+"),
+                if w.errors.is_empty() { String::new() } else { format!("  [{}]", w.errors) }
+            );
+            list.push(Sample { wrk: w, cpu });
+            drop(t);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    drop(origin);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let commit = sh("git rev-parse --short HEAD");
+    let dirty = if sh("git status --porcelain --untracked-files=no").is_empty() { "" } else { "-dirty" };
+    let date = sh("date -u +%Y-%m-%dT%H:%M:%SZ");
+    let mut md = String::new();
+    let _ = writeln!(md, "# h1-wrk: wrk → proxy → nginx origin\n");
+    let _ = writeln!(md, "- date: {date}\n- commit: {commit}{dirty}\n- kernel: {}\n- CPU: {} × {}", sh("uname -r"), cpus, sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"));
+    let _ = writeln!(
+        md,
+        "- load: `wrk -t{} -c{} -d{}s --latency`, unpinned, on the same host; {} rounds interleaved, medians below",
+        o.threads, o.connections, o.duration, o.rounds
+    );
+    let _ = writeln!(md, "- origin: nginx 1 worker, `return 200 \"hello\\n\"` (its CPU is not counted)");
+    let _ = writeln!(md, "- versions: {}; {}; {}", sh("nginx -v 2>&1"), sh("haproxy -v | head -1"), sh("wrk -v 2>&1 | head -1"));
+    let _ = writeln!(md, "\n| proxy | setup | req/s | p50 ms | p99 ms | req per CPU-second (proxy processes) | errors |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    for (name, note, list) in &samples {
+        let rps = median(list.iter().map(|s| s.wrk.rps).collect());
+        let p50 = median(list.iter().map(|s| s.wrk.p50_ms).collect());
+        let p99 = median(list.iter().map(|s| s.wrk.p99_ms).collect());
+        let eff = median(list.iter().map(|s| s.wrk.requests as f64 / s.cpu.max(0.001)).collect());
+        let errs: Vec<&str> = list.iter().map(|s| s.wrk.errors.as_str()).filter(|e| !e.is_empty()).collect();
+        let _ = writeln!(md, "| {name} | {note} | {rps:.0} | {p50:.3} | {p99:.3} | {eff:.0} | {} |", if errs.is_empty() { "none".into() } else { errs.join("; ") });
+    }
+    let _ = writeln!(md, "\nPer round (req/s, req per CPU-second):\n");
+    for (name, _, list) in &samples {
+        let rounds: Vec<String> = list.iter().map(|s| format!("{:.0} / {:.0}", s.wrk.rps, s.wrk.requests as f64 / s.cpu.max(0.001))).collect();
+        let _ = writeln!(md, "- {name}: {}", rounds.join(", "));
+    }
+    println!("{md}");
+    std::fs::create_dir_all(&o.out).map_err(|e| e.to_string())?;
+    let file = o.out.join(format!("{}-{commit}-h1-wrk.md", &date[..10]));
+    std::fs::write(&file, &md).map_err(|e| format!("writing {}: {e}", file.display()))?;
+    eprintln!("wrote {}", file.display());
+    Ok(())
+}
