@@ -56,7 +56,9 @@ fn parse(args: &[String]) -> Result<Opts, String> {
     }
     while let Some(flag) = it.next() {
         let v = it.next().ok_or_else(|| format!("{flag}: missing value"))?;
-        let num = |lo: u64, hi: u64| v.parse::<u64>().ok().filter(|n| (lo..=hi).contains(n)).ok_or_else(|| format!("{flag}: expected {lo}..{hi}"));
+        let num = |lo: u64, hi: u64| {
+            v.parse::<u64>().ok().filter(|n| (lo..=hi).contains(n)).ok_or_else(|| format!("{flag}: expected {lo}..{hi}"))
+        };
         match flag.as_str() {
             "--duration" => o.duration = num(1, 3600)?,
             "--connections" => o.connections = num(1, 100_000)? as u32,
@@ -119,7 +121,8 @@ impl Drop for Proc {
 }
 
 fn spawn(name: &'static str, cmd: &mut Command) -> Result<Proc, String> {
-    let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| format!("starting {name}: {e}"))?;
+    let child =
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| format!("starting {name}: {e}"))?;
     Ok(Proc { name, child })
 }
 
@@ -183,8 +186,12 @@ fn run_wrk(o: &Opts, port: u16, secs: u64) -> Result<WrkResult, String> {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let find = |prefix: &str| text.lines().map(str::trim).find(|l| l.starts_with(prefix)).map(String::from);
     let pct = |p: &str| find(p).and_then(|l| l.split_whitespace().nth(1).and_then(to_ms)).unwrap_or(f64::NAN);
-    let rps = find("Requests/sec:").and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).ok_or_else(|| format!("wrk printed no rate:\n{text}"))?;
-    let requests = find("").and_then(|_| text.lines().find(|l| l.contains(" requests in ")).and_then(|l| l.split_whitespace().next()?.parse().ok())).unwrap_or(0);
+    let rps = find("Requests/sec:")
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .ok_or_else(|| format!("wrk printed no rate:\n{text}"))?;
+    let requests = find("")
+        .and_then(|_| text.lines().find(|l| l.contains(" requests in ")).and_then(|l| l.split_whitespace().next()?.parse().ok()))
+        .unwrap_or(0);
     let mut errors = String::new();
     if let Some(l) = find("Non-2xx") {
         errors.push_str(&l);
@@ -220,7 +227,12 @@ fn nginx_conf(dir: &Path, name: &str, body: &str, workers: &str) -> Result<PathB
 }
 
 fn start_origin(dir: &Path) -> Result<Proc, String> {
-    let conf = nginx_conf(dir, "origin", &format!("  server {{ listen 127.0.0.1:{ORIGIN} reuseport; location / {{ return 200 \"hello\\n\"; }} }}"), "1")?;
+    let conf = nginx_conf(
+        dir,
+        "origin",
+        &format!("  server {{ listen 127.0.0.1:{ORIGIN} reuseport; location / {{ return 200 \"hello\\n\"; }} }}"),
+        "1",
+    )?;
     let p = spawn("nginx origin", Command::new("nginx").arg("-c").arg(&conf).arg("-p").arg(dir))?;
     wait_port(ORIGIN)?;
     Ok(p)
@@ -239,7 +251,12 @@ fn start_target(name: &str, dir: &Path, o: &Opts, cores: u32) -> Result<Target, 
             )?;
             let p = spawn("nginx", Command::new("nginx").arg("-c").arg(&conf).arg("-p").arg(dir))?;
             wait_port(NGINX)?;
-            Ok(Target { name: "nginx", port: NGINX, procs: vec![p], note: format!("proxy_pass, upstream keepalive 256, {cores} workers, worker_cpu_affinity auto") })
+            Ok(Target {
+                name: "nginx",
+                port: NGINX,
+                procs: vec![p],
+                note: format!("proxy_pass, upstream keepalive 256, {cores} workers, worker_cpu_affinity auto"),
+            })
         }
         "haproxy" => {
             let conf = format!(
@@ -250,7 +267,12 @@ fn start_target(name: &str, dir: &Path, o: &Opts, cores: u32) -> Result<Target, 
             std::fs::write(&p, conf).map_err(|e| e.to_string())?;
             let h = spawn("haproxy", Command::new("haproxy").arg("-f").arg(&p).arg("-db"))?;
             wait_port(HAPROXY)?;
-            Ok(Target { name: "haproxy", port: HAPROXY, procs: vec![h], note: format!("mode http, http-reuse always, nbthread {cores}, cpu-map auto") })
+            Ok(Target {
+                name: "haproxy",
+                port: HAPROXY,
+                procs: vec![h],
+                note: format!("mode http, http-reuse always, nbthread {cores}, cpu-map auto"),
+            })
         }
         "ptth" => {
             let lb = spawn(
@@ -390,7 +412,13 @@ fn run(o: &Opts) -> Result<(), String> {
     let date = sh("date -u +%Y-%m-%dT%H:%M:%SZ");
     let mut md = String::new();
     let _ = writeln!(md, "# h1-wrk: wrk → proxy → nginx origin\n");
-    let _ = writeln!(md, "- date: {date}\n- commit: {commit}{dirty}\n- kernel: {}\n- CPU: {} × {}", sh("uname -r"), cpus, sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"));
+    let _ = writeln!(
+        md,
+        "- date: {date}\n- commit: {commit}{dirty}\n- kernel: {}\n- CPU: {} × {}",
+        sh("uname -r"),
+        cpus,
+        sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2")
+    );
     let _ = writeln!(
         md,
         "- load: `wrk -t{} -c{} -d{}s --latency`, unpinned, on the same host; {} rounds interleaved, medians below",
@@ -406,11 +434,16 @@ fn run(o: &Opts) -> Result<(), String> {
         let p99 = median(list.iter().map(|s| s.wrk.p99_ms).collect());
         let eff = median(list.iter().map(|s| s.wrk.requests as f64 / s.cpu.max(0.001)).collect());
         let errs: Vec<&str> = list.iter().map(|s| s.wrk.errors.as_str()).filter(|e| !e.is_empty()).collect();
-        let _ = writeln!(md, "| {name} | {note} | {rps:.0} | {p50:.3} | {p99:.3} | {eff:.0} | {} |", if errs.is_empty() { "none".into() } else { errs.join("; ") });
+        let _ = writeln!(
+            md,
+            "| {name} | {note} | {rps:.0} | {p50:.3} | {p99:.3} | {eff:.0} | {} |",
+            if errs.is_empty() { "none".into() } else { errs.join("; ") }
+        );
     }
     let _ = writeln!(md, "\nPer round (req/s, req per CPU-second):\n");
     for (name, _, list) in &samples {
-        let rounds: Vec<String> = list.iter().map(|s| format!("{:.0} / {:.0}", s.wrk.rps, s.wrk.requests as f64 / s.cpu.max(0.001))).collect();
+        let rounds: Vec<String> =
+            list.iter().map(|s| format!("{:.0} / {:.0}", s.wrk.rps, s.wrk.requests as f64 / s.cpu.max(0.001))).collect();
         let _ = writeln!(md, "- {name}: {}", rounds.join(", "));
     }
     println!("{md}");

@@ -18,9 +18,10 @@ use crate::Shared;
 
 pub(crate) async fn serve(core: Rc<Core>, listener: TcpListener) {
     loop {
+        // Stays up through the drain, so /healthz can report it.
         let accepted = monoio::select! {
             r = listener.accept() => r,
-            _ = core.stop.wait() => return,
+            _ = core.kill.wait() => return,
         };
         if let Ok((stream, _)) = accepted {
             let shared = core.shared.clone();

@@ -360,7 +360,6 @@ struct Done {
 /// still arriving is uploaded while the response downloads.
 async fn exchange(core: &Core, c: &mut Client, mut t: Tunnel, dec: &mut BodyDecoder, info: &ReqInfo) -> (Result<Done, Fail>, Tunnel) {
     let p = &core.shared.cfg.profile;
-    let draining = core::draining(&core.shared) || core.stop.is_fired();
     let worker = core.pool.borrow().worker_id(t.slot);
     t.out.clear();
     t.out.extend_from_slice(&c.fwd);
@@ -387,7 +386,7 @@ async fn exchange(core: &Core, c: &mut Client, mut t: Tunnel, dec: &mut BodyDeco
             return (Err(f), t);
         }
         let started = std::cell::Cell::new(false);
-        let r = response(p, &mut t.stream, &mut t.rb, &mut t.head, cs, &mut c.out, info, draining, &worker, &started).await;
+        let r = response(core, &mut t.stream, &mut t.rb, &mut t.head, cs, &mut c.out, info, &worker, &started).await;
         return (r, t);
     }
 
@@ -401,7 +400,7 @@ async fn exchange(core: &Core, c: &mut Client, mut t: Tunnel, dec: &mut BodyDeco
     let started = std::cell::Cell::new(false);
     let (result, out) = {
         let mut send = pin!(send_message(&mut tw, tout, &mut cr, &mut c.rb, dec, BodyMode::Pass, p.io_timeout));
-        let mut resp = pin!(response(p, &mut tr, &mut trb, &mut thead, &mut cw, &mut c.out, info, draining, &worker, &started));
+        let mut resp = pin!(response(core, &mut tr, &mut trb, &mut thead, &mut cw, &mut c.out, info, &worker, &started));
         monoio::select! {
             (sent, out) = &mut send => match sent {
                 Ok(_) => (resp.await, out),
@@ -436,17 +435,17 @@ async fn exchange(core: &Core, c: &mut Client, mut t: Tunnel, dec: &mut BodyDeco
 /// response to the client.
 #[allow(clippy::too_many_arguments)]
 async fn response<TR: AsyncReadRent, CW: AsyncWriteRent>(
-    p: &Profile,
+    core: &Core,
     tr: &mut TR,
     trb: &mut ReadBuf,
     thead: &mut ResponseHead,
     cw: &mut CW,
     cout: &mut Vec<u8>,
     info: &ReqInfo,
-    draining: bool,
     worker: &str,
     started: &std::cell::Cell<bool>,
 ) -> Result<Done, Fail> {
+    let p = &core.shared.cfg.profile;
     let deadline = Instant::now() + p.response_timeout;
     let mut interim_sent = false;
     let limits = h1::Limits { max_head: p.tunnel_read.min(p.limits.max_head.max(64 * 1024)), ..p.limits };
@@ -505,6 +504,8 @@ async fn response<TR: AsyncReadRent, CW: AsyncWriteRent>(
     // An HTTP/1.0 client cannot take chunked coding: send the payload and
     // close to delimit it (RFC 9112 §6.3 item 8).
     let dechunk = info.version == Version::Http10 && framing == Framing::Chunked;
+    // Shutting down: this is the connection's last response.
+    let draining = core::draining(&core.shared) || core.stop.is_fired();
     let client_close = info.close || draining || framing == Framing::UntilClose || dechunk;
     cout.clear();
     let persist = if client_close { Persist::Close } else { Persist::KeepAlive };

@@ -37,6 +37,9 @@ pub(crate) struct Tunnel {
 
 struct LocalWorker {
     id: Arc<str>,
+    /// The id again, as this core's own `Rc` so naming a worker in an error
+    /// never touches the shared `Arc`'s counter.
+    name: Rc<str>,
     meta: Arc<Meta>,
     idle: Vec<Tunnel>,
     /// Live tunnels on this core, idle or busy.
@@ -130,7 +133,8 @@ impl Pool {
         let slot = match self.workers.iter().position(|w| w.as_ref().is_some_and(|w| w.id == id && w.meta == meta)) {
             Some(s) => s,
             None => {
-                let w = LocalWorker { id, meta, idle: Vec::new(), tunnels: 0, in_flight: 0, permits, stats: wstats };
+                let name = Rc::from(&*id);
+                let w = LocalWorker { id, name, meta, idle: Vec::new(), tunnels: 0, in_flight: 0, permits, stats: wstats };
                 match self.workers.iter().position(Option::is_none) {
                     Some(s) => {
                         self.workers[s] = Some(w);
@@ -158,8 +162,8 @@ impl Pool {
     }
 
     /// The worker id a tunnel belongs to (for errors and logs).
-    pub(crate) fn worker_id(&self, slot: usize) -> Arc<str> {
-        self.workers[slot].as_ref().map(|w| w.id.clone()).unwrap_or_else(|| Arc::from("?"))
+    pub(crate) fn worker_id(&self, slot: usize) -> Rc<str> {
+        self.workers[slot].as_ref().map(|w| w.name.clone()).unwrap_or_else(|| Rc::from("?"))
     }
 
     /// Fills `cand` with the workers that best match host and path.

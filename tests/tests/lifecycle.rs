@@ -1,0 +1,58 @@
+//! Graceful stops: the lb and a worker finish requests in flight; health
+//! reporting.
+
+use std::time::Duration;
+
+use ptth_tests::*;
+use ptth_workerd::Responder;
+
+#[test]
+fn lb_shutdown_finishes_requests_in_flight() {
+    let lb = start_lb(2, |_| {});
+    let _w = responder(&lb, "slow", Responder::Delay(Duration::from_millis(500)));
+    let addr = lb.client_addr();
+    assert_eq!(get(lb.admin_addr.unwrap(), "/healthz").text(), "ok\n");
+    let pending = std::thread::spawn(move || get(addr, "/"));
+    wait_until("the request is in flight", || status(&lb)["workers"][0]["in_flight"] == 1);
+    lb.shutdown();
+    let r = pending.join().unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("connection"), Some("close"), "draining closes the client connection");
+    assert!(std::net::TcpStream::connect(addr).is_err(), "listeners are closed after shutdown");
+}
+
+#[test]
+fn worker_stop_finishes_requests_in_flight() {
+    let lb = start_lb(1, |_| {});
+    let w = responder(&lb, "slow", Responder::Delay(Duration::from_millis(500)));
+    let addr = lb.client_addr();
+    let pending = std::thread::spawn(move || get(addr, "/"));
+    wait_until("the request is in flight", || status(&lb)["workers"][0]["in_flight"] == 1);
+    w.stop();
+    assert_eq!(pending.join().unwrap().status, 200);
+    wait_until("the stopped worker leaves /status", || status(&lb)["workers"].as_array().unwrap().is_empty());
+    assert_eq!(get(addr, "/").status, 503);
+}
+
+#[test]
+fn status_reports_workers_per_core() {
+    let lb = start_lb(2, |_| {});
+    let mut cfg = worker_config(&lb, "api", 3);
+    cfg.meta.routes = vec!["/api/".into()];
+    cfg.meta.weight = 5;
+    cfg.meta.max_concurrency = Some(9);
+    let _w = start_worker(cfg, || Responder::Hello);
+    for _ in 0..4 {
+        assert_eq!(get(lb.client_addr(), "/api/x").status, 200);
+    }
+    let s = status(&lb);
+    assert_eq!(s["cores"], 2);
+    let w = &s["workers"][0];
+    assert_eq!(w["id"], "api");
+    assert_eq!(w["origins"], "*");
+    assert_eq!(w["routes"], serde_json::json!(["/api/"]));
+    assert_eq!((w["weight"].as_u64(), w["max_concurrency"].as_u64()), (Some(5), Some(9)));
+    assert_eq!(w["tunnels_per_core"], serde_json::json!([3, 3]));
+    assert_eq!(w["requests"], 4);
+    assert_eq!(s["requests"]["total"], 4);
+}
