@@ -17,23 +17,13 @@ use crate::stats::get;
 use crate::Shared;
 
 pub(crate) async fn serve(core: Rc<Core>, listener: TcpListener) {
-    loop {
-        // Stays up through the drain, so /healthz can report it.
-        let accepted = monoio::select! {
-            r = listener.accept() => r,
-            _ = core.kill.wait() => return,
-        };
-        if let Ok((stream, _)) = accepted {
-            let shared = core.shared.clone();
-            let kill = core.kill.clone();
-            monoio::spawn(async move {
-                monoio::select! {
-                    _ = answer(&shared, stream) => {},
-                    _ = kill.wait() => {},
-                }
-            });
-        }
-    }
+    // Stays up through the drain (until the kill), so /healthz can report it.
+    let c = core.clone();
+    crate::core::accept_each(&core, listener, "admin", core.kill.clone(), move |stream, _| {
+        let shared = c.shared.clone();
+        crate::core::spawn_killable(&c, async move { answer(&shared, stream).await });
+    })
+    .await;
 }
 
 async fn answer(shared: &Shared, mut stream: TcpStream) {

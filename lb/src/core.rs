@@ -129,40 +129,62 @@ async fn run(id: usize, shared: Arc<Shared>, listeners: CoreListeners, stop_flag
     monoio::time::sleep(Duration::from_millis(20)).await;
 }
 
-async fn accept_clients(core: Rc<Core>, listener: TcpListener) {
+/// Accepts on `listener` until `until` fires, handing each connection to
+/// `on`. Accept errors (EMFILE and friends) back off briefly instead of
+/// spinning.
+pub(crate) async fn accept_each(
+    core: &Rc<Core>,
+    listener: TcpListener,
+    what: &str,
+    until: Signal,
+    mut on: impl FnMut(TcpStream, SocketAddr),
+) {
     loop {
         let accepted = monoio::select! {
             r = listener.accept() => r,
-            _ = core.stop.wait() => return,
+            _ = until.wait() => return,
         };
         match accepted {
-            Ok((stream, peer)) => {
-                stats::add(&core.stats().clients_accepted, 1);
-                spawn_client(&core, stream, peer, Vec::new(), false);
-            }
+            Ok((stream, peer)) => on(stream, peer),
             Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                eprintln!("ptth-lb: core {}: accept: {e}", core.id);
+                eprintln!("ptth-lb: core {}: {what} accept: {e}", core.id);
                 monoio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
 }
 
+/// Spawns a task on this core that ends when its work does or when the core
+/// is killed, whichever comes first (so its sockets close at shutdown).
+pub(crate) fn spawn_killable(core: &Core, work: impl std::future::Future<Output = ()> + 'static) {
+    let kill = core.kill.clone();
+    monoio::spawn(async move {
+        monoio::select! {
+            _ = work => {},
+            _ = kill.wait() => {},
+        }
+    });
+}
+
+async fn accept_clients(core: Rc<Core>, listener: TcpListener) {
+    let c = core.clone();
+    accept_each(&core, listener, "client", core.stop.clone(), move |stream, peer| {
+        stats::add(&c.stats().clients_accepted, 1);
+        spawn_client(&c, stream, peer, Vec::new(), false);
+    })
+    .await;
+}
+
 /// Serves one client connection on this core until it ends or the core is
 /// killed.
 pub(crate) fn spawn_client(core: &Rc<Core>, stream: TcpStream, peer: SocketAddr, buffered: Vec<u8>, migrated: bool) {
-    let core = core.clone();
-    monoio::spawn(async move {
-        core.active.set(core.active.get() + 1);
-        stats::set_u64(&core.stats().active_clients, core.active.get());
-        let kill = core.kill.clone();
-        monoio::select! {
-            _ = crate::proxy::serve(core.clone(), stream, peer, buffered, migrated) => {},
-            _ = kill.wait() => {},
-        }
-        core.active.set(core.active.get() - 1);
-        stats::set_u64(&core.stats().active_clients, core.active.get());
+    let c = core.clone();
+    spawn_killable(core, async move {
+        c.active.set(c.active.get() + 1);
+        stats::set_u64(&c.stats().active_clients, c.active.get());
+        crate::proxy::serve(c.clone(), stream, peer, buffered, migrated).await;
+        c.active.set(c.active.get() - 1);
+        stats::set_u64(&c.stats().active_clients, c.active.get());
     });
 }
 

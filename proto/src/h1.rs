@@ -85,6 +85,27 @@ pub struct ConnOptions {
     pub extra_hop_fields: bool,
 }
 
+impl ConnOptions {
+    /// Takes in one header field; `keep_alive` records an explicit
+    /// `keep-alive` token (it matters only for HTTP/1.0).
+    fn observe(&mut self, name: &[u8], value: &[u8], keep_alive: &mut bool) {
+        if !name.eq_ignore_ascii_case(b"connection") {
+            return;
+        }
+        for tok in list_items(value) {
+            if tok.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if tok.eq_ignore_ascii_case(b"keep-alive") {
+                *keep_alive = true;
+            } else if tok.eq_ignore_ascii_case(b"upgrade") {
+                self.upgrade = true;
+            } else {
+                self.extra_hop_fields = true;
+            }
+        }
+    }
+}
+
 /// A parsed request head. Reuse one per connection: `parse_request` clears it.
 #[derive(Debug, Default, Clone)]
 pub struct RequestHead {
@@ -263,19 +284,7 @@ pub fn parse_request(buf: &[u8], limits: &Limits, head: &mut RequestHead) -> Res
             has_upgrade_field = true;
         }
         framing.observe(h.name.as_bytes(), h.value)?;
-        if n.eq_ignore_ascii_case(b"connection") {
-            for tok in list_items(h.value) {
-                if tok.eq_ignore_ascii_case(b"close") {
-                    conn.close = true;
-                } else if tok.eq_ignore_ascii_case(b"keep-alive") {
-                    keep_alive = true;
-                } else if tok.eq_ignore_ascii_case(b"upgrade") {
-                    conn.upgrade = true;
-                } else {
-                    conn.extra_hop_fields = true;
-                }
-            }
-        }
+        conn.observe(h.name.as_bytes(), h.value, &mut keep_alive);
         head.fields.push(Field { name, value });
     }
     conn.upgrade &= has_upgrade_field;
@@ -325,19 +334,7 @@ pub fn parse_response(buf: &[u8], limits: &Limits, request_was_head: bool, head:
     let mut keep_alive = false;
     for h in res.headers.iter() {
         framing.observe(h.name.as_bytes(), h.value)?;
-        if h.name.eq_ignore_ascii_case("connection") {
-            for tok in list_items(h.value) {
-                if tok.eq_ignore_ascii_case(b"close") {
-                    conn.close = true;
-                } else if tok.eq_ignore_ascii_case(b"keep-alive") {
-                    keep_alive = true;
-                } else if tok.eq_ignore_ascii_case(b"upgrade") {
-                    conn.upgrade = true;
-                } else {
-                    conn.extra_hop_fields = true;
-                }
-            }
-        }
+        conn.observe(h.name.as_bytes(), h.value, &mut keep_alive);
         head.fields.push(Field { name: offset_of(buf, h.name.as_bytes()), value: offset_of(buf, h.value) });
     }
     if version == Version::Http10 && !keep_alive {

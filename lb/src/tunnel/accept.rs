@@ -32,28 +32,11 @@ const SUPPORTED: &[InnerProtocol] = &[InnerProtocol::Http11];
 const SETUP_BUF: usize = 16 * 1024;
 
 pub(crate) async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
-    loop {
-        let accepted = monoio::select! {
-            r = listener.accept() => r,
-            _ = core.stop.wait() => return,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let kill = core.kill.clone();
-                let c = core.clone();
-                monoio::spawn(async move {
-                    monoio::select! {
-                        _ = setup(c, stream, peer) => {},
-                        _ = kill.wait() => {},
-                    }
-                });
-            }
-            Err(e) => {
-                eprintln!("ptth-lb: core {}: tunnel accept: {e}", core.id);
-                monoio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
+    let c = core.clone();
+    core::accept_each(&core, listener, "tunnel", core.stop.clone(), move |stream, peer| {
+        core::spawn_killable(&c, setup(c.clone(), stream, peer));
+    })
+    .await;
 }
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte
