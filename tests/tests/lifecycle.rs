@@ -47,6 +47,10 @@ fn status_reports_workers_per_core() {
     }
     let s = status(&lb);
     assert_eq!(s["cores"], 2);
+    // CI runs the suite twice: io_uring, then PTTH_FORCE_LEGACY=1 (epoll).
+    let forced = std::env::var_os("PTTH_FORCE_LEGACY").is_some_and(|v| v != "0");
+    let driver = s["runtime"].as_str().unwrap();
+    assert!(driver.starts_with(if forced { "legacy epoll (forced)" } else { "io_uring" }), "{driver}");
     let w = &s["workers"][0];
     assert_eq!(w["id"], "api");
     assert_eq!(w["origins"], "*");
