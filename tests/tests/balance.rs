@@ -20,7 +20,6 @@ impl Handler for Named {
 
 fn named(lb: &ptth_lb::Lb, id: &str, tweak: impl FnOnce(&mut ptth_workerd::Config)) -> ptth_workerd::Worker {
     let mut cfg = worker_config(lb, id, 2);
-    cfg.tunnels_per_core = 2;
     tweak(&mut cfg);
     let name = id.to_string();
     start_worker(cfg, move || Named(name.clone()))
@@ -77,9 +76,12 @@ fn weights_bias_the_share() {
         c.meta.weight = 3;
         c.tunnels_per_core = 8;
     });
-    let counts = tally(lb.client_addr(), 4, 2000, "t", "/");
+    // One connection: nothing is in flight when a worker is chosen, so the
+    // choice is the weighted draw alone, whatever the machine's load (with
+    // requests in flight, load-awareness rightly overrides weight).
+    let counts = tally(lb.client_addr(), 1, 1000, "t", "/");
     let heavy = counts.get("heavy").copied().unwrap_or(0);
-    assert!((1300..=1700).contains(&heavy), "heavy got {heavy} of 2000, want about 1500: {counts:?}");
+    assert!((650..=850).contains(&heavy), "heavy got {heavy} of 1000, want about 750: {counts:?}");
 }
 
 #[test]
