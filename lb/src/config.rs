@@ -360,6 +360,18 @@ mod tests {
     }
 
     #[test]
+    fn example_config_loads() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/lb.example.toml");
+        let f: ConfigFile = parse_toml(path, &std::fs::read_to_string(path).unwrap()).unwrap();
+        let profile = f.profile.clone().unwrap();
+        let ptext = std::fs::read_to_string(format!("{}/../{profile}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let c = Config::from_file(f, Profile::load(Some((&profile, &ptext))).unwrap()).unwrap();
+        assert_eq!(c.profile.cores, 2);
+        assert!(matches!(c.origins, OriginPolicy::Only(ref o) if o.len() == 2));
+        assert!(c.token.is_some());
+    }
+
+    #[test]
     fn overlay_and_errors_name_the_key() {
         let p = Profile::load(Some(("p", "[queue]\nmax_wait_ms = 7\n"))).unwrap();
         assert_eq!(p.queue_wait, Duration::from_millis(7));

@@ -91,7 +91,7 @@ pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, b
             Ok(true) => {}
             Ok(false) => return,
             Err(e) => {
-                send_error(&core, &mut c, &e, Version::Http11, true).await;
+                send_error(&core, &mut c, &e, true).await;
                 return;
             }
         }
@@ -197,9 +197,10 @@ async fn handle(core: &Rc<Core>, c: &mut Client) -> Next {
             }
             c.rb.consume(head_len);
             // The body was not read: only a bodyless request leaves the
-            // connection in a state to carry the next one.
-            let close = !bodyless || info.close;
-            send_error(core, c, &e, info.version, close).await;
+            // connection in a state to carry the next one. (HTTP/1.0 clients
+            // would need keep-alive said explicitly: just close.)
+            let close = !bodyless || info.close || info.version == Version::Http10;
+            send_error(core, c, &e, close).await;
             return if close { Next::Close } else { Next::Continue };
         }
     };
@@ -241,12 +242,12 @@ async fn handle(core: &Rc<Core>, c: &mut Client) -> Next {
                             continue;
                         }
                         Err(e) => {
-                            send_error(core, c, &e, info.version, true).await;
+                            send_error(core, c, &e, true).await;
                             break Next::Close;
                         }
                     }
                 }
-                send_error(core, c, &err, info.version, true).await;
+                send_error(core, c, &err, true).await;
                 break Next::Close;
             }
             Err(Fail::AfterHead | Fail::Client) => {
@@ -538,7 +539,7 @@ async fn write_client(core: &Core, c: &mut Client) -> io::Result<()> {
 
 /// Answers an error generated here (the one place client errors become
 /// responses; the status comes from [`Error::status`]).
-async fn send_error(core: &Core, c: &mut Client, e: &Error, version: Version, close: bool) {
+async fn send_error(core: &Core, c: &mut Client, e: &Error, close: bool) {
     let Some(status) = e.status() else { return };
     core.stats().count_status(status);
     let retry = core.shared.cfg.profile.retry_after_s.to_string();
@@ -549,9 +550,6 @@ async fn send_error(core: &Core, c: &mut Client, e: &Error, version: Version, cl
     let body = format!("{status} {}: {e}\n", h1::reason(status));
     c.out.clear();
     h1::write_simple_response(&mut c.out, status, h1::reason(status), &extra, "text/plain", body.as_bytes(), close);
-    if version == Version::Http10 && !close {
-        // Keep-alive must be explicit for HTTP/1.0; simpler to close.
-    }
     let _ = write_client(core, c).await;
 }
 

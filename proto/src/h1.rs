@@ -562,8 +562,9 @@ pub enum Persist {
 /// body will be sent decoded and close-delimited (HTTP/1.0 clients).
 pub fn write_response_head(out: &mut Vec<u8>, buf: &[u8], head: &ResponseHead, client_version: Version, persist: Persist, dechunk: bool) {
     use std::io::Write;
-    out.extend_from_slice(client_version.as_str().as_bytes());
-    let _ = write!(out, " {} ", head.status);
+    // RFC 9110 §6.2: answer with the highest minor version we speak, even to
+    // an HTTP/1.0 client; `client_version` only decides how persistence is said.
+    let _ = write!(out, "HTTP/1.1 {} ", head.status);
     out.extend_from_slice(&buf[head.reason.clone()]);
     out.extend_from_slice(b"\r\n");
     let skip: &[&[u8]] = if dechunk { &[b"transfer-encoding", b"trailer"] } else { &[] };

@@ -143,3 +143,35 @@ fn absolute_form_target_routes_on_its_authority() {
     let r = c.get("/x");
     assert_eq!(r.status, 503, "Host test is not claimed");
 }
+
+#[test]
+fn interim_responses_reach_http11_clients() {
+    use std::io::{Read, Write};
+    let lb = start_lb(1, |_| {});
+    // A raw worker that sends 103 Early Hints before its answer.
+    let mut t = std::net::TcpStream::connect(lb.tunnel_addr).unwrap();
+    t.set_read_timeout(Some(STEP)).unwrap();
+    t.write_all(b"GET /.well-known/ptth/*/ HTTP/1.1\r\nHost: lb\r\nConnection: Upgrade\r\nUpgrade: ptth\r\nALPN: http%2F1.1\r\n\r\n")
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = t.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 101"));
+    let worker = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = t.read(&mut buf).unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        t.write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .unwrap();
+        t
+    });
+    let mut c = Client::connect(lb.client_addr());
+    c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    let hints = c.read_response(false);
+    assert_eq!((hints.status, hints.header("link")), (103, Some("</s.css>; rel=preload")));
+    let r = c.read_response(false);
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    drop(worker.join().unwrap());
+}
