@@ -178,7 +178,7 @@ where
 }
 
 /// Records that a tunnel ended; logs when coverage is lost.
-pub(crate) fn tunnel_ended(cfg: &Config, lb: &LbState, core: u32, epoch: u64) {
+pub(crate) fn tunnel_ended(cfg: &Config, lb: &LbState, core: u32, epoch: u64, stopping: bool) {
     let mut cov = lock(lb);
     if cov.epoch == epoch {
         if let Some(n) = cov.per_core.get_mut(core as usize) {
@@ -186,7 +186,7 @@ pub(crate) fn tunnel_ended(cfg: &Config, lb: &LbState, core: u32, epoch: u64) {
         }
     }
     let now = cov.is_covered(cfg.tunnels_per_core);
-    if cov.covered && !now {
+    if cov.covered && !now && !stopping {
         log(cfg, false, format_args!("lb {}: tunnel lost on core {core}; redialing", lb.addr));
     }
     cov.covered = now;

@@ -220,7 +220,7 @@ async fn thread_main<H, F>(
                     if let Some(Err(e)) = res {
                         log(&cfg, true, format_args!("lb {}: tunnel on core {} ended: {e}", shared.lbs[lb].addr, acc.core));
                     }
-                    dial::tunnel_ended(&cfg, &shared.lbs[lb], acc.core, epoch);
+                    dial::tunnel_ended(&cfg, &shared.lbs[lb], acc.core, epoch, stop.is_fired());
                     dial::bump(&shared.counts, slot, false);
                     shared.up.fetch_sub(1, Ordering::Relaxed);
                     live.set(live.get() - 1);
@@ -231,6 +231,9 @@ async fn thread_main<H, F>(
     }
     let drained = async {
         stop.wait().await;
+        if thread == 0 {
+            log(&cfg, false, format_args!("stopping: no more dials, idle tunnels close, requests in flight finish"));
+        }
         while live.get() > 0 {
             monoio::time::sleep(Duration::from_millis(10)).await;
         }
