@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ptth_proto::h1::Limits;
 use ptth_proto::rt::runtime::RuntimeSpec;
-use ptth_proto::setup::{Claim, WorkerMeta};
+use ptth_proto::setup::{Claim, InnerProtocol, WorkerMeta};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -18,8 +18,13 @@ pub struct Config {
     pub meta: WorkerMeta,
     /// Bearer token sent in `Authorization`.
     pub token: Option<String>,
-    /// Tunnels to keep on each lb core (an h1 tunnel carries one request at a time).
+    /// Tunnels to keep on each lb core (an h1 tunnel carries one request at a
+    /// time; an h2 tunnel up to `max_streams`).
     pub tunnels_per_core: u32,
+    /// Inner protocols offered in the setup's `ALPN`, in order of preference.
+    pub protocols: Vec<InnerProtocol>,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS on h2 tunnels: each tunnel's capacity.
+    pub max_streams: u32,
     /// Worker threads, each with its own runtime (default: 1).
     pub threads: usize,
     /// Pin each thread to a CPU.
@@ -50,6 +55,8 @@ impl Default for Config {
             meta: WorkerMeta::default(),
             token: None,
             tunnels_per_core: 8,
+            protocols: vec![InnerProtocol::H2, InnerProtocol::Http11],
+            max_streams: 256,
             threads: 1,
             pin: false,
             runtime: RuntimeSpec::default(),
@@ -77,6 +84,12 @@ impl Config {
         }
         if self.tunnels_per_core == 0 || self.tunnels_per_core > 1024 {
             return Err("--tunnels-per-core: expected 1 to 1024".into());
+        }
+        if self.protocols.is_empty() {
+            return Err("--inner: offer at least one of h2, http/1.1".into());
+        }
+        if self.max_streams == 0 {
+            return Err("--max-streams: expected at least 1".into());
         }
         if self.threads == 0 || self.threads > 1024 {
             return Err("--threads: expected 1 to 1024".into());

@@ -17,14 +17,12 @@ use ptth_proto::h1::{self, Parsed, ResponseHead};
 use ptth_proto::rt::io::{write_all, ReadBuf};
 use ptth_proto::rt::signal::Signal;
 use ptth_proto::rt::FastRng;
-use ptth_proto::setup::{write_setup_request, Accepted, InnerProtocol, SetupParams, SetupResponse};
+use ptth_proto::setup::{write_setup_request, Accepted, SetupParams, SetupResponse};
 
 use crate::config::Config;
 use crate::error::Error;
 use crate::{log, Shared};
 
-/// Protocols this worker offers inside the tunnel, in order of preference.
-const OFFER: &[InnerProtocol] = &[InnerProtocol::Http11];
 /// How often a satisfied dialer re-checks its tunnel count.
 const RECHECK: Duration = Duration::from_millis(50);
 
@@ -213,7 +211,7 @@ async fn dial_once(addr: &str, cfg: &Config) -> Result<(TcpStream, Vec<u8>, Acce
     let _ = stream.set_tcp_keepalive(Some(Duration::from_secs(30)), Some(Duration::from_secs(10)), Some(3));
     let host = addr;
     let mut out = Vec::with_capacity(512);
-    write_setup_request(&mut out, &SetupParams { host, claim: &cfg.claim, offer: OFFER, token: cfg.token.as_deref(), meta: &cfg.meta });
+    write_setup_request(&mut out, &SetupParams { host, claim: &cfg.claim, offer: &cfg.protocols, token: cfg.token.as_deref(), meta: &cfg.meta });
     let (res, _) = write_all(&mut stream, out, cfg.setup_timeout).await;
     res.map_err(conn_err)?;
     let mut rb = ReadBuf::with_capacity(16 * 1024);
@@ -232,7 +230,7 @@ async fn dial_once(addr: &str, cfg: &Config) -> Result<(TcpStream, Vec<u8>, Acce
             Err(e) => return Err(conn_err(e)),
         }
     }
-    match SetupResponse::parse(rb.data(), &head, OFFER) {
+    match SetupResponse::parse(rb.data(), &head, &cfg.protocols) {
         Ok(SetupResponse::Accepted(acc)) => {
             rb.consume(head.len);
             Ok((stream, rb.take_unconsumed(), acc))

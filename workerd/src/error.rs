@@ -24,6 +24,10 @@ pub enum Error {
     Body(#[from] ptth_proto::BodyError),
     #[error("relaying a body: {0}")]
     Relay(#[from] RelayError),
+    #[error("HTTP/2: {0}")]
+    H2(#[from] h2::Error),
+    #[error("{0}")]
+    Handler(String),
     #[error("origin {origin}: {why}")]
     Origin { origin: String, why: String },
 }

@@ -19,6 +19,7 @@ mod error;
 mod origin;
 mod respond;
 mod tunnel;
+mod tunnel_h2;
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -34,7 +35,7 @@ pub use config::Config;
 pub use dial::{Coverage, LbState};
 pub use error::Error;
 pub use origin::{OriginAddr, Sidecar};
-pub use ptth_proto::setup::{Claim, Origin, WorkerMeta};
+pub use ptth_proto::setup::{Claim, InnerProtocol, Origin, WorkerMeta};
 pub use respond::Responder;
 pub use tunnel::{Exchange, Handler};
 
@@ -212,9 +213,14 @@ async fn thread_main<H, F>(
                 let (handler, cfg, shared, stop, kill, live) =
                     (handler.clone(), cfg.clone(), shared.clone(), stop.clone(), kill.clone(), live.clone());
                 monoio::spawn(async move {
-                    let conn = tunnel::Conn::new(stream, leftover, cfg.clone());
+                    let work = async {
+                        match acc.protocol {
+                            InnerProtocol::H2 => tunnel_h2::serve(stream, leftover, handler.clone(), cfg.clone(), &stop).await,
+                            InnerProtocol::Http11 => tunnel::serve(tunnel::Conn::new(stream, leftover, cfg.clone()), &*handler, &stop).await,
+                        }
+                    };
                     let res = monoio::select! {
-                        r = tunnel::serve(conn, &*handler, &stop) => Some(r),
+                        r = work => Some(r),
                         _ = kill.wait() => None,
                     };
                     if let Some(Err(e)) = res {

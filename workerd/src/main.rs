@@ -12,7 +12,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const USAGE: &str = "usage: ptth-workerd --lb ADDR [--lb ADDR]... (--origin URL | --respond SPEC)
          [--claim ORIGIN]... [--route PREFIX]... [--id ID] [--token TOKEN]
          [--tunnels-per-core N] [--max-concurrency N] [--weight N]
-         [--threads N] [--pin] [--driver auto|uring|legacy] [--verbose] [--quiet]
+         [--inner h2,http/1.1] [--max-streams N] [--threads N] [--pin]
+         [--driver auto|uring|legacy] [--verbose] [--quiet]
 
   --lb ADDR              lb tunnel listener, host:port (repeat for several lbs)
   --origin URL           forward requests to this HTTP/1.1 origin (http://host:port)
@@ -24,6 +25,8 @@ const USAGE: &str = "usage: ptth-workerd --lb ADDR [--lb ADDR]... (--origin URL 
   --tunnels-per-core N   tunnels kept on each lb core (default 8)
   --max-concurrency N    requests at once across all tunnels and lb cores
   --weight N             relative share of requests, 1..1000 (default 1)
+  --inner LIST           inner protocols to offer, in order (default h2,http/1.1)
+  --max-streams N        concurrent streams per h2 tunnel (default 256)
   --threads N            worker threads (default 1)
 ";
 
@@ -86,6 +89,18 @@ fn parse(args: Vec<String>) -> Result<(Config, Mode), String> {
             "--max-concurrency" => cfg.meta.max_concurrency = Some(int(value()?, 1, 1_000_000)? as u32),
             "--weight" => cfg.meta.weight = int(value()?, 1, 1000)? as u32,
             "--threads" => cfg.threads = int(value()?, 1, 1024)? as usize,
+            "--max-streams" => cfg.max_streams = int(value()?, 1, 1_000_000)? as u32,
+            "--inner" => {
+                let v = value()?;
+                cfg.protocols = v
+                    .split(',')
+                    .map(|p| match p.trim() {
+                        "h2" => Ok(ptth_workerd::InnerProtocol::H2),
+                        "http/1.1" | "http1.1" | "h1" => Ok(ptth_workerd::InnerProtocol::Http11),
+                        other => Err(format!("--inner: unknown protocol {other:?}; use h2 and/or http/1.1")),
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
             "--pin" => cfg.pin = true,
             "--driver" => {
                 let v = value()?;

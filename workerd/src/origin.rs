@@ -9,10 +9,14 @@ use std::cell::RefCell;
 
 use monoio::net::TcpStream;
 use ptth_proto::h1::{self, BodyDecoder, Parsed, Persist, ResponseHead, Version};
-use ptth_proto::rt::io::{send_message, BodyMode, ReadBuf, RelayError};
+use bytes::Bytes;
+use ptth_proto::rt::h2io;
+use ptth_proto::rt::io::{send_message, write_all, BodyMode, ReadBuf, RelayError};
 
 use crate::error::Error;
-use crate::tunnel::{Exchange, Handler, Resp};
+use crate::config::Config;
+use crate::tunnel::{Conn, Exchange, Handler, Inner, Resp};
+use crate::tunnel_h2::H2Exchange;
 
 const ORIGIN_BUF: usize = 64 * 1024;
 /// Idle origin connections kept per worker thread.
@@ -64,8 +68,8 @@ impl Sidecar {
         Error::Origin { origin: self.origin.authority.clone(), why: why.to_string() }
     }
 
-    async fn connect(&self, ex: &Exchange<'_>) -> Result<OriginConn, Error> {
-        let t = ex.c.cfg.connect_timeout;
+    async fn connect(&self, cfg: &Config) -> Result<OriginConn, Error> {
+        let t = cfg.connect_timeout;
         let stream = match monoio::time::timeout(t, TcpStream::connect(self.origin.authority.as_str())).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(self.err(format!("connect: {e}"))),
@@ -78,8 +82,7 @@ impl Sidecar {
     /// Sends the request head and body; reads the response head.
     /// `Ok(false)`: a pooled connection turned out dead before anything of the
     /// request could have been processed, and the request can be replayed.
-    async fn exchange_once(&self, ex: &mut Exchange<'_>, oc: &mut OriginConn, reused: bool) -> Result<bool, Error> {
-        let c = &mut *ex.c;
+    async fn exchange_once(&self, c: &mut Conn, oc: &mut OriginConn, reused: bool) -> Result<bool, Error> {
         let io = c.cfg.io_timeout;
         let replayable = reused && c.body.is_done();
         let mut out = std::mem::take(&mut oc.out);
@@ -122,22 +125,32 @@ impl Sidecar {
 
 impl Handler for Sidecar {
     async fn handle(&self, ex: &mut Exchange<'_>) -> Result<(), Error> {
+        match &mut ex.inner {
+            Inner::H1(c) => self.handle_h1(c).await,
+            Inner::H2(x) => self.handle_h2(x).await,
+        }
+    }
+}
+
+impl Sidecar {
+    /// HTTP/1.1 tunnel: the request head goes to the origin as received,
+    /// bodies are relayed in their received framing.
+    async fn handle_h1(&self, c: &mut Conn) -> Result<(), Error> {
         let pooled = self.idle.borrow_mut().pop();
         let replayed = match pooled {
-            Some(mut oc) => self.exchange_once(ex, &mut oc, true).await?.then_some(oc),
+            Some(mut oc) => self.exchange_once(c, &mut oc, true).await?.then_some(oc),
             None => None,
         };
         let mut oc = match replayed {
             Some(oc) => oc,
             None => {
-                let mut fresh = self.connect(ex).await?;
-                if !self.exchange_once(ex, &mut fresh, false).await? {
+                let mut fresh = self.connect(&c.cfg).await?;
+                if !self.exchange_once(c, &mut fresh, false).await? {
                     return Err(self.err("closed the connection before a response"));
                 }
                 fresh
             }
         };
-        let c = &mut *ex.c;
         let framing = oc.head.framing();
         let until_close = framing == h1::Framing::UntilClose;
         // A close-delimited origin body can only be relayed close-delimited:
@@ -154,12 +167,154 @@ impl Handler for Sidecar {
         let (res, out) = send_message(&mut c.stream, out, &mut oc.stream, &mut oc.rb, &mut dec, BodyMode::Pass, c.cfg.io_timeout).await;
         c.out = out;
         res?;
-        if !origin_close && dec.is_done() && oc.rb.is_empty() {
+        let reusable = !origin_close && dec.is_done() && oc.rb.is_empty();
+        self.put_back(oc, reusable);
+        Ok(())
+    }
+
+    /// Returns an origin connection to the pool when it can carry another request.
+    fn put_back(&self, oc: OriginConn, reusable: bool) {
+        if reusable {
             let mut idle = self.idle.borrow_mut();
             if idle.len() < POOL_MAX {
                 idle.push(oc);
             }
         }
+    }
+
+    /// Writes an HTTP/1.1 request head for an h2 stream and sends it with its
+    /// body; reads the response head. `Ok(false)`: a pooled connection was
+    /// dead before any response byte and the (bodyless) request may be replayed.
+    async fn h2_once(&self, x: &mut H2Exchange, oc: &mut OriginConn, head: &[u8], chunked: bool, reused: bool) -> Result<bool, Error> {
+        let cfg = x.cfg.clone();
+        let replayable = reused && x.body.is_end_stream();
+        let mut out = std::mem::take(&mut oc.out);
+        out.clear();
+        out.extend_from_slice(head);
+        let (res, mut out) = write_all(&mut oc.stream, out, cfg.io_timeout).await;
+        match res {
+            Ok(()) => {}
+            Err(_) if replayable => return Ok(false),
+            Err(e) => return Err(self.err(format!("sending the request: {e}"))),
+        }
+        while let Some(data) = h2io::recv_data(&mut x.body).await {
+            let data = data?;
+            if data.is_empty() {
+                continue;
+            }
+            out.clear();
+            if chunked {
+                h1::write_chunk(&mut out, &data);
+            } else {
+                out.extend_from_slice(&data);
+            }
+            let (res, o) = write_all(&mut oc.stream, out, cfg.io_timeout).await;
+            out = o;
+            res.map_err(|e| self.err(format!("sending the request body: {e}")))?;
+        }
+        if chunked {
+            out.clear();
+            out.extend_from_slice(h1::LAST_CHUNK);
+            let (res, o) = write_all(&mut oc.stream, out, cfg.io_timeout).await;
+            out = o;
+            res.map_err(|e| self.err(format!("sending the request body: {e}")))?;
+        }
+        oc.out = out;
+        let is_head = x.parts.method == http::Method::HEAD;
+        loop {
+            match h1::parse_response(oc.rb.data(), &cfg.limits, is_head, &mut oc.head) {
+                Ok(Parsed::Complete) if (100..200).contains(&oc.head.status) => {
+                    oc.rb.consume(oc.head.len);
+                    continue;
+                }
+                Ok(Parsed::Complete) => return Ok(true),
+                Ok(Parsed::Partial) => {}
+                Err(e) => return Err(self.err(format!("invalid response head: {e}"))),
+            }
+            match oc.rb.fill(&mut oc.stream, cfg.io_timeout).await {
+                Ok(0) if replayable && oc.rb.is_empty() => return Ok(false),
+                Ok(0) => return Err(self.err("closed the connection before a response")),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(self.err("response timed out")),
+                Err(_) if replayable && oc.rb.is_empty() => return Ok(false),
+                Err(e) => return Err(self.err(format!("reading the response: {e}"))),
+            }
+        }
+    }
+
+    /// HTTP/2 tunnel: the stream becomes an HTTP/1.1 request to the origin,
+    /// and the origin's response becomes the stream's response.
+    async fn handle_h2(&self, x: &mut H2Exchange) -> Result<(), Error> {
+        use std::io::Write;
+        let cfg = x.cfg.clone();
+        let mut head = Vec::with_capacity(512);
+        let target = x.parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let _ = write!(head, "{} {target} HTTP/1.1\r\n", x.parts.method);
+        let host = x.parts.uri.authority().map(|a| a.as_str()).unwrap_or("");
+        let _ = write!(head, "Host: {host}\r\n");
+        for (k, v) in &x.parts.headers {
+            if h2io::is_h1_only(k.as_str().as_bytes()) {
+                continue;
+            }
+            head.extend_from_slice(k.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(v.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        let chunked = !x.body.is_end_stream() && !x.parts.headers.contains_key(http::header::CONTENT_LENGTH);
+        if chunked {
+            head.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+        }
+        head.extend_from_slice(b"\r\n");
+
+        let pooled = self.idle.borrow_mut().pop();
+        let replayed = match pooled {
+            Some(mut oc) => self.h2_once(x, &mut oc, &head, chunked, true).await?.then_some(oc),
+            None => None,
+        };
+        let mut oc = match replayed {
+            Some(oc) => oc,
+            None => {
+                let mut fresh = self.connect(&cfg).await?;
+                if !self.h2_once(x, &mut fresh, &head, chunked, false).await? {
+                    return Err(self.err("closed the connection before a response"));
+                }
+                fresh
+            }
+        };
+        let mut b = http::Response::builder().status(oc.head.status);
+        for f in &oc.head.fields {
+            let name = &oc.rb.data()[f.name.clone()];
+            if h2io::is_h1_only(name) || name.eq_ignore_ascii_case(b"trailer") {
+                continue;
+            }
+            b = b.header(name, &oc.rb.data()[f.value.clone()]);
+        }
+        let r = b.body(()).map_err(|e| self.err(format!("response head not valid for HTTP/2: {e}")))?;
+        let framing = oc.head.framing();
+        let origin_close = oc.head.conn.close;
+        oc.rb.consume(oc.head.len);
+        let mut dec = BodyDecoder::new(framing);
+        x.start_parts(r, dec.is_done())?;
+        while !dec.is_done() {
+            if oc.rb.is_empty() {
+                match oc.rb.fill(&mut oc.stream, cfg.io_timeout).await {
+                    Ok(0) => {
+                        dec.eof().map_err(|e| self.err(e))?;
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(self.err(format!("reading the response body: {e}"))),
+                }
+            }
+            let step = dec.decode(oc.rb.data()).map_err(|e| self.err(e))?;
+            let data = Bytes::copy_from_slice(&oc.rb.data()[step.data.clone()]);
+            oc.rb.consume(step.consumed);
+            x.send_bytes(data).await?;
+        }
+        x.finish().await?;
+        let reusable = !origin_close && framing != h1::Framing::UntilClose && oc.rb.is_empty();
+        self.put_back(oc, reusable);
         Ok(())
     }
 }

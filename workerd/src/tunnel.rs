@@ -183,10 +183,10 @@ pub(crate) async fn serve<H: Handler>(mut c: Conn, handler: &H, stop: &Signal) -
         // RFC 9112 §9.6: after a response with Connection: close the tunnel is
         // done; during shutdown that is how an h1 tunnel drains.
         c.close_after = c.head.conn.close || stop.is_fired();
-        let result = handler.handle(&mut Exchange { c: &mut c }).await;
+        let result = handler.handle(&mut Exchange { inner: Inner::H1(&mut c) }).await;
         match (result, c.resp) {
             (Ok(()), Resp::Done) => {}
-            (Ok(()), Resp::Chunked) => Exchange { c: &mut c }.finish().await?,
+            (Ok(()), Resp::Chunked) => Exchange { inner: Inner::H1(&mut c) }.finish().await?,
             (Ok(()), Resp::Pending) => {
                 c.respond(500, &[("Content-Type", "text/plain")], b"handler returned without a response\n").await?;
             }
@@ -206,40 +206,73 @@ pub(crate) async fn serve<H: Handler>(mut c: Conn, handler: &H, stop: &Signal) -
     }
 }
 
-/// One request and its response, as a [`Handler`] sees them.
+/// One request and its response, as a [`Handler`] sees them, whichever
+/// inner protocol the tunnel speaks.
 pub struct Exchange<'a> {
-    pub(crate) c: &'a mut Conn,
+    pub(crate) inner: Inner<'a>,
+}
+
+pub(crate) enum Inner<'a> {
+    H1(&'a mut Conn),
+    H2(&'a mut crate::tunnel_h2::H2Exchange),
 }
 
 impl Exchange<'_> {
     pub fn method(&self) -> &str {
-        std::str::from_utf8(self.c.head.method(&self.c.head_bytes)).unwrap_or("")
+        match &self.inner {
+            Inner::H1(c) => std::str::from_utf8(c.head.method(&c.head_bytes)).unwrap_or(""),
+            Inner::H2(x) => x.parts.method.as_str(),
+        }
     }
 
     /// The request target (path and query, as the client sent it).
     pub fn target(&self) -> &str {
-        std::str::from_utf8(self.c.head.target(&self.c.head_bytes)).unwrap_or("")
+        match &self.inner {
+            Inner::H1(c) => std::str::from_utf8(c.head.target(&c.head_bytes)).unwrap_or(""),
+            Inner::H2(x) => x.parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+        }
     }
 
     /// The first field called `name`, if present and valid UTF-8.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.c.head.field(&self.c.head_bytes, name).and_then(|v| std::str::from_utf8(v).ok())
+        match &self.inner {
+            Inner::H1(c) => c.head.field(&c.head_bytes, name).and_then(|v| std::str::from_utf8(v).ok()),
+            Inner::H2(x) => x.parts.headers.get(name).and_then(|v| v.to_str().ok()),
+        }
     }
 
-    /// Every header field in order.
-    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        let b = &self.c.head_bytes;
-        self.c.head.fields.iter().map(move |f| (std::str::from_utf8(&b[f.name.clone()]).unwrap_or(""), &b[f.value.clone()]))
+    /// Every header field in order (for HTTP/2, `:authority` shows as `host`).
+    pub fn headers(&self) -> Box<dyn Iterator<Item = (&str, &[u8])> + '_> {
+        match &self.inner {
+            Inner::H1(c) => {
+                let b = &c.head_bytes;
+                Box::new(c.head.fields.iter().map(move |f| (std::str::from_utf8(&b[f.name.clone()]).unwrap_or(""), &b[f.value.clone()])))
+            }
+            Inner::H2(x) => Box::new(
+                x.parts
+                    .uri
+                    .authority()
+                    .map(|a| ("host", a.as_str().as_bytes()))
+                    .into_iter()
+                    .chain(x.parts.headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes()))),
+            ),
+        }
     }
 
     pub fn has_body(&self) -> bool {
-        !self.c.body.is_done()
+        match &self.inner {
+            Inner::H1(c) => !c.body.is_done(),
+            Inner::H2(x) => !x.body.is_end_stream(),
+        }
     }
 
     /// Appends the next piece of the request body to `out`; returns how many
     /// bytes it added, 0 at the end of the body.
     pub async fn read_body(&mut self, out: &mut Vec<u8>) -> Result<usize, Error> {
-        let c = &mut *self.c;
+        let c = match &mut self.inner {
+            Inner::H1(c) => &mut **c,
+            Inner::H2(x) => return x.read_body(out).await,
+        };
         loop {
             if c.body.is_done() {
                 return Ok(0);
@@ -261,14 +294,20 @@ impl Exchange<'_> {
 
     /// Sends a complete response with a `Content-Length`.
     pub async fn respond(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) -> Result<(), Error> {
-        Ok(self.c.respond(status, headers, body).await?)
+        match &mut self.inner {
+            Inner::H1(c) => Ok(c.respond(status, headers, body).await?),
+            Inner::H2(x) => x.respond(status, headers, body).await,
+        }
     }
 
-    /// Sends a response head with chunked framing; the body follows with
-    /// [`send`](Self::send) and ends with [`finish`](Self::finish).
+    /// Sends a response head whose body follows with [`send`](Self::send)
+    /// and ends with [`finish`](Self::finish) (chunked on HTTP/1.1).
     pub async fn start(&mut self, status: u16, headers: &[(&str, &str)]) -> Result<(), Error> {
         use std::io::Write;
-        let c = &mut *self.c;
+        let c = match &mut self.inner {
+            Inner::H1(c) => &mut **c,
+            Inner::H2(x) => return x.start(status, headers),
+        };
         c.out.clear();
         let _ = write!(c.out, "HTTP/1.1 {status} {}\r\n", h1::reason(status));
         for (k, v) in headers {
@@ -284,24 +323,32 @@ impl Exchange<'_> {
         Ok(c.write_out().await?)
     }
 
-    /// Sends one chunk of a response started with [`start`](Self::start).
+    /// Sends one piece of a response started with [`start`](Self::start).
     pub async fn send(&mut self, data: &[u8]) -> Result<(), Error> {
-        if self.c.resp != Resp::Chunked || data.is_empty() {
+        let c = match &mut self.inner {
+            Inner::H1(c) => &mut **c,
+            Inner::H2(x) => return x.send(data).await,
+        };
+        if c.resp != Resp::Chunked || data.is_empty() {
             return Ok(());
         }
-        self.c.out.clear();
-        h1::write_chunk(&mut self.c.out, data);
-        Ok(self.c.write_out().await?)
+        c.out.clear();
+        h1::write_chunk(&mut c.out, data);
+        Ok(c.write_out().await?)
     }
 
-    /// Ends a chunked response.
+    /// Ends a response started with [`start`](Self::start).
     pub async fn finish(&mut self) -> Result<(), Error> {
-        if self.c.resp != Resp::Chunked {
+        let c = match &mut self.inner {
+            Inner::H1(c) => &mut **c,
+            Inner::H2(x) => return x.finish().await,
+        };
+        if c.resp != Resp::Chunked {
             return Ok(());
         }
-        self.c.out.clear();
-        self.c.out.extend_from_slice(h1::LAST_CHUNK);
-        self.c.resp = Resp::Done;
-        Ok(self.c.write_out().await?)
+        c.out.clear();
+        c.out.extend_from_slice(h1::LAST_CHUNK);
+        c.resp = Resp::Done;
+        Ok(c.write_out().await?)
     }
 }
