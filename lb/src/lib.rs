@@ -17,6 +17,7 @@ pub mod config;
 mod core;
 pub mod demo;
 pub mod error;
+mod h2_tunnel;
 mod inbox;
 mod listen;
 mod proxy;

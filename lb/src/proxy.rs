@@ -28,9 +28,10 @@ use ptth_proto::rt::io::{send_message, write_all, BodyMode, ReadBuf, RelayError}
 use crate::config::Profile;
 use crate::core::{self, Core};
 use crate::error::Error;
+use crate::h2_tunnel::{self, H2Fail};
 use crate::inbox::CoreMsg;
 use crate::stats;
-use crate::tunnel::pool::{Pick, Pool, Tunnel, Waiter};
+use crate::tunnel::pool::{Lease, Pick, Pool, Tunnel, Waiter};
 
 /// Retries of an idempotent, bodyless request whose tunnel failed before
 /// sending any response byte (RFC 9110 §9.2.2).
@@ -50,6 +51,8 @@ struct Client {
     /// Route key of the current request: host bytes, then path bytes.
     key: Vec<u8>,
     head: RequestHead,
+    /// Parse space for building h2 requests from `fwd`.
+    scratch: RequestHead,
     peer: SocketAddr,
     /// Handed over from another core: requests here are not core-local.
     migrated: bool,
@@ -57,11 +60,11 @@ struct Client {
 
 /// What a request needs from its head once the head bytes are consumed.
 #[derive(Debug, Clone, Copy)]
-struct ReqInfo {
-    version: Version,
-    is_head: bool,
+pub(crate) struct ReqInfo {
+    pub(crate) version: Version,
+    pub(crate) is_head: bool,
     idempotent: bool,
-    close: bool,
+    pub(crate) close: bool,
     expect_continue: bool,
     framing: Framing,
     host_len: usize,
@@ -83,6 +86,7 @@ pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, b
         fwd: Vec::with_capacity(1024),
         key: Vec::with_capacity(256),
         head: RequestHead::default(),
+        scratch: RequestHead::default(),
         peer,
         migrated,
     };
@@ -184,7 +188,7 @@ async fn handle(core: &Rc<Core>, c: &mut Client) -> Next {
 
     let key = std::mem::take(&mut c.key);
     let (host, path) = key.split_at(info.host_len);
-    let mut tunnel = match acquire(core, host, path, None).await {
+    let mut lease = match acquire(core, host, path, None).await {
         Ok(t) => t,
         Err(e) => {
             let next = match &e {
@@ -211,58 +215,86 @@ async fn handle(core: &Rc<Core>, c: &mut Client) -> Next {
         // is ready, and forward the request without Expect.
         c.out.clear();
         c.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-        if let Err(e) = write_client(core, c).await {
-            core.pool.borrow_mut().discard(tunnel);
-            let _ = e;
+        if write_client(core, c).await.is_err() {
+            core.pool.borrow_mut().discard(lease);
             c.key = key;
             return Next::Close;
         }
     }
     let mut attempt = 0;
     let next = loop {
-        let (result, t) = exchange(core, c, tunnel, &mut dec, &info).await;
-        tunnel = t;
-        match result {
+        let (result, l) = exchange_on(core, c, lease, &mut dec, &info).await;
+        lease = l;
+        let retry = match result {
             Ok(done) => {
-                core.pool.borrow_mut().release(tunnel, done.reusable);
+                core.pool.borrow_mut().release(lease, done.reusable);
                 core.stats().count_status(done.status);
                 let local = if c.migrated { &core.stats().served_migrated } else { &core.stats().served_local };
                 stats::add(local, 1);
                 break if done.client_close { Next::Close } else { Next::Continue };
             }
-            Err(Fail::BeforeResponse { err, replayable }) => {
-                let failed = tunnel.slot;
-                core.pool.borrow_mut().release(tunnel, false);
-                if replayable && bodyless && info.idempotent && attempt < MAX_RETRIES {
-                    attempt += 1;
-                    stats::add(&core.stats().retries, 1);
-                    match acquire(core, host, path, Some(failed)).await {
-                        Ok(t) => {
-                            tunnel = t;
-                            continue;
-                        }
-                        Err(e) => {
-                            send_error(core, c, &e, true).await;
-                            break Next::Close;
-                        }
-                    }
-                }
-                send_error(core, c, &err, true).await;
+            // RFC 9110 §9.2.2: an idempotent request whose tunnel failed
+            // before any response byte may be sent again.
+            Err(Fail::BeforeResponse { err, replayable }) => (err, replayable && bodyless && info.idempotent),
+            // RFC 9113 §8.7: a stream the worker never processed may be sent
+            // again whatever its method, if its body is still whole.
+            Err(Fail::Unprocessed { err, body_intact }) => (err, body_intact || bodyless),
+            Err(Fail::AfterHead | Fail::Client) => {
+                core.pool.borrow_mut().release(lease, false);
                 break Next::Close;
             }
-            Err(Fail::AfterHead | Fail::Client) => {
-                core.pool.borrow_mut().release(tunnel, false);
-                break Next::Close;
+        };
+        let (err, may_retry) = retry;
+        let failed = lease.slot();
+        core.pool.borrow_mut().release(lease, false);
+        if may_retry && attempt < MAX_RETRIES {
+            attempt += 1;
+            stats::add(&core.stats().retries, 1);
+            match acquire(core, host, path, Some(failed)).await {
+                Ok(t) => {
+                    lease = t;
+                    continue;
+                }
+                Err(e) => {
+                    send_error(core, c, &e, true).await;
+                    break Next::Close;
+                }
             }
         }
+        send_error(core, c, &err, true).await;
+        break Next::Close;
     };
     c.key = key;
     next
 }
 
+/// Runs the exchange on whichever kind of tunnel the lease is.
+async fn exchange_on(core: &Core, c: &mut Client, lease: Lease, dec: &mut BodyDecoder, info: &ReqInfo) -> (Result<Done, Fail>, Lease) {
+    match lease {
+        Lease::H1(t) => {
+            let (r, t) = exchange(core, c, t, dec, info).await;
+            (r, Lease::H1(t))
+        }
+        Lease::H2(t) => {
+            let worker = core.pool.borrow().worker_id(t.slot);
+            let side =
+                h2_tunnel::ClientSide { stream: &mut c.stream, rb: &mut c.rb, out: &mut c.out, fwd: &c.fwd, scratch: &mut c.scratch };
+            let r = h2_tunnel::exchange(core, side, &t, dec, info, &worker).await;
+            let r = match r {
+                Ok(s) => Ok(Done { status: s.status, reusable: true, client_close: s.client_close }),
+                Err(H2Fail::Unprocessed { err, body_intact }) => Err(Fail::Unprocessed { err, body_intact }),
+                Err(H2Fail::Broken(err)) => Err(Fail::BeforeResponse { err, replayable: true }),
+                Err(H2Fail::BeforeResponse(err)) => Err(Fail::BeforeResponse { err, replayable: false }),
+                Err(H2Fail::Close) => Err(Fail::Client),
+            };
+            (r, Lease::H2(t))
+        }
+    }
+}
+
 /// Takes a tunnel for this route from the core's pool, waiting in the bounded
 /// queue when every eligible tunnel is busy.
-async fn acquire(core: &Rc<Core>, host: &[u8], path: &[u8], avoid: Option<usize>) -> Result<Tunnel, Error> {
+async fn acquire(core: &Rc<Core>, host: &[u8], path: &[u8], avoid: Option<usize>) -> Result<Lease, Error> {
     let p = &core.shared.cfg.profile;
     loop {
         let pick = core.pool.borrow_mut().try_pick(host, path, avoid);
@@ -278,15 +310,17 @@ async fn acquire(core: &Rc<Core>, host: &[u8], path: &[u8], avoid: Option<usize>
         };
         // A tunnel idle for a while may have been closed by its worker: check
         // before trusting it with a request that might not be replayable.
-        if Pool::is_stale(&t, STALE_CHECK_AFTER) {
-            core.pool.borrow_mut().discard(t);
-            continue;
+        if let Lease::H1(h1t) = &t {
+            if Pool::is_stale(h1t, STALE_CHECK_AFTER) {
+                core.pool.borrow_mut().discard(t);
+                continue;
+            }
         }
         return Ok(t);
     }
 }
 
-async fn wait_for_tunnel(core: &Rc<Core>, host: &[u8], path: &[u8], p: &Profile) -> Result<Tunnel, Error> {
+async fn wait_for_tunnel(core: &Rc<Core>, host: &[u8], path: &[u8], p: &Profile) -> Result<Lease, Error> {
     let w = {
         let mut pool = core.pool.borrow_mut();
         if pool.waiters.len() >= p.queue_max {
@@ -330,8 +364,8 @@ struct WaitTunnel<'a> {
 }
 
 impl std::future::Future for WaitTunnel<'_> {
-    type Output = Tunnel;
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Tunnel> {
+    type Output = Lease;
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Lease> {
         if let Some(t) = self.w.got.borrow_mut().take() {
             return std::task::Poll::Ready(t);
         }
@@ -345,6 +379,8 @@ enum Fail {
     /// Nothing of the response reached the client. `replayable`: the tunnel
     /// failed before any response byte, so an idempotent request may retry.
     BeforeResponse { err: Error, replayable: bool },
+    /// An h2 stream the worker never processed (RFC 9113 §8.7).
+    Unprocessed { err: Error, body_intact: bool },
     /// The response was under way to the client; the client is closed.
     AfterHead,
     /// The client connection failed.

@@ -38,7 +38,19 @@ pub fn worker_config(lb: &Lb, id: &str, tunnels_per_core: u32) -> ptth_workerd::
         ..Default::default()
     };
     c.meta.id = Some(id.to_string());
+    c.protocols = tunnel_protocols();
     c
+}
+
+/// Inner protocols test workers offer: h2 then http/1.1 by default;
+/// `PTTH_TEST_TUNNEL=http/1.1` (or `h2`) runs the suite on one kind only.
+pub fn tunnel_protocols() -> Vec<ptth_workerd::InnerProtocol> {
+    use ptth_workerd::InnerProtocol::{Http11, H2};
+    match std::env::var("PTTH_TEST_TUNNEL").as_deref() {
+        Ok("http/1.1") | Ok("h1") => vec![Http11],
+        Ok("h2") => vec![H2],
+        _ => vec![H2, Http11],
+    }
 }
 
 /// Starts a worker and waits until it covers every lb core.

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use ptth_tests::*;
-use ptth_workerd::Responder;
+use ptth_workerd::{InnerProtocol, Responder};
 
 #[test]
 fn no_worker_is_503_with_retry_after() {
@@ -91,12 +91,32 @@ fn slow_worker_is_504() {
     assert!(r.text().contains("slow"), "{}", r.text());
 }
 
+/// A worker that takes one request at a time: one h1 tunnel, or one h2
+/// tunnel whose SETTINGS_MAX_CONCURRENT_STREAMS is 1.
+fn one_at_a_time(lb: &ptth_lb::Lb, h2: bool, r: Responder) -> ptth_workerd::Worker {
+    let mut cfg = worker_config(lb, "one", 1);
+    if h2 {
+        cfg.protocols = vec![InnerProtocol::H2];
+        cfg.max_streams = 1;
+    } else {
+        cfg.protocols = vec![InnerProtocol::Http11];
+    }
+    start_worker(cfg, move || r.clone())
+}
+
 #[test]
 fn queue_bounds_give_503() {
-    // One tunnel, so a second request must wait for it.
+    for h2 in [false, true] {
+        queue_bounds(h2);
+    }
+}
+
+fn queue_bounds(h2: bool) {
+    // One request at a time, so a second request must wait.
     let lb = start_lb(1, |c| c.profile.queue_wait = Duration::from_millis(200));
     let mut cfg = worker_config(&lb, "one", 1);
     cfg.meta.max_concurrency = Some(1);
+    cfg.protocols = vec![if h2 { InnerProtocol::H2 } else { InnerProtocol::Http11 }];
     let _w = start_worker(cfg, || Responder::Delay(Duration::from_millis(1000)));
     let addr = lb.client_addr();
     let first = std::thread::spawn(move || get(addr, "/"));
@@ -108,7 +128,7 @@ fn queue_bounds_give_503() {
     assert_eq!(first.join().unwrap().status, 200);
 
     let lb = start_lb(1, |c| c.profile.queue_max = 0);
-    let _w = start_worker(worker_config(&lb, "one", 1), || Responder::Delay(Duration::from_millis(500)));
+    let _w = one_at_a_time(&lb, h2, Responder::Delay(Duration::from_millis(500)));
     let addr = lb.client_addr();
     let first = std::thread::spawn(move || get(addr, "/"));
     wait_until("the first request holds the tunnel", || status(&lb)["workers"][0]["in_flight"] == 1);
@@ -120,8 +140,14 @@ fn queue_bounds_give_503() {
 
 #[test]
 fn waiting_request_gets_the_next_free_tunnel() {
+    for h2 in [false, true] {
+        waiting_request(h2);
+    }
+}
+
+fn waiting_request(h2: bool) {
     let lb = start_lb(1, |_| {});
-    let _w = start_worker(worker_config(&lb, "one", 1), || Responder::Delay(Duration::from_millis(300)));
+    let _w = one_at_a_time(&lb, h2, Responder::Delay(Duration::from_millis(300)));
     let addr = lb.client_addr();
     let threads: Vec<_> = (0..4).map(|_| std::thread::spawn(move || get(addr, "/"))).collect();
     for t in threads {

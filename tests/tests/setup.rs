@@ -38,10 +38,14 @@ fn req(path: &str, extra: &str) -> String {
 #[test]
 fn accepts_and_reports_the_core() {
     let lb = start_lb(2, |_| {});
+    // The worker's first choice that the lb speaks wins: h2 here.
     let a = setup_raw(lb.tunnel_addr, &req("/.well-known/ptth/*/", "Tunnel-Worker-Id: \"raw\"\r\n"));
     assert!(a.starts_with("HTTP/1.1 101 Switching Protocols\r\n"), "{a}");
-    assert!(a.contains("Upgrade: ptth\r\n") && a.contains("ALPN: http%2F1.1\r\n"), "{a}");
+    assert!(a.contains("Upgrade: ptth\r\n") && a.contains("ALPN: h2\r\n"), "{a}");
     assert!(a.contains("Tunnel-Cores: 2\r\n") && a.contains("Tunnel-Core: "), "{a}");
+    let only_h1 = "GET /.well-known/ptth/*/ HTTP/1.1\r\nHost: lb\r\nConnection: Upgrade\r\nUpgrade: ptth\r\nALPN: http%2F1.1\r\n\r\n";
+    let a = setup_raw(lb.tunnel_addr, only_h1);
+    assert!(a.starts_with("HTTP/1.1 101") && a.contains("ALPN: http%2F1.1\r\n"), "{a}");
 }
 
 #[test]
@@ -52,7 +56,7 @@ fn legacy_reverse_upgrade_gets_selected_alpn() {
         "GET /reverse HTTP/1.1\r\nHost: lb\r\nConnection: upgrade\r\nUpgrade: reverse\r\nALPN: h2,http%2F1.1\r\n\r\n",
     );
     assert!(a.starts_with("HTTP/1.1 101"), "{a}");
-    assert!(a.contains("Upgrade: reverse\r\n") && a.contains("Selected-ALPN: http%2F1.1\r\n"), "{a}");
+    assert!(a.contains("Upgrade: reverse\r\n") && a.contains("Selected-ALPN: h2\r\n"), "{a}");
 }
 
 #[test]

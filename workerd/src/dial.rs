@@ -211,7 +211,10 @@ async fn dial_once(addr: &str, cfg: &Config) -> Result<(TcpStream, Vec<u8>, Acce
     let _ = stream.set_tcp_keepalive(Some(Duration::from_secs(30)), Some(Duration::from_secs(10)), Some(3));
     let host = addr;
     let mut out = Vec::with_capacity(512);
-    write_setup_request(&mut out, &SetupParams { host, claim: &cfg.claim, offer: &cfg.protocols, token: cfg.token.as_deref(), meta: &cfg.meta });
+    write_setup_request(
+        &mut out,
+        &SetupParams { host, claim: &cfg.claim, offer: &cfg.protocols, token: cfg.token.as_deref(), meta: &cfg.meta },
+    );
     let (res, _) = write_all(&mut stream, out, cfg.setup_timeout).await;
     res.map_err(conn_err)?;
     let mut rb = ReadBuf::with_capacity(16 * 1024);

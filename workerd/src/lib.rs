@@ -216,7 +216,9 @@ async fn thread_main<H, F>(
                     let work = async {
                         match acc.protocol {
                             InnerProtocol::H2 => tunnel_h2::serve(stream, leftover, handler.clone(), cfg.clone(), &stop).await,
-                            InnerProtocol::Http11 => tunnel::serve(tunnel::Conn::new(stream, leftover, cfg.clone()), &*handler, &stop).await,
+                            InnerProtocol::Http11 => {
+                                tunnel::serve(tunnel::Conn::new(stream, leftover, cfg.clone()), &*handler, &stop).await
+                            }
                         }
                     };
                     let res = monoio::select! {

@@ -7,14 +7,14 @@
 
 use std::cell::RefCell;
 
+use bytes::Bytes;
 use monoio::net::TcpStream;
 use ptth_proto::h1::{self, BodyDecoder, Parsed, Persist, ResponseHead, Version};
-use bytes::Bytes;
 use ptth_proto::rt::h2io;
 use ptth_proto::rt::io::{send_message, write_all, BodyMode, ReadBuf, RelayError};
 
-use crate::error::Error;
 use crate::config::Config;
+use crate::error::Error;
 use crate::tunnel::{Conn, Exchange, Handler, Inner, Resp};
 use crate::tunnel_h2::H2Exchange;
 

@@ -13,6 +13,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use monoio::io::IntoPollIo;
 use monoio::net::TcpStream;
+use ptth_proto::h1;
 use ptth_proto::rt::h2io::{self, CONN_WINDOW, MAX_FRAME, STREAM_WINDOW};
 use ptth_proto::rt::io::Prefixed;
 use ptth_proto::rt::signal::Signal;
@@ -34,9 +35,16 @@ pub(crate) struct H2Exchange {
 
 fn response(status: u16, headers: &[(&str, &str)]) -> Result<http::Response<()>, Error> {
     let mut b = http::Response::builder().status(status);
+    // Connection-specific fields are illegal in HTTP/2 (RFC 9113 §8.2.2),
+    // and so are the fields a Connection field names.
+    let named = |name: &str| {
+        headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("connection"))
+            .any(|(_, v)| h1::list_items(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
+    };
     for (k, v) in headers {
-        // Connection-specific fields are illegal in HTTP/2 (RFC 9113 §8.2.2).
-        if !h2io::is_h1_only(k.as_bytes()) {
+        if !h2io::is_h1_only(k.as_bytes()) && !named(k) {
             b = b.header(*k, *v);
         }
     }
@@ -61,7 +69,7 @@ impl H2Exchange {
     pub(crate) async fn respond(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) -> Result<(), Error> {
         let mut r = response(status, headers)?;
         let empty = body.is_empty() || self.is_head;
-        if !self.is_head && status >= 200 && status != 204 && status != 304 {
+        if status >= 200 && status != 204 && status != 304 {
             r.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(body.len()));
         }
         self.resp = Resp::Done;

@@ -26,8 +26,8 @@ use crate::inbox::{CoreMsg, TunnelSetup};
 use crate::stats;
 use crate::tunnel::Meta;
 
-/// Inner protocols this lb speaks on tunnels.
-const SUPPORTED: &[InnerProtocol] = &[InnerProtocol::Http11];
+/// Inner protocols this lb speaks on tunnels (the worker's order decides).
+const SUPPORTED: &[InnerProtocol] = &[InnerProtocol::H2, InnerProtocol::Http11];
 /// A setup request is small; this bounds what a connecting peer can make us hold.
 const SETUP_BUF: usize = 16 * 1024;
 
@@ -116,8 +116,9 @@ async fn setup(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
         return reject(&core, &mut stream, &Error::Draining, peer).await;
     }
     let Some(protocol) = req.choose(SUPPORTED) else {
-        let e =
-            Error::Setup(ptth_proto::SetupError::Malformed("no supported inner protocol offered; this lb speaks ALPN http%2F1.1".into()));
+        let e = Error::Setup(ptth_proto::SetupError::Malformed(
+            "no supported inner protocol offered; this lb speaks ALPN h2 and http%2F1.1".into(),
+        ));
         return reject(&core, &mut stream, &e, peer).await;
     };
     // Workers that do not name themselves are told apart by address.
@@ -169,8 +170,26 @@ pub(crate) async fn finish(core: Rc<Core>, mut stream: TcpStream, id: Arc<str>, 
     }
     let _ = stream.set_nodelay(true);
     stats::add(&core.stats().tunnels_accepted, 1);
-    let TunnelSetup { placed, .. } = setup;
-    core.pool.borrow_mut().add(id, meta, placed.permits, placed.stats, stream, core.shared.cfg.profile.tunnel_read);
+    let TunnelSetup { placed, protocol, .. } = setup;
+    match protocol {
+        InnerProtocol::Http11 => {
+            core.pool.borrow_mut().add(id, meta, placed.permits, placed.stats, stream, core.shared.cfg.profile.tunnel_read);
+        }
+        InnerProtocol::H2 => {
+            // draft-kazuho-ptth-ptth-01: after the 101 the lb sends the client preface.
+            let (send, conn) =
+                match monoio::time::timeout(core.shared.cfg.profile.handshake_timeout, crate::h2_tunnel::handshake(stream)).await {
+                    Ok(Ok(pair)) => pair,
+                    _ => {
+                        core.shared.placement.release(&id, core.id);
+                        return;
+                    }
+                };
+            let name: Rc<str> = Rc::from(&*id);
+            let t = core.pool.borrow_mut().add_h2(id, meta, placed.permits, placed.stats, send);
+            crate::core::spawn_killable(&core.clone(), crate::h2_tunnel::drive(core.clone(), conn, t, name));
+        }
+    }
 }
 
 #[cfg(test)]

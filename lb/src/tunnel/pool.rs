@@ -7,6 +7,7 @@
 //! serve. Everything here is owned by one core: no locks, no atomics except a
 //! worker's cross-core concurrency permit when it declared a limit.
 
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use crossbeam_utils::CachePadded;
 use monoio::net::TcpStream;
 use ptth_proto::h1::ResponseHead;
@@ -35,6 +37,62 @@ pub(crate) struct Tunnel {
     pub(crate) idle_since: Instant,
 }
 
+/// An HTTP/2 tunnel: many requests at once, up to the worker's
+/// SETTINGS_MAX_CONCURRENT_STREAMS.
+pub(crate) struct H2Tunnel {
+    pub(crate) send: RefCell<h2::client::SendRequest<Bytes>>,
+    in_flight: Cell<u32>,
+    /// GOAWAY received (or the connection failed): no new streams.
+    draining: Cell<bool>,
+    /// The connection task ended.
+    closed: Cell<bool>,
+    pub(crate) slot: usize,
+}
+
+/// Most streams the lb opens on one h2 tunnel, whatever the worker allows.
+const H2_STREAMS_CAP: usize = 4096;
+
+impl H2Tunnel {
+    /// Whether a new stream may go on this tunnel now. A GOAWAY shows up as an
+    /// error from `poll_ready` (h2 records it as the connection's error), so
+    /// the lb stops sending new streams at the first GOAWAY (RFC 9113 §6.8).
+    fn has_room(&self) -> bool {
+        if self.draining.get() {
+            return false;
+        }
+        let mut send = self.send.borrow_mut();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if let std::task::Poll::Ready(Err(_)) = send.poll_ready(&mut cx) {
+            self.draining.set(true);
+            return false;
+        }
+        (self.in_flight.get() as usize) < send.current_max_send_streams().min(H2_STREAMS_CAP)
+    }
+
+    /// Marks the tunnel as taking no new streams (GOAWAY seen on a request).
+    pub(crate) fn drain(&self) {
+        self.draining.set(true);
+    }
+}
+
+/// A tunnel lent to one request: an h1 tunnel whole, or a stream slot on an
+/// h2 tunnel. Not boxed: a lease moves a few times per request, a box would
+/// allocate on every one.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Lease {
+    H1(Tunnel),
+    H2(Rc<H2Tunnel>),
+}
+
+impl Lease {
+    pub(crate) fn slot(&self) -> usize {
+        match self {
+            Lease::H1(t) => t.slot,
+            Lease::H2(t) => t.slot,
+        }
+    }
+}
+
 struct LocalWorker {
     id: Arc<str>,
     /// The id again, as this core's own `Rc` so naming a worker in an error
@@ -42,6 +100,7 @@ struct LocalWorker {
     name: Rc<str>,
     meta: Arc<Meta>,
     idle: Vec<Tunnel>,
+    h2: Vec<Rc<H2Tunnel>>,
     /// Live tunnels on this core, idle or busy.
     tunnels: u32,
     in_flight: u32,
@@ -65,6 +124,11 @@ impl LocalWorker {
         }
     }
 
+    /// A free h1 tunnel or room on an h2 tunnel.
+    fn has_room(&self) -> bool {
+        !self.idle.is_empty() || self.h2.iter().any(|t| t.has_room())
+    }
+
     fn release_permit(&self) {
         if let Some(p) = &self.permits {
             p.fetch_sub(1, Ordering::AcqRel);
@@ -76,7 +140,7 @@ impl LocalWorker {
 pub(crate) struct Waiter {
     host: Box<[u8]>,
     path: Box<[u8]>,
-    pub(crate) got: std::cell::RefCell<Option<Tunnel>>,
+    pub(crate) got: std::cell::RefCell<Option<Lease>>,
     pub(crate) waker: std::cell::RefCell<Option<Waker>>,
 }
 
@@ -90,7 +154,7 @@ impl Waiter {
 /// tunnel moves straight on to its request.
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Pick {
-    Got(Tunnel),
+    Got(Lease),
     /// Workers serve this route here, but none has a free tunnel (or permit).
     Busy,
     /// No worker on this core serves it.
@@ -120,21 +184,19 @@ impl Pool {
         }
     }
 
-    /// Registers a freshly set-up tunnel and offers it to the queue.
-    pub(crate) fn add(
+    /// The worker entry for a new tunnel, created if needed; counts the tunnel.
+    fn slot_for(
         &mut self,
         id: Arc<str>,
         meta: Arc<Meta>,
         permits: Option<Arc<CachePadded<AtomicU32>>>,
         wstats: Arc<WorkerCoreStats>,
-        stream: TcpStream,
-        tunnel_read: usize,
-    ) {
+    ) -> usize {
         let slot = match self.workers.iter().position(|w| w.as_ref().is_some_and(|w| w.id == id && w.meta == meta)) {
             Some(s) => s,
             None => {
                 let name = Rc::from(&*id);
-                let w = LocalWorker { id, name, meta, idle: Vec::new(), tunnels: 0, in_flight: 0, permits, stats: wstats };
+                let w = LocalWorker { id, name, meta, idle: Vec::new(), h2: Vec::new(), tunnels: 0, in_flight: 0, permits, stats: wstats };
                 match self.workers.iter().position(Option::is_none) {
                     Some(s) => {
                         self.workers[s] = Some(w);
@@ -150,6 +212,20 @@ impl Pool {
         let w = self.workers[slot].as_mut().expect("slot just filled");
         w.tunnels += 1;
         stats::set32(&w.stats.tunnels, w.tunnels);
+        slot
+    }
+
+    /// Registers a freshly set-up HTTP/1.1 tunnel and offers it to the queue.
+    pub(crate) fn add(
+        &mut self,
+        id: Arc<str>,
+        meta: Arc<Meta>,
+        permits: Option<Arc<CachePadded<AtomicU32>>>,
+        wstats: Arc<WorkerCoreStats>,
+        stream: TcpStream,
+        tunnel_read: usize,
+    ) {
+        let slot = self.slot_for(id, meta, permits, wstats);
         let t = Tunnel {
             stream,
             rb: ReadBuf::with_capacity(tunnel_read),
@@ -158,7 +234,51 @@ impl Pool {
             slot,
             idle_since: Instant::now(),
         };
-        self.offer(t);
+        self.offer(Lease::H1(t));
+    }
+
+    /// Registers an HTTP/2 tunnel; its connection task reports its end with
+    /// [`Pool::h2_closed`].
+    pub(crate) fn add_h2(
+        &mut self,
+        id: Arc<str>,
+        meta: Arc<Meta>,
+        permits: Option<Arc<CachePadded<AtomicU32>>>,
+        wstats: Arc<WorkerCoreStats>,
+        send: h2::client::SendRequest<Bytes>,
+    ) -> Rc<H2Tunnel> {
+        let slot = self.slot_for(id, meta, permits, wstats);
+        let t = Rc::new(H2Tunnel {
+            send: RefCell::new(send),
+            in_flight: Cell::new(0),
+            draining: Cell::new(false),
+            closed: Cell::new(false),
+            slot,
+        });
+        if let Some(w) = self.workers[slot].as_mut() {
+            w.h2.push(t.clone());
+        }
+        self.offer_capacity(slot);
+        t
+    }
+
+    /// An h2 tunnel's connection ended.
+    pub(crate) fn h2_closed(&mut self, t: &Rc<H2Tunnel>) {
+        t.closed.set(true);
+        t.draining.set(true);
+        if t.in_flight.get() == 0 {
+            self.remove_h2(t);
+        }
+    }
+
+    fn remove_h2(&mut self, t: &Rc<H2Tunnel>) {
+        let slot = t.slot;
+        let Some(w) = self.workers[slot].as_mut() else { return };
+        let before = w.h2.len();
+        w.h2.retain(|x| !Rc::ptr_eq(x, t));
+        if w.h2.len() < before {
+            self.closed(slot);
+        }
     }
 
     /// The worker id a tunnel belongs to (for errors and logs).
@@ -195,7 +315,7 @@ impl Pool {
         }
         self.avail.clear();
         for &i in &self.cand {
-            if self.workers[i].as_ref().is_some_and(|w| !w.idle.is_empty()) {
+            if self.workers[i].as_ref().is_some_and(LocalWorker::has_room) {
                 self.avail.push(i);
             }
         }
@@ -254,38 +374,94 @@ impl Pool {
         0
     }
 
-    /// Takes an idle tunnel of `slot`, accounting for it as in flight.
-    fn take(&mut self, slot: usize) -> Option<Tunnel> {
+    /// Lends a tunnel of `slot` (the least busy h2 tunnel with room, else an
+    /// idle h1 tunnel), accounting for it as in flight.
+    fn take(&mut self, slot: usize) -> Option<Lease> {
         let w = self.workers[slot].as_mut()?;
-        if w.idle.is_empty() || !w.try_permit() {
+        let h2 = w.h2.iter().filter(|t| t.has_room()).min_by_key(|t| t.in_flight.get()).cloned();
+        if (h2.is_none() && w.idle.is_empty()) || !w.try_permit() {
             return None;
         }
-        let t = w.idle.pop()?;
+        let lease = match h2 {
+            Some(t) => {
+                t.in_flight.set(t.in_flight.get() + 1);
+                Lease::H2(t)
+            }
+            None => Lease::H1(w.idle.pop()?),
+        };
         w.in_flight += 1;
         stats::set32(&w.stats.in_flight, w.in_flight);
-        Some(t)
+        Some(lease)
     }
 
-    /// A request is done with its tunnel. A reusable tunnel goes to the first
-    /// waiter it can serve, else back to the idle list; a broken one closes.
-    pub(crate) fn release(&mut self, t: Tunnel, reusable: bool) {
-        let slot = t.slot;
+    /// A request is done with its tunnel. A reusable h1 tunnel goes to the
+    /// first waiter it can serve, else back to the idle list; a broken one
+    /// closes. An h2 stream slot frees room for a waiter.
+    pub(crate) fn release(&mut self, lease: Lease, reusable: bool) {
+        self.settle(lease.slot(), true);
+        self.give_back(lease, reusable);
+    }
+
+    /// Undoes the in-flight accounting of a lease.
+    fn settle(&mut self, slot: usize, count: bool) {
         if let Some(w) = self.workers[slot].as_mut() {
             w.in_flight -= 1;
             stats::set32(&w.stats.in_flight, w.in_flight);
-            stats::add(&w.stats.requests, 1);
+            if count {
+                stats::add(&w.stats.requests, 1);
+            }
             w.release_permit();
-        }
-        if reusable {
-            self.offer(t);
-        } else {
-            drop(t);
-            self.closed(slot);
         }
     }
 
-    /// Hands a free tunnel to the first waiter it can serve, or parks it.
-    fn offer(&mut self, mut t: Tunnel) {
+    fn give_back(&mut self, lease: Lease, reusable: bool) {
+        let slot = lease.slot();
+        match lease {
+            Lease::H1(t) if reusable => self.offer(Lease::H1(t)),
+            Lease::H1(t) => {
+                drop(t);
+                self.closed(slot);
+            }
+            Lease::H2(t) => {
+                t.in_flight.set(t.in_flight.get() - 1);
+                if !reusable {
+                    t.draining.set(true);
+                }
+                if t.closed.get() && t.in_flight.get() == 0 {
+                    self.remove_h2(&t);
+                } else {
+                    self.offer_capacity(slot);
+                }
+            }
+        }
+    }
+
+    /// Room freed on worker `slot`'s h2 tunnels: lend it to the first waiter
+    /// it can serve.
+    fn offer_capacity(&mut self, slot: usize) {
+        let mut i = 0;
+        while i < self.waiters.len() {
+            let w = &self.waiters[i];
+            Self::candidates(&self.workers, &mut self.cand, &w.host, &w.path);
+            if self.cand.contains(&slot) {
+                let Some(lease) = self.take(slot) else { return };
+                let waiter = self.waiters.remove(i).expect("index in range");
+                *waiter.got.borrow_mut() = Some(lease);
+                if let Some(wk) = waiter.waker.borrow_mut().take() {
+                    wk.wake();
+                }
+                return;
+            }
+            i += 1;
+        }
+    }
+
+    /// Hands a free h1 tunnel to the first waiter it can serve, or parks it.
+    fn offer(&mut self, lease: Lease) {
+        let mut t = match lease {
+            Lease::H1(t) => t,
+            Lease::H2(t) => return self.offer_capacity(t.slot),
+        };
         let slot = t.slot;
         let mut i = 0;
         while i < self.waiters.len() {
@@ -299,7 +475,7 @@ impl Pool {
                 w.in_flight += 1;
                 stats::set32(&w.stats.in_flight, w.in_flight);
                 let waiter = self.waiters.remove(i).expect("index in range");
-                *waiter.got.borrow_mut() = Some(t);
+                *waiter.got.borrow_mut() = Some(Lease::H1(t));
                 if let Some(wk) = waiter.waker.borrow_mut().take() {
                     wk.wake();
                 }
@@ -346,17 +522,28 @@ impl Pool {
         for slot in dead {
             self.closed(slot);
         }
+        // h2 tunnels that got a GOAWAY and have nothing in flight are done.
+        let mut drained = Vec::new();
+        for w in self.workers.iter().flatten() {
+            for t in &w.h2 {
+                if !t.has_room() && t.draining.get() && t.in_flight.get() == 0 {
+                    drained.push(t.clone());
+                }
+            }
+        }
+        for t in drained {
+            self.remove_h2(&t);
+        }
     }
 
     /// Drops every idle tunnel (shutdown).
     pub(crate) fn close_all(&mut self) {
         for slot in 0..self.workers.len() {
-            let idle = match self.workers[slot].as_mut() {
-                Some(w) => std::mem::take(&mut w.idle),
+            let (idle, h2) = match self.workers[slot].as_mut() {
+                Some(w) => (std::mem::take(&mut w.idle), std::mem::take(&mut w.h2)),
                 None => continue,
             };
-            for t in idle {
-                drop(t);
+            for _ in 0..idle.len() + h2.len() {
                 self.closed(slot);
             }
         }
@@ -367,17 +554,11 @@ impl Pool {
         t.idle_since.elapsed() >= after && peer_closed(&t.stream)
     }
 
-    /// Drops a tunnel that turned out dead before a request was sent on it
-    /// (no request counted).
-    pub(crate) fn discard(&mut self, t: Tunnel) {
-        let slot = t.slot;
-        if let Some(w) = self.workers[slot].as_mut() {
-            w.in_flight -= 1;
-            stats::set32(&w.stats.in_flight, w.in_flight);
-            w.release_permit();
-        }
-        drop(t);
-        self.closed(slot);
+    /// Gives back a lease whose tunnel turned out unusable before the request
+    /// was sent on it (no request counted).
+    pub(crate) fn discard(&mut self, lease: Lease) {
+        self.settle(lease.slot(), false);
+        self.give_back(lease, false);
     }
 }
 

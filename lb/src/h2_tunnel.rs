@@ -1,0 +1,325 @@
+//! HTTP/2 tunnels at the lb: the setup's other half (client preface, the
+//! connection task with PING liveness) and one HTTP/1.1 client request sent
+//! as one h2 stream.
+//!
+//! Place in the request path: proxy (client side, HTTP/1.1) → **a stream on
+//! an h2 tunnel** → worker. The worker's SETTINGS_MAX_CONCURRENT_STREAMS
+//! bounds the streams per tunnel (checked in `tunnel::pool`); the first
+//! GOAWAY stops new streams on the tunnel, and streams the worker did not
+//! process (above its last stream id, or refused) are retried elsewhere
+//! (RFC 9113 §8.7).
+
+use std::io;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use monoio::io::{AsyncWriteRent, IntoPollIo, Splitable};
+use monoio::net::TcpStream;
+use ptth_proto::h1::{self, BodyDecoder, Parsed, RequestHead, Version};
+use ptth_proto::rt::h2io::{self, CONN_WINDOW, MAX_FRAME, STREAM_WINDOW};
+use ptth_proto::rt::io::{write_all, Prefixed, ReadBuf};
+
+use crate::core::Core;
+use crate::error::Error;
+use crate::tunnel::pool::H2Tunnel;
+
+/// The byte stream under an h2 tunnel.
+pub(crate) type H2Io = Prefixed<monoio::net::tcp::stream_poll::TcpStreamPoll>;
+
+/// Completes the client side of an h2 tunnel after the `101`: sends the
+/// preface and SETTINGS, then runs the connection (with a PING every
+/// `ping_every`, each answered within `ping_timeout`) until it ends.
+pub(crate) async fn handshake(
+    stream: TcpStream,
+) -> Result<(h2::client::SendRequest<Bytes>, h2::client::Connection<H2Io, Bytes>), io::Error> {
+    let io = Prefixed::new(Vec::new(), stream.into_poll_io()?);
+    h2::client::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONN_WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .enable_push(false)
+        .handshake(io)
+        .await
+        .map_err(io::Error::other)
+}
+
+/// Drives an h2 tunnel's connection until it closes, a PING goes unanswered,
+/// or the core is killed; then tells the pool.
+pub(crate) async fn drive(core: Rc<Core>, mut conn: h2::client::Connection<H2Io, Bytes>, tunnel: Rc<H2Tunnel>, worker: Rc<str>) {
+    let p = &core.shared.cfg.profile;
+    let mut pinger = conn.ping_pong();
+    let kill = core.kill.clone();
+    let mut conn = std::pin::pin!(conn);
+    let why = loop {
+        let tick = monoio::time::sleep(p.ping_every);
+        monoio::select! {
+            r = &mut conn => break r.err().map(|e| e.to_string()),
+            _ = kill.wait() => break None,
+            _ = tick => {
+                let Some(pp) = pinger.as_mut() else { continue };
+                // The connection must keep being driven while we wait for the pong.
+                let pong = monoio::time::timeout(p.ping_timeout, pp.ping(h2::Ping::opaque()));
+                monoio::select! {
+                    r = &mut conn => break r.err().map(|e| e.to_string()),
+                    _ = kill.wait() => break None,
+                    r = pong => match r {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => break Some(format!("ping failed: {e}")),
+                        Err(_) => break Some(format!("no PING answer within {:?}", p.ping_timeout)),
+                    },
+                }
+            }
+        }
+    };
+    if let Some(why) = why {
+        if !core.shared.cfg.quiet {
+            eprintln!("ptth-lb: core {}: h2 tunnel of worker {worker} closed: {why}", core.id);
+        }
+    }
+    core.pool.borrow_mut().h2_closed(&tunnel);
+}
+
+/// How a request over an h2 tunnel ended, when it did not succeed.
+pub(crate) enum H2Fail {
+    /// The worker never processed the stream (refused, or above a GOAWAY's
+    /// last stream id); `body_intact`: nothing of the client's body was
+    /// consumed, so the request may go to another tunnel as it is.
+    Unprocessed { err: Error, body_intact: bool },
+    /// The tunnel broke before a response head arrived: like a dead HTTP/1.1
+    /// tunnel, an idempotent request without a body may be retried.
+    Broken(Error),
+    /// No response head reached the client.
+    BeforeResponse(Error),
+    /// The response was under way, or the client failed: close the client.
+    Close,
+}
+
+/// What the caller needs about the client connection.
+pub(crate) struct ClientSide<'a> {
+    pub(crate) stream: &'a mut Option<TcpStream>,
+    pub(crate) rb: &'a mut ReadBuf,
+    pub(crate) out: &'a mut Vec<u8>,
+    /// The forwarded HTTP/1.1 head, re-read to build the h2 request.
+    pub(crate) fwd: &'a [u8],
+    pub(crate) scratch: &'a mut RequestHead,
+}
+
+pub(crate) struct Sent {
+    pub(crate) status: u16,
+    pub(crate) client_close: bool,
+}
+
+fn unprocessed(e: &h2::Error) -> bool {
+    // RFC 9113 §8.7: REFUSED_STREAM, or a GOAWAY covering the stream, means
+    // the worker did no work for it.
+    e.reason() == Some(h2::Reason::REFUSED_STREAM) || e.is_go_away()
+}
+
+/// Builds the h2 request from the forwarded HTTP/1.1 head.
+fn build_request(fwd: &[u8], scratch: &mut RequestHead) -> Result<http::Request<()>, String> {
+    let limits = h1::Limits { max_request_line: usize::MAX, max_head: usize::MAX, max_headers: h1::MAX_HEADERS };
+    match h1::parse_request(fwd, &limits, scratch) {
+        Ok(Parsed::Complete) => {}
+        _ => return Err("forwarded head does not parse".into()),
+    }
+    let target = std::str::from_utf8(scratch.target(fwd)).map_err(|_| "non-UTF-8 target")?;
+    let host = scratch.host.as_ref().map(|r| &fwd[r.clone()]).unwrap_or(b"");
+    let authority = std::str::from_utf8(host).ok().filter(|h| !h.is_empty()).unwrap_or("localhost");
+    let uri = if target.starts_with('/') { format!("http://{authority}{target}") } else { target.to_string() };
+    let mut b = http::Request::builder().method(scratch.method(fwd)).uri(uri);
+    for f in &scratch.fields {
+        let name = &fwd[f.name.clone()];
+        if h2io::is_h1_only(name) {
+            continue;
+        }
+        b = b.header(name, &fwd[f.value.clone()]);
+    }
+    b.body(()).map_err(|e| e.to_string())
+}
+
+/// Sends one client request as a stream on `t` and relays the response.
+pub(crate) async fn exchange(
+    core: &Core,
+    c: ClientSide<'_>,
+    t: &H2Tunnel,
+    dec: &mut BodyDecoder,
+    req: &crate::proxy::ReqInfo,
+    worker: &str,
+) -> Result<Sent, H2Fail> {
+    let (version, is_head, client_wants_close) = (req.version, req.is_head, req.close);
+    let p = &core.shared.cfg.profile;
+    let tunnel_err = |why: String| Error::Tunnel { worker: worker.to_string(), why };
+    let req = build_request(c.fwd, c.scratch).map_err(|e| H2Fail::BeforeResponse(tunnel_err(e)))?;
+    let has_body = !dec.is_done();
+    let mut send = t.send.borrow().clone();
+    let (resp, mut body_tx) = match send.send_request(req, !has_body) {
+        Ok(pair) => pair,
+        Err(e) => {
+            t.drain();
+            let err = tunnel_err(e.to_string());
+            return Err(if unprocessed(&e) { H2Fail::Unprocessed { err, body_intact: true } } else { H2Fail::BeforeResponse(err) });
+        }
+    };
+    let Some(client) = c.stream.take() else { return Err(H2Fail::Close) };
+    let (mut cr, mut cw) = client.into_split();
+    let io = p.io_timeout;
+    let result = {
+        let upload = async {
+            // The request body: payload out of the client's framing into DATA frames.
+            let mut consumed = false;
+            while !dec.is_done() {
+                if c.rb.is_empty() {
+                    match c.rb.fill(&mut cr, io).await {
+                        Ok(0) => return Err((tunnel_err("client closed mid-body".into()), consumed, true)),
+                        Ok(_) => {}
+                        Err(e) => return Err((tunnel_err(e.to_string()), consumed, true)),
+                    }
+                }
+                let step = dec.decode(c.rb.data()).map_err(|e| (Error::ClientBody(e), consumed, false))?;
+                let data = Bytes::copy_from_slice(&c.rb.data()[step.data.clone()]);
+                c.rb.consume(step.consumed);
+                consumed = true;
+                let last = dec.is_done();
+                if !data.is_empty() || last {
+                    h2io::send_data(&mut body_tx, data, last).await.map_err(|e| (tunnel_err(e.to_string()), consumed, false))?;
+                }
+            }
+            Ok(())
+        };
+        let started = std::cell::Cell::new(false);
+        let download = relay_response(core, resp, &mut cw, c.out, version, is_head, client_wants_close, worker, &started);
+        let result = if has_body {
+            let mut up = std::pin::pin!(upload);
+            let mut down = std::pin::pin!(download);
+            monoio::select! {
+                u = &mut up => match u {
+                    Ok(()) => down.await,
+                    Err((err, _consumed, client_failed)) => {
+                        if started.get() || client_failed { Err(H2Fail::Close) } else { Err(H2Fail::BeforeResponse(err)) }
+                    }
+                },
+                d = &mut down => d.map(|s| Sent { client_close: true, ..s }),
+            }
+        } else {
+            download.await
+        };
+        result
+    };
+    *c.stream = cr.reunite(cw).ok();
+    result
+}
+
+/// Waits for the response head (response deadline), then writes it and the
+/// body to the HTTP/1.1 client.
+#[allow(clippy::too_many_arguments)]
+async fn relay_response<CW: AsyncWriteRent>(
+    core: &Core,
+    resp: h2::client::ResponseFuture,
+    cw: &mut CW,
+    out: &mut Vec<u8>,
+    version: Version,
+    is_head: bool,
+    close: bool,
+    worker: &str,
+    started: &std::cell::Cell<bool>,
+) -> Result<Sent, H2Fail> {
+    let p = &core.shared.cfg.profile;
+    let tunnel_err = |why: String| Error::Tunnel { worker: worker.to_string(), why };
+    let response = match monoio::time::timeout(p.response_timeout, resp).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) if unprocessed(&e) => return Err(H2Fail::Unprocessed { err: tunnel_err(e.to_string()), body_intact: false }),
+        Ok(Err(e)) if e.is_io() => return Err(H2Fail::Broken(tunnel_err(e.to_string()))),
+        Ok(Err(e)) => return Err(H2Fail::BeforeResponse(tunnel_err(e.to_string()))),
+        Err(_) => return Err(H2Fail::BeforeResponse(Error::ResponseTimeout { worker: worker.to_string(), after: p.response_timeout })),
+    };
+    let (parts, mut body) = response.into_parts();
+    let status = parts.status.as_u16();
+    let bodyless = is_head || status == 204 || status == 304 || (100..200).contains(&status);
+    let length = parts.headers.get(http::header::CONTENT_LENGTH).is_some();
+    // Framing toward the client: the worker's Content-Length when it gave
+    // one, chunked otherwise (HTTP/1.0: close-delimited).
+    let chunked = !bodyless && !length && !body.is_end_stream() && version == Version::Http11;
+    let until_close = !bodyless && !length && !body.is_end_stream() && version == Version::Http10;
+    // Shutting down: this is the connection's last response.
+    let draining = crate::core::draining(&core.shared) || core.stop.is_fired();
+    let client_close = close || until_close || draining;
+    out.clear();
+    use std::io::Write;
+    let _ = write!(out, "HTTP/1.1 {} {}\r\n", status, parts.status.canonical_reason().unwrap_or(""));
+    for (k, v) in &parts.headers {
+        if h2io::is_h1_only(k.as_str().as_bytes()) {
+            continue;
+        }
+        out.extend_from_slice(k.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !bodyless && !length && body.is_end_stream() {
+        out.extend_from_slice(b"Content-Length: 0\r\n");
+    }
+    if chunked {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    match (client_close, version) {
+        (true, _) => out.extend_from_slice(b"Connection: close\r\n"),
+        (false, Version::Http10) => out.extend_from_slice(b"Connection: keep-alive\r\n"),
+        _ => {}
+    }
+    out.extend_from_slice(b"\r\n");
+    let deadline = p.io_timeout;
+    // The head goes out together with the first DATA frame when one follows.
+    let mut pending_head = true;
+    let mut buf = std::mem::take(out);
+    if !bodyless {
+        while let Some(data) = h2io::recv_data(&mut body).await {
+            let data = match data {
+                Ok(d) => d,
+                Err(_) if !pending_head || started.get() => {
+                    *out = buf;
+                    return Err(H2Fail::Close);
+                }
+                Err(e) => {
+                    *out = buf;
+                    return Err(H2Fail::BeforeResponse(tunnel_err(e.to_string())));
+                }
+            };
+            if data.is_empty() {
+                continue;
+            }
+            if !pending_head {
+                buf.clear();
+            }
+            if chunked {
+                h1::write_chunk(&mut buf, &data);
+            } else {
+                buf.extend_from_slice(&data);
+            }
+            started.set(true);
+            let (res, b) = write_all(cw, buf, deadline).await;
+            buf = b;
+            pending_head = false;
+            if res.is_err() {
+                *out = buf;
+                return Err(H2Fail::Close);
+            }
+        }
+        if !pending_head {
+            buf.clear();
+        }
+        if chunked {
+            buf.extend_from_slice(h1::LAST_CHUNK);
+        }
+    }
+    if pending_head || !buf.is_empty() {
+        started.set(true);
+        let (res, b) = write_all(cw, buf, deadline).await;
+        buf = b;
+        if res.is_err() {
+            *out = buf;
+            return Err(H2Fail::Close);
+        }
+    }
+    *out = buf;
+    Ok(Sent { status, client_close })
+}
