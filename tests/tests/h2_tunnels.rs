@@ -1,0 +1,131 @@
+//! HTTP/2 tunnels: many streams on one tunnel, GOAWAY drain during a rolling
+//! restart with no request lost, PING liveness.
+
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ptth_tests::*;
+use ptth_workerd::{InnerProtocol, Responder};
+
+fn h2_worker(lb: &ptth_lb::Lb, id: &str, r: Responder) -> ptth_workerd::Worker {
+    let mut cfg = worker_config(lb, id, 1);
+    cfg.protocols = vec![InnerProtocol::H2];
+    start_worker(cfg, move || r.clone())
+}
+
+#[test]
+fn one_tunnel_carries_many_requests_at_once() {
+    let lb = start_lb(1, |_| {});
+    let _w = h2_worker(&lb, "h2", Responder::Delay(Duration::from_millis(300)));
+    let addr = lb.client_addr();
+    let t0 = std::time::Instant::now();
+    let threads: Vec<_> = (0..32).map(|_| std::thread::spawn(move || get(addr, "/").status)).collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), 200);
+    }
+    // 32 requests of 300 ms over a single tunnel finish together, not in turn.
+    assert!(t0.elapsed() < Duration::from_secs(3), "took {:?}", t0.elapsed());
+    let s = status(&lb);
+    assert_eq!(s["workers"][0]["tunnels_per_core"], serde_json::json!([1]));
+    assert_eq!(s["workers"][0]["requests"], 32);
+}
+
+/// Steady load from `conns` keep-alive connections, GETs and POSTs with
+/// bodies, counting anything but a complete 200.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    bad: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    fn start(addr: std::net::SocketAddr, conns: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let bad = Arc::new(AtomicU64::new(0));
+        let threads = (0..conns)
+            .map(|i| {
+                let (stop, ok, bad) = (stop.clone(), ok.clone(), bad.clone());
+                std::thread::spawn(move || {
+                    let mut errors = Vec::new();
+                    let mut c = Client::connect(addr);
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        let req = if (n + i as u64) % 2 == 0 {
+                            "GET /r HTTP/1.1\r\nHost: t\r\n\r\n".to_string()
+                        } else {
+                            "POST /w HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello".to_string()
+                        };
+                        c.send(req.as_bytes());
+                        let r = c.read_response(false);
+                        if r.status == 200 && r.complete {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            bad.fetch_add(1, Ordering::Relaxed);
+                            errors.push(format!("{} {}", r.status, r.text()));
+                            c = Client::connect(addr);
+                        }
+                    }
+                    errors
+                })
+            })
+            .collect();
+        Load { stop, ok, bad, threads }
+    }
+
+    fn finish(self) -> (u64, u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let errors = self.threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        (self.ok.load(Ordering::Relaxed), self.bad.load(Ordering::Relaxed), errors)
+    }
+}
+
+#[test]
+fn rolling_restart_of_three_workers_loses_nothing() {
+    let lb = start_lb(2, |_| {});
+    let mut workers: Vec<_> = (0..3).map(|i| h2_worker(&lb, &format!("gen0-{i}"), Responder::Delay(Duration::from_millis(5)))).collect();
+    let load = Load::start(lb.client_addr(), 8);
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..3 {
+        // Replacement first, then drain the old one (GOAWAY on every tunnel).
+        let fresh = h2_worker(&lb, &format!("gen1-{i}"), Responder::Delay(Duration::from_millis(5)));
+        let old = std::mem::replace(&mut workers[i], fresh);
+        std::thread::sleep(Duration::from_millis(200));
+        old.stop();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (ok, bad, errors) = load.finish();
+    assert!(ok > 100, "the load ran ({ok} requests)");
+    assert_eq!(bad, 0, "lost requests during the rolling restart: {errors:?}");
+    wait_until("only the new workers remain", || {
+        status(&lb)["workers"].as_array().unwrap().iter().all(|w| w["id"].as_str().unwrap().starts_with("gen1-"))
+    });
+}
+
+#[test]
+fn unanswered_ping_closes_the_tunnel() {
+    let lb = start_lb(1, |c| {
+        c.profile.ping_every = Duration::from_millis(200);
+        c.profile.ping_timeout = Duration::from_millis(300);
+    });
+    // A worker that completes the setup, then goes silent (never reads, never
+    // answers a PING): the lb must notice and drop its tunnel.
+    let mut t = std::net::TcpStream::connect(lb.tunnel_addr).unwrap();
+    t.set_read_timeout(Some(STEP)).unwrap();
+    t.write_all(b"GET /.well-known/ptth/*/ HTTP/1.1\r\nHost: lb\r\nConnection: Upgrade\r\nUpgrade: ptth\r\nALPN: h2\r\nTunnel-Worker-Id: \"mute\"\r\n\r\n").unwrap();
+    let mut buf = [0u8; 256];
+    let n = t.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 101"));
+    wait_until("the mute worker shows up", || status(&lb)["workers"].as_array().unwrap().len() == 1);
+    wait_until("the lb drops the tunnel that does not answer PINGs", || status(&lb)["workers"].as_array().unwrap().is_empty());
+    // A live h2 worker on the same lb keeps its tunnel through many PINGs.
+    let w = h2_worker(&lb, "alive", Responder::Hello);
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(w.is_covered());
+    assert_eq!(get(lb.client_addr(), "/").status, 200);
+    drop(t);
+}
