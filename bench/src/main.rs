@@ -20,7 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: ptth-bench h1-wrk [--duration SECS] [--connections N] [--threads N] [--rounds N]
-                     [--tunnels-per-core N] [--workerd-threads N] [--lb-cores N] [--only ptth,nginx,haproxy]
+                     [--tunnels-per-core N] [--workerd-threads N] [--lb-cores N] [--only ptth,ptth-h1,nginx,haproxy]
                      [--out DIR]
 Run from the repository root after `cargo build --release` (bench/run.sh does both).";
 
@@ -45,7 +45,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         tunnels_per_core: 32,
         workerd_threads: 1,
         lb_cores: 0,
-        only: vec!["ptth".into(), "nginx".into(), "haproxy".into()],
+        only: vec!["ptth".into(), "ptth-h1".into(), "nginx".into(), "haproxy".into()],
         out: PathBuf::from("bench/results"),
     };
     let mut it = args.iter();
@@ -274,7 +274,8 @@ fn start_target(name: &str, dir: &Path, o: &Opts, cores: u32) -> Result<Target, 
                 note: format!("mode http, http-reuse always, nbthread {cores}, cpu-map auto"),
             })
         }
-        "ptth" => {
+        "ptth" | "ptth-h1" => {
+            let inner = if name == "ptth-h1" { "http/1.1" } else { "h2" };
             let lb = spawn(
                 "ptth-lb",
                 Command::new("target/release/ptth-lb").args([
@@ -301,18 +302,21 @@ fn start_target(name: &str, dir: &Path, o: &Opts, cores: u32) -> Result<Target, 
                     &o.tunnels_per_core.to_string(),
                     "--threads",
                     &o.workerd_threads.to_string(),
+                    "--inner",
+                    inner,
                     "--quiet",
                 ]),
             )?;
             // Tunnels come up within the backoff window; give them a moment.
             std::thread::sleep(Duration::from_millis(500));
+            let tunnels = if inner == "h2" { "h2 tunnels".to_string() } else { format!("h1 tunnels, {} per core", o.tunnels_per_core) };
             Ok(Target {
-                name: "ptth",
+                name: if inner == "h2" { "ptth" } else { "ptth-h1" },
                 port: PTTH,
                 procs: vec![lb, w],
                 note: format!(
-                    "ptth-lb --cores {cores} (io_uring coop_taskrun, pinned) + ptth-workerd --threads {} --tunnels-per-core {}",
-                    o.workerd_threads, o.tunnels_per_core
+                    "ptth-lb --cores {cores} (io_uring coop_taskrun, pinned) + ptth-workerd --threads {}, {tunnels}",
+                    o.workerd_threads
                 ),
             })
         }
