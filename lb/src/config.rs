@@ -79,6 +79,7 @@ pub struct ProfileFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct H2File {
+    pub max_streams: Option<u32>,
     pub ping_ms: Option<u64>,
     pub ping_timeout_ms: Option<u64>,
 }
@@ -141,7 +142,7 @@ impl ProfileFile {
         overlay!(self.limits, top.limits, max_request_line, max_head, max_headers);
         overlay!(self.queue, top.queue, max_waiting, max_wait_ms, retry_after_s);
         overlay!(self.timeouts, top.timeouts, header_ms, keepalive_ms, response_ms, io_ms, handshake_ms, drain_ms);
-        overlay!(self.h2, top.h2, ping_ms, ping_timeout_ms);
+        overlay!(self.h2, top.h2, max_streams, ping_ms, ping_timeout_ms);
         self
     }
 }
@@ -173,6 +174,8 @@ pub struct Profile {
     pub io_timeout: Duration,
     pub handshake_timeout: Duration,
     pub drain_timeout: Duration,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS offered to h2 clients.
+    pub h2_max_streams: u32,
     /// How often the lb PINGs each h2 tunnel.
     pub ping_every: Duration,
     /// How long a PING may go unanswered before the tunnel is closed.
@@ -268,6 +271,7 @@ impl TryFrom<ProfileFile> for Profile {
             io_timeout: ms("timeouts.io_ms", f.timeouts.io_ms)?,
             handshake_timeout: ms("timeouts.handshake_ms", f.timeouts.handshake_ms)?,
             drain_timeout: ms("timeouts.drain_ms", f.timeouts.drain_ms)?,
+            h2_max_streams: range("h2.max_streams", f.h2.max_streams, 1, 65536)?,
             ping_every: ms("h2.ping_ms", f.h2.ping_ms)?,
             ping_timeout: ms("h2.ping_timeout_ms", f.h2.ping_timeout_ms)?,
         })
@@ -360,7 +364,7 @@ mod tests {
         let t = &f.timeouts;
         assert!(t.header_ms.is_some() && t.keepalive_ms.is_some() && t.response_ms.is_some());
         assert!(t.io_ms.is_some() && t.handshake_ms.is_some() && t.drain_ms.is_some());
-        assert!(f.h2.ping_ms.is_some() && f.h2.ping_timeout_ms.is_some());
+        assert!(f.h2.max_streams.is_some() && f.h2.ping_ms.is_some() && f.h2.ping_timeout_ms.is_some());
         Profile::try_from(f).unwrap();
     }
 

@@ -16,6 +16,7 @@ pub mod admin;
 pub mod config;
 mod core;
 pub mod demo;
+mod downstream_h2;
 pub mod error;
 mod h2_tunnel;
 mod inbox;

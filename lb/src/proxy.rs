@@ -90,6 +90,17 @@ pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, b
         peer,
         migrated,
     };
+    // One port serves HTTP/1.1 and h2c: a connection that opens with the
+    // HTTP/2 preface (RFC 9113 §3.4) goes to the h2 server.
+    match sniff_preface(&core, &mut c).await {
+        Sniff::H2 => {
+            let Some(stream) = c.stream.take() else { return };
+            let buffered = c.rb.take_unconsumed();
+            return crate::downstream_h2::serve(core, stream, buffered, peer, migrated).await;
+        }
+        Sniff::Closed => return,
+        Sniff::H1 => {}
+    }
     loop {
         match read_head(&core, &mut c).await {
             Ok(true) => {}
@@ -109,6 +120,38 @@ pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, b
                 core::send_to(&core.shared, to, CoreMsg::Client { stream: core::detach(stream), peer, buffered });
                 return;
             }
+        }
+    }
+}
+
+enum Sniff {
+    H1,
+    H2,
+    Closed,
+}
+
+/// Reads until the first bytes tell HTTP/2's preface from an HTTP/1.1
+/// request line (they differ within the first few bytes for any real method).
+async fn sniff_preface(core: &Core, c: &mut Client) -> Sniff {
+    let preface = crate::downstream_h2::PREFACE;
+    loop {
+        let d = c.rb.data();
+        let n = d.len().min(preface.len());
+        if d[..n] != preface[..n] {
+            return Sniff::H1;
+        }
+        if n == preface.len() {
+            return Sniff::H2;
+        }
+        let Some(stream) = c.stream.as_mut() else { return Sniff::Closed };
+        let wait = if d.is_empty() { core.shared.cfg.profile.keepalive_timeout } else { core.shared.cfg.profile.header_timeout };
+        let r = monoio::select! {
+            r = c.rb.fill(stream, wait) => r,
+            _ = core.stop.wait() => return Sniff::Closed,
+        };
+        match r {
+            Ok(0) | Err(_) => return Sniff::Closed,
+            Ok(_) => {}
         }
     }
 }
@@ -294,7 +337,7 @@ async fn exchange_on(core: &Core, c: &mut Client, lease: Lease, dec: &mut BodyDe
 
 /// Takes a tunnel for this route from the core's pool, waiting in the bounded
 /// queue when every eligible tunnel is busy.
-async fn acquire(core: &Rc<Core>, host: &[u8], path: &[u8], avoid: Option<usize>) -> Result<Lease, Error> {
+pub(crate) async fn acquire(core: &Rc<Core>, host: &[u8], path: &[u8], avoid: Option<usize>) -> Result<Lease, Error> {
     let p = &core.shared.cfg.profile;
     loop {
         let pick = core.pool.borrow_mut().try_pick(host, path, avoid);

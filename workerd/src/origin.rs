@@ -245,27 +245,10 @@ impl Sidecar {
     /// HTTP/2 tunnel: the stream becomes an HTTP/1.1 request to the origin,
     /// and the origin's response becomes the stream's response.
     async fn handle_h2(&self, x: &mut H2Exchange) -> Result<(), Error> {
-        use std::io::Write;
         let cfg = x.cfg.clone();
         let mut head = Vec::with_capacity(512);
-        let target = x.parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let _ = write!(head, "{} {target} HTTP/1.1\r\n", x.parts.method);
-        let host = x.parts.uri.authority().map(|a| a.as_str()).unwrap_or("");
-        let _ = write!(head, "Host: {host}\r\n");
-        for (k, v) in &x.parts.headers {
-            if h2io::is_h1_only(k.as_str().as_bytes()) {
-                continue;
-            }
-            head.extend_from_slice(k.as_str().as_bytes());
-            head.extend_from_slice(b": ");
-            head.extend_from_slice(v.as_bytes());
-            head.extend_from_slice(b"\r\n");
-        }
         let chunked = !x.body.is_end_stream() && !x.parts.headers.contains_key(http::header::CONTENT_LENGTH);
-        if chunked {
-            head.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
-        }
-        head.extend_from_slice(b"\r\n");
+        h2io::write_h1_request_head(&mut head, &x.parts.method, &x.parts.uri, &x.parts.headers, chunked, None);
 
         let pooled = self.idle.borrow_mut().pop();
         let replayed = match pooled {
@@ -282,15 +265,7 @@ impl Sidecar {
                 fresh
             }
         };
-        let mut b = http::Response::builder().status(oc.head.status);
-        for f in &oc.head.fields {
-            let name = &oc.rb.data()[f.name.clone()];
-            if h2io::is_h1_only(name) || name.eq_ignore_ascii_case(b"trailer") {
-                continue;
-            }
-            b = b.header(name, &oc.rb.data()[f.value.clone()]);
-        }
-        let r = b.body(()).map_err(|e| self.err(format!("response head not valid for HTTP/2: {e}")))?;
+        let r = h2io::response_from_h1(oc.rb.data(), &oc.head).map_err(|e| self.err(format!("response head not valid for HTTP/2: {e}")))?;
         let framing = oc.head.framing();
         let origin_close = oc.head.conn.close;
         oc.rb.consume(oc.head.len);

@@ -55,3 +55,60 @@ pub fn is_h1_only(name: &[u8]) -> bool {
         [b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te", b"host", b"http2-settings", b"expect"];
     ONLY.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
+
+/// Writes an HTTP/1.1 request head for an HTTP/2 request (RFC 9113 §8.3.1:
+/// `:authority` becomes `Host`). `chunked`: the body has no length and will
+/// be sent chunked. `forwarded`: a `Forwarded` element to append.
+pub fn write_h1_request_head(
+    out: &mut Vec<u8>,
+    method: &http::Method,
+    uri: &http::Uri,
+    headers: &http::HeaderMap,
+    chunked: bool,
+    forwarded: Option<&str>,
+) {
+    use std::io::Write;
+    let target = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let _ = write!(out, "{method} {target} HTTP/1.1\r\n");
+    match (uri.authority(), headers.get(http::header::HOST)) {
+        (Some(a), _) => {
+            let _ = write!(out, "Host: {a}\r\n");
+        }
+        (None, Some(h)) => {
+            out.extend_from_slice(b"Host: ");
+            out.extend_from_slice(h.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        (None, None) => out.extend_from_slice(b"Host: \r\n"),
+    }
+    for (k, v) in headers {
+        if is_h1_only(k.as_str().as_bytes()) {
+            continue;
+        }
+        out.extend_from_slice(k.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if chunked {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    if let Some(f) = forwarded {
+        let _ = write!(out, "Forwarded: {f}\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The HTTP/2 response for an HTTP/1.1 response head (`head` parsed from
+/// `buf`), without the fields HTTP/2 forbids.
+pub fn response_from_h1(buf: &[u8], head: &crate::h1::ResponseHead) -> Result<http::Response<()>, http::Error> {
+    let mut b = http::Response::builder().status(head.status);
+    for f in &head.fields {
+        let name = &buf[f.name.clone()];
+        if is_h1_only(name) || name.eq_ignore_ascii_case(b"trailer") {
+            continue;
+        }
+        b = b.header(name, &buf[f.value.clone()]);
+    }
+    b.body(())
+}

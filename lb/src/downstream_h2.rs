@@ -1,0 +1,385 @@
+//! HTTP/2 clients: h2c with prior knowledge on the client listener.
+//!
+//! Place in the request path: `proxy::serve` sees the HTTP/2 connection
+//! preface (RFC 9113 §3.4) as the first bytes of a connection and hands the
+//! connection here, so one port serves HTTP/1.1 and h2c. Each stream is routed
+//! like an HTTP/1.1 request and goes out on a tunnel of either kind: as a
+//! stream on an h2 tunnel, or as an HTTP/1.1 request on an h1 tunnel.
+//!
+//! The `h2` crate validates each request (RFC 9113 §8.2: connection-specific
+//! fields, uppercase names, pseudo-header rules → stream error) and bounds the
+//! work a client can cause: concurrent streams, header list size, and streams
+//! reset before they are accepted (rapid reset).
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use monoio::io::{IntoPollIo, Splitable};
+use monoio::net::TcpStream;
+use ptth_proto::h1::{self, BodyDecoder, Parsed};
+use ptth_proto::rt::h2io::{self, CONN_WINDOW, MAX_FRAME, STREAM_WINDOW};
+use ptth_proto::rt::io::{write_all, Prefixed};
+
+use crate::core::{self, Core};
+use crate::error::Error;
+use crate::stats;
+use crate::tunnel::pool::{H2Tunnel, Lease, Tunnel};
+
+/// The client connection preface of HTTP/2 (RFC 9113 §3.4).
+pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serves an h2c connection whose first bytes (`buffered`) were already read.
+pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, buffered: Vec<u8>, peer: SocketAddr, migrated: bool) {
+    let p = &core.shared.cfg.profile;
+    let Ok(io) = stream.into_poll_io() else { return };
+    let io = Prefixed::new(buffered, io);
+    let mut b = h2::server::Builder::new();
+    b.initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONN_WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .max_concurrent_streams(p.h2_max_streams)
+        .max_header_list_size(p.limits.max_head as u32)
+        // Rapid reset (CVE-2023-44487): streams reset before we accept them,
+        // and streams we must reset, are bounded; past the bounds the
+        // connection gets GOAWAY.
+        .max_pending_accept_reset_streams(p.h2_max_streams as usize)
+        .max_local_error_reset_streams(Some(1024));
+    let mut conn = match monoio::time::timeout(p.header_timeout, b.handshake::<_, Bytes>(io)).await {
+        Ok(Ok(c)) => c,
+        _ => return,
+    };
+    let active = Rc::new(Cell::new(0u32));
+    let mut draining = false;
+    loop {
+        let next = if draining {
+            conn.accept().await
+        } else {
+            monoio::select! {
+                n = conn.accept() => n,
+                _ = core.stop.wait() => {
+                    conn.graceful_shutdown();
+                    draining = true;
+                    continue;
+                }
+                _ = monoio::time::sleep(p.keepalive_timeout) => {
+                    if active.get() == 0 {
+                        // Idle past the keep-alive deadline: say goodbye.
+                        conn.graceful_shutdown();
+                        draining = true;
+                    }
+                    continue;
+                }
+            }
+        };
+        let (req, respond) = match next {
+            Some(Ok(pair)) => pair,
+            _ => return,
+        };
+        active.set(active.get() + 1);
+        let (c, a) = (core.clone(), active.clone());
+        core::spawn_killable(&core, async move {
+            handle(&c, req, respond, peer, migrated).await;
+            a.set(a.get() - 1);
+        });
+    }
+}
+
+/// Retries of a stream whose tunnel failed before any response byte.
+const MAX_RETRIES: u32 = 2;
+
+/// How one attempt on a tunnel ended.
+enum Attempt {
+    /// `reusable`: the tunnel may carry another request.
+    Done { status: u16, reusable: bool },
+    /// Nothing reached the client; `retry`: the request may go elsewhere.
+    Failed { err: Error, retry: bool },
+    /// The response was under way: the stream is reset.
+    Broken,
+}
+
+async fn handle(core: &Rc<Core>, req: http::Request<h2::RecvStream>, mut respond: h2::server::SendResponse<Bytes>, peer: SocketAddr, migrated: bool) {
+    let (parts, mut body) = req.into_parts();
+    let host: Vec<u8> = match (parts.uri.authority(), parts.headers.get(http::header::HOST)) {
+        (Some(a), _) => a.as_str().as_bytes().to_vec(),
+        (None, Some(h)) => h.as_bytes().to_vec(),
+        (None, None) => Vec::new(),
+    };
+    let path = parts.uri.path().as_bytes().to_vec();
+    let host_text = String::from_utf8_lossy(&host);
+    let forwarded = format!("for=\"{peer}\";proto=http;host=\"{}\"", host_text.replace(['"', '\\'], ""));
+    let idempotent = matches!(parts.method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::TRACE);
+    let mut avoid = None;
+    let mut attempt = 0;
+    loop {
+        let lease = match crate::proxy::acquire(core, &host, &path, avoid).await {
+            Ok(l) => l,
+            Err(e) => return send_error(core, &mut respond, &e),
+        };
+        let slot = lease.slot();
+        let bodyless = body.is_end_stream();
+        let (outcome, lease) = match lease {
+            Lease::H2(t) => (via_h2(core, &t, &parts, &mut body, &mut respond, &forwarded, slot).await, Lease::H2(t)),
+            Lease::H1(t) => {
+                let (o, t) = via_h1(core, t, &parts, &mut body, &mut respond, &forwarded).await;
+                (o, Lease::H1(t))
+            }
+        };
+        match outcome {
+            Attempt::Done { status, reusable } => {
+                core.pool.borrow_mut().release(lease, reusable);
+                core.stats().count_status(status);
+                let local = if migrated { &core.stats().served_migrated } else { &core.stats().served_local };
+                stats::add(local, 1);
+                return;
+            }
+            Attempt::Broken => {
+                core.pool.borrow_mut().release(lease, false);
+                respond.send_reset(h2::Reason::INTERNAL_ERROR);
+                return;
+            }
+            Attempt::Failed { err, retry } => {
+                core.pool.borrow_mut().release(lease, false);
+                if retry && (bodyless && (idempotent || matches!(err, Error::Tunnel { .. }))) && attempt < MAX_RETRIES {
+                    attempt += 1;
+                    avoid = Some(slot);
+                    stats::add(&core.stats().retries, 1);
+                    continue;
+                }
+                return send_error(core, &mut respond, &err);
+            }
+        }
+    }
+}
+
+/// Answers a stream with an error generated here.
+fn send_error(core: &Core, respond: &mut h2::server::SendResponse<Bytes>, e: &Error) {
+    let Some(status) = e.status() else {
+        respond.send_reset(h2::Reason::INTERNAL_ERROR);
+        return;
+    };
+    core.stats().count_status(status);
+    let body = Bytes::from(format!("{status} {}: {e}\n", h1::reason(status)));
+    let mut r = http::Response::builder().status(status).header(http::header::CONTENT_TYPE, "text/plain");
+    if e.is_retryable() {
+        r = r.header(http::header::RETRY_AFTER, core.shared.cfg.profile.retry_after_s);
+    }
+    let Ok(r) = r.header(http::header::CONTENT_LENGTH, body.len()).body(()) else { return };
+    if let Ok(mut s) = respond.send_response(r, false) {
+        // Small: fits the initial window, no need to wait for capacity.
+        let _ = s.send_data(body, true);
+    }
+}
+
+/// Relays the stream as a stream on an h2 tunnel.
+async fn via_h2(
+    core: &Core,
+    t: &H2Tunnel,
+    parts: &http::request::Parts,
+    body: &mut h2::RecvStream,
+    respond: &mut h2::server::SendResponse<Bytes>,
+    forwarded: &str,
+    slot: usize,
+) -> Attempt {
+    let p = &core.shared.cfg.profile;
+    let worker = core.pool.borrow().worker_id(slot);
+    let tunnel_err = |why: String| Error::Tunnel { worker: worker.to_string(), why };
+    let mut req = http::Request::builder().method(parts.method.clone()).uri(parts.uri.clone());
+    for (k, v) in &parts.headers {
+        req = req.header(k, v);
+    }
+    let Ok(req) = req.header(http::header::FORWARDED, forwarded).body(()) else {
+        return Attempt::Failed { err: tunnel_err("request not valid for HTTP/2".into()), retry: false };
+    };
+    let end = body.is_end_stream();
+    let mut send = t.send.borrow().clone();
+    let (resp, mut tx) = match send.send_request(req, end) {
+        Ok(pair) => pair,
+        Err(e) => {
+            t.drain();
+            return Attempt::Failed { err: tunnel_err(e.to_string()), retry: true };
+        }
+    };
+    let upload = async {
+        while let Some(d) = h2io::recv_data(body).await {
+            let d = d.map_err(|e| e.to_string())?;
+            h2io::send_data(&mut tx, d, false).await.map_err(|e| e.to_string())?;
+        }
+        if !end {
+            h2io::send_data(&mut tx, Bytes::new(), true).await.map_err(|e| e.to_string())?;
+        }
+        Ok::<(), String>(())
+    };
+    let download = async {
+        let response = match monoio::time::timeout(p.response_timeout, resp).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                let retry = e.reason() == Some(h2::Reason::REFUSED_STREAM) || e.is_go_away() || e.is_io();
+                return Attempt::Failed { err: tunnel_err(e.to_string()), retry };
+            }
+            Err(_) => return Attempt::Failed { err: Error::ResponseTimeout { worker: worker.to_string(), after: p.response_timeout }, retry: false },
+        };
+        let (rparts, mut rbody) = response.into_parts();
+        let status = rparts.status.as_u16();
+        let end = rbody.is_end_stream();
+        let mut out = match respond.send_response(http::Response::from_parts(rparts, ()), end) {
+            Ok(s) => s,
+            Err(_) => return Attempt::Broken,
+        };
+        while let Some(d) = h2io::recv_data(&mut rbody).await {
+            let Ok(d) = d else { return Attempt::Broken };
+            if h2io::send_data(&mut out, d, false).await.is_err() {
+                return Attempt::Broken;
+            }
+        }
+        if !end && h2io::send_data(&mut out, Bytes::new(), true).await.is_err() {
+            return Attempt::Broken;
+        }
+        Attempt::Done { status, reusable: true }
+    };
+    if end {
+        return download.await;
+    }
+    let mut up = std::pin::pin!(upload);
+    let mut down = std::pin::pin!(download);
+    monoio::select! {
+        u = &mut up => match u {
+            Ok(()) => down.await,
+            Err(e) => Attempt::Failed { err: tunnel_err(format!("request body: {e}")), retry: false },
+        },
+        d = &mut down => d,
+    }
+}
+
+/// Relays the stream as an HTTP/1.1 request on an h1 tunnel.
+async fn via_h1(
+    core: &Core,
+    mut t: Tunnel,
+    parts: &http::request::Parts,
+    body: &mut h2::RecvStream,
+    respond: &mut h2::server::SendResponse<Bytes>,
+    forwarded: &str,
+) -> (Attempt, Tunnel) {
+    let p = &core.shared.cfg.profile;
+    let worker = core.pool.borrow().worker_id(t.slot);
+    let tunnel_err = |why: String| Error::Tunnel { worker: worker.to_string(), why };
+    let end = body.is_end_stream();
+    let chunked = !end && !parts.headers.contains_key(http::header::CONTENT_LENGTH);
+    let mut out = std::mem::take(&mut t.out);
+    out.clear();
+    h2io::write_h1_request_head(&mut out, &parts.method, &parts.uri, &parts.headers, chunked, Some(forwarded));
+    let is_head = parts.method == http::Method::HEAD;
+    let Tunnel { stream, rb: mut trb, out: _, head: mut thead, slot, idle_since } = t;
+    let (mut tr, mut tw) = stream.into_split();
+    let sent_head = Cell::new(false);
+    let upload = async {
+        let (res, mut o) = write_all(&mut tw, out, p.io_timeout).await;
+        res.map_err(|e| e.to_string())?;
+        sent_head.set(true);
+        while let Some(d) = h2io::recv_data(body).await {
+            let d = d.map_err(|e| e.to_string())?;
+            o.clear();
+            if chunked {
+                h1::write_chunk(&mut o, &d);
+            } else {
+                o.extend_from_slice(&d);
+            }
+            let (res, b) = write_all(&mut tw, o, p.io_timeout).await;
+            o = b;
+            res.map_err(|e| e.to_string())?;
+        }
+        if chunked {
+            o.clear();
+            o.extend_from_slice(h1::LAST_CHUNK);
+            let (res, b) = write_all(&mut tw, o, p.io_timeout).await;
+            o = b;
+            res.map_err(|e| e.to_string())?;
+        }
+        Ok::<Vec<u8>, String>(o)
+    };
+    let download = async {
+        let deadline = Instant::now() + p.response_timeout;
+        loop {
+            match h1::parse_response(trb.data(), &p.limits, is_head, &mut thead) {
+                Ok(Parsed::Complete) if thead.status < 200 => {
+                    trb.consume(thead.len);
+                    continue;
+                }
+                Ok(Parsed::Complete) => break,
+                Ok(Parsed::Partial) => {}
+                Err(e) => return (Attempt::Failed { err: Error::BadResponse { worker: worker.to_string(), why: e.to_string() }, retry: false }, false),
+            }
+            let nothing_yet = trb.is_empty();
+            match trb.fill(&mut tr, deadline.saturating_duration_since(Instant::now())).await {
+                Ok(0) => return (Attempt::Failed { err: tunnel_err("closed before the response".into()), retry: nothing_yet }, false),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    return (Attempt::Failed { err: Error::ResponseTimeout { worker: worker.to_string(), after: p.response_timeout }, retry: false }, false)
+                }
+                Err(e) => return (Attempt::Failed { err: tunnel_err(e.to_string()), retry: nothing_yet }, false),
+            }
+        }
+        let Ok(r) = h2io::response_from_h1(trb.data(), &thead) else {
+            return (Attempt::Failed { err: Error::BadResponse { worker: worker.to_string(), why: "head not valid for HTTP/2".into() }, retry: false }, false);
+        };
+        let status = thead.status;
+        let framing = thead.framing();
+        let tunnel_close = thead.conn.close;
+        trb.consume(thead.len);
+        let mut dec = BodyDecoder::new(framing);
+        let mut s = match respond.send_response(r, dec.is_done()) {
+            Ok(s) => s,
+            Err(_) => return (Attempt::Broken, false),
+        };
+        while !dec.is_done() {
+            if trb.is_empty() {
+                match trb.fill(&mut tr, p.io_timeout).await {
+                    Ok(0) => {
+                        if dec.eof().is_err() {
+                            return (Attempt::Broken, false);
+                        }
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(_) => return (Attempt::Broken, false),
+                }
+            }
+            let Ok(step) = dec.decode(trb.data()) else { return (Attempt::Broken, false) };
+            let data = Bytes::copy_from_slice(&trb.data()[step.data.clone()]);
+            trb.consume(step.consumed);
+            let last = dec.is_done();
+            if (!data.is_empty() || last) && h2io::send_data(&mut s, data, last).await.is_err() {
+                return (Attempt::Broken, false);
+            }
+        }
+        let reusable = !tunnel_close && framing != h1::Framing::UntilClose && trb.is_empty();
+        (Attempt::Done { status, reusable }, reusable)
+    };
+    let (attempt, reusable, out) = {
+        let mut up = std::pin::pin!(upload);
+        let mut down = std::pin::pin!(download);
+        monoio::select! {
+            u = &mut up => match u {
+                Ok(o) => {
+                    let (a, r) = down.await;
+                    (a, r, o)
+                }
+                Err(e) => {
+                    let retry = !sent_head.get() && end;
+                    (Attempt::Failed { err: tunnel_err(e), retry }, false, Vec::new())
+                }
+            },
+            (a, _) = &mut down => (a, false, Vec::new()),
+        }
+    };
+    let stream = tr.reunite(tw).expect("halves of one tunnel stream");
+    let t = Tunnel { stream, rb: trb, out, head: thead, slot, idle_since };
+    // A tunnel whose exchange did not end cleanly must not carry another request.
+    let attempt = match attempt {
+        Attempt::Done { status, .. } => Attempt::Done { status, reusable },
+        a => a,
+    };
+    (attempt, t)
+}
