@@ -11,7 +11,7 @@
 //! work a client can cause: concurrent streams, header list size, and streams
 //! reset before they are accepted (rapid reset).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
@@ -100,7 +100,13 @@ enum Attempt {
     Broken,
 }
 
-async fn handle(core: &Rc<Core>, req: http::Request<h2::RecvStream>, mut respond: h2::server::SendResponse<Bytes>, peer: SocketAddr, migrated: bool) {
+async fn handle(
+    core: &Rc<Core>,
+    req: http::Request<h2::RecvStream>,
+    respond: h2::server::SendResponse<Bytes>,
+    peer: SocketAddr,
+    migrated: bool,
+) {
     let (parts, mut body) = req.into_parts();
     let host: Vec<u8> = match (parts.uri.authority(), parts.headers.get(http::header::HOST)) {
         (Some(a), _) => a.as_str().as_bytes().to_vec(),
@@ -111,21 +117,52 @@ async fn handle(core: &Rc<Core>, req: http::Request<h2::RecvStream>, mut respond
     let host_text = String::from_utf8_lossy(&host);
     let forwarded = format!("for=\"{peer}\";proto=http;host=\"{}\"", host_text.replace(['"', '\\'], ""));
     let idempotent = matches!(parts.method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::TRACE);
+    // Shared between the work and the reset watcher; borrowed only between awaits.
+    let respond = RefCell::new(respond);
     let mut avoid = None;
     let mut attempt = 0;
     loop {
         let lease = match crate::proxy::acquire(core, &host, &path, avoid).await {
             Ok(l) => l,
-            Err(e) => return send_error(core, &mut respond, &e),
+            Err(e) => return send_error(core, &respond, &e),
         };
         let slot = lease.slot();
         let bodyless = body.is_end_stream();
-        let (outcome, lease) = match lease {
-            Lease::H2(t) => (via_h2(core, &t, &parts, &mut body, &mut respond, &forwarded, slot).await, Lease::H2(t)),
-            Lease::H1(t) => {
-                let (o, t) = via_h1(core, t, &parts, &mut body, &mut respond, &forwarded).await;
-                (o, Lease::H1(t))
+        let h2_tunnel = match &lease {
+            Lease::H2(t) => Some(t.clone()),
+            Lease::H1(_) => None,
+        };
+        let work = async {
+            match lease {
+                Lease::H2(t) => (via_h2(core, &t, &parts, &mut body, &respond, &forwarded, slot).await, Lease::H2(t)),
+                Lease::H1(t) => {
+                    let (o, t) = via_h1(core, t, &parts, &mut body, &respond, &forwarded).await;
+                    (o, Lease::H1(t))
+                }
             }
+        };
+        // A client that resets its stream stops the work for it at once, so
+        // streams opened and reset in a loop cost no more than their frames.
+        // (Once the response head is sent, h2 answers poll_reset with an
+        // error; from then on a reset shows as a failed send instead.)
+        let reset = std::future::poll_fn(|cx| match respond.borrow_mut().poll_reset(cx) {
+            std::task::Poll::Ready(Ok(_)) => std::task::Poll::Ready(()),
+            _ => std::task::Poll::Pending,
+        });
+        let finished = monoio::select! {
+            biased;
+            r = work => Some(r),
+            _ = reset => None,
+        };
+        let Some((outcome, lease)) = finished else {
+            let mut pool = core.pool.borrow_mut();
+            match h2_tunnel {
+                // Dropping the stream's handles reset it on the tunnel too.
+                Some(t) => pool.release(Lease::H2(t), true),
+                // An h1 tunnel left mid-exchange cannot be reused.
+                None => pool.forget(slot),
+            }
+            return;
         };
         match outcome {
             Attempt::Done { status, reusable } => {
@@ -137,7 +174,7 @@ async fn handle(core: &Rc<Core>, req: http::Request<h2::RecvStream>, mut respond
             }
             Attempt::Broken => {
                 core.pool.borrow_mut().release(lease, false);
-                respond.send_reset(h2::Reason::INTERNAL_ERROR);
+                respond.borrow_mut().send_reset(h2::Reason::INTERNAL_ERROR);
                 return;
             }
             Attempt::Failed { err, retry } => {
@@ -148,14 +185,15 @@ async fn handle(core: &Rc<Core>, req: http::Request<h2::RecvStream>, mut respond
                     stats::add(&core.stats().retries, 1);
                     continue;
                 }
-                return send_error(core, &mut respond, &err);
+                return send_error(core, &respond, &err);
             }
         }
     }
 }
 
 /// Answers a stream with an error generated here.
-fn send_error(core: &Core, respond: &mut h2::server::SendResponse<Bytes>, e: &Error) {
+fn send_error(core: &Core, respond: &RefCell<h2::server::SendResponse<Bytes>>, e: &Error) {
+    let mut respond = respond.borrow_mut();
     let Some(status) = e.status() else {
         respond.send_reset(h2::Reason::INTERNAL_ERROR);
         return;
@@ -179,7 +217,7 @@ async fn via_h2(
     t: &H2Tunnel,
     parts: &http::request::Parts,
     body: &mut h2::RecvStream,
-    respond: &mut h2::server::SendResponse<Bytes>,
+    respond: &RefCell<h2::server::SendResponse<Bytes>>,
     forwarded: &str,
     slot: usize,
 ) -> Attempt {
@@ -219,12 +257,18 @@ async fn via_h2(
                 let retry = e.reason() == Some(h2::Reason::REFUSED_STREAM) || e.is_go_away() || e.is_io();
                 return Attempt::Failed { err: tunnel_err(e.to_string()), retry };
             }
-            Err(_) => return Attempt::Failed { err: Error::ResponseTimeout { worker: worker.to_string(), after: p.response_timeout }, retry: false },
+            Err(_) => {
+                return Attempt::Failed {
+                    err: Error::ResponseTimeout { worker: worker.to_string(), after: p.response_timeout },
+                    retry: false,
+                }
+            }
         };
         let (rparts, mut rbody) = response.into_parts();
         let status = rparts.status.as_u16();
         let end = rbody.is_end_stream();
-        let mut out = match respond.send_response(http::Response::from_parts(rparts, ()), end) {
+        let sent = respond.borrow_mut().send_response(http::Response::from_parts(rparts, ()), end);
+        let mut out = match sent {
             Ok(s) => s,
             Err(_) => return Attempt::Broken,
         };
@@ -245,6 +289,9 @@ async fn via_h2(
     let mut up = std::pin::pin!(upload);
     let mut down = std::pin::pin!(download);
     monoio::select! {
+        // Upload first: when both finish in one wakeup, the exchange
+        // completed cleanly and the tunnel stays reusable.
+        biased;
         u = &mut up => match u {
             Ok(()) => down.await,
             Err(e) => Attempt::Failed { err: tunnel_err(format!("request body: {e}")), retry: false },
@@ -259,7 +306,7 @@ async fn via_h1(
     mut t: Tunnel,
     parts: &http::request::Parts,
     body: &mut h2::RecvStream,
-    respond: &mut h2::server::SendResponse<Bytes>,
+    respond: &RefCell<h2::server::SendResponse<Bytes>>,
     forwarded: &str,
 ) -> (Attempt, Tunnel) {
     let p = &core.shared.cfg.profile;
@@ -309,27 +356,45 @@ async fn via_h1(
                 }
                 Ok(Parsed::Complete) => break,
                 Ok(Parsed::Partial) => {}
-                Err(e) => return (Attempt::Failed { err: Error::BadResponse { worker: worker.to_string(), why: e.to_string() }, retry: false }, false),
+                Err(e) => {
+                    return (
+                        Attempt::Failed { err: Error::BadResponse { worker: worker.to_string(), why: e.to_string() }, retry: false },
+                        false,
+                    )
+                }
             }
             let nothing_yet = trb.is_empty();
             match trb.fill(&mut tr, deadline.saturating_duration_since(Instant::now())).await {
                 Ok(0) => return (Attempt::Failed { err: tunnel_err("closed before the response".into()), retry: nothing_yet }, false),
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                    return (Attempt::Failed { err: Error::ResponseTimeout { worker: worker.to_string(), after: p.response_timeout }, retry: false }, false)
+                    return (
+                        Attempt::Failed {
+                            err: Error::ResponseTimeout { worker: worker.to_string(), after: p.response_timeout },
+                            retry: false,
+                        },
+                        false,
+                    )
                 }
                 Err(e) => return (Attempt::Failed { err: tunnel_err(e.to_string()), retry: nothing_yet }, false),
             }
         }
         let Ok(r) = h2io::response_from_h1(trb.data(), &thead) else {
-            return (Attempt::Failed { err: Error::BadResponse { worker: worker.to_string(), why: "head not valid for HTTP/2".into() }, retry: false }, false);
+            return (
+                Attempt::Failed {
+                    err: Error::BadResponse { worker: worker.to_string(), why: "head not valid for HTTP/2".into() },
+                    retry: false,
+                },
+                false,
+            );
         };
         let status = thead.status;
         let framing = thead.framing();
         let tunnel_close = thead.conn.close;
         trb.consume(thead.len);
         let mut dec = BodyDecoder::new(framing);
-        let mut s = match respond.send_response(r, dec.is_done()) {
+        let sent = respond.borrow_mut().send_response(r, dec.is_done());
+        let mut s = match sent {
             Ok(s) => s,
             Err(_) => return (Attempt::Broken, false),
         };
@@ -361,6 +426,9 @@ async fn via_h1(
         let mut up = std::pin::pin!(upload);
         let mut down = std::pin::pin!(download);
         monoio::select! {
+            // Upload first: when both finish in one wakeup, the exchange
+            // completed cleanly and the tunnel stays reusable.
+            biased;
             u = &mut up => match u {
                 Ok(o) => {
                     let (a, r) = down.await;
@@ -371,6 +439,8 @@ async fn via_h1(
                     (Attempt::Failed { err: tunnel_err(e), retry }, false, Vec::new())
                 }
             },
+            // The worker answered before the body was all sent: the tunnel
+            // is left mid-request and cannot be reused.
             (a, _) = &mut down => (a, false, Vec::new()),
         }
     };

@@ -192,6 +192,9 @@ pub(crate) async fn exchange(
             let mut up = std::pin::pin!(upload);
             let mut down = std::pin::pin!(download);
             monoio::select! {
+                // Upload first: when both finish in one wakeup, the exchange
+                // completed cleanly and the tunnel stays reusable.
+                biased;
                 u = &mut up => match u {
                     Ok(()) => down.await,
                     Err((err, _consumed, client_failed)) => {

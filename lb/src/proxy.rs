@@ -482,6 +482,9 @@ async fn exchange(core: &Core, c: &mut Client, mut t: Tunnel, dec: &mut BodyDeco
         let mut send = pin!(send_message(&mut tw, tout, &mut cr, &mut c.rb, dec, BodyMode::Pass, p.io_timeout));
         let mut resp = pin!(response(core, &mut tr, &mut trb, &mut thead, &mut cw, &mut c.out, info, &worker, &started));
         monoio::select! {
+            // Upload first: when both finish in one wakeup, the exchange
+            // completed cleanly and the tunnel stays reusable.
+            biased;
             (sent, out) = &mut send => match sent {
                 Ok(_) => (resp.await, out),
                 // Once response bytes went to the client, an error can only

@@ -108,6 +108,7 @@ impl Client {
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
+        // write_all retries EINTR itself.
         self.stream.write_all(bytes).expect("write");
     }
 
@@ -119,13 +120,18 @@ impl Client {
 
     fn fill(&mut self) -> usize {
         let mut chunk = [0u8; 65536];
-        match self.stream.read(&mut chunk) {
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                n
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    return n;
+                }
+                // A test thread that also ran an io_uring runtime can see
+                // EINTR from the kernel's task-work notification.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionReset) => return 0,
+                Err(e) => panic!("read: {e}"),
             }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionReset) => 0,
-            Err(e) => panic!("read: {e}"),
         }
     }
 
@@ -205,4 +211,52 @@ pub fn status(lb: &Lb) -> serde_json::Value {
     let r = c.get("/status");
     assert_eq!(r.status, 200);
     serde_json::from_slice(&r.body).expect("status is JSON")
+}
+
+/// Runs `f` on a fresh monoio runtime on this thread (for HTTP/2 clients
+/// built on the `h2` crate).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    let (mut rt, _) = ptth_proto::rt::runtime::Runtime::build(&Default::default()).expect("runtime");
+    rt.block_on(f)
+}
+
+/// An h2c (prior knowledge) client connection to `addr`; its connection task
+/// runs on the current monoio runtime.
+pub async fn h2_connect(addr: SocketAddr) -> h2::client::SendRequest<bytes::Bytes> {
+    use monoio::io::IntoPollIo;
+    let s = monoio::net::TcpStream::connect(addr).await.expect("connect");
+    s.set_nodelay(true).unwrap();
+    let io = s.into_poll_io().expect("poll io");
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(8 << 20)
+        .handshake(io)
+        .await
+        .expect("h2 handshake");
+    monoio::spawn(async move {
+        let _ = conn.await;
+    });
+    send
+}
+
+/// Sends one request over h2 and collects the response body.
+pub async fn h2_request(
+    send: &mut h2::client::SendRequest<bytes::Bytes>,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> (u16, http::HeaderMap, Vec<u8>) {
+    let req = http::Request::builder().method(method).uri(format!("http://test{path}")).body(()).unwrap();
+    let mut send = send.clone().ready().await.expect("ready");
+    let (resp, mut tx) = send.send_request(req, body.is_empty()).expect("send");
+    if !body.is_empty() {
+        ptth_proto::rt::h2io::send_data(&mut tx, bytes::Bytes::copy_from_slice(body), true).await.expect("body");
+    }
+    let resp = monoio::time::timeout(STEP, resp).await.expect("response in time").expect("response");
+    let (parts, mut rbody) = resp.into_parts();
+    let mut out = Vec::new();
+    while let Some(d) = ptth_proto::rt::h2io::recv_data(&mut rbody).await {
+        out.extend_from_slice(&d.expect("body data"));
+    }
+    (parts.status.as_u16(), parts.headers, out)
 }

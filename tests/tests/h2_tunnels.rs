@@ -55,7 +55,7 @@ impl Load {
                     let mut n = 0u64;
                     while !stop.load(Ordering::Relaxed) {
                         n += 1;
-                        let req = if (n + i as u64) % 2 == 0 {
+                        let req = if (n + i as u64).is_multiple_of(2) {
                             "GET /r HTTP/1.1\r\nHost: t\r\n\r\n".to_string()
                         } else {
                             "POST /w HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello".to_string()
@@ -90,10 +90,10 @@ fn rolling_restart_of_three_workers_loses_nothing() {
     let mut workers: Vec<_> = (0..3).map(|i| h2_worker(&lb, &format!("gen0-{i}"), Responder::Delay(Duration::from_millis(5)))).collect();
     let load = Load::start(lb.client_addr(), 8);
     std::thread::sleep(Duration::from_millis(300));
-    for i in 0..3 {
+    for (i, slot) in workers.iter_mut().enumerate() {
         // Replacement first, then drain the old one (GOAWAY on every tunnel).
         let fresh = h2_worker(&lb, &format!("gen1-{i}"), Responder::Delay(Duration::from_millis(5)));
-        let old = std::mem::replace(&mut workers[i], fresh);
+        let old = std::mem::replace(slot, fresh);
         std::thread::sleep(Duration::from_millis(200));
         old.stop();
         std::thread::sleep(Duration::from_millis(200));

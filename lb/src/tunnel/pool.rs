@@ -554,6 +554,13 @@ impl Pool {
         t.idle_since.elapsed() >= after && peer_closed(&t.stream)
     }
 
+    /// An h1 tunnel abandoned mid-exchange (its task was cut short): closed,
+    /// with its in-flight accounting undone.
+    pub(crate) fn forget(&mut self, slot: usize) {
+        self.settle(slot, false);
+        self.closed(slot);
+    }
+
     /// Gives back a lease whose tunnel turned out unusable before the request
     /// was sent on it (no request counted).
     pub(crate) fn discard(&mut self, lease: Lease) {

@@ -1,0 +1,195 @@
+//! HTTP/2 clients (h2c, prior knowledge) on the client port, through h2 and
+//! h1 tunnels: semantics, many streams, large bodies both ways, malformed
+//! input, rapid reset.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use ptth_tests::*;
+use ptth_workerd::{InnerProtocol, Responder};
+
+fn worker(lb: &ptth_lb::Lb, inner: InnerProtocol, r: Responder) -> ptth_workerd::Worker {
+    let mut cfg = worker_config(lb, "w", 2);
+    cfg.protocols = vec![inner];
+    start_worker(cfg, move || r.clone())
+}
+
+#[test]
+fn h2c_through_both_tunnel_kinds() {
+    for inner in [InnerProtocol::H2, InnerProtocol::Http11] {
+        let lb = start_lb(2, |_| {});
+        let _w = worker(&lb, inner, Responder::Echo);
+        let addr = lb.client_addr();
+        block_on(async move {
+            let mut c = h2_connect(addr).await;
+            let (status, _, body) = h2_request(&mut c, "GET", "/a?x=1", b"").await;
+            assert_eq!(status, 200);
+            let text = String::from_utf8(body).unwrap();
+            assert!(text.starts_with("GET /a?x=1\n"), "{inner:?}: {text}");
+            assert!(text.to_ascii_lowercase().contains("forwarded: for=\"127.0.0.1:"), "{text}");
+            let (status, _, body) = h2_request(&mut c, "POST", "/b", b"posted body").await;
+            assert_eq!(status, 200);
+            assert!(body.ends_with(b"\n\nposted body"), "{inner:?}");
+        });
+        // The same port still speaks HTTP/1.1.
+        assert_eq!(get(lb.client_addr(), "/").status, 200);
+    }
+}
+
+#[test]
+fn many_concurrent_streams_on_one_connection() {
+    let lb = start_lb(1, |_| {});
+    let _w = worker(&lb, InnerProtocol::H2, Responder::Delay(Duration::from_millis(200)));
+    let addr = lb.client_addr();
+    block_on(async move {
+        let c = h2_connect(addr).await;
+        let t0 = std::time::Instant::now();
+        let mut tasks = Vec::new();
+        for i in 0..100 {
+            let mut c = c.clone();
+            tasks.push(monoio::spawn(async move { h2_request(&mut c, "GET", &format!("/{i}"), b"").await.0 }));
+        }
+        for t in tasks {
+            assert_eq!(t.await, 200);
+        }
+        assert!(t0.elapsed() < Duration::from_secs(3), "100 streams of 200 ms took {:?}", t0.elapsed());
+    });
+}
+
+#[test]
+fn large_bodies_both_ways() {
+    for inner in [InnerProtocol::H2, InnerProtocol::Http11] {
+        let lb = start_lb(1, |_| {});
+        let _w = worker(&lb, inner, Responder::Echo);
+        let addr = lb.client_addr();
+        block_on(async move {
+            let c = h2_connect(addr).await;
+            let size = 16usize << 20;
+            let req = http::Request::builder().method("PUT").uri("http://test/big").body(()).unwrap();
+            let mut send = c.ready().await.unwrap();
+            let (resp, mut tx) = send.send_request(req, false).unwrap();
+            // Upload and download at once: the echo streams the body back
+            // while it is still arriving.
+            let up = monoio::spawn(async move {
+                for _ in 0..size / 65536 {
+                    ptth_proto::rt::h2io::send_data(&mut tx, bytes::Bytes::from(vec![b'z'; 65536]), false).await.unwrap();
+                }
+                ptth_proto::rt::h2io::send_data(&mut tx, bytes::Bytes::new(), true).await.unwrap();
+            });
+            let resp = monoio::time::timeout(STEP, resp).await.unwrap().unwrap();
+            assert_eq!(resp.status(), 200);
+            let mut body = resp.into_body();
+            let mut n = 0;
+            while let Some(d) = ptth_proto::rt::h2io::recv_data(&mut body).await {
+                n += d.unwrap().len();
+            }
+            up.await;
+            assert!(n > size, "{inner:?}: echoed {n} bytes");
+        });
+    }
+}
+
+/// Raw HTTP/2 frames, for input the h2 crate would refuse to send.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(9 + payload.len());
+    f.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+    f.push(kind);
+    f.push(flags);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// HPACK literal fields without indexing, new names, no Huffman (RFC 7541 §6.2.2).
+fn hpack(fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (k, v) in fields {
+        out.push(0x00);
+        out.push(k.len() as u8);
+        out.extend_from_slice(k.as_bytes());
+        out.push(v.len() as u8);
+        out.extend_from_slice(v.as_bytes());
+    }
+    out
+}
+
+/// The first RST_STREAM or GOAWAY: (frame type, error code).
+fn rejection(s: &mut std::net::TcpStream) -> Option<(u8, u32)> {
+    loop {
+        let mut h = [0u8; 9];
+        s.read_exact(&mut h).ok()?;
+        let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+        let mut p = vec![0u8; len];
+        s.read_exact(&mut p).ok()?;
+        match h[3] {
+            3 => return Some((3, u32::from_be_bytes([p[0], p[1], p[2], p[3]]))),
+            7 => return Some((7, u32::from_be_bytes([p[4], p[5], p[6], p[7]]))),
+            _ => {}
+        }
+    }
+}
+
+fn raw_h2(addr: std::net::SocketAddr) -> std::net::TcpStream {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(STEP)).unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    s.write_all(&frame(4, 0, 0, &[])).unwrap(); // SETTINGS
+    s
+}
+
+#[test]
+fn malformed_h2_requests_get_stream_errors() {
+    let lb = start_lb(1, |_| {});
+    let _w = worker(&lb, InnerProtocol::H2, Responder::Hello);
+    let base = [(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "t")];
+    let bad: Vec<Vec<(&str, &str)>> = vec![
+        // RFC 9113 §8.2.2: connection-specific field.
+        base.iter().copied().chain([("connection", "keep-alive")]).collect(),
+        // §8.2: uppercase field name.
+        base.iter().copied().chain([("X-Upper", "1")]).collect(),
+        // §8.3: pseudo-header after a regular field.
+        vec![(":method", "GET"), ("x-a", "1"), (":scheme", "http"), (":path", "/"), (":authority", "t")],
+        // §8.3.1: missing :path.
+        vec![(":method", "GET"), (":scheme", "http"), (":authority", "t")],
+    ];
+    for fields in bad {
+        let mut s = raw_h2(lb.client_addr());
+        s.write_all(&frame(1, 0x5, 1, &hpack(&fields))).unwrap(); // HEADERS, END_STREAM|END_HEADERS
+                                                                  // A stream error (RST_STREAM PROTOCOL_ERROR), or for a field the
+                                                                  // decoder refuses outright (an uppercase name), a connection error.
+        let (kind, code) = rejection(&mut s).unwrap_or_else(|| panic!("no rejection for {fields:?}"));
+        assert!(matches!((kind, code), (3, 1) | (7, 1) | (7, 9)), "frame {kind} code {code} for {fields:?}");
+    }
+    // Garbage instead of frames: the connection ends with GOAWAY.
+    let mut s = raw_h2(lb.client_addr());
+    s.write_all(&[0xff; 64]).unwrap();
+    assert!(matches!(rejection(&mut s), Some((7, _))), "GOAWAY after garbage");
+    // And the lb still serves.
+    let addr = lb.client_addr();
+    block_on(async move { assert_eq!(h2_request(&mut h2_connect(addr).await, "GET", "/", b"").await.0, 200) });
+}
+
+#[test]
+fn rapid_reset_costs_little_and_is_cut_off() {
+    let lb = start_lb(1, |_| {});
+    let _w = worker(&lb, InnerProtocol::H2, Responder::Delay(Duration::from_millis(50)));
+    let mut s = raw_h2(lb.client_addr());
+    let headers = hpack(&[(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "t")]);
+    // Open a stream and reset it at once, thousands of times.
+    let mut burst = Vec::new();
+    for i in 0..5000u32 {
+        let id = 2 * i + 1;
+        burst.extend_from_slice(&frame(1, 0x5, id, &headers));
+        burst.extend_from_slice(&frame(3, 0, id, &8u32.to_be_bytes())); // RST_STREAM(CANCEL)
+    }
+    let _ = s.write_all(&burst);
+    // The lb either keeps up (the streams stop as soon as they are reset) or
+    // sends GOAWAY; either way it stays responsive.
+    let t0 = std::time::Instant::now();
+    let addr = lb.client_addr();
+    block_on(async move { assert_eq!(h2_request(&mut h2_connect(addr).await, "GET", "/", b"").await.0, 200) });
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    wait_until("reset streams stop their work", || status(&lb)["workers"][0]["in_flight"] == 0);
+    let forwarded = status(&lb)["workers"][0]["requests"].as_u64().unwrap();
+    assert!(forwarded < 5000, "every reset stream reached the worker ({forwarded})");
+}
