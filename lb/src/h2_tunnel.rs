@@ -151,6 +151,29 @@ pub(crate) async fn exchange(
     let tunnel_err = |why: String| Error::Tunnel { worker: worker.to_string(), why };
     let req = build_request(c.fwd, c.scratch).map_err(|e| H2Fail::BeforeResponse(tunnel_err(e)))?;
     let has_body = !dec.is_done();
+    // A body that has already arrived whole is sent from a copy and left in
+    // the read buffer until the worker answers: if the worker turns out not
+    // to have processed the stream (GOAWAY race), the request, body and all,
+    // can go to another tunnel (RFC 9113 §8.7).
+    let buffered = if has_body {
+        let mut probe = dec.clone();
+        match probe.scan(c.rb.data()) {
+            Ok(n) if probe.is_done() => {
+                let mut payload = Vec::with_capacity(n);
+                let mut d = dec.clone();
+                let mut at = 0;
+                while at < n {
+                    let Ok(step) = d.decode(&c.rb.data()[at..n]) else { break };
+                    payload.extend_from_slice(&c.rb.data()[at..][step.data.clone()]);
+                    at += step.consumed;
+                }
+                Some((n, Bytes::from(payload), probe))
+            }
+            _ => None,
+        }
+    } else {
+        None
+    };
     let mut send = t.send.borrow().clone();
     let (resp, mut body_tx) = match send.send_request(req, !has_body) {
         Ok(pair) => pair,
@@ -160,6 +183,29 @@ pub(crate) async fn exchange(
             return Err(if unprocessed(&e) { H2Fail::Unprocessed { err, body_intact: true } } else { H2Fail::BeforeResponse(err) });
         }
     };
+    if let Some((n, payload, done)) = buffered {
+        if let Err(e) = h2io::send_data(&mut body_tx, payload, true).await {
+            let err = tunnel_err(e.to_string());
+            return Err(if unprocessed(&e) { H2Fail::Unprocessed { err, body_intact: true } } else { H2Fail::BeforeResponse(err) });
+        }
+        let Some(cs) = c.stream.as_mut() else { return Err(H2Fail::Close) };
+        let started = std::cell::Cell::new(false);
+        let r = relay_response(core, resp, cs, c.out, version, is_head, client_wants_close, worker, &started).await;
+        match &r {
+            // Still in the buffer: the retry sends it again.
+            Err(H2Fail::Unprocessed { .. }) => {
+                return r.map_err(|f| match f {
+                    H2Fail::Unprocessed { err, .. } => H2Fail::Unprocessed { err, body_intact: true },
+                    other => other,
+                })
+            }
+            _ => {
+                c.rb.consume(n);
+                *dec = done;
+            }
+        }
+        return r;
+    }
     let Some(client) = c.stream.take() else { return Err(H2Fail::Close) };
     let (mut cr, mut cw) = client.into_split();
     let io = p.io_timeout;
