@@ -19,17 +19,38 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: ptth-bench h1-wrk [--duration SECS] [--connections N] [--threads N] [--rounds N]
-                     [--tunnels-per-core N] [--workerd-threads N] [--lb-cores N] [--only ptth,ptth-h1,nginx,haproxy]
+const USAGE: &str = "usage: ptth-bench h1-wrk|h2-h2load [--duration SECS] [--connections N] [--streams N] [--threads N] [--rounds N]
+                     [--tunnels-per-core N] [--h2-tunnels-per-core N] [--workerd-threads N] [--lb-cores N] [--only ptth,ptth-h1,nginx,haproxy]
                      [--out DIR]
 Run from the repository root after `cargo build --release` (bench/run.sh does both).";
 
+/// What drives the load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    /// wrk, HTTP/1.1 clients.
+    H1Wrk,
+    /// h2load, h2c clients (`-c` connections × `-m` streams each).
+    H2Load,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::H1Wrk => "h1-wrk",
+            Scenario::H2Load => "h2-h2load",
+        }
+    }
+}
+
 struct Opts {
+    scenario: Scenario,
+    streams: u32,
     duration: u64,
     connections: u32,
     threads: u32,
     rounds: u32,
     tunnels_per_core: u32,
+    h2_tunnels_per_core: u32,
     workerd_threads: u32,
     lb_cores: u32,
     only: Vec<String>,
@@ -38,11 +59,14 @@ struct Opts {
 
 fn parse(args: &[String]) -> Result<Opts, String> {
     let mut o = Opts {
+        scenario: Scenario::H1Wrk,
+        streams: 8,
         duration: 10,
         connections: 64,
         threads: 1,
         rounds: 3,
         tunnels_per_core: 32,
+        h2_tunnels_per_core: 1,
         workerd_threads: 1,
         lb_cores: 0,
         only: vec!["ptth".into(), "ptth-h1".into(), "nginx".into(), "haproxy".into()],
@@ -51,8 +75,12 @@ fn parse(args: &[String]) -> Result<Opts, String> {
     let mut it = args.iter();
     match it.next().map(String::as_str) {
         Some("h1-wrk") => {}
-        Some(other) => return Err(format!("unknown scenario {other:?}; available: h1-wrk")),
-        None => return Err("name a scenario: h1-wrk".into()),
+        Some("h2-h2load") => {
+            o.scenario = Scenario::H2Load;
+            o.connections = 8;
+        }
+        Some(other) => return Err(format!("unknown scenario {other:?}; available: h1-wrk, h2-h2load")),
+        None => return Err("name a scenario: h1-wrk or h2-h2load".into()),
     }
     while let Some(flag) = it.next() {
         let v = it.next().ok_or_else(|| format!("{flag}: missing value"))?;
@@ -62,9 +90,11 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         match flag.as_str() {
             "--duration" => o.duration = num(1, 3600)?,
             "--connections" => o.connections = num(1, 100_000)? as u32,
+            "--streams" => o.streams = num(1, 10_000)? as u32,
             "--threads" => o.threads = num(1, 1024)? as u32,
             "--rounds" => o.rounds = num(1, 100)? as u32,
             "--tunnels-per-core" => o.tunnels_per_core = num(1, 1024)? as u32,
+            "--h2-tunnels-per-core" => o.h2_tunnels_per_core = num(1, 1024)? as u32,
             "--workerd-threads" => o.workerd_threads = num(1, 1024)? as u32,
             "--lb-cores" => o.lb_cores = num(0, 1024)? as u32,
             "--only" => o.only = v.split(',').map(String::from).collect(),
@@ -205,6 +235,46 @@ fn run_wrk(o: &Opts, port: u16, secs: u64) -> Result<WrkResult, String> {
     Ok(WrkResult { rps, requests, p50_ms: pct("50%"), p99_ms: pct("99%"), errors })
 }
 
+/// h2load with per-request log for percentiles.
+fn run_h2load(o: &Opts, port: u16, secs: u64, dir: &Path) -> Result<WrkResult, String> {
+    let log = dir.join("h2load.log");
+    let out = Command::new("h2load")
+        .args(["-c", &o.connections.to_string(), "-m", &o.streams.to_string(), "-t", &o.threads.to_string(), "-D", &secs.to_string()])
+        .arg(format!("--log-file={}", log.display()))
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .map_err(|e| format!("running h2load: {e} (apt-get install nghttp2-client)"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = |p: &str| text.lines().map(str::trim).find(|l| l.starts_with(p)).map(String::from);
+    let rps = line("finished in")
+        .and_then(|l| l.split(", ").nth(1).and_then(|r| r.trim_end_matches(" req/s").parse().ok()))
+        .ok_or_else(|| format!("h2load printed no rate:\n{text}"))?;
+    let requests: u64 = line("requests:").and_then(|l| l.split_whitespace().nth(7).and_then(|n| n.parse().ok())).unwrap_or(0);
+    let mut lat: Vec<f64> = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split('\t').nth(2)?.parse::<f64>().ok())
+        .map(|us| us / 1000.0)
+        .collect();
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let pct = |q: f64| if lat.is_empty() { f64::NAN } else { lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)] };
+    let mut errors = String::new();
+    if let Some(l) = line("requests:") {
+        if !l.contains(" 0 failed, 0 errored, 0 timeout") {
+            errors = l;
+        }
+    }
+    let _ = std::fs::remove_file(&log);
+    Ok(WrkResult { rps, requests, p50_ms: pct(0.5), p99_ms: pct(0.99), errors })
+}
+
+fn run_load(o: &Opts, port: u16, secs: u64, dir: &Path) -> Result<WrkResult, String> {
+    match o.scenario {
+        Scenario::H1Wrk => run_wrk(o, port, secs),
+        Scenario::H2Load => run_h2load(o, port, secs, dir),
+    }
+}
+
 struct Target {
     name: &'static str,
     port: u16,
@@ -245,7 +315,8 @@ fn start_target(name: &str, dir: &Path, o: &Opts, cores: u32) -> Result<Target, 
                 dir,
                 "proxy",
                 &format!(
-                    "  upstream origin {{ server 127.0.0.1:{ORIGIN}; keepalive 256; }}\n  server {{ listen 127.0.0.1:{NGINX}; location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}"
+                    "  upstream origin {{ server 127.0.0.1:{ORIGIN}; keepalive 256; }}\n  server {{ listen 127.0.0.1:{NGINX}{h2}; http2_max_concurrent_streams 128; location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}",
+                    h2 = if o.scenario == Scenario::H2Load { " http2" } else { "" }
                 ),
                 &cores.to_string(),
             )?;
@@ -260,8 +331,9 @@ fn start_target(name: &str, dir: &Path, o: &Opts, cores: u32) -> Result<Target, 
         }
         "haproxy" => {
             let conf = format!(
-                "global\n  nbthread {cores}\n  cpu-map auto:1/1-{cores} 0-{last}\n  maxconn 4096\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  http-reuse always\nfrontend f\n  bind 127.0.0.1:{HAPROXY}\n  default_backend b\nbackend b\n  server o 127.0.0.1:{ORIGIN}\n",
-                last = cores - 1
+                "global\n  nbthread {cores}\n  cpu-map auto:1/1-{cores} 0-{last}\n  maxconn 4096\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  http-reuse always\nfrontend f\n  bind 127.0.0.1:{HAPROXY}{h2}\n  default_backend b\nbackend b\n  server o 127.0.0.1:{ORIGIN}\n",
+                last = cores - 1,
+                h2 = if o.scenario == Scenario::H2Load { " proto h2" } else { "" }
             );
             let p = dir.join("haproxy.cfg");
             std::fs::write(&p, conf).map_err(|e| e.to_string())?;
@@ -299,7 +371,7 @@ fn start_target(name: &str, dir: &Path, o: &Opts, cores: u32) -> Result<Target, 
                     "--origin",
                     &format!("http://127.0.0.1:{ORIGIN}"),
                     "--tunnels-per-core",
-                    &o.tunnels_per_core.to_string(),
+                    &(if inner == "h2" { o.h2_tunnels_per_core } else { o.tunnels_per_core }).to_string(),
                     "--threads",
                     &o.workerd_threads.to_string(),
                     "--inner",
@@ -309,7 +381,11 @@ fn start_target(name: &str, dir: &Path, o: &Opts, cores: u32) -> Result<Target, 
             )?;
             // Tunnels come up within the backoff window; give them a moment.
             std::thread::sleep(Duration::from_millis(500));
-            let tunnels = if inner == "h2" { "h2 tunnels".to_string() } else { format!("h1 tunnels, {} per core", o.tunnels_per_core) };
+            let tunnels = if inner == "h2" {
+                format!("h2 tunnels, {} per core", o.h2_tunnels_per_core)
+            } else {
+                format!("h1 tunnels, {} per core", o.tunnels_per_core)
+            };
             Ok(Target {
                 name: if inner == "h2" { "ptth" } else { "ptth-h1" },
                 port: PTTH,
@@ -366,7 +442,7 @@ fn run(o: &Opts) -> Result<(), String> {
             return Err(format!("{bin} is missing: run `cargo build --release` first (bench/run.sh does)"));
         }
     }
-    for (tool, pkg) in [("wrk", "wrk"), ("nginx", "nginx-light"), ("haproxy", "haproxy")] {
+    for (tool, pkg) in [("wrk", "wrk"), ("h2load", "nghttp2-client"), ("nginx", "nginx-light"), ("haproxy", "haproxy")] {
         if sh(&format!("command -v {tool}")).is_empty() {
             return Err(format!("{tool} is not installed (apt-get install {pkg})"));
         }
@@ -387,10 +463,10 @@ fn run(o: &Opts) -> Result<(), String> {
             let t = start_target(name, &dir, o, cores)?;
             *note = t.note.clone();
             // Warm-up: pools fill, tunnels settle, caches heat.
-            run_wrk(o, t.port, 2)?;
+            run_load(o, t.port, 2, &dir)?;
             let pids: Vec<u32> = t.procs.iter().map(|p| p.child.id()).collect();
             let before: f64 = pids.iter().map(|&p| cpu_seconds(p)).sum();
-            let w = run_wrk(o, t.port, o.duration)?;
+            let w = run_load(o, t.port, o.duration, &dir)?;
             let after: f64 = pids.iter().map(|&p| cpu_seconds(p)).sum();
             let cpu = after - before;
             eprintln!(
@@ -415,7 +491,11 @@ fn run(o: &Opts) -> Result<(), String> {
     let dirty = if sh("git status --porcelain --untracked-files=no").is_empty() { "" } else { "-dirty" };
     let date = sh("date -u +%Y-%m-%dT%H:%M:%SZ");
     let mut md = String::new();
-    let _ = writeln!(md, "# h1-wrk: wrk → proxy → nginx origin\n");
+    let title = match o.scenario {
+        Scenario::H1Wrk => "h1-wrk: wrk (HTTP/1.1) → proxy → nginx origin",
+        Scenario::H2Load => "h2-h2load: h2load (h2c) → proxy → nginx origin",
+    };
+    let _ = writeln!(md, "# {title}\n");
     let _ = writeln!(
         md,
         "- date: {date}\n- commit: {commit}{dirty}\n- kernel: {}\n- CPU: {} × {}",
@@ -423,11 +503,13 @@ fn run(o: &Opts) -> Result<(), String> {
         cpus,
         sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2")
     );
-    let _ = writeln!(
-        md,
-        "- load: `wrk -t{} -c{} -d{}s --latency`, unpinned, on the same host; {} rounds interleaved, medians below",
-        o.threads, o.connections, o.duration, o.rounds
-    );
+    let load = match o.scenario {
+        Scenario::H1Wrk => format!("`wrk -t{} -c{} -d{}s --latency`", o.threads, o.connections, o.duration),
+        Scenario::H2Load => {
+            format!("`h2load -t{} -c{} -m{} -D{}` (h2c, percentiles from --log-file)", o.threads, o.connections, o.streams, o.duration)
+        }
+    };
+    let _ = writeln!(md, "- load: {load}, unpinned, on the same host; {} rounds interleaved, medians below", o.rounds);
     let _ = writeln!(md, "- origin: nginx 1 worker, `return 200 \"hello\\n\"` (its CPU is not counted)");
     let _ = writeln!(md, "- versions: {}; {}; {}", sh("nginx -v 2>&1"), sh("haproxy -v | head -1"), sh("wrk -v 2>&1 | head -1"));
     let _ = writeln!(md, "\n| proxy | setup | req/s | p50 ms | p99 ms | req per CPU-second (proxy processes) | errors |");
@@ -452,7 +534,7 @@ fn run(o: &Opts) -> Result<(), String> {
     }
     println!("{md}");
     std::fs::create_dir_all(&o.out).map_err(|e| e.to_string())?;
-    let file = o.out.join(format!("{}-{commit}-h1-wrk.md", &date[..10]));
+    let file = o.out.join(format!("{}-{commit}-{}.md", &date[..10], o.scenario.name()));
     std::fs::write(&file, &md).map_err(|e| format!("writing {}: {e}", file.display()))?;
     eprintln!("wrote {}", file.display());
     Ok(())

@@ -80,6 +80,8 @@ pub struct ProfileFile {
 #[serde(deny_unknown_fields)]
 pub struct H2File {
     pub max_streams: Option<u32>,
+    pub stream_window: Option<u32>,
+    pub connection_window: Option<u32>,
     pub ping_ms: Option<u64>,
     pub ping_timeout_ms: Option<u64>,
 }
@@ -142,7 +144,7 @@ impl ProfileFile {
         overlay!(self.limits, top.limits, max_request_line, max_head, max_headers);
         overlay!(self.queue, top.queue, max_waiting, max_wait_ms, retry_after_s);
         overlay!(self.timeouts, top.timeouts, header_ms, keepalive_ms, response_ms, io_ms, handshake_ms, drain_ms);
-        overlay!(self.h2, top.h2, max_streams, ping_ms, ping_timeout_ms);
+        overlay!(self.h2, top.h2, max_streams, stream_window, connection_window, ping_ms, ping_timeout_ms);
         self
     }
 }
@@ -176,6 +178,8 @@ pub struct Profile {
     pub drain_timeout: Duration,
     /// SETTINGS_MAX_CONCURRENT_STREAMS offered to h2 clients.
     pub h2_max_streams: u32,
+    /// Flow-control windows on h2 connections (clients and tunnels).
+    pub h2_windows: ptth_proto::rt::h2io::Windows,
     /// How often the lb PINGs each h2 tunnel.
     pub ping_every: Duration,
     /// How long a PING may go unanswered before the tunnel is closed.
@@ -272,6 +276,11 @@ impl TryFrom<ProfileFile> for Profile {
             handshake_timeout: ms("timeouts.handshake_ms", f.timeouts.handshake_ms)?,
             drain_timeout: ms("timeouts.drain_ms", f.timeouts.drain_ms)?,
             h2_max_streams: range("h2.max_streams", f.h2.max_streams, 1, 65536)?,
+            // RFC 9113 §6.9.1: windows are at most 2^31-1; below 64 KiB they stall.
+            h2_windows: ptth_proto::rt::h2io::Windows {
+                stream: range("h2.stream_window", f.h2.stream_window, 65535, i32::MAX as u32)?,
+                connection: range("h2.connection_window", f.h2.connection_window, 65535, i32::MAX as u32)?,
+            },
             ping_every: ms("h2.ping_ms", f.h2.ping_ms)?,
             ping_timeout: ms("h2.ping_timeout_ms", f.h2.ping_timeout_ms)?,
         })
@@ -365,6 +374,7 @@ mod tests {
         assert!(t.header_ms.is_some() && t.keepalive_ms.is_some() && t.response_ms.is_some());
         assert!(t.io_ms.is_some() && t.handshake_ms.is_some() && t.drain_ms.is_some());
         assert!(f.h2.max_streams.is_some() && f.h2.ping_ms.is_some() && f.h2.ping_timeout_ms.is_some());
+        assert!(f.h2.stream_window.is_some() && f.h2.connection_window.is_some());
         Profile::try_from(f).unwrap();
     }
 

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use monoio::io::{IntoPollIo, Splitable};
 use monoio::net::TcpStream;
 use ptth_proto::h1::{self, BodyDecoder, Parsed};
-use ptth_proto::rt::h2io::{self, CONN_WINDOW, MAX_FRAME, STREAM_WINDOW};
+use ptth_proto::rt::h2io::{self, MAX_FRAME};
 use ptth_proto::rt::io::{write_all, Prefixed};
 
 use crate::core::{self, Core};
@@ -37,8 +37,8 @@ pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, buffered: Vec<u8>, 
     let Ok(io) = stream.into_poll_io() else { return };
     let io = Prefixed::new(buffered, io);
     let mut b = h2::server::Builder::new();
-    b.initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONN_WINDOW)
+    b.initial_window_size(p.h2_windows.stream)
+        .initial_connection_window_size(p.h2_windows.connection)
         .max_frame_size(MAX_FRAME)
         .max_concurrent_streams(p.h2_max_streams)
         .max_header_list_size(p.limits.max_head as u32)
@@ -55,7 +55,13 @@ pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, buffered: Vec<u8>, 
     let mut draining = false;
     loop {
         let next = if draining {
-            conn.accept().await
+            // GOAWAY went out; streams in flight finish. With none left, the
+            // client gets a moment to read the GOAWAY, then the connection
+            // closes even if it never answers (a dead peer must not hold the drain).
+            monoio::select! {
+                n = conn.accept() => n,
+                _ = monoio::time::sleep(std::time::Duration::from_millis(500)), if active.get() == 0 => return,
+            }
         } else {
             monoio::select! {
                 n = conn.accept() => n,

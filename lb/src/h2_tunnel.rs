@@ -16,7 +16,7 @@ use bytes::Bytes;
 use monoio::io::{AsyncWriteRent, IntoPollIo, Splitable};
 use monoio::net::TcpStream;
 use ptth_proto::h1::{self, BodyDecoder, Parsed, RequestHead, Version};
-use ptth_proto::rt::h2io::{self, CONN_WINDOW, MAX_FRAME, STREAM_WINDOW};
+use ptth_proto::rt::h2io::{self, Windows, MAX_FRAME};
 use ptth_proto::rt::io::{write_all, Prefixed, ReadBuf};
 
 use crate::core::Core;
@@ -31,11 +31,12 @@ pub(crate) type H2Io = Prefixed<monoio::net::tcp::stream_poll::TcpStreamPoll>;
 /// `ping_every`, each answered within `ping_timeout`) until it ends.
 pub(crate) async fn handshake(
     stream: TcpStream,
+    windows: Windows,
 ) -> Result<(h2::client::SendRequest<Bytes>, h2::client::Connection<H2Io, Bytes>), io::Error> {
     let io = Prefixed::new(Vec::new(), stream.into_poll_io()?);
     h2::client::Builder::new()
-        .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONN_WINDOW)
+        .initial_window_size(windows.stream)
+        .initial_connection_window_size(windows.connection)
         .max_frame_size(MAX_FRAME)
         .enable_push(false)
         .handshake(io)

@@ -193,3 +193,34 @@ fn rapid_reset_costs_little_and_is_cut_off() {
     let forwarded = status(&lb)["workers"][0]["requests"].as_u64().unwrap();
     assert!(forwarded < 5000, "every reset stream reached the worker ({forwarded})");
 }
+
+#[test]
+fn clients_vanishing_mid_stream_leave_tunnels_alone() {
+    for inner in [InnerProtocol::H2, InnerProtocol::Http11] {
+        let lb = start_lb(1, |_| {});
+        let _w = worker(&lb, inner, Responder::Delay(Duration::from_millis(300)));
+        let addr = lb.client_addr();
+        // Open many streams, then drop the whole connection while they wait.
+        block_on(async move {
+            let c = h2_connect(addr).await;
+            for i in 0..20 {
+                let mut c = c.clone();
+                monoio::spawn(async move {
+                    let _ = h2_request(&mut c, "GET", &format!("/{i}"), b"").await;
+                });
+            }
+            monoio::time::sleep(Duration::from_millis(100)).await;
+        });
+        wait_until("abandoned streams settle", || status(&lb)["workers"][0]["in_flight"] == 0);
+        let before = status(&lb)["workers"][0]["tunnels_per_core"].clone();
+        std::thread::sleep(Duration::from_millis(700));
+        assert_eq!(status(&lb)["workers"][0]["tunnels_per_core"], before, "{inner:?}: tunnels dropped");
+        let addr = lb.client_addr();
+        block_on(async move { assert_eq!(h2_request(&mut h2_connect(addr).await, "GET", "/", b"").await.0, 200) });
+        // An idle h2c connection whose client went quiet does not hold the
+        // shutdown to its drain deadline.
+        let t = std::time::Instant::now();
+        lb.shutdown();
+        assert!(t.elapsed() < Duration::from_secs(3), "shutdown took {:?}", t.elapsed());
+    }
+}

@@ -25,6 +25,8 @@ pub struct Config {
     pub protocols: Vec<InnerProtocol>,
     /// SETTINGS_MAX_CONCURRENT_STREAMS on h2 tunnels: each tunnel's capacity.
     pub max_streams: u32,
+    /// Flow-control windows on h2 tunnels.
+    pub windows: ptth_proto::rt::h2io::Windows,
     /// Worker threads, each with its own runtime (default: 1).
     pub threads: usize,
     /// Pin each thread to a CPU.
@@ -57,6 +59,7 @@ impl Default for Config {
             tunnels_per_core: 8,
             protocols: vec![InnerProtocol::H2, InnerProtocol::Http11],
             max_streams: 256,
+            windows: Default::default(),
             threads: 1,
             pin: false,
             runtime: RuntimeSpec::default(),

@@ -12,7 +12,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const USAGE: &str = "usage: ptth-workerd --lb ADDR [--lb ADDR]... (--origin URL | --respond SPEC)
          [--claim ORIGIN]... [--route PREFIX]... [--id ID] [--token TOKEN]
          [--tunnels-per-core N] [--max-concurrency N] [--weight N]
-         [--inner h2,http/1.1] [--max-streams N] [--threads N] [--pin]
+         [--inner h2,http/1.1] [--max-streams N] [--stream-window BYTES]
+         [--connection-window BYTES] [--threads N] [--pin]
          [--driver auto|uring|legacy] [--verbose] [--quiet]
 
   --lb ADDR              lb tunnel listener, host:port (repeat for several lbs)
@@ -27,6 +28,8 @@ const USAGE: &str = "usage: ptth-workerd --lb ADDR [--lb ADDR]... (--origin URL 
   --weight N             relative share of requests, 1..1000 (default 1)
   --inner LIST           inner protocols to offer, in order (default h2,http/1.1)
   --max-streams N        concurrent streams per h2 tunnel (default 256)
+  --stream-window BYTES  h2 stream flow-control window (default 1048576)
+  --connection-window BYTES  h2 connection window (default 8388608)
   --threads N            worker threads (default 1)
 ";
 
@@ -90,6 +93,8 @@ fn parse(args: Vec<String>) -> Result<(Config, Mode), String> {
             "--weight" => cfg.meta.weight = int(value()?, 1, 1000)? as u32,
             "--threads" => cfg.threads = int(value()?, 1, 1024)? as usize,
             "--max-streams" => cfg.max_streams = int(value()?, 1, 1_000_000)? as u32,
+            "--stream-window" => cfg.windows.stream = int(value()?, 65_535, i32::MAX as u64)? as u32,
+            "--connection-window" => cfg.windows.connection = int(value()?, 65_535, i32::MAX as u64)? as u32,
             "--inner" => {
                 let v = value()?;
                 cfg.protocols = v

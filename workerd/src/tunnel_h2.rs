@@ -14,7 +14,7 @@ use bytes::Bytes;
 use monoio::io::IntoPollIo;
 use monoio::net::TcpStream;
 use ptth_proto::h1;
-use ptth_proto::rt::h2io::{self, CONN_WINDOW, MAX_FRAME, STREAM_WINDOW};
+use ptth_proto::rt::h2io::{self, MAX_FRAME};
 use ptth_proto::rt::io::Prefixed;
 use ptth_proto::rt::signal::Signal;
 
@@ -131,8 +131,8 @@ pub(crate) async fn serve<H: Handler>(
 ) -> Result<Ended, Error> {
     let io = Prefixed::new(leftover, stream.into_poll_io()?);
     let handshake = h2::server::Builder::new()
-        .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONN_WINDOW)
+        .initial_window_size(cfg.windows.stream)
+        .initial_connection_window_size(cfg.windows.connection)
         .max_frame_size(MAX_FRAME)
         .max_concurrent_streams(cfg.max_streams)
         .handshake::<_, Bytes>(io);

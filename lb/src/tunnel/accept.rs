@@ -177,14 +177,18 @@ pub(crate) async fn finish(core: Rc<Core>, mut stream: TcpStream, id: Arc<str>, 
         }
         InnerProtocol::H2 => {
             // draft-kazuho-ptth-ptth-01: after the 101 the lb sends the client preface.
-            let (send, conn) =
-                match monoio::time::timeout(core.shared.cfg.profile.handshake_timeout, crate::h2_tunnel::handshake(stream)).await {
-                    Ok(Ok(pair)) => pair,
-                    _ => {
-                        core.shared.placement.release(&id, core.id);
-                        return;
-                    }
-                };
+            let (send, conn) = match monoio::time::timeout(
+                core.shared.cfg.profile.handshake_timeout,
+                crate::h2_tunnel::handshake(stream, core.shared.cfg.profile.h2_windows),
+            )
+            .await
+            {
+                Ok(Ok(pair)) => pair,
+                _ => {
+                    core.shared.placement.release(&id, core.id);
+                    return;
+                }
+            };
             let name: Rc<str> = Rc::from(&*id);
             let t = core.pool.borrow_mut().add_h2(id, meta, placed.permits, placed.stats, send);
             crate::core::spawn_killable(&core.clone(), crate::h2_tunnel::drive(core.clone(), conn, t, name));

@@ -423,10 +423,10 @@ impl Pool {
                 self.closed(slot);
             }
             Lease::H2(t) => {
+                // A failed stream says nothing about its tunnel: connection
+                // failures show in `has_room` (poll_ready) and in the end of
+                // the connection task.
                 t.in_flight.set(t.in_flight.get() - 1);
-                if !reusable {
-                    t.draining.set(true);
-                }
                 if t.closed.get() && t.in_flight.get() == 0 {
                     self.remove_h2(&t);
                 } else {

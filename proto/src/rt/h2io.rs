@@ -16,6 +16,19 @@ pub const CONN_WINDOW: u32 = 8 << 20;
 /// Largest DATA frame we send.
 pub const MAX_FRAME: u32 = 64 * 1024;
 
+/// Flow-control windows of one HTTP/2 connection, bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Windows {
+    pub stream: u32,
+    pub connection: u32,
+}
+
+impl Default for Windows {
+    fn default() -> Self {
+        Windows { stream: STREAM_WINDOW, connection: CONN_WINDOW }
+    }
+}
+
 /// Sends `data` on `s`, waiting for flow-control capacity as it goes, so a
 /// large body never piles up in h2's send buffer. `eos` ends the stream
 /// after the last byte.
