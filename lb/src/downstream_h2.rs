@@ -252,7 +252,11 @@ async fn via_h2(
             h2io::send_data(&mut tx, d, false).await.map_err(|e| e.to_string())?;
         }
         if !end {
-            h2io::send_data(&mut tx, Bytes::new(), true).await.map_err(|e| e.to_string())?;
+            // Request trailers go on as trailers (RFC 9113 §8.1).
+            match body.trailers().await.map_err(|e| e.to_string())? {
+                Some(t) => tx.send_trailers(t).map_err(|e| e.to_string())?,
+                None => h2io::send_data(&mut tx, Bytes::new(), true).await.map_err(|e| e.to_string())?,
+            }
         }
         Ok::<(), String>(())
     };
@@ -284,8 +288,15 @@ async fn via_h2(
                 return Attempt::Broken;
             }
         }
-        if !end && h2io::send_data(&mut out, Bytes::new(), true).await.is_err() {
-            return Attempt::Broken;
+        if !end {
+            let sent = match rbody.trailers().await {
+                Ok(Some(t)) => out.send_trailers(t).is_ok(),
+                Ok(None) => h2io::send_data(&mut out, Bytes::new(), true).await.is_ok(),
+                Err(_) => false,
+            };
+            if !sent {
+                return Attempt::Broken;
+            }
         }
         Attempt::Done { status, reusable: true }
     };

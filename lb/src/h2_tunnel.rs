@@ -358,7 +358,20 @@ async fn relay_response<CW: AsyncWriteRent>(
             buf.clear();
         }
         if chunked {
-            buf.extend_from_slice(h1::LAST_CHUNK);
+            // The worker's trailers become the last chunk's trailer section.
+            match body.trailers().await {
+                Ok(Some(t)) => {
+                    buf.extend_from_slice(b"0\r\n");
+                    for (k, v) in &t {
+                        buf.extend_from_slice(k.as_str().as_bytes());
+                        buf.extend_from_slice(b": ");
+                        buf.extend_from_slice(v.as_bytes());
+                        buf.extend_from_slice(b"\r\n");
+                    }
+                    buf.extend_from_slice(b"\r\n");
+                }
+                _ => buf.extend_from_slice(h1::LAST_CHUNK),
+            }
         }
     }
     if pending_head || !buf.is_empty() {

@@ -190,6 +190,10 @@ async fn read_head(core: &Core, c: &mut Client) -> Result<bool, Error> {
     }
 }
 
+fn upgrade_is_h2c(v: Option<&[u8]>) -> bool {
+    v.is_some_and(|v| h1::list_items(v).all(|t| t.eq_ignore_ascii_case(b"h2c")))
+}
+
 /// Host and path to route on: the authority of an absolute-form target
 /// (RFC 9112 §3.2.2: it overrides Host), else the Host field; the path
 /// without its query.
@@ -217,9 +221,10 @@ async fn handle(core: &Rc<Core>, c: &mut Client) -> Next {
         version: head.version(),
         is_head: head.is_head(data),
         idempotent: head.is_idempotent(data),
-        // Upgrades (WebSocket) are not relayed over h1 tunnels yet: the
-        // request is forwarded as a plain one and the connection closes after.
-        close: head.conn.close || head.conn.upgrade,
+        // Upgrades (WebSocket) are not relayed yet: the request is forwarded
+        // as a plain one and the connection closes after. `Upgrade: h2c` is
+        // simply ignored (RFC 9113 §3.1) and the connection stays.
+        close: head.conn.close || (head.conn.upgrade && !upgrade_is_h2c(head.field(data, "upgrade"))),
         expect_continue: head.expect_continue,
         framing: head.framing(),
         host_len: host.len(),

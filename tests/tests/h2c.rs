@@ -224,3 +224,70 @@ fn clients_vanishing_mid_stream_leave_tunnels_alone() {
         assert!(t.elapsed() < Duration::from_secs(3), "shutdown took {:?}", t.elapsed());
     }
 }
+
+#[test]
+fn upgrade_h2c_is_ignored_and_the_connection_stays() {
+    let lb = start_lb(1, |_| {});
+    let _w = worker(&lb, InnerProtocol::H2, Responder::Echo);
+    let mut c = Client::connect(lb.client_addr());
+    c.send(b"GET /up HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n");
+    let r = c.read_response(false);
+    assert_eq!(r.status, 200);
+    assert!(r.header("connection").is_none(), "{:?}", r.headers);
+    let t = r.text().to_ascii_lowercase();
+    assert!(!t.contains("upgrade") && !t.contains("http2-settings"), "{t}");
+    assert_eq!(c.get("/again").status, 200, "same connection still usable");
+}
+
+/// Streams a body, then trailer fields.
+#[derive(Clone)]
+struct WithTrailers;
+
+impl ptth_workerd::Handler for WithTrailers {
+    async fn handle(&self, ex: &mut ptth_workerd::Exchange<'_>) -> Result<(), ptth_workerd::Error> {
+        ex.start(200, &[("trailer", "x-checksum")]).await?;
+        ex.send(b"part 1, ").await?;
+        ex.send(b"part 2").await?;
+        ex.finish_with_trailers(&[("x-checksum", "abc123")]).await
+    }
+}
+
+#[test]
+fn trailers_reach_h2_and_h1_clients() {
+    for inner in [InnerProtocol::H2, InnerProtocol::Http11] {
+        let lb = start_lb(1, |_| {});
+        let mut cfg = worker_config(&lb, "t", 1);
+        cfg.protocols = vec![inner];
+        let _w = start_worker(cfg, || WithTrailers);
+        if inner == InnerProtocol::H2 {
+            // h2c client over an h2 tunnel: trailers arrive as trailers.
+            let addr = lb.client_addr();
+            block_on(async move {
+                let c = h2_connect(addr).await;
+                let req = http::Request::builder().uri("http://test/").body(()).unwrap();
+                let (resp, _) = c.ready().await.unwrap().send_request(req, true).unwrap();
+                let mut body = resp.await.unwrap().into_body();
+                let mut data = Vec::new();
+                while let Some(d) = ptth_proto::rt::h2io::recv_data(&mut body).await {
+                    data.extend_from_slice(&d.unwrap());
+                }
+                assert_eq!(data, b"part 1, part 2");
+                let t = body.trailers().await.unwrap().expect("trailers");
+                assert_eq!(t.get("x-checksum").unwrap(), "abc123");
+            });
+        }
+        // HTTP/1.1 client: the trailer section of the last chunk.
+        let mut c = Client::connect(lb.client_addr());
+        c.send(b"GET / HTTP/1.1\r\nHost: t\r\nTE: trailers\r\n\r\n");
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !raw.ends_with(b"\r\n\r\n") || !String::from_utf8_lossy(&raw).contains("x-checksum") {
+            let n = c.stream.read(&mut buf).unwrap();
+            assert!(n > 0, "{inner:?}: {}", String::from_utf8_lossy(&raw));
+            raw.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+        assert!(text.contains("transfer-encoding: chunked"), "{inner:?}: {text}");
+        assert!(text.ends_with("0\r\nx-checksum: abc123\r\n\r\n"), "{inner:?}: {text}");
+    }
+}

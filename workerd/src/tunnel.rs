@@ -337,6 +337,30 @@ impl Exchange<'_> {
         Ok(c.write_out().await?)
     }
 
+    /// Ends a response started with [`start`](Self::start) with trailer
+    /// fields (RFC 9110 §6.5): the last chunk's trailer section on HTTP/1.1,
+    /// a trailing HEADERS frame on HTTP/2.
+    pub async fn finish_with_trailers(&mut self, trailers: &[(&str, &str)]) -> Result<(), Error> {
+        let c = match &mut self.inner {
+            Inner::H1(c) => &mut **c,
+            Inner::H2(x) => return x.finish_with_trailers(trailers).await,
+        };
+        if c.resp != Resp::Chunked {
+            return Ok(());
+        }
+        c.out.clear();
+        c.out.extend_from_slice(b"0\r\n");
+        for (k, v) in trailers {
+            c.out.extend_from_slice(k.as_bytes());
+            c.out.extend_from_slice(b": ");
+            c.out.extend_from_slice(v.as_bytes());
+            c.out.extend_from_slice(b"\r\n");
+        }
+        c.out.extend_from_slice(b"\r\n");
+        c.resp = Resp::Done;
+        Ok(c.write_out().await?)
+    }
+
     /// Ends a response started with [`start`](Self::start).
     pub async fn finish(&mut self) -> Result<(), Error> {
         let c = match &mut self.inner {

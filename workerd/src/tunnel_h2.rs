@@ -111,6 +111,20 @@ impl H2Exchange {
         Ok(())
     }
 
+    pub(crate) async fn finish_with_trailers(&mut self, trailers: &[(&str, &str)]) -> Result<(), Error> {
+        if let (Some(s), Resp::Chunked) = (&mut self.out, self.resp) {
+            self.resp = Resp::Done;
+            let mut map = http::HeaderMap::new();
+            for (k, v) in trailers {
+                let name = http::HeaderName::from_bytes(k.as_bytes()).map_err(|e| Error::Handler(format!("trailer {k}: {e}")))?;
+                let value = http::HeaderValue::from_str(v).map_err(|e| Error::Handler(format!("trailer {k}: {e}")))?;
+                map.append(name, value);
+            }
+            s.send_trailers(map)?;
+        }
+        Ok(())
+    }
+
     /// Starts a response from parts (the sidecar relays an origin's head).
     pub(crate) fn start_parts(&mut self, r: http::Response<()>, end: bool) -> Result<(), Error> {
         let end = end || self.is_head;
