@@ -123,19 +123,37 @@ fn build_request(fwd: &[u8], scratch: &mut RequestHead) -> Result<http::Request<
         Ok(Parsed::Complete) => {}
         _ => return Err("forwarded head does not parse".into()),
     }
-    let target = std::str::from_utf8(scratch.target(fwd)).map_err(|_| "non-UTF-8 target")?;
-    let host = scratch.host.as_ref().map(|r| &fwd[r.clone()]).unwrap_or(b"");
-    let authority = std::str::from_utf8(host).ok().filter(|h| !h.is_empty()).unwrap_or("localhost");
-    let uri = if target.starts_with('/') { format!("http://{authority}{target}") } else { target.to_string() };
-    let mut b = http::Request::builder().method(scratch.method(fwd)).uri(uri);
+    // One copy of the head; every field value, the authority and the path
+    // are slices of it (no allocation per field).
+    let shared = Bytes::copy_from_slice(fwd);
+    let target = scratch.target.clone();
+    let uri = if fwd[target.clone()].starts_with(b"/") {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(match scratch.host.as_ref().filter(|r| !r.is_empty()) {
+            Some(r) => http::uri::Authority::from_maybe_shared(shared.slice(r.clone())).map_err(|e| e.to_string())?,
+            None => http::uri::Authority::from_static("localhost"),
+        });
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_maybe_shared(shared.slice(target)).map_err(|e| e.to_string())?);
+        http::Uri::from_parts(parts).map_err(|e| e.to_string())?
+    } else {
+        http::Uri::from_maybe_shared(shared.slice(target)).map_err(|e| e.to_string())?
+    };
+    let mut req = http::Request::new(());
+    *req.method_mut() = http::Method::from_bytes(scratch.method(fwd)).map_err(|e| e.to_string())?;
+    *req.uri_mut() = uri;
+    let headers = req.headers_mut();
+    headers.reserve(scratch.fields.len());
     for f in &scratch.fields {
         let name = &fwd[f.name.clone()];
         if h2io::is_h1_only(name) {
             continue;
         }
-        b = b.header(name, &fwd[f.value.clone()]);
+        let name = http::HeaderName::from_bytes(name).map_err(|e| e.to_string())?;
+        let value = http::HeaderValue::from_maybe_shared(shared.slice(f.value.clone())).map_err(|e| e.to_string())?;
+        headers.append(name, value);
     }
-    b.body(()).map_err(|e| e.to_string())
+    Ok(req)
 }
 
 /// Sends one client request as a stream on `t` and relays the response.

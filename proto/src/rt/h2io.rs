@@ -113,15 +113,20 @@ pub fn write_h1_request_head(
 }
 
 /// The HTTP/2 response for an HTTP/1.1 response head (`head` parsed from
-/// `buf`), without the fields HTTP/2 forbids.
+/// `buf`), without the fields HTTP/2 forbids. The head is copied once; field
+/// values are slices of that copy.
 pub fn response_from_h1(buf: &[u8], head: &crate::h1::ResponseHead) -> Result<http::Response<()>, http::Error> {
-    let mut b = http::Response::builder().status(head.status);
+    let shared = Bytes::copy_from_slice(&buf[..head.len]);
+    let mut r = http::Response::new(());
+    *r.status_mut() = http::StatusCode::from_u16(head.status)?;
+    let headers = r.headers_mut();
+    headers.reserve(head.fields.len());
     for f in &head.fields {
         let name = &buf[f.name.clone()];
         if is_h1_only(name) || name.eq_ignore_ascii_case(b"trailer") {
             continue;
         }
-        b = b.header(name, &buf[f.value.clone()]);
+        headers.append(http::HeaderName::from_bytes(name)?, http::HeaderValue::from_maybe_shared(shared.slice(f.value.clone()))?);
     }
-    b.body(())
+    Ok(r)
 }
