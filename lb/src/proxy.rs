@@ -383,7 +383,10 @@ async fn wait_for_tunnel(core: &Rc<Core>, host: &[u8], path: &[u8], p: &Profile)
     let got = monoio::time::timeout(p.queue_wait, WaitTunnel { w: &w }).await;
     drop(guard);
     match got {
-        Ok(t) => Ok(t),
+        Ok(Some(t)) => Ok(t),
+        Ok(None) => {
+            Err(Error::NoRoute { host: String::from_utf8_lossy(host).into_owned(), path: String::from_utf8_lossy(path).into_owned() })
+        }
         Err(_) => Err(Error::QueueTimeout(p.queue_wait)),
     }
 }
@@ -412,10 +415,14 @@ struct WaitTunnel<'a> {
 }
 
 impl std::future::Future for WaitTunnel<'_> {
-    type Output = Lease;
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Lease> {
+    /// `None`: no worker serves the route any more.
+    type Output = Option<Lease>;
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Lease>> {
         if let Some(t) = self.w.got.borrow_mut().take() {
-            return std::task::Poll::Ready(t);
+            return std::task::Poll::Ready(Some(t));
+        }
+        if self.w.no_route.get() {
+            return std::task::Poll::Ready(None);
         }
         *self.w.waker.borrow_mut() = Some(cx.waker().clone());
         std::task::Poll::Pending

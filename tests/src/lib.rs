@@ -260,3 +260,42 @@ pub async fn h2_request(
     }
     (parts.status.as_u16(), parts.headers, out)
 }
+
+/// A worker written from docs/PROTOCOL.md alone: a raw socket that performs
+/// the setup (HTTP/1.1 inner protocol) and returns the tunnel and the lb core
+/// that took it.
+pub fn raw_h1_tunnel(tunnel: SocketAddr, id: &str) -> (TcpStream, u32) {
+    let mut s = TcpStream::connect(tunnel).unwrap();
+    s.set_read_timeout(Some(STEP)).unwrap();
+    let setup = format!(
+        "GET /.well-known/ptth/*/ HTTP/1.1\r\nHost: lb\r\nConnection: Upgrade\r\nUpgrade: ptth\r\nALPN: http%2F1.1\r\nTunnel-Worker-Id: \"{id}\"\r\n\r\n"
+    );
+    s.write_all(setup.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).unwrap(), 1);
+        head.push(b[0]);
+    }
+    let text = String::from_utf8(head).unwrap();
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    let core = text.lines().find_map(|l| l.strip_prefix("Tunnel-Core: ")).unwrap().trim().parse().unwrap();
+    (s, core)
+}
+
+/// Answers `n` requests on a raw tunnel with `body` (heads only; no request bodies).
+pub fn serve_raw(tunnel: &mut TcpStream, n: usize, body: &str) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let mut served = 0;
+    while served < n {
+        let k = tunnel.read(&mut chunk).unwrap();
+        assert!(k > 0, "lb closed the tunnel");
+        buf.extend_from_slice(&chunk[..k]);
+        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            buf.drain(..end + 4);
+            tunnel.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes()).unwrap();
+            served += 1;
+        }
+    }
+}

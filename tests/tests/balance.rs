@@ -2,9 +2,6 @@
 //! over workers, weights, and core-local serving on a 2-core lb (with the
 //! hand-off to another core when the accepting core has no tunnel).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-
 use ptth_tests::*;
 use ptth_workerd::{Claim, Exchange, Handler, Origin};
 
@@ -115,42 +112,13 @@ fn requests_are_served_core_locally() {
     assert_eq!(s["workers"][0]["tunnels_per_core"], serde_json::json!([2, 2]));
 }
 
-/// A worker written from docs/PROTOCOL.md alone: raw socket, one tunnel.
-fn raw_worker(tunnel: std::net::SocketAddr) -> (TcpStream, u32) {
-    let mut s = TcpStream::connect(tunnel).unwrap();
-    s.set_read_timeout(Some(STEP)).unwrap();
-    s.write_all(b"GET /.well-known/ptth/*/ HTTP/1.1\r\nHost: lb\r\nConnection: Upgrade\r\nUpgrade: ptth\r\nALPN: http%2F1.1\r\nTunnel-Worker-Id: \"raw\"\r\n\r\n").unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut b).unwrap(), 1);
-        head.push(b[0]);
-    }
-    let text = String::from_utf8(head).unwrap();
-    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
-    let core = text.lines().find_map(|l| l.strip_prefix("Tunnel-Core: ")).unwrap().trim().parse().unwrap();
-    (s, core)
-}
-
 #[test]
 fn connections_hop_to_the_core_that_has_the_tunnel() {
     let lb = start_lb(2, |_| {});
-    let (mut tunnel, core) = raw_worker(lb.tunnel_addr);
-    // Serve requests on the one tunnel: read a head, answer "raw".
+    let (mut tunnel, core) = raw_h1_tunnel(lb.tunnel_addr, "raw");
+    // Serve requests on the one tunnel.
     let server = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let mut served = 0;
-        while served < 20 {
-            let n = tunnel.read(&mut chunk).unwrap();
-            assert!(n > 0);
-            buf.extend_from_slice(&chunk[..n]);
-            while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                buf.drain(..end + 4);
-                tunnel.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nraw").unwrap();
-                served += 1;
-            }
-        }
+        serve_raw(&mut tunnel, 20, "raw");
         core
     });
     // Twenty connections: the kernel spreads them over both cores; those on

@@ -168,3 +168,21 @@ fn workers_reconnect_after_the_lb_restarts() {
     wait_until("the worker covers the new lb", || w.is_covered());
     assert_eq!(get(lb.client_addr(), "/").status, 200);
 }
+
+#[test]
+fn requests_wait_for_a_worker_that_is_redialing() {
+    let lb = start_lb(1, |_| {});
+    let (first, _) = raw_h1_tunnel(lb.tunnel_addr, "redialer");
+    std::thread::sleep(Duration::from_millis(300));
+    // The worker's only tunnel goes away...
+    drop(first);
+    let addr = lb.client_addr();
+    let pending = std::thread::spawn(move || get(addr, "/"));
+    // ...and comes back a moment later: the request waited for it instead of
+    // failing with "no worker serves".
+    std::thread::sleep(Duration::from_millis(300));
+    let (mut second, _) = raw_h1_tunnel(lb.tunnel_addr, "redialer");
+    serve_raw(&mut second, 1, "back");
+    let r = pending.join().unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "back"));
+}

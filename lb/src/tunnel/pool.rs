@@ -49,6 +49,10 @@ pub(crate) struct H2Tunnel {
     pub(crate) slot: usize,
 }
 
+/// How long a worker whose tunnels on this core all closed stays routable,
+/// its requests waiting in the queue for it to redial.
+const RECONNECT_GRACE: Duration = Duration::from_secs(2);
+
 /// Most streams the lb opens on one h2 tunnel, whatever the worker allows.
 const H2_STREAMS_CAP: usize = 4096;
 
@@ -103,6 +107,10 @@ struct LocalWorker {
     h2: Vec<Rc<H2Tunnel>>,
     /// Live tunnels on this core, idle or busy.
     tunnels: u32,
+    /// When the last tunnel closed. The entry stays routable (requests wait
+    /// in the queue) for [`RECONNECT_GRACE`], so a worker that is redialing
+    /// does not turn into a burst of "no worker serves" 503s.
+    empty_since: Option<Instant>,
     in_flight: u32,
     permits: Option<Arc<CachePadded<AtomicU32>>>,
     stats: Arc<WorkerCoreStats>,
@@ -141,12 +149,20 @@ pub(crate) struct Waiter {
     host: Box<[u8]>,
     path: Box<[u8]>,
     pub(crate) got: std::cell::RefCell<Option<Lease>>,
+    /// Set when no worker serves the route any more: stop waiting.
+    pub(crate) no_route: Cell<bool>,
     pub(crate) waker: std::cell::RefCell<Option<Waker>>,
 }
 
 impl Waiter {
     pub(crate) fn new(host: &[u8], path: &[u8]) -> Rc<Waiter> {
-        Rc::new(Waiter { host: host.into(), path: path.into(), got: Default::default(), waker: Default::default() })
+        Rc::new(Waiter {
+            host: host.into(),
+            path: path.into(),
+            got: Default::default(),
+            no_route: Cell::new(false),
+            waker: Default::default(),
+        })
     }
 }
 
@@ -193,10 +209,28 @@ impl Pool {
         wstats: Arc<WorkerCoreStats>,
     ) -> usize {
         let slot = match self.workers.iter().position(|w| w.as_ref().is_some_and(|w| w.id == id && w.meta == meta)) {
-            Some(s) => s,
+            Some(s) => {
+                if let Some(w) = self.workers[s].as_mut().filter(|w| w.tunnels == 0) {
+                    // Back within the grace: the placement entry may be new.
+                    w.permits = permits;
+                    w.stats = wstats;
+                }
+                s
+            }
             None => {
                 let name = Rc::from(&*id);
-                let w = LocalWorker { id, name, meta, idle: Vec::new(), h2: Vec::new(), tunnels: 0, in_flight: 0, permits, stats: wstats };
+                let w = LocalWorker {
+                    id,
+                    name,
+                    meta,
+                    idle: Vec::new(),
+                    h2: Vec::new(),
+                    tunnels: 0,
+                    empty_since: None,
+                    in_flight: 0,
+                    permits,
+                    stats: wstats,
+                };
                 match self.workers.iter().position(Option::is_none) {
                     Some(s) => {
                         self.workers[s] = Some(w);
@@ -211,6 +245,7 @@ impl Pool {
         };
         let w = self.workers[slot].as_mut().expect("slot just filled");
         w.tunnels += 1;
+        w.empty_since = None;
         stats::set32(&w.stats.tunnels, w.tunnels);
         slot
     }
@@ -292,6 +327,9 @@ impl Pool {
         let mut best = None;
         for (i, w) in workers.iter().enumerate() {
             let Some(w) = w else { continue };
+            if w.tunnels == 0 && w.empty_since.is_some_and(|t| t.elapsed() >= RECONNECT_GRACE) {
+                continue;
+            }
             let Some(s) = w.meta.specificity(host, path) else { continue };
             match best {
                 Some(b) if s < b => {}
@@ -497,14 +535,52 @@ impl Pool {
         stats::set32(&w.stats.tunnels, w.tunnels);
         let id = w.id.clone();
         if w.tunnels == 0 {
-            self.workers[slot] = None;
+            w.empty_since = Some(Instant::now());
         }
         self.placement.release(&id, self.core);
+    }
+
+    /// Forgets workers whose last tunnel closed more than the grace ago, and
+    /// re-routes the requests that were waiting for them.
+    fn expire_empty(&mut self) {
+        let mut expired = false;
+        for w in self.workers.iter_mut() {
+            if w.as_ref().is_some_and(|x| x.tunnels == 0 && x.empty_since.is_some_and(|t| t.elapsed() >= RECONNECT_GRACE)) {
+                *w = None;
+                expired = true;
+            }
+        }
+        if expired {
+            self.reroute_waiters();
+        }
+    }
+
+    /// Gives each waiting request a tunnel of whichever worker now serves its
+    /// route, or tells it none does.
+    fn reroute_waiters(&mut self) {
+        let mut i = 0;
+        while i < self.waiters.len() {
+            let w = self.waiters[i].clone();
+            match self.try_pick(&w.host, &w.path, None) {
+                Pick::Busy => {
+                    i += 1;
+                    continue;
+                }
+                Pick::Got(lease) => *w.got.borrow_mut() = Some(lease),
+                Pick::NoRoute => w.no_route.set(true),
+            }
+            self.waiters.remove(i);
+            let wk = w.waker.borrow_mut().take();
+            if let Some(wk) = wk {
+                wk.wake();
+            }
+        }
     }
 
     /// Closes idle tunnels whose worker hung up, so routing and /status stop
     /// counting them. Tunnels idle for less than `min_idle` are left alone.
     pub(crate) fn sweep(&mut self, min_idle: Duration) {
+        self.expire_empty();
         let now = Instant::now();
         let mut dead = Vec::new();
         for (slot, w) in self.workers.iter_mut().enumerate() {
