@@ -247,11 +247,14 @@ async fn via_h2(
         }
     };
     let upload = async {
+        let mut ended = end;
         while let Some(d) = h2io::recv_data(body).await {
             let d = d.map_err(|e| e.to_string())?;
-            h2io::send_data(&mut tx, d, false).await.map_err(|e| e.to_string())?;
+            // The last DATA frame carries END_STREAM itself (no empty frame after).
+            ended = body.is_end_stream();
+            h2io::send_data(&mut tx, d, ended).await.map_err(|e| e.to_string())?;
         }
-        if !end {
+        if !ended {
             // Request trailers go on as trailers (RFC 9113 §8.1).
             match body.trailers().await.map_err(|e| e.to_string())? {
                 Some(t) => tx.send_trailers(t).map_err(|e| e.to_string())?,
@@ -282,13 +285,15 @@ async fn via_h2(
             Ok(s) => s,
             Err(_) => return Attempt::Broken,
         };
+        let mut ended = end;
         while let Some(d) = h2io::recv_data(&mut rbody).await {
             let Ok(d) = d else { return Attempt::Broken };
-            if h2io::send_data(&mut out, d, false).await.is_err() {
+            ended = rbody.is_end_stream();
+            if h2io::send_data(&mut out, d, ended).await.is_err() {
                 return Attempt::Broken;
             }
         }
-        if !end {
+        if !ended {
             let sent = match rbody.trailers().await {
                 Ok(Some(t)) => out.send_trailers(t).is_ok(),
                 Ok(None) => h2io::send_data(&mut out, Bytes::new(), true).await.is_ok(),

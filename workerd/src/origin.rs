@@ -285,7 +285,7 @@ impl Sidecar {
             let step = dec.decode(oc.rb.data()).map_err(|e| self.err(e))?;
             let data = Bytes::copy_from_slice(&oc.rb.data()[step.data.clone()]);
             oc.rb.consume(step.consumed);
-            x.send_bytes(data).await?;
+            x.send_bytes(data, dec.is_done()).await?;
         }
         x.finish().await?;
         let reusable = !origin_close && framing != h1::Framing::UntilClose && oc.rb.is_empty();

@@ -95,10 +95,16 @@ impl H2Exchange {
         }
     }
 
-    /// Sends body bytes the caller already owns (no copy).
-    pub(crate) async fn send_bytes(&mut self, data: Bytes) -> Result<(), Error> {
+    /// Sends body bytes the caller already owns (no copy); `last` ends the
+    /// stream in the same DATA frame instead of an empty one after it.
+    pub(crate) async fn send_bytes(&mut self, data: Bytes, last: bool) -> Result<(), Error> {
         match (&mut self.out, self.resp) {
-            (Some(s), Resp::Chunked) if !data.is_empty() => Ok(h2io::send_data(s, data, false).await?),
+            (Some(s), Resp::Chunked) if !data.is_empty() || last => {
+                if last {
+                    self.resp = Resp::Done;
+                }
+                Ok(h2io::send_data(s, data, last).await?)
+            }
             _ => Ok(()),
         }
     }
