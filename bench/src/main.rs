@@ -511,7 +511,14 @@ fn run(o: &Opts) -> Result<(), String> {
     };
     let _ = writeln!(md, "- load: {load}, unpinned, on the same host; {} rounds interleaved, medians below", o.rounds);
     let _ = writeln!(md, "- origin: nginx 1 worker, `return 200 \"hello\\n\"` (its CPU is not counted)");
-    let _ = writeln!(md, "- versions: {}; {}; {}", sh("nginx -v 2>&1"), sh("haproxy -v | head -1"), sh("wrk -v 2>&1 | head -1"));
+    let _ = writeln!(
+        md,
+        "- versions: {}; {}; {}; {}",
+        sh("nginx -v 2>&1"),
+        sh("haproxy -v | head -1"),
+        sh("wrk -v 2>&1 | head -1"),
+        sh("h2load --version 2>&1 | head -1")
+    );
     let _ = writeln!(md, "\n| proxy | setup | req/s | p50 ms | p99 ms | req per CPU-second (proxy processes) | errors |");
     let _ = writeln!(md, "|---|---|---|---|---|---|---|");
     for (name, note, list) in &samples {

@@ -32,10 +32,17 @@ use crate::tunnel::pool::{H2Tunnel, Lease, Tunnel};
 pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serves an h2c connection whose first bytes (`buffered`) were already read.
-pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, buffered: Vec<u8>, peer: SocketAddr, migrated: bool) {
-    let p = &core.shared.cfg.profile;
+pub(crate) async fn serve_h2c(core: Rc<Core>, stream: TcpStream, buffered: Vec<u8>, peer: SocketAddr, migrated: bool) {
     let Ok(io) = stream.into_poll_io() else { return };
-    let io = Prefixed::new(buffered, io);
+    serve(core, Prefixed::new(buffered, io), peer, migrated).await;
+}
+
+/// Serves HTTP/2 on any byte stream: cleartext here, TLS (ALPN `h2`) later.
+pub(crate) async fn serve<IO>(core: Rc<Core>, io: IO, peer: SocketAddr, migrated: bool)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
+    let p = &core.shared.cfg.profile;
     let mut b = h2::server::Builder::new();
     b.initial_window_size(p.h2_windows.stream)
         .initial_connection_window_size(p.h2_windows.connection)

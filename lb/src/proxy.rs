@@ -96,7 +96,7 @@ pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, b
         Sniff::H2 => {
             let Some(stream) = c.stream.take() else { return };
             let buffered = c.rb.take_unconsumed();
-            return crate::downstream_h2::serve(core, stream, buffered, peer, migrated).await;
+            return crate::downstream_h2::serve_h2c(core, stream, buffered, peer, migrated).await;
         }
         Sniff::Closed => return,
         Sniff::H1 => {}

@@ -102,12 +102,26 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 
 /// HPACK literal fields without indexing, new names, no Huffman (RFC 7541 §6.2.2).
 fn hpack(fields: &[(&str, &str)]) -> Vec<u8> {
+    // RFC 7541 §5.1: an integer with a 7-bit prefix.
+    fn int(out: &mut Vec<u8>, mut n: usize) {
+        if n < 127 {
+            out.push(n as u8);
+            return;
+        }
+        out.push(127);
+        n -= 127;
+        while n >= 128 {
+            out.push((n % 128 + 128) as u8);
+            n /= 128;
+        }
+        out.push(n as u8);
+    }
     let mut out = Vec::new();
     for (k, v) in fields {
         out.push(0x00);
-        out.push(k.len() as u8);
+        int(&mut out, k.len());
         out.extend_from_slice(k.as_bytes());
-        out.push(v.len() as u8);
+        int(&mut out, v.len());
         out.extend_from_slice(v.as_bytes());
     }
     out
@@ -290,4 +304,37 @@ fn trailers_reach_h2_and_h1_clients() {
         assert!(text.contains("transfer-encoding: chunked"), "{inner:?}: {text}");
         assert!(text.ends_with("0\r\nx-checksum: abc123\r\n\r\n"), "{inner:?}: {text}");
     }
+}
+
+#[test]
+fn oversized_header_list_is_refused() {
+    let lb = start_lb(1, |c| c.profile.limits.max_head = 8192);
+    let _w = worker(&lb, InnerProtocol::H2, Responder::Hello);
+    let big = "v".repeat(20_000);
+    let fields = [(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "t"), ("x-big", big.as_str())];
+    let mut s = raw_h2(lb.client_addr());
+    s.write_all(&frame(1, 0x5, 1, &hpack(&fields))).unwrap();
+    // h2 answers 431 on the stream, or refuses the stream or connection.
+    loop {
+        let mut h = [0u8; 9];
+        s.read_exact(&mut h).expect("an answer to the oversized headers");
+        let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+        let mut p = vec![0u8; len];
+        s.read_exact(&mut p).unwrap();
+        let id = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+        match h[3] {
+            // HEADERS on stream 1: a response. :status 431 is not in HPACK's
+            // static table, so it comes as a literal: "431" plain or
+            // Huffman-coded (0x69 0x90 0xff, RFC 7541 Appendix B).
+            1 if id == 1 => {
+                let plain = p.windows(3).any(|w| w == b"431");
+                let huffman = p.windows(3).any(|w| w == [0x69, 0x90, 0xff]);
+                assert!(plain || huffman, "a response other than 431: {p:?}");
+                break;
+            }
+            3 | 7 => break,
+            _ => {}
+        }
+    }
+    assert_eq!(status(&lb)["workers"][0]["requests"], 0, "the oversized request never reached the worker");
 }
