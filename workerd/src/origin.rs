@@ -96,30 +96,7 @@ impl Sidecar {
             Err(e) => return Err(e.into()),
         }
         let is_head = c.head.is_head(&c.head_bytes);
-        loop {
-            match h1::parse_response(oc.rb.data(), &c.cfg.limits, is_head, &mut oc.head) {
-                Ok(Parsed::Complete) if (100..200).contains(&oc.head.status) => {
-                    // Interim responses end here: the lb already answered any
-                    // Expect: 100-continue toward its client.
-                    oc.rb.consume(oc.head.len);
-                    continue;
-                }
-                Ok(Parsed::Complete) => return Ok(true),
-                Ok(Parsed::Partial) => {}
-                Err(e) => return Err(self.err(format!("invalid response head: {e}"))),
-            }
-            match oc.rb.fill(&mut oc.stream, io).await {
-                Ok(0) if replayable && oc.rb.is_empty() => return Ok(false),
-                Ok(0) => return Err(self.err("closed the connection before a response")),
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(self.err("response timed out")),
-                Err(e) if replayable && oc.rb.is_empty() => {
-                    let _ = e;
-                    return Ok(false);
-                }
-                Err(e) => return Err(self.err(format!("reading the response: {e}"))),
-            }
-        }
+        self.read_head(oc, &c.cfg, is_head, replayable).await
     }
 }
 
@@ -172,6 +149,32 @@ impl Sidecar {
         Ok(())
     }
 
+    /// Reads the origin's final response head (interim 1xx responses end
+    /// here: the lb already answered any Expect: 100-continue). `Ok(false)`:
+    /// the connection was dead before any response byte and the request may
+    /// be replayed on a fresh one.
+    async fn read_head(&self, oc: &mut OriginConn, cfg: &Config, is_head: bool, replayable: bool) -> Result<bool, Error> {
+        loop {
+            match h1::parse_response(oc.rb.data(), &cfg.limits, is_head, &mut oc.head) {
+                Ok(Parsed::Complete) if (100..200).contains(&oc.head.status) => {
+                    oc.rb.consume(oc.head.len);
+                    continue;
+                }
+                Ok(Parsed::Complete) => return Ok(true),
+                Ok(Parsed::Partial) => {}
+                Err(e) => return Err(self.err(format!("invalid response head: {e}"))),
+            }
+            match oc.rb.fill(&mut oc.stream, cfg.io_timeout).await {
+                Ok(0) if replayable && oc.rb.is_empty() => return Ok(false),
+                Ok(0) => return Err(self.err("closed the connection before a response")),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(self.err("response timed out")),
+                Err(_) if replayable && oc.rb.is_empty() => return Ok(false),
+                Err(e) => return Err(self.err(format!("reading the response: {e}"))),
+            }
+        }
+    }
+
     /// Returns an origin connection to the pool when it can carry another request.
     fn put_back(&self, oc: OriginConn, reusable: bool) {
         if reusable {
@@ -221,25 +224,7 @@ impl Sidecar {
         }
         oc.out = out;
         let is_head = x.parts.method == http::Method::HEAD;
-        loop {
-            match h1::parse_response(oc.rb.data(), &cfg.limits, is_head, &mut oc.head) {
-                Ok(Parsed::Complete) if (100..200).contains(&oc.head.status) => {
-                    oc.rb.consume(oc.head.len);
-                    continue;
-                }
-                Ok(Parsed::Complete) => return Ok(true),
-                Ok(Parsed::Partial) => {}
-                Err(e) => return Err(self.err(format!("invalid response head: {e}"))),
-            }
-            match oc.rb.fill(&mut oc.stream, cfg.io_timeout).await {
-                Ok(0) if replayable && oc.rb.is_empty() => return Ok(false),
-                Ok(0) => return Err(self.err("closed the connection before a response")),
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(self.err("response timed out")),
-                Err(_) if replayable && oc.rb.is_empty() => return Ok(false),
-                Err(e) => return Err(self.err(format!("reading the response: {e}"))),
-            }
-        }
+        self.read_head(oc, &cfg, is_head, replayable).await
     }
 
     /// HTTP/2 tunnel: the stream becomes an HTTP/1.1 request to the origin,
