@@ -368,7 +368,8 @@ async fn via_h1(
         }
         if chunked {
             o.clear();
-            o.extend_from_slice(h1::LAST_CHUNK);
+            let trailers = body.trailers().await.map_err(|e| e.to_string())?;
+            h2io::write_last_chunk(&mut o, trailers.as_ref());
             let (res, b) = write_all(&mut tw, o, p.io_timeout).await;
             o = b;
             res.map_err(|e| e.to_string())?;
@@ -427,6 +428,7 @@ async fn via_h1(
             Ok(s) => s,
             Err(_) => return (Attempt::Broken, false),
         };
+        let mut section = Vec::new();
         while !dec.is_done() {
             if trb.is_empty() {
                 match trb.fill(&mut tr, p.io_timeout).await {
@@ -440,11 +442,22 @@ async fn via_h1(
                     Err(_) => return (Attempt::Broken, false),
                 }
             }
+            let in_trailers = dec.in_trailers();
             let Ok(step) = dec.decode(trb.data()) else { return (Attempt::Broken, false) };
+            if in_trailers {
+                section.extend_from_slice(&trb.data()[..step.consumed]);
+            }
             let data = Bytes::copy_from_slice(&trb.data()[step.data.clone()]);
             trb.consume(step.consumed);
             let last = dec.is_done();
-            if (!data.is_empty() || last) && h2io::send_data(&mut s, data, last).await.is_err() {
+            let trailers = if last { h2io::trailers_from_h1(&section) } else { http::HeaderMap::new() };
+            let sent = if last && !trailers.is_empty() {
+                // The worker's trailer section becomes HTTP/2 trailers.
+                s.send_trailers(trailers).is_ok()
+            } else {
+                !(!data.is_empty() || last) || h2io::send_data(&mut s, data, last).await.is_ok()
+            };
+            if !sent {
                 return (Attempt::Broken, false);
             }
         }

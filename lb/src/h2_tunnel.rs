@@ -179,14 +179,19 @@ pub(crate) async fn exchange(
         match probe.scan(c.rb.data()) {
             Ok(n) if probe.is_done() => {
                 let mut payload = Vec::with_capacity(n);
+                let mut section = Vec::new();
                 let mut d = dec.clone();
                 let mut at = 0;
                 while at < n {
+                    let in_trailers = d.in_trailers();
                     let Ok(step) = d.decode(&c.rb.data()[at..n]) else { break };
+                    if in_trailers {
+                        section.extend_from_slice(&c.rb.data()[at..at + step.consumed]);
+                    }
                     payload.extend_from_slice(&c.rb.data()[at..][step.data.clone()]);
                     at += step.consumed;
                 }
-                Some((n, Bytes::from(payload), probe))
+                Some((n, Bytes::from(payload), h2io::trailers_from_h1(&section), probe))
             }
             _ => None,
         }
@@ -202,8 +207,16 @@ pub(crate) async fn exchange(
             return Err(if unprocessed(&e) { H2Fail::Unprocessed { err, body_intact: true } } else { H2Fail::BeforeResponse(err) });
         }
     };
-    if let Some((n, payload, done)) = buffered {
-        if let Err(e) = h2io::send_data(&mut body_tx, payload, true).await {
+    if let Some((n, payload, trailers, done)) = buffered {
+        let sent = if trailers.is_empty() {
+            h2io::send_data(&mut body_tx, payload, true).await
+        } else {
+            match h2io::send_data(&mut body_tx, payload, false).await {
+                Ok(()) => body_tx.send_trailers(trailers),
+                Err(e) => Err(e),
+            }
+        };
+        if let Err(e) = sent {
             let err = tunnel_err(e.to_string());
             return Err(if unprocessed(&e) { H2Fail::Unprocessed { err, body_intact: true } } else { H2Fail::BeforeResponse(err) });
         }
@@ -232,6 +245,7 @@ pub(crate) async fn exchange(
         let upload = async {
             // The request body: payload out of the client's framing into DATA frames.
             let mut consumed = false;
+            let mut section = Vec::new();
             while !dec.is_done() {
                 if c.rb.is_empty() {
                     match c.rb.fill(&mut cr, io).await {
@@ -240,13 +254,22 @@ pub(crate) async fn exchange(
                         Err(e) => return Err((tunnel_err(e.to_string()), consumed, true)),
                     }
                 }
+                let in_trailers = dec.in_trailers();
                 let step = dec.decode(c.rb.data()).map_err(|e| (Error::ClientBody(e), consumed, false))?;
+                if in_trailers {
+                    section.extend_from_slice(&c.rb.data()[..step.consumed]);
+                }
                 let data = Bytes::copy_from_slice(&c.rb.data()[step.data.clone()]);
                 c.rb.consume(step.consumed);
                 consumed = true;
                 let last = dec.is_done();
-                if !data.is_empty() || last {
-                    h2io::send_data(&mut body_tx, data, last).await.map_err(|e| (tunnel_err(e.to_string()), consumed, false))?;
+                let trailers = if last { h2io::trailers_from_h1(&section) } else { http::HeaderMap::new() };
+                let fail = |e: h2::Error| (tunnel_err(e.to_string()), true, false);
+                if last && !trailers.is_empty() {
+                    // The client's trailer section goes on as HTTP/2 trailers.
+                    body_tx.send_trailers(trailers).map_err(fail)?;
+                } else if !data.is_empty() || last {
+                    h2io::send_data(&mut body_tx, data, last).await.map_err(fail)?;
                 }
             }
             Ok(())

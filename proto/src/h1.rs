@@ -695,6 +695,12 @@ impl BodyDecoder {
         self.state == BodyState::Done
     }
 
+    /// True between the last chunk and the end of a chunked body: the bytes
+    /// of the next steps are the trailer section (fields, then an empty line).
+    pub fn in_trailers(&self) -> bool {
+        matches!(self.state, BodyState::TrailerStart | BodyState::Trailer | BodyState::TrailerLf | BodyState::EndLf)
+    }
+
     /// The connection closed: fine for a close-delimited body, else truncation.
     pub fn eof(&mut self) -> Result<(), BodyError> {
         match self.state {
@@ -769,7 +775,10 @@ impl BodyDecoder {
                     self.digits = 0;
                     let n = std::mem::take(&mut self.size);
                     if n == 0 {
-                        TrailerStart
+                        // End the step here, so the trailer section starts a
+                        // step of its own (see `in_trailers`).
+                        self.state = TrailerStart;
+                        return Ok(Decoded { consumed: i, data: i..i });
                     } else {
                         self.state = Data(n);
                         return Ok(Decoded { consumed: i, data: i..i });
@@ -829,6 +838,20 @@ fn hex(b: u8) -> Option<u8> {
         b'A'..=b'F' => Some(b - b'A' + 10),
         _ => None,
     }
+}
+
+/// The fields of a received trailer section (RFC 9112 §7.1.2), as
+/// (name, value) pairs; malformed lines are skipped.
+pub fn trailer_fields(section: &[u8]) -> Vec<(&[u8], &[u8])> {
+    section
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .filter_map(|l| {
+            let colon = l.iter().position(|&b| b == b':')?;
+            let name = &l[..colon];
+            (!name.is_empty() && name.iter().all(|b| b.is_ascii_graphic())).then(|| (name, trim(&l[colon + 1..])))
+        })
+        .collect()
 }
 
 /// Appends one chunk in chunked coding.
@@ -984,6 +1007,23 @@ mod tests {
             assert_eq!(payload, b"hello0123456789", "split {split}");
             assert_eq!(consumed, end, "split {split}");
         }
+    }
+
+    #[test]
+    fn trailer_section_is_its_own_steps() {
+        let body = b"3\r\nabc\r\n0\r\nX-A: 1\r\nX-B:  two \r\n\r\n";
+        let mut d = BodyDecoder::new(Framing::Chunked);
+        let (mut at, mut section) = (0, Vec::new());
+        while !d.is_done() {
+            let inside = d.in_trailers();
+            let step = d.decode(&body[at..]).unwrap();
+            if inside {
+                section.extend_from_slice(&body[at..at + step.consumed]);
+            }
+            at += step.consumed;
+        }
+        assert_eq!(at, body.len());
+        assert_eq!(trailer_fields(&section), vec![(&b"X-A"[..], &b"1"[..]), (&b"X-B"[..], &b"two"[..])]);
     }
 
     #[test]

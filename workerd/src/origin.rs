@@ -217,7 +217,8 @@ impl Sidecar {
         }
         if chunked {
             out.clear();
-            out.extend_from_slice(h1::LAST_CHUNK);
+            let trailers = x.body.trailers().await?;
+            h2io::write_last_chunk(&mut out, trailers.as_ref());
             let (res, o) = write_all(&mut oc.stream, out, cfg.io_timeout).await;
             out = o;
             res.map_err(|e| self.err(format!("sending the request body: {e}")))?;
@@ -256,6 +257,7 @@ impl Sidecar {
         oc.rb.consume(oc.head.len);
         let mut dec = BodyDecoder::new(framing);
         x.start_parts(r, dec.is_done())?;
+        let mut section = Vec::new();
         while !dec.is_done() {
             if oc.rb.is_empty() {
                 match oc.rb.fill(&mut oc.stream, cfg.io_timeout).await {
@@ -267,10 +269,20 @@ impl Sidecar {
                     Err(e) => return Err(self.err(format!("reading the response body: {e}"))),
                 }
             }
+            let in_trailers = dec.in_trailers();
             let step = dec.decode(oc.rb.data()).map_err(|e| self.err(e))?;
+            if in_trailers {
+                section.extend_from_slice(&oc.rb.data()[..step.consumed]);
+            }
             let data = Bytes::copy_from_slice(&oc.rb.data()[step.data.clone()]);
             oc.rb.consume(step.consumed);
-            x.send_bytes(data, dec.is_done()).await?;
+            if dec.is_done() && !section.is_empty() {
+                // The origin's trailer section becomes HTTP/2 trailers.
+                x.send_bytes(data, false).await?;
+                x.finish_with_trailer_map(h2io::trailers_from_h1(&section))?;
+            } else {
+                x.send_bytes(data, dec.is_done()).await?;
+            }
         }
         x.finish().await?;
         let reusable = !origin_close && framing != h1::Framing::UntilClose && oc.rb.is_empty();

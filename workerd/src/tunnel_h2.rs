@@ -131,6 +131,19 @@ impl H2Exchange {
         Ok(())
     }
 
+    /// Ends a started response with trailers already in a map.
+    pub(crate) fn finish_with_trailer_map(&mut self, map: http::HeaderMap) -> Result<(), Error> {
+        if let (Some(s), Resp::Chunked) = (&mut self.out, self.resp) {
+            self.resp = Resp::Done;
+            if map.is_empty() {
+                s.send_data(Bytes::new(), true)?;
+            } else {
+                s.send_trailers(map)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Starts a response from parts (the sidecar relays an origin's head).
     pub(crate) fn start_parts(&mut self, r: http::Response<()>, end: bool) -> Result<(), Error> {
         let end = end || self.is_head;

@@ -130,3 +130,31 @@ pub fn response_from_h1(buf: &[u8], head: &crate::h1::ResponseHead) -> Result<ht
     }
     Ok(r)
 }
+
+/// HTTP/2 trailers from an HTTP/1.1 trailer section (fields HTTP/2 forbids
+/// and malformed ones are dropped).
+pub fn trailers_from_h1(section: &[u8]) -> http::HeaderMap {
+    let mut map = http::HeaderMap::new();
+    for (k, v) in crate::h1::trailer_fields(section) {
+        if is_h1_only(k) {
+            continue;
+        }
+        if let (Ok(k), Ok(v)) = (http::HeaderName::from_bytes(k), http::HeaderValue::from_bytes(v)) {
+            map.append(k, v);
+        }
+    }
+    map
+}
+
+/// The last chunk of a chunked HTTP/1.1 body carrying `trailers` as its
+/// trailer section (RFC 9112 §7.1.2).
+pub fn write_last_chunk(out: &mut Vec<u8>, trailers: Option<&http::HeaderMap>) {
+    out.extend_from_slice(b"0\r\n");
+    for (k, v) in trailers.into_iter().flatten() {
+        out.extend_from_slice(k.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
