@@ -455,7 +455,8 @@ async fn via_h1(
                 // The worker's trailer section becomes HTTP/2 trailers.
                 s.send_trailers(trailers).is_ok()
             } else {
-                !(!data.is_empty() || last) || h2io::send_data(&mut s, data, last).await.is_ok()
+                let nothing_to_send = data.is_empty() && !last;
+                nothing_to_send || h2io::send_data(&mut s, data, last).await.is_ok()
             };
             if !sent {
                 return (Attempt::Broken, false);
