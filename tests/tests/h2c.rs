@@ -342,3 +342,42 @@ fn oversized_header_list_is_refused() {
     }
     assert_eq!(status(&lb)["workers"][0]["requests"], 0, "the oversized request never reached the worker");
 }
+
+#[test]
+fn request_trailers_cross_both_tunnel_kinds() {
+    for inner in [InnerProtocol::H2, InnerProtocol::Http11] {
+        let lb = start_lb(1, |_| {});
+        let _w = worker(&lb, inner, Responder::Echo);
+        // HTTP/1.1 client, chunked with a trailer section: the echo worker
+        // returns the trailers it received as its own.
+        let mut c = Client::connect(lb.client_addr());
+        c.send(b"POST /t HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nTE: trailers\r\n\r\n4\r\nbody\r\n0\r\nX-Req-Trailer: one\r\n\r\n");
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !(raw.ends_with(b"\r\n\r\n") && String::from_utf8_lossy(&raw).to_ascii_lowercase().contains("x-req-trailer: one\r\n\r\n")) {
+            let n = match c.stream.read(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => r.unwrap(),
+            };
+            assert!(n > 0, "{inner:?}: {}", String::from_utf8_lossy(&raw));
+            raw.extend_from_slice(&buf[..n]);
+        }
+        // h2c client with trailers: they come back as trailers.
+        let addr = lb.client_addr();
+        block_on(async move {
+            let c = h2_connect(addr).await;
+            let req = http::Request::builder().method("POST").uri("http://test/t").body(()).unwrap();
+            let (resp, mut tx) = c.ready().await.unwrap().send_request(req, false).unwrap();
+            ptth_proto::rt::h2io::send_data(&mut tx, bytes::Bytes::from_static(b"body"), false).await.unwrap();
+            let mut t = http::HeaderMap::new();
+            t.insert("x-req-trailer", http::HeaderValue::from_static("two"));
+            tx.send_trailers(t).unwrap();
+            let mut body = resp.await.unwrap().into_body();
+            while let Some(d) = ptth_proto::rt::h2io::recv_data(&mut body).await {
+                d.unwrap();
+            }
+            let got = body.trailers().await.unwrap().expect("trailers");
+            assert_eq!(got.get("x-req-trailer").unwrap(), "two", "{inner:?}");
+        });
+    }
+}

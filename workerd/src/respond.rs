@@ -11,7 +11,8 @@ pub enum Responder {
     /// 200 `hello\n`.
     Hello,
     /// 200 with the request line, the header fields, a blank line, then the
-    /// request body, streamed back as it arrives (chunked).
+    /// request body, streamed back as it arrives (chunked); the request's
+    /// trailers come back as the response's trailers.
     Echo,
     /// Waits, then answers like `Hello`.
     Delay(Duration),
@@ -57,7 +58,9 @@ impl Handler for Responder {
                     }
                     ex.send(&buf).await?;
                 }
-                ex.finish().await
+                let trailers = ex.trailers().await?;
+                let trailers: Vec<(&str, &str)> = trailers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                ex.finish_with_trailers(&trailers).await
             }
         }
     }

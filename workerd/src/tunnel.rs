@@ -60,6 +60,8 @@ pub(crate) struct Conn {
     pub(crate) resp: Resp,
     /// Answer with `Connection: close` and end the tunnel after this request.
     pub(crate) close_after: bool,
+    /// The request's trailer section, as read (chunked bodies only).
+    pub(crate) trailers: Vec<u8>,
     pub(crate) cfg: Rc<Config>,
 }
 
@@ -83,6 +85,7 @@ impl Conn {
             body: BodyDecoder::new(Framing::Empty),
             resp: Resp::Pending,
             close_after: false,
+            trailers: Vec::new(),
             cfg,
         }
     }
@@ -179,6 +182,7 @@ pub(crate) async fn serve<H: Handler>(mut c: Conn, handler: &H, stop: &Signal) -
         c.head_bytes.extend_from_slice(&c.rb.data()[..c.head.len]);
         c.rb.consume(c.head.len);
         c.body = BodyDecoder::new(c.head.framing());
+        c.trailers.clear();
         c.resp = Resp::Pending;
         // RFC 9112 §9.6: after a response with Connection: close the tunnel is
         // done; during shutdown that is how an h1 tunnel drains.
@@ -281,7 +285,11 @@ impl Exchange<'_> {
                 c.body.eof()?;
                 return Ok(0);
             }
+            let in_trailers = c.body.in_trailers();
             let step = c.body.decode(c.rb.data())?;
+            if in_trailers {
+                c.trailers.extend_from_slice(&c.rb.data()[..step.consumed]);
+            }
             let data = &c.rb.data()[step.data.clone()];
             out.extend_from_slice(data);
             let n = data.len();
@@ -290,6 +298,24 @@ impl Exchange<'_> {
                 return Ok(n);
             }
         }
+    }
+
+    /// The request's trailer fields; call after [`read_body`](Self::read_body)
+    /// returned 0.
+    pub async fn trailers(&mut self) -> Result<Vec<(String, String)>, Error> {
+        let pairs = match &mut self.inner {
+            Inner::H1(c) => h1::trailer_fields(&c.trailers)
+                .into_iter()
+                .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), String::from_utf8_lossy(v).into_owned()))
+                .collect(),
+            Inner::H2(x) => match x.body.trailers().await? {
+                Some(map) => {
+                    map.iter().map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect()
+                }
+                None => Vec::new(),
+            },
+        };
+        Ok(pairs)
     }
 
     /// Sends a complete response with a `Content-Length`.

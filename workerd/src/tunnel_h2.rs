@@ -118,6 +118,9 @@ impl H2Exchange {
     }
 
     pub(crate) async fn finish_with_trailers(&mut self, trailers: &[(&str, &str)]) -> Result<(), Error> {
+        if trailers.is_empty() {
+            return self.finish().await;
+        }
         if let (Some(s), Resp::Chunked) = (&mut self.out, self.resp) {
             self.resp = Resp::Done;
             let mut map = http::HeaderMap::new();
