@@ -174,6 +174,7 @@ fn main() -> ExitCode {
                 println!("  curl http://{c}/                       # hello from demo-1 or demo-2");
                 println!("  curl -d 'hi there' http://{c}/echo     # the request as the worker saw it");
                 println!("  curl http://{c}/slow                   # a 1 s request");
+                println!("  curl --http2-prior-knowledge http://{c}/   # the same port speaks h2c");
                 if let Some(a) = lb.admin_addr {
                     println!("  curl http://{a}/status               # cores, tunnels per worker per core, in-flight");
                 }
