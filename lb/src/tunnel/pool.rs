@@ -474,8 +474,8 @@ impl Pool {
         }
     }
 
-    /// Room freed on worker `slot`'s h2 tunnels: lend it to the first waiter
-    /// it can serve.
+    /// Room freed on worker `slot` (an idle h1 tunnel or an h2 stream slot):
+    /// lend it to the first waiter it can serve.
     fn offer_capacity(&mut self, slot: usize) {
         let mut i = 0;
         while i < self.waiters.len() {
@@ -494,37 +494,18 @@ impl Pool {
         }
     }
 
-    /// Hands a free h1 tunnel to the first waiter it can serve, or parks it.
+    /// Parks a free h1 tunnel (or notes a freed h2 stream slot), then lends
+    /// the room to the first waiter it can serve: one scan of the queue for
+    /// both kinds of tunnel.
     fn offer(&mut self, lease: Lease) {
-        let mut t = match lease {
-            Lease::H1(t) => t,
-            Lease::H2(t) => return self.offer_capacity(t.slot),
-        };
-        let slot = t.slot;
-        let mut i = 0;
-        while i < self.waiters.len() {
-            let w = &self.waiters[i];
-            Self::candidates(&self.workers, &mut self.cand, &w.host, &w.path);
-            if self.cand.contains(&slot) {
-                let w = self.workers[slot].as_mut().expect("tunnel's worker exists");
-                if !w.try_permit() {
-                    break;
-                }
-                w.in_flight += 1;
-                stats::set32(&w.stats.in_flight, w.in_flight);
-                let waiter = self.waiters.remove(i).expect("index in range");
-                *waiter.got.borrow_mut() = Some(Lease::H1(t));
-                if let Some(wk) = waiter.waker.borrow_mut().take() {
-                    wk.wake();
-                }
-                return;
+        let slot = lease.slot();
+        if let Lease::H1(mut t) = lease {
+            t.idle_since = Instant::now();
+            if let Some(w) = self.workers[slot].as_mut() {
+                w.idle.push(t);
             }
-            i += 1;
         }
-        t.idle_since = Instant::now();
-        if let Some(w) = self.workers[slot].as_mut() {
-            w.idle.push(t);
-        }
+        self.offer_capacity(slot);
     }
 
     /// A tunnel of `slot` is gone: update counts, forget an empty worker, and
