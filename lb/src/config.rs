@@ -29,6 +29,8 @@ pub struct ConfigFile {
     pub listen: ListenFile,
     #[serde(default)]
     pub tunnel: TunnelFile,
+    #[serde(default)]
+    pub forwarding: ForwardingFile,
     /// Path of a profile to load (the `--profile` flag wins).
     pub profile: Option<String>,
 }
@@ -55,6 +57,77 @@ pub struct TunnelFile {
     pub allowed_origins: Option<Vec<String>>,
     /// Tunnels one worker id may hold across all cores (default 1024).
     pub max_tunnels_per_worker: Option<u32>,
+    /// Tunnels one peer IP address may hold across all cores (default 4096).
+    pub max_tunnels_per_peer: Option<u32>,
+    /// Tunnels the lb holds in all (default 65536).
+    pub max_tunnels: Option<u32>,
+}
+
+/// `[forwarding]`: what the lb says about the client to the worker.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardingFile {
+    /// Client addresses (IPs or CIDR blocks) whose own `Forwarded` and
+    /// `X-Forwarded-*` fields are kept; from anyone else they are dropped.
+    pub trusted_proxies: Option<Vec<String>>,
+    /// Also send `X-Forwarded-For` and `X-Forwarded-Proto` (default false).
+    pub x_forwarded: Option<bool>,
+}
+
+/// The validated `[forwarding]` section.
+#[derive(Debug, Clone, Default)]
+pub struct ForwardingPolicy {
+    /// (network, prefix length) pairs.
+    pub trusted: Vec<(std::net::IpAddr, u8)>,
+    pub x_forwarded: bool,
+}
+
+impl ForwardingPolicy {
+    /// True when `ip` is inside one of the trusted blocks.
+    pub fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        self.trusted.iter().any(|&(net, len)| match (net, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => prefix_eq(&n.octets(), &a.octets(), len),
+            (IpAddr::V6(n), IpAddr::V6(a)) => prefix_eq(&n.octets(), &a.octets(), len),
+            _ => false,
+        })
+    }
+
+    fn parse(f: ForwardingFile) -> Result<ForwardingPolicy, ConfigError> {
+        let key = "forwarding.trusted_proxies";
+        let mut trusted = Vec::new();
+        for s in f.trusted_proxies.unwrap_or_default() {
+            let (addr, len) = match s.split_once('/') {
+                Some((a, l)) => (a, Some(l)),
+                None => (s.as_str(), None),
+            };
+            let ip: std::net::IpAddr =
+                addr.parse().map_err(|_| cerr(key, format!("expected an IP or CIDR block such as 10.0.0.0/8, got {s:?}")))?;
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            let len = match len {
+                None => max,
+                Some(l) => l
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|&l| l <= max)
+                    .ok_or_else(|| cerr(key, format!("prefix length of {s:?} must be 0 to {max}")))?,
+            };
+            trusted.push((ip, len));
+        }
+        Ok(ForwardingPolicy { trusted, x_forwarded: f.x_forwarded.unwrap_or(false) })
+    }
+}
+
+fn prefix_eq(a: &[u8], b: &[u8], len: u8) -> bool {
+    let (whole, bits) = (usize::from(len / 8), len % 8);
+    if a[..whole] != b[..whole] {
+        return false;
+    }
+    bits == 0 || (a[whole] ^ b[whole]) >> (8 - bits) == 0
 }
 
 /// A per-core profile file; every key optional so a profile can overlay the
@@ -195,6 +268,9 @@ pub struct Config {
     pub token: Option<String>,
     pub origins: OriginPolicy,
     pub max_tunnels_per_worker: u32,
+    pub max_tunnels_per_peer: u32,
+    pub max_tunnels: u32,
+    pub forwarding: ForwardingPolicy,
     pub profile: Profile,
     /// Print nothing but errors.
     pub quiet: bool,
@@ -250,10 +326,13 @@ impl TryFrom<ProfileFile> for Profile {
         let flags = r.ring_flags.as_deref().unwrap_or("coop_taskrun");
         let flags = RingFlags::parse(flags)
             .ok_or_else(|| cerr("runtime.ring_flags", format!("expected coop_taskrun, defer_taskrun or none, got {flags:?}")))?;
+        // What a worker accepts, less what the lb adds to a forwarded head:
+        // a request within the lb's limits is always within the worker's.
+        let (peer, reserve) = (ptth_proto::h1::TUNNEL_LIMITS, ptth_proto::h1::FORWARD_RESERVE);
         let limits = Limits {
-            max_request_line: range("limits.max_request_line", f.limits.max_request_line, 256, 1 << 20)?,
-            max_head: range("limits.max_head", f.limits.max_head, 1024, 1 << 20)?,
-            max_headers: range("limits.max_headers", f.limits.max_headers, 8, ptth_proto::h1::MAX_HEADERS)?,
+            max_request_line: range("limits.max_request_line", f.limits.max_request_line, 256, peer.max_request_line)?,
+            max_head: range("limits.max_head", f.limits.max_head, 1024, peer.max_head - reserve.max_head)?,
+            max_headers: range("limits.max_headers", f.limits.max_headers, 8, peer.max_headers - reserve.max_headers)?,
         };
         let client_read = range("buffers.client_read", f.buffers.client_read, 4096, 16 << 20)?;
         if client_read < limits.max_head {
@@ -340,6 +419,9 @@ impl Config {
                 1,
                 1 << 20,
             )?,
+            max_tunnels_per_peer: range("tunnel.max_tunnels_per_peer", Some(f.tunnel.max_tunnels_per_peer.unwrap_or(4096)), 1, 1 << 20)?,
+            max_tunnels: range("tunnel.max_tunnels", Some(f.tunnel.max_tunnels.unwrap_or(65536)), 1, 1 << 24)?,
+            forwarding: ForwardingPolicy::parse(f.forwarding)?,
             profile,
             quiet: false,
         })
@@ -403,6 +485,18 @@ mod tests {
     }
 
     #[test]
+    fn trusted_proxies() {
+        let f: ConfigFile =
+            parse_toml("c", "[forwarding]\ntrusted_proxies = [\"10.0.0.0/8\", \"192.0.2.7\", \"2001:db8::/32\"]\n").unwrap();
+        let c = Config::from_file(f, Profile::load(None).unwrap()).unwrap();
+        let t = |s: &str| c.forwarding.trusts(s.parse().unwrap());
+        assert!(t("10.1.2.3") && t("192.0.2.7") && t("2001:db8::1") && t("::ffff:10.9.9.9"));
+        assert!(!t("11.0.0.1") && !t("192.0.2.8") && !t("2001:db9::1"));
+        let f: ConfigFile = parse_toml("c", "[forwarding]\ntrusted_proxies = [\"10.0.0.0/33\"]\n").unwrap();
+        assert_eq!(Config::from_file(f, Profile::load(None).unwrap()).unwrap_err().key, "forwarding.trusted_proxies");
+    }
+
+    #[test]
     fn overlay_and_errors_name_the_key() {
         let p = Profile::load(Some(("p", "[queue]\nmax_wait_ms = 7\n"))).unwrap();
         assert_eq!(p.queue_wait, Duration::from_millis(7));
@@ -413,6 +507,8 @@ mod tests {
         assert_eq!(e.key, "runtime.ring_flags");
         let e = Profile::load(Some(("p", "[buffers]\nclient_read = 8192\n"))).unwrap_err();
         assert_eq!(e.key, "buffers.client_read");
+        let e = Profile::load(Some(("p", "[limits]\nmax_headers = 128\n"))).unwrap_err();
+        assert_eq!(e.key, "limits.max_headers");
         let f: ConfigFile = parse_toml("c", "[tunnel]\nallowed_origins = [\"ftp://x\"]\n").unwrap();
         assert_eq!(Config::from_file(f, Profile::load(None).unwrap()).unwrap_err().key, "tunnel.allowed_origins");
     }

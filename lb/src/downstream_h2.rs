@@ -120,18 +120,16 @@ async fn handle(
     peer: SocketAddr,
     migrated: bool,
 ) {
-    let (parts, mut body) = req.into_parts();
-    let host: Vec<u8> = match (parts.uri.authority(), parts.headers.get(http::header::HOST)) {
-        (Some(a), _) => a.as_str().as_bytes().to_vec(),
-        (None, Some(h)) => h.as_bytes().to_vec(),
-        (None, None) => Vec::new(),
-    };
-    let path = parts.uri.path().as_bytes().to_vec();
-    let host_text = String::from_utf8_lossy(&host);
-    let forwarded = format!("for=\"{peer}\";proto=http;host=\"{}\"", host_text.replace(['"', '\\'], ""));
-    let idempotent = matches!(parts.method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::TRACE);
-    // Shared between the work and the reset watcher; borrowed only between awaits.
+    let (mut parts, mut body) = req.into_parts();
     let respond = RefCell::new(respond);
+    let (host, target) = match prepare(core, &mut parts, peer) {
+        Ok(ht) => ht,
+        Err(e) => return send_error(core, &respond, &e),
+    };
+    let path = crate::proxy::route_path(&target).to_vec();
+    let idempotent = h1::is_idempotent_method(parts.method.as_str().as_bytes());
+    // `respond` is shared between the work and the reset watcher; borrowed
+    // only between awaits.
     let mut avoid = None;
     let mut attempt = 0;
     loop {
@@ -147,9 +145,9 @@ async fn handle(
         };
         let work = async {
             match lease {
-                Lease::H2(t) => (via_h2(core, &t, &parts, &mut body, &respond, &forwarded, slot).await, Lease::H2(t)),
+                Lease::H2(t) => (via_h2(core, &t, &parts, &mut body, &respond, slot).await, Lease::H2(t)),
                 Lease::H1(t) => {
-                    let (o, t) = via_h1(core, t, &parts, &mut body, &respond, &forwarded).await;
+                    let (o, t) = via_h1(core, t, &parts, &mut body, &respond).await;
                     (o, Lease::H1(t))
                 }
             }
@@ -204,6 +202,60 @@ async fn handle(
     }
 }
 
+/// Checks and rewrites a client's request for the next hop, as the HTTP/1.1
+/// path does: CONNECT is refused (501), the authority routed on is checked,
+/// the path normalized (RFC 3986 §6.2.2), `Host` dropped in favour of
+/// `:authority` (RFC 9113 §8.3.1), the client's own `Forwarded` /
+/// `X-Forwarded-*` dropped unless it is a trusted proxy, and this hop's added.
+/// Returns the host and the normalized target.
+fn prepare(core: &Core, parts: &mut http::request::Parts, peer: SocketAddr) -> Result<(Vec<u8>, Vec<u8>), Error> {
+    let malformed = |why| Error::Head(ptth_proto::HeadError::Malformed(why));
+    if parts.method == http::Method::CONNECT {
+        // Not relayed yet (RFC 9113 §8.5); never forwarded as a plain request.
+        return Err(Error::NotImplemented("CONNECT"));
+    }
+    let host: Vec<u8> = match (parts.uri.authority(), parts.headers.get(http::header::HOST)) {
+        (Some(a), _) => a.as_str().as_bytes().to_vec(),
+        (None, Some(h)) => h.as_bytes().to_vec(),
+        (None, None) => Vec::new(),
+    };
+    if !h1::is_valid_authority(&host) {
+        return Err(malformed("invalid :authority or Host"));
+    }
+    let raw = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut target = Vec::with_capacity(raw.len());
+    h1::write_normalized_target(&mut target, raw.as_bytes())?;
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(parts.uri.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP));
+    uri.authority = Some(if host.is_empty() {
+        http::uri::Authority::from_static("localhost")
+    } else {
+        http::uri::Authority::try_from(host.as_slice()).map_err(|_| malformed("invalid :authority or Host"))?
+    });
+    uri.path_and_query = Some(http::uri::PathAndQuery::try_from(target.as_slice()).map_err(|_| malformed("invalid :path"))?);
+    parts.uri = http::Uri::from_parts(uri).map_err(|_| malformed("invalid request target"))?;
+    let h = &mut parts.headers;
+    h.remove(http::header::HOST);
+    let policy = &core.shared.cfg.forwarding;
+    if !policy.trusts(peer.ip()) {
+        for name in ["forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"] {
+            h.remove(name);
+        }
+    }
+    let host_text = String::from_utf8_lossy(&host);
+    let mut forwarded = format!("for=\"{peer}\";proto=http");
+    if !host.is_empty() && host.len() <= 300 {
+        forwarded.push_str(&format!(";host=\"{host_text}\""));
+    }
+    let value = |s: String| http::HeaderValue::try_from(s).map_err(|_| malformed("invalid :authority or Host"));
+    h.append(http::header::FORWARDED, value(forwarded)?);
+    if policy.x_forwarded {
+        h.append("x-forwarded-for", value(peer.ip().to_string())?);
+        h.append("x-forwarded-proto", http::HeaderValue::from_static("http"));
+    }
+    Ok((host, target))
+}
+
 /// Answers a stream with an error generated here.
 fn send_error(core: &Core, respond: &RefCell<h2::server::SendResponse<Bytes>>, e: &Error) {
     let mut respond = respond.borrow_mut();
@@ -231,7 +283,6 @@ async fn via_h2(
     parts: &http::request::Parts,
     body: &mut h2::RecvStream,
     respond: &RefCell<h2::server::SendResponse<Bytes>>,
-    forwarded: &str,
     slot: usize,
 ) -> Attempt {
     let p = &core.shared.cfg.profile;
@@ -241,7 +292,7 @@ async fn via_h2(
     for (k, v) in &parts.headers {
         req = req.header(k, v);
     }
-    let Ok(req) = req.header(http::header::FORWARDED, forwarded).body(()) else {
+    let Ok(req) = req.body(()) else {
         return Attempt::Failed { err: tunnel_err("request not valid for HTTP/2".into()), retry: false };
     };
     let end = body.is_end_stream();
@@ -336,7 +387,6 @@ async fn via_h1(
     parts: &http::request::Parts,
     body: &mut h2::RecvStream,
     respond: &RefCell<h2::server::SendResponse<Bytes>>,
-    forwarded: &str,
 ) -> (Attempt, Tunnel) {
     let p = &core.shared.cfg.profile;
     let worker = core.pool.borrow().worker_id(t.slot);
@@ -345,7 +395,7 @@ async fn via_h1(
     let chunked = !end && !parts.headers.contains_key(http::header::CONTENT_LENGTH);
     let mut out = std::mem::take(&mut t.out);
     out.clear();
-    h2io::write_h1_request_head(&mut out, &parts.method, &parts.uri, &parts.headers, chunked, Some(forwarded));
+    h2io::write_h1_request_head(&mut out, &parts.method, &parts.uri, &parts.headers, chunked);
     let is_head = parts.method == http::Method::HEAD;
     let Tunnel { stream, rb: mut trb, out: _, head: mut thead, slot, idle_since } = t;
     let (mut tr, mut tw) = stream.into_split();
@@ -380,6 +430,12 @@ async fn via_h1(
         let deadline = Instant::now() + p.response_timeout;
         loop {
             match h1::parse_response(trb.data(), &p.limits, is_head, &mut thead) {
+                Ok(Parsed::Complete) if thead.status == 101 => {
+                    // No upgrade was asked for (h2 has none): a 101 is a
+                    // broken worker, not an interim response.
+                    let why = "101 Switching Protocols to a request that asked for no upgrade".into();
+                    return (Attempt::Failed { err: Error::BadResponse { worker: worker.to_string(), why }, retry: false }, false);
+                }
                 Ok(Parsed::Complete) if thead.status < 200 => {
                     trb.consume(thead.len);
                     continue;
@@ -434,6 +490,10 @@ async fn via_h1(
                 match trb.fill(&mut tr, p.io_timeout).await {
                     Ok(0) => {
                         if dec.eof().is_err() {
+                            return (Attempt::Broken, false);
+                        }
+                        // A close-delimited body ended: END_STREAM, not a reset.
+                        if h2io::send_data(&mut s, Bytes::new(), true).await.is_err() {
                             return (Attempt::Broken, false);
                         }
                         break;

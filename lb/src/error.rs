@@ -28,6 +28,8 @@ pub enum Error {
     ClientIo(io::Error),
     #[error("the request head did not arrive within {0:?}")]
     HeaderTimeout(Duration),
+    #[error("{0} is not supported by this lb")]
+    NotImplemented(&'static str),
     #[error("no worker serves host {host:?} path {path:?}")]
     NoRoute { host: String, path: String },
     #[error("too many requests are waiting for a tunnel")]
@@ -63,6 +65,7 @@ impl Error {
         Some(match self {
             Error::Head(h) => h.status(),
             Error::ClientBody(_) => 400,
+            Error::NotImplemented(_) => 501,
             Error::HeaderTimeout(_) => 408,
             Error::NoRoute { .. } | Error::QueueFull | Error::QueueTimeout(_) | Error::Draining => 503,
             Error::Tunnel { .. } | Error::BadResponse { .. } => 502,

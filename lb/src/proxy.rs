@@ -18,11 +18,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
 use monoio::net::TcpStream;
-use ptth_proto::h1::{self, BodyDecoder, Forwarding, Framing, Parsed, Persist, RequestHead, ResponseHead, Version};
+use ptth_proto::h1::{self, BodyDecoder, Forwarding, Framing, Parsed, Persist, RequestHead, ResponseHead, TargetForm, Version};
 use ptth_proto::rt::io::{send_message, write_all, BodyMode, ReadBuf, RelayError};
 
 use crate::config::Profile;
@@ -36,9 +36,6 @@ use crate::tunnel::pool::{Lease, Pick, Pool, Tunnel, Waiter};
 /// Retries of an idempotent, bodyless request whose tunnel failed before
 /// sending any response byte (RFC 9110 §9.2.2).
 const MAX_RETRIES: u32 = 2;
-/// An idle tunnel unused for this long is checked for a worker hang-up
-/// before a request goes on it.
-const STALE_CHECK_AFTER: Duration = Duration::from_millis(200);
 
 struct Client {
     /// `None` only while a request splits it into read and write halves.
@@ -50,6 +47,8 @@ struct Client {
     fwd: Vec<u8>,
     /// Route key of the current request: host bytes, then path bytes.
     key: Vec<u8>,
+    /// The current request's normalized target.
+    target: Vec<u8>,
     head: RequestHead,
     /// Parse space for building h2 requests from `fwd`.
     scratch: RequestHead,
@@ -85,6 +84,7 @@ pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, b
         out: Vec::with_capacity(4096),
         fwd: Vec::with_capacity(1024),
         key: Vec::with_capacity(256),
+        target: Vec::with_capacity(256),
         head: RequestHead::default(),
         scratch: RequestHead::default(),
         peer,
@@ -194,29 +194,52 @@ fn upgrade_is_h2c(v: Option<&[u8]>) -> bool {
     v.is_some_and(|v| h1::list_items(v).all(|t| t.eq_ignore_ascii_case(b"h2c")))
 }
 
-/// Host and path to route on: the authority of an absolute-form target
-/// (RFC 9112 §3.2.2: it overrides Host), else the Host field; the path
-/// without its query.
-fn route_key<'b>(buf: &'b [u8], head: &RequestHead) -> (&'b [u8], &'b [u8]) {
-    let target = head.target(buf);
-    let authority = h1::absolute_authority(target);
-    let (host, rest) = if authority.is_empty() {
-        (head.host.as_ref().map(|r| &buf[r.clone()]).unwrap_or(b""), target)
-    } else {
-        let start = authority.as_ptr() as usize - target.as_ptr() as usize + authority.len();
-        (authority, &target[start..])
+/// The authority to route on (RFC 9112 §3.2.2: an absolute-form target's
+/// replaces `Host`), checked; the normalized origin-form target is written
+/// into `target`. Routing and the forwarded head both use what this returns,
+/// so the worker sees the host and path the request was routed on.
+fn route_target<'b>(buf: &'b [u8], head: &RequestHead, target: &mut Vec<u8>) -> Result<&'b [u8], Error> {
+    let raw = head.target(buf);
+    let host = match head.form {
+        TargetForm::Absolute => h1::absolute_authority(raw),
+        _ => head.host.as_ref().map_or(&b""[..], |r| &buf[r.clone()]),
     };
-    let path_end = rest.iter().position(|&b| b == b'?').unwrap_or(rest.len());
-    (host, &rest[..path_end])
+    if !h1::is_valid_authority(host) {
+        return Err(Error::Head(ptth_proto::HeadError::Malformed("invalid Host")));
+    }
+    target.clear();
+    h1::write_normalized_target(target, h1::origin_form(raw))?;
+    Ok(host)
+}
+
+/// The path part of a normalized target (`/` for the asterisk form).
+pub(crate) fn route_path(target: &[u8]) -> &[u8] {
+    if target == b"*" {
+        return b"/";
+    }
+    &target[..target.iter().position(|&b| b == b'?').unwrap_or(target.len())]
 }
 
 async fn handle(core: &Rc<Core>, c: &mut Client) -> Next {
     let data = c.rb.data();
     let head = &c.head;
-    let (host, path) = route_key(data, head);
+    if head.form == TargetForm::Authority {
+        // CONNECT (RFC 9110 §9.3.6) is not relayed yet; refusing it here
+        // means the client's next bytes are never parsed as a request.
+        let e = Error::NotImplemented("CONNECT");
+        send_error(core, c, &e, true).await;
+        return Next::Close;
+    }
+    let host = match route_target(data, head, &mut c.target) {
+        Ok(h) => h,
+        Err(e) => {
+            send_error(core, c, &e, true).await;
+            return Next::Close;
+        }
+    };
     c.key.clear();
     c.key.extend_from_slice(host);
-    c.key.extend_from_slice(path);
+    c.key.extend_from_slice(route_path(&c.target));
     let info = ReqInfo {
         version: head.version(),
         is_head: head.is_head(data),
@@ -229,8 +252,17 @@ async fn handle(core: &Rc<Core>, c: &mut Client) -> Next {
         framing: head.framing(),
         host_len: host.len(),
     };
+    let policy = &core.shared.cfg.forwarding;
+    let fwd = Forwarding {
+        client: c.peer,
+        proto: "http",
+        host,
+        target: &c.target,
+        keep_client_forwarded: policy.trusts(c.peer.ip()),
+        x_forwarded: policy.x_forwarded,
+    };
     c.fwd.clear();
-    h1::write_request_head(&mut c.fwd, data, head, Some(&Forwarding { client: c.peer, proto: "http" }));
+    h1::write_request_head(&mut c.fwd, data, head, &fwd);
     let head_len = head.len;
     let bodyless = !info.framing.has_body();
 
@@ -356,10 +388,11 @@ pub(crate) async fn acquire(core: &Rc<Core>, host: &[u8], path: &[u8], avoid: Op
             }
             Pick::Busy => wait_for_tunnel(core, host, path, p).await?,
         };
-        // A tunnel idle for a while may have been closed by its worker: check
-        // before trusting it with a request that might not be replayable.
+        // An idle tunnel may have been closed by its worker, or hold bytes
+        // it sent unasked (which would be read as this request's response):
+        // check every time before trusting it with a request.
         if let Lease::H1(h1t) = &t {
-            if Pool::is_stale(h1t, STALE_CHECK_AFTER) {
+            if Pool::is_stale(h1t) {
                 core.pool.borrow_mut().discard(t);
                 continue;
             }
@@ -651,17 +684,27 @@ async fn send_error(core: &Core, c: &mut Client, e: &Error, close: bool) {
 mod tests {
     use super::*;
 
-    fn key(req: &str) -> (String, String) {
+    fn key(req: &str) -> Result<(String, String), Error> {
         let mut h = RequestHead::default();
-        h1::parse_request(req.as_bytes(), &h1::Limits::default(), &mut h).unwrap();
-        let (a, b) = route_key(req.as_bytes(), &h);
-        (String::from_utf8(a.to_vec()).unwrap(), String::from_utf8(b.to_vec()).unwrap())
+        h1::parse_request(req.as_bytes(), &h1::Limits::default(), &mut h)?;
+        let mut target = Vec::new();
+        let host = route_target(req.as_bytes(), &h, &mut target)?;
+        Ok((String::from_utf8(host.to_vec()).unwrap(), String::from_utf8(route_path(&target).to_vec()).unwrap()))
     }
 
     #[test]
     fn route_keys() {
-        assert_eq!(key("GET /a/b?x=1 HTTP/1.1\r\nHost: h:80\r\n\r\n"), ("h:80".into(), "/a/b".into()));
-        assert_eq!(key("GET http://abs.example/p?q HTTP/1.1\r\nHost: other\r\n\r\n"), ("abs.example".into(), "/p".into()));
-        assert_eq!(key("GET / HTTP/1.0\r\n\r\n"), ("".into(), "/".into()));
+        let k = |r: &str| key(r).unwrap();
+        assert_eq!(k("GET /a/b?x=1 HTTP/1.1\r\nHost: h:80\r\n\r\n"), ("h:80".into(), "/a/b".into()));
+        // RFC 9112 §3.2.2: the absolute form's authority replaces Host.
+        assert_eq!(k("GET http://abs.example/p?q HTTP/1.1\r\nHost: other\r\n\r\n"), ("abs.example".into(), "/p".into()));
+        assert_eq!(k("GET http://abs.example HTTP/1.1\r\nHost: other\r\n\r\n"), ("abs.example".into(), "/".into()));
+        assert_eq!(k("GET / HTTP/1.0\r\n\r\n"), ("".into(), "/".into()));
+        // Dot segments and encoded unreserved bytes cannot dodge a prefix.
+        assert_eq!(k("GET /api/../index.html HTTP/1.1\r\nHost: h\r\n\r\n").1, "/index.html");
+        assert_eq!(k("GET /api/%2e%2E/admin HTTP/1.1\r\nHost: h\r\n\r\n").1, "/admin");
+        assert_eq!(k("OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n").1, "/");
+        assert!(key("GET / HTTP/1.1\r\nHost: a b\r\n\r\n").is_err());
+        assert!(key("GET /%zz HTTP/1.1\r\nHost: h\r\n\r\n").is_err());
     }
 }

@@ -31,6 +31,17 @@ impl Default for Limits {
 /// The most header fields any parse looks at; `Limits::max_headers` may only lower it.
 pub const MAX_HEADERS: usize = 128;
 
+/// What a worker accepts on a tunnel: the upper bound of any lb profile's
+/// limits plus [`FORWARD_RESERVE`].
+pub const TUNNEL_LIMITS: Limits = Limits { max_request_line: 64 * 1024, max_head: 64 * 1024, max_headers: MAX_HEADERS };
+
+/// Room for what the lb adds to a forwarded head (`Forwarded`,
+/// `X-Forwarded-For`, `X-Forwarded-Proto`, `Host` when the client sent an
+/// absolute-form target): an lb profile's limits are at most
+/// [`TUNNEL_LIMITS`] less this, so a request the lb accepts never exceeds the
+/// worker's limits one hop later.
+pub const FORWARD_RESERVE: Limits = Limits { max_request_line: 0, max_head: 1024, max_headers: 8 };
+
 /// HTTP version of a message (only HTTP/1.x is spoken over these connections).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {
@@ -64,6 +75,20 @@ impl Framing {
     pub fn has_body(self) -> bool {
         !matches!(self, Framing::Empty | Framing::Length(0))
     }
+}
+
+/// The form of a request target (RFC 9112 §3.2).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TargetForm {
+    /// `/path?query`.
+    #[default]
+    Origin,
+    /// `http://authority/path?query`, as sent to proxies.
+    Absolute,
+    /// `host:port`, CONNECT only.
+    Authority,
+    /// `*`, OPTIONS only.
+    Asterisk,
 }
 
 /// One header field as byte offsets into the buffer the head was parsed from.
@@ -113,6 +138,7 @@ pub struct RequestHead {
     pub len: usize,
     pub method: Range<usize>,
     pub target: Range<usize>,
+    pub form: TargetForm,
     pub version: Option<Version>,
     pub fields: Vec<Field>,
     pub framing: Option<Framing>,
@@ -152,7 +178,7 @@ impl RequestHead {
     /// True for methods RFC 9110 §9.2.2 calls idempotent: safe to retry when no
     /// response byte was seen.
     pub fn is_idempotent(&self, buf: &[u8]) -> bool {
-        matches!(self.method(buf), b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE")
+        is_idempotent_method(self.method(buf))
     }
     pub fn is_head(&self, buf: &[u8]) -> bool {
         self.method(buf) == b"HEAD"
@@ -173,6 +199,12 @@ impl ResponseHead {
     pub fn field<'b>(&self, buf: &'b [u8], name: &str) -> Option<&'b [u8]> {
         find_field(&self.fields, buf, name)
     }
+}
+
+/// The methods RFC 9110 §9.2.2 calls idempotent, for every path's retry
+/// decision.
+pub fn is_idempotent_method(method: &[u8]) -> bool {
+    matches!(method, b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE")
 }
 
 fn find_field<'b>(fields: &[Field], buf: &'b [u8], name: &str) -> Option<&'b [u8]> {
@@ -257,6 +289,7 @@ pub fn parse_request(buf: &[u8], limits: &Limits, head: &mut RequestHead) -> Res
     head.len = len;
     head.method = offset_of(buf, req.method.unwrap_or("").as_bytes());
     head.target = offset_of(buf, req.path.unwrap_or("").as_bytes());
+    head.form = target_form(req.method.unwrap_or("").as_bytes(), req.path.unwrap_or("").as_bytes())?;
     let version = if req.version == Some(0) { Version::Http10 } else { Version::Http11 };
     head.version = Some(version);
     head.fields.clear();
@@ -356,6 +389,119 @@ pub fn parse_response(buf: &[u8], limits: &Limits, request_was_head: bool, head:
     Ok(Parsed::Complete)
 }
 
+/// Classifies and checks a request target against its method (RFC 9112 §3.2):
+/// `*` is for OPTIONS only (§3.2.4), CONNECT takes the authority form and
+/// nothing else does (§3.2.3), an absolute form names `http` or `https`
+/// with a non-empty authority and no userinfo (RFC 9110 §4.2.4).
+fn target_form(method: &[u8], target: &[u8]) -> Result<TargetForm, HeadError> {
+    if method == b"CONNECT" {
+        let ok = !target.is_empty() && !target.contains(&b'/') && !target.contains(&b'@') && target.contains(&b':');
+        return if ok {
+            Ok(TargetForm::Authority)
+        } else {
+            Err(HeadError::Malformed("CONNECT needs an authority-form target (host:port)"))
+        };
+    }
+    if target.first() == Some(&b'/') {
+        return Ok(TargetForm::Origin);
+    }
+    if target == b"*" {
+        return if method == b"OPTIONS" {
+            Ok(TargetForm::Asterisk)
+        } else {
+            Err(HeadError::Malformed("an asterisk-form target is only allowed with OPTIONS"))
+        };
+    }
+    let authority = absolute_authority(target);
+    if authority.is_empty() {
+        return Err(HeadError::Malformed("request target is not origin-form or absolute-form http(s)"));
+    }
+    if authority.contains(&b'@') {
+        return Err(HeadError::Malformed("userinfo in the request target"));
+    }
+    Ok(TargetForm::Absolute)
+}
+
+/// The path and query of an origin-form or absolute-form target (`/` when
+/// an absolute form has no path); the asterisk form as is.
+pub fn origin_form(target: &[u8]) -> &[u8] {
+    let authority = absolute_authority(target);
+    if authority.is_empty() {
+        return target;
+    }
+    let start = authority.as_ptr() as usize - target.as_ptr() as usize + authority.len();
+    match &target[start..] {
+        b"" => b"/",
+        rest => rest,
+    }
+}
+
+/// Writes `target` (origin-form: a path, then an optional query) normalized
+/// per RFC 3986 §6.2.2: percent-encoded unreserved characters decoded,
+/// remaining percent-encodings in upper case, dot segments removed (§5.2.4).
+/// The query is kept as received. Routing and the worker both see the result,
+/// so `/api/../admin` cannot be routed as `/api/` and served as `/admin`.
+pub fn write_normalized_target(out: &mut Vec<u8>, target: &[u8]) -> Result<(), HeadError> {
+    if target.first() != Some(&b'/') {
+        // The asterisk form has nothing to normalize.
+        out.extend_from_slice(target);
+        return Ok(());
+    }
+    let (path, query) = match target.iter().position(|&b| b == b'?') {
+        Some(q) => (&target[..q], &target[q..]),
+        None => (target, &b""[..]),
+    };
+    let base = out.len();
+    let mut segments = path[1..].split(|&b| b == b'/').peekable();
+    while let Some(seg) = segments.next() {
+        let last = segments.peek().is_none();
+        let start = out.len();
+        out.push(b'/');
+        write_normalized_segment(out, seg)?;
+        let written = &out[start + 1..];
+        if written == b"." || written == b".." {
+            let up = written == b"..";
+            out.truncate(start);
+            if up {
+                // Remove the previous segment with its slash.
+                let prev = out[base..].iter().rposition(|&b| b == b'/').map_or(base, |p| base + p);
+                out.truncate(prev);
+            }
+            if last {
+                out.push(b'/');
+            }
+        }
+    }
+    if out.len() == base {
+        out.push(b'/');
+    }
+    out.extend_from_slice(query);
+    Ok(())
+}
+
+fn write_normalized_segment(out: &mut Vec<u8>, seg: &[u8]) -> Result<(), HeadError> {
+    let mut i = 0;
+    while i < seg.len() {
+        let b = seg[i];
+        if b != b'%' {
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        let (Some(h), Some(l)) = (seg.get(i + 1).copied().and_then(hex), seg.get(i + 2).copied().and_then(hex)) else {
+            return Err(HeadError::Malformed("invalid percent-encoding in the request target"));
+        };
+        let c = h << 4 | l;
+        if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+            out.push(c);
+        } else {
+            out.extend_from_slice(&[b'%', seg[i + 1].to_ascii_uppercase(), seg[i + 2].to_ascii_uppercase()]);
+        }
+        i += 3;
+    }
+    Ok(())
+}
+
 /// Collects the framing fields of one message.
 #[derive(Default)]
 struct FramingFields {
@@ -412,8 +558,10 @@ impl FramingFields {
             }
             return Ok(Framing::Chunked);
         }
+        // An explicit `Content-Length: 0` stays `Length(0)`, so the forwarded
+        // head says it again (a POST without it may get 411 from the origin).
         Ok(match self.length {
-            Some(0) | None => Framing::Empty,
+            None => Framing::Empty,
             Some(n) => Framing::Length(n),
         })
     }
@@ -461,12 +609,30 @@ pub fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 /// Fields that describe one hop and are never forwarded (RFC 9110 §7.6.1).
-/// `Transfer-Encoding` and `Trailer` are absent on purpose: bodies are relayed in
-/// their received chunked framing, so the coding stays accurate on the next hop.
+/// `Transfer-Encoding`, `Content-Length` and `Host` are not here: the
+/// forwarded head writes them from the framing and routing decisions.
 fn is_hop_by_hop(name: &[u8]) -> bool {
     const HOP: [&[u8]; 7] =
         [b"connection", b"keep-alive", b"proxy-connection", b"te", b"upgrade", b"proxy-authenticate", b"proxy-authorization"];
     HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// Fields a `Connection` option can never remove: they frame or route the
+/// message, and are not hop-by-hop however the sender labels them (RFC 9110
+/// §7.6.1: a sender lists only hop-by-hop fields there). Honouring
+/// `Connection: content-length` would strip the framing of a body that is
+/// still relayed by it: request smuggling.
+fn is_protected(name: &[u8]) -> bool {
+    const KEEP: [&[u8]; 4] = [b"host", b"content-length", b"transfer-encoding", b"trailer"];
+    KEEP.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// The fields the lb writes itself for each hop (RFC 7239 and the de facto
+/// `X-Forwarded-*`): a client's copies are dropped unless its address is a
+/// trusted proxy.
+pub fn is_forwarding_field(name: &[u8]) -> bool {
+    const FWD: [&[u8]; 4] = [b"forwarded", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"];
+    FWD.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
 /// True when the `Connection` field (or fields) of this message names `name`.
@@ -477,60 +643,94 @@ fn named_by_connection(fields: &[Field], buf: &[u8], name: &[u8]) -> bool {
         .any(|f| list_items(&buf[f.value.clone()]).any(|t| t.eq_ignore_ascii_case(name)))
 }
 
-fn write_fields(out: &mut Vec<u8>, buf: &[u8], fields: &[Field], extra_hop: bool, skip: &[&[u8]]) {
+/// Writes the end-to-end fields of a message: no hop-by-hop field, no field
+/// a `Connection` option names (unless protected), nothing `skip` names.
+fn write_fields(out: &mut Vec<u8>, buf: &[u8], fields: &[Field], extra_hop: bool, skip: impl Fn(&[u8]) -> bool) {
     for f in fields {
         let name = &buf[f.name.clone()];
-        if is_hop_by_hop(name) || skip.iter().any(|s| s.eq_ignore_ascii_case(name)) {
+        if is_hop_by_hop(name) || skip(name) {
             continue;
         }
-        if extra_hop && named_by_connection(fields, buf, name) {
+        if extra_hop && !is_protected(name) && named_by_connection(fields, buf, name) {
             continue;
         }
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(&buf[f.value.clone()]);
-        out.extend_from_slice(b"\r\n");
+        write_field(out, name, &buf[f.value.clone()]);
     }
 }
 
-/// What the lb adds when it forwards a request.
+/// Appends `name: value` CRLF.
+pub fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes the one framing field a message with `framing` carries on the next
+/// hop (RFC 9112 §6): framing is decided once, by the parser, and the
+/// forwarded head is written from that decision, never copied.
+fn write_framing(out: &mut Vec<u8>, framing: Framing) {
+    use std::io::Write;
+    match framing {
+        Framing::Length(n) => {
+            let _ = write!(out, "Content-Length: {n}\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        Framing::Empty | Framing::UntilClose => {}
+    }
+}
+
+/// What the lb writes of a request on the next hop beyond its end-to-end fields.
 #[derive(Debug, Clone, Copy)]
 pub struct Forwarding<'a> {
     /// The client's address, for `Forwarded: for=` (RFC 7239 §5.2).
     pub client: std::net::SocketAddr,
     /// `proto=` of the `Forwarded` element.
     pub proto: &'a str,
+    /// The authority the request was routed on: the absolute-form target's
+    /// when there is one, else `Host` (RFC 9112 §3.2.2). Sent as `Host`.
+    pub host: &'a [u8],
+    /// The normalized origin-form target (or `*`), sent as the target.
+    pub target: &'a [u8],
+    /// Keep the client's own `Forwarded` / `X-Forwarded-*` fields (its
+    /// address is a trusted proxy); otherwise they are dropped.
+    pub keep_client_forwarded: bool,
+    /// Also write `X-Forwarded-For` and `X-Forwarded-Proto`.
+    pub x_forwarded: bool,
 }
 
-/// Writes the request head to send on the next hop: HTTP/1.1 request line, the
-/// end-to-end fields, a `Forwarded` element for this hop, no hop-by-hop fields
-/// and no `Expect` (the lb answers `100 Continue` itself).
-pub fn write_request_head(out: &mut Vec<u8>, buf: &[u8], head: &RequestHead, fwd: Option<&Forwarding<'_>>) {
+/// Writes the request head to send on the next hop: HTTP/1.1 request line
+/// with the normalized target, `Host` from the routing decision, the
+/// end-to-end fields, the framing field from the framing decision, a
+/// `Forwarded` element for this hop, no hop-by-hop fields and no `Expect`
+/// (the lb answers `100 Continue` itself).
+pub fn write_request_head(out: &mut Vec<u8>, buf: &[u8], head: &RequestHead, fwd: &Forwarding<'_>) {
+    use std::io::Write;
     out.extend_from_slice(head.method(buf));
     out.push(b' ');
-    out.extend_from_slice(head.target(buf));
+    out.extend_from_slice(fwd.target);
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    write_fields(out, buf, &head.fields, head.conn.extra_hop_fields, &[b"expect"]);
-    if head.host.is_none() {
-        // An HTTP/1.0 request may lack Host; the HTTP/1.1 request we send must
-        // carry one, empty when the target names no authority (RFC 9112 §3.2).
-        out.extend_from_slice(b"Host: ");
-        out.extend_from_slice(absolute_authority(head.target(buf)));
-        out.extend_from_slice(b"\r\n");
+    write_field(out, b"Host", fwd.host);
+    let keep_fwd = fwd.keep_client_forwarded;
+    write_fields(out, buf, &head.fields, head.conn.extra_hop_fields, |n| {
+        n.eq_ignore_ascii_case(b"host")
+            || n.eq_ignore_ascii_case(b"content-length")
+            || n.eq_ignore_ascii_case(b"transfer-encoding")
+            || n.eq_ignore_ascii_case(b"expect")
+            || (!keep_fwd && is_forwarding_field(n))
+    });
+    write_framing(out, head.framing());
+    // RFC 7239 §6: IPv6 addresses and ports need the quoted form.
+    let _ = write!(out, "Forwarded: for=\"{}\";proto={}", fwd.client, fwd.proto);
+    // Bounded so the element fits in FORWARD_RESERVE (a DNS name is at most 253).
+    if !fwd.host.is_empty() && fwd.host.len() <= 300 && fwd.host.iter().all(|b| b.is_ascii_graphic() && *b != b'"' && *b != b'\\') {
+        out.extend_from_slice(b";host=\"");
+        out.extend_from_slice(fwd.host);
+        out.push(b'"');
     }
-    if let Some(f) = fwd {
-        use std::io::Write;
-        // RFC 7239 §6: IPv6 addresses and ports need the quoted form.
-        let _ = write!(out, "Forwarded: for=\"{}\";proto={}", f.client, f.proto);
-        if let Some(h) = &head.host {
-            let host = &buf[h.clone()];
-            if host.iter().all(|b| b.is_ascii_graphic() && *b != b'"' && *b != b'\\') {
-                out.extend_from_slice(b";host=\"");
-                out.extend_from_slice(host);
-                out.push(b'"');
-            }
-        }
-        out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(b"\r\n");
+    if fwd.x_forwarded {
+        let _ = write!(out, "X-Forwarded-For: {}\r\nX-Forwarded-Proto: {}\r\n", fwd.client.ip(), fwd.proto);
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -550,6 +750,13 @@ pub fn absolute_authority(target: &[u8]) -> &[u8] {
     &rest[..end]
 }
 
+/// True for an authority a request may be routed on: `reg-name` or IP
+/// literal characters with an optional port (RFC 3986 §3.2), or empty (an
+/// HTTP/1.0 request without Host). Anything else in `Host` is a 400.
+pub fn is_valid_authority(a: &[u8]) -> bool {
+    a.len() <= 1024 && a.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b))
+}
+
 /// How the head of a relayed response ends the connection to the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Persist {
@@ -561,7 +768,10 @@ pub enum Persist {
 
 /// Writes a relayed response head for a client speaking `client_version`,
 /// without hop-by-hop fields. `dechunk` drops `Transfer-Encoding` because the
-/// body will be sent decoded and close-delimited (HTTP/1.0 clients).
+/// body will be sent decoded and close-delimited (HTTP/1.0 clients). A
+/// response with a body gets its framing field from the parser's decision;
+/// a bodyless one (HEAD, 1xx, 204, 304) keeps its `Content-Length`, which
+/// then describes the representation, not this message (RFC 9110 §8.6).
 pub fn write_response_head(out: &mut Vec<u8>, buf: &[u8], head: &ResponseHead, client_version: Version, persist: Persist, dechunk: bool) {
     use std::io::Write;
     // RFC 9110 §6.2: answer with the highest minor version we speak, even to
@@ -569,8 +779,15 @@ pub fn write_response_head(out: &mut Vec<u8>, buf: &[u8], head: &ResponseHead, c
     let _ = write!(out, "HTTP/1.1 {} ", head.status);
     out.extend_from_slice(&buf[head.reason.clone()]);
     out.extend_from_slice(b"\r\n");
-    let skip: &[&[u8]] = if dechunk { &[b"transfer-encoding", b"trailer"] } else { &[] };
-    write_fields(out, buf, &head.fields, head.conn.extra_hop_fields, skip);
+    let framing = head.framing();
+    let reframe = framing != Framing::Empty;
+    write_fields(out, buf, &head.fields, head.conn.extra_hop_fields, |n| {
+        (reframe && (n.eq_ignore_ascii_case(b"content-length") || n.eq_ignore_ascii_case(b"transfer-encoding")))
+            || (dechunk && n.eq_ignore_ascii_case(b"trailer"))
+    });
+    if !(dechunk && framing == Framing::Chunked) {
+        write_framing(out, framing);
+    }
     match (persist, client_version) {
         (Persist::Close, _) => out.extend_from_slice(b"Connection: close\r\n"),
         (Persist::KeepAlive, Version::Http10) => out.extend_from_slice(b"Connection: keep-alive\r\n"),
@@ -644,28 +861,52 @@ pub struct BodyDecoder {
     digits: u8,
 }
 
-/// Chunked-coding states (RFC 9112 §7.1):
+/// Chunked-coding states (RFC 9112 §7.1). Every framing byte is checked
+/// against the grammar: chunk extensions are tokens or quoted strings after
+/// `;`, trailer lines are `token ":" field-value`, so nothing relayed in its
+/// received framing carries bytes the parser did not validate.
 ///
 /// ```text
-/// Size ─hex─▶ Size ─';'─▶ Ext ─CR─▶ SizeLf ─LF─▶ Data(n) ─▶ DataCr ─▶ DataLf ─▶ Size
-///                                          └─(n = 0)─▶ TrailerStart ─CRLF─▶ Done
-///                                                           └─field─▶ Trailer ─LF─▶ TrailerStart
+/// Size ─hex─▶ Size ─CR─▶ SizeLf ─LF─▶ Data(n) ─▶ DataCr ─▶ DataLf ─▶ Size
+///   └─BWS / ';'─▶ SizeWs / ExtPreName ─▶ ExtName ─'='─▶ ExtPreVal ─▶ ExtVal / ExtQuoted ─▶ … ─CR─▶ SizeLf
+///                         SizeLf ─LF (n = 0)─▶ TrailerStart ─CRLF─▶ Done
+///                                               └─tchar─▶ TrailerName ─':'─▶ TrailerValue ─CRLF─▶ TrailerStart
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BodyState {
     Length(u64),
     UntilClose,
     Size,
-    Ext,
+    /// Whitespace after the size, before `;` or CR.
+    SizeWs,
+    ExtPreName,
+    ExtName,
+    ExtAfterName,
+    ExtPreVal,
+    ExtVal,
+    ExtQuoted,
+    ExtQuotedEsc,
+    ExtAfterVal,
     SizeLf,
     Data(u64),
     DataCr,
     DataLf,
     TrailerStart,
-    Trailer,
+    TrailerName,
+    TrailerValue,
     TrailerLf,
     EndLf,
     Done,
+}
+
+/// `tchar` of RFC 9110 §5.6.2.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A byte allowed in a field value: VCHAR, SP, HTAB, obs-text (RFC 9110 §5.5).
+fn is_field_vchar(b: u8) -> bool {
+    b == b'\t' || b == b' ' || (0x21..=0x7e).contains(&b) || b >= 0x80
 }
 
 /// One step of decoding: `consumed` bytes of the input belong to the body;
@@ -698,7 +939,10 @@ impl BodyDecoder {
     /// True between the last chunk and the end of a chunked body: the bytes
     /// of the next steps are the trailer section (fields, then an empty line).
     pub fn in_trailers(&self) -> bool {
-        matches!(self.state, BodyState::TrailerStart | BodyState::Trailer | BodyState::TrailerLf | BodyState::EndLf)
+        matches!(
+            self.state,
+            BodyState::TrailerStart | BodyState::TrailerName | BodyState::TrailerValue | BodyState::TrailerLf | BodyState::EndLf
+        )
     }
 
     /// The connection closed: fine for a close-delimited body, else truncation.
@@ -745,76 +989,129 @@ impl BodyDecoder {
         while i < input.len() {
             let b = input[i];
             i += 1;
+            let bad = |why| Err(BodyError::BadChunk(why));
             self.state = match self.state {
                 Size => match hex(b) {
                     Some(d) => {
                         self.digits += 1;
                         if self.digits > 15 {
-                            return Err(BodyError::BadChunk("chunk size too large"));
+                            return bad("chunk size too large");
                         }
                         self.size = self.size * 16 + u64::from(d);
                         Size
                     }
-                    None if self.digits == 0 => return Err(BodyError::BadChunk("missing chunk size")),
+                    None if self.digits == 0 => return bad("missing chunk size"),
                     None => match b {
-                        b';' | b' ' | b'\t' => Ext,
+                        b';' => ExtPreName,
+                        b' ' | b'\t' => SizeWs,
                         b'\r' => SizeLf,
-                        _ => return Err(BodyError::BadChunk("invalid chunk size")),
+                        _ => return bad("invalid chunk size"),
                     },
                 },
-                Ext => match b {
+                SizeWs => match b {
+                    b' ' | b'\t' => SizeWs,
+                    b';' => ExtPreName,
                     b'\r' => SizeLf,
-                    b'\n' => return Err(BodyError::BadChunk("bare LF in chunk extension")),
-                    _ => Ext,
+                    _ => return bad("junk after the chunk size"),
+                },
+                ExtPreName => match b {
+                    b' ' | b'\t' => ExtPreName,
+                    _ if is_tchar(b) => ExtName,
+                    _ => return bad("invalid chunk extension name"),
+                },
+                ExtName => match b {
+                    _ if is_tchar(b) => ExtName,
+                    b' ' | b'\t' => ExtAfterName,
+                    b'=' => ExtPreVal,
+                    b';' => ExtPreName,
+                    b'\r' => SizeLf,
+                    _ => return bad("invalid chunk extension name"),
+                },
+                ExtAfterName => match b {
+                    b' ' | b'\t' => ExtAfterName,
+                    b'=' => ExtPreVal,
+                    b';' => ExtPreName,
+                    b'\r' => SizeLf,
+                    _ => return bad("invalid chunk extension"),
+                },
+                ExtPreVal => match b {
+                    b' ' | b'\t' => ExtPreVal,
+                    b'"' => ExtQuoted,
+                    _ if is_tchar(b) => ExtVal,
+                    _ => return bad("invalid chunk extension value"),
+                },
+                ExtVal => match b {
+                    _ if is_tchar(b) => ExtVal,
+                    b' ' | b'\t' => ExtAfterVal,
+                    b';' => ExtPreName,
+                    b'\r' => SizeLf,
+                    _ => return bad("invalid chunk extension value"),
+                },
+                ExtQuoted => match b {
+                    b'"' => ExtAfterVal,
+                    b'\\' => ExtQuotedEsc,
+                    _ if is_field_vchar(b) => ExtQuoted,
+                    _ => return bad("control byte in a chunk extension"),
+                },
+                ExtQuotedEsc => match b {
+                    _ if is_field_vchar(b) => ExtQuoted,
+                    _ => return bad("control byte in a chunk extension"),
+                },
+                ExtAfterVal => match b {
+                    b' ' | b'\t' => ExtAfterVal,
+                    b';' => ExtPreName,
+                    b'\r' => SizeLf,
+                    _ => return bad("invalid chunk extension"),
                 },
                 SizeLf => {
                     if b != b'\n' {
-                        return Err(BodyError::BadChunk("chunk size line not ended by CRLF"));
+                        return bad("chunk size line not ended by CRLF");
                     }
                     self.line = 0;
                     self.digits = 0;
                     let n = std::mem::take(&mut self.size);
-                    if n == 0 {
-                        // End the step here, so the trailer section starts a
-                        // step of its own (see `in_trailers`).
-                        self.state = TrailerStart;
-                        return Ok(Decoded { consumed: i, data: i..i });
-                    } else {
-                        self.state = Data(n);
-                        return Ok(Decoded { consumed: i, data: i..i });
-                    }
+                    // The last chunk ends the step here, so the trailer
+                    // section starts a step of its own (see `in_trailers`).
+                    self.state = if n == 0 { TrailerStart } else { Data(n) };
+                    return Ok(Decoded { consumed: i, data: i..i });
                 }
                 DataCr => {
                     if b != b'\r' {
-                        return Err(BodyError::BadChunk("chunk data not followed by CRLF"));
+                        return bad("chunk data not followed by CRLF");
                     }
                     DataLf
                 }
                 DataLf => {
                     if b != b'\n' {
-                        return Err(BodyError::BadChunk("chunk data not followed by CRLF"));
+                        return bad("chunk data not followed by CRLF");
                     }
                     Size
                 }
                 TrailerStart => match b {
                     b'\r' => EndLf,
-                    b'\n' => return Err(BodyError::BadChunk("bare LF in trailer section")),
-                    _ => Trailer,
+                    b' ' | b'\t' => return bad("obs-fold in the trailer section"),
+                    _ if is_tchar(b) => TrailerName,
+                    _ => return bad("invalid trailer field"),
                 },
-                Trailer => match b {
+                TrailerName => match b {
+                    _ if is_tchar(b) => TrailerName,
+                    b':' => TrailerValue,
+                    _ => return bad("invalid trailer field name"),
+                },
+                TrailerValue => match b {
                     b'\r' => TrailerLf,
-                    b'\n' => return Err(BodyError::BadChunk("bare LF in trailer section")),
-                    _ => Trailer,
+                    _ if is_field_vchar(b) => TrailerValue,
+                    _ => return bad("control byte in a trailer field"),
                 },
                 TrailerLf => {
                     if b != b'\n' {
-                        return Err(BodyError::BadChunk("trailer field not ended by CRLF"));
+                        return bad("trailer field not ended by CRLF");
                     }
                     TrailerStart
                 }
                 EndLf => {
                     if b != b'\n' {
-                        return Err(BodyError::BadChunk("chunked body not ended by CRLF"));
+                        return bad("chunked body not ended by CRLF");
                     }
                     self.state = Done;
                     return Ok(Decoded { consumed: i, data: i..i });
@@ -822,7 +1119,7 @@ impl BodyDecoder {
                 Length(_) | UntilClose | Data(_) | Done => unreachable!("handled above"),
             };
             self.line += 1;
-            let limit = if matches!(self.state, TrailerStart | Trailer | TrailerLf | EndLf) { MAX_TRAILERS } else { MAX_CHUNK_LINE };
+            let limit = if self.in_trailers() { MAX_TRAILERS } else { MAX_CHUNK_LINE };
             if self.line > limit {
                 return Err(BodyError::BadChunk("chunk line or trailer section too long"));
             }
@@ -954,15 +1251,129 @@ mod tests {
         assert!(!req("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap().1.conn.close);
     }
 
+    fn forward(s: &str, keep: bool, xff: bool) -> String {
+        let (_, h) = req(s).unwrap();
+        let buf = s.as_bytes();
+        let host = match h.form {
+            TargetForm::Absolute => absolute_authority(h.target(buf)),
+            _ => h.host.as_ref().map_or(&b""[..], |r| &buf[r.clone()]),
+        };
+        let mut target = Vec::new();
+        write_normalized_target(&mut target, origin_form(h.target(buf))).unwrap();
+        let fwd = Forwarding {
+            client: "10.0.0.1:5".parse().unwrap(),
+            proto: "http",
+            host,
+            target: &target,
+            keep_client_forwarded: keep,
+            x_forwarded: xff,
+        };
+        let mut out = Vec::new();
+        write_request_head(&mut out, buf, &h, &fwd);
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
     fn rewrite_strips_hop_by_hop_and_adds_forwarded() {
         let s = "GET / HTTP/1.1\r\nHost: h\r\nConnection: close, x-hop\r\nX-Hop: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nExpect: 100-continue\r\nX-End: 2\r\n\r\n";
-        let (_, h) = req(s).unwrap();
+        assert_eq!(
+            forward(s, false, false),
+            "GET / HTTP/1.1\r\nHost: h\r\nX-End: 2\r\nForwarded: for=\"10.0.0.1:5\";proto=http;host=\"h\"\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn connection_cannot_strip_framing_or_host() {
+        // The smuggling case: `Connection: content-length` must not leave a
+        // body that is still relayed by its length without that length.
+        let s = "POST /c HTTP/1.1\r\nHost: o\r\nConnection: content-length, host, transfer-encoding\r\nContent-Length: 5\r\n\r\n";
+        let out = forward(s, false, false);
+        assert!(out.contains("\r\nHost: o\r\n") && out.contains("\r\nContent-Length: 5\r\n"), "{out}");
+        let s = "POST /c HTTP/1.1\r\nHost: o\r\nConnection: transfer-encoding\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(forward(s, false, false).contains("\r\nTransfer-Encoding: chunked\r\n"));
+        // Framing fields are written from the decision: one canonical field.
+        let s = "POST /c HTTP/1.1\r\nHost: o\r\nContent-Length: 3, 3\r\nContent-Length: 3\r\n\r\n";
+        assert_eq!(forward(s, false, false).matches("Content-Length").count(), 1);
+        assert!(forward(s, false, false).contains("Content-Length: 3\r\n"));
+        // An explicit zero length is said again.
+        assert!(forward("POST / HTTP/1.1\r\nHost: o\r\nContent-Length: 0\r\n\r\n", false, false).contains("Content-Length: 0\r\n"));
+    }
+
+    #[test]
+    fn absolute_form_authority_replaces_host() {
+        let out = forward("GET http://echo.test/c/abs?q=1 HTTP/1.1\r\nHost: origin.test\r\n\r\n", false, false);
+        assert!(out.starts_with("GET /c/abs?q=1 HTTP/1.1\r\nHost: echo.test\r\n"), "{out}");
+        assert!(!out.contains("origin.test"), "{out}");
+    }
+
+    #[test]
+    fn client_forwarded_fields_dropped_unless_trusted() {
+        let s = "GET / HTTP/1.1\r\nHost: h\r\nForwarded: for=1.2.3.4\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n";
+        let out = forward(s, false, true);
+        assert!(!out.contains("1.2.3.4"), "{out}");
+        assert!(out.contains("X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: http\r\n"), "{out}");
+        let out = forward(s, true, false);
+        assert!(out.contains("Forwarded: for=1.2.3.4\r\n") && out.contains("X-Forwarded-For: 1.2.3.4\r\n"), "{out}");
+    }
+
+    #[test]
+    fn target_forms() {
+        assert_eq!(req("OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n").unwrap().1.form, TargetForm::Asterisk);
+        assert!(req("GET * HTTP/1.1\r\nHost: h\r\n\r\n").is_err());
+        assert_eq!(req("CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n").unwrap().1.form, TargetForm::Authority);
+        assert!(req("CONNECT / HTTP/1.1\r\nHost: h\r\n\r\n").is_err());
+        assert!(req("GET h:443 HTTP/1.1\r\nHost: h\r\n\r\n").is_err());
+        assert!(req("GET ftp://h/x HTTP/1.1\r\nHost: h\r\n\r\n").is_err());
+        assert!(req("GET http://u@h/x HTTP/1.1\r\nHost: h\r\n\r\n").is_err());
+        assert!(req("GET http:///x HTTP/1.1\r\nHost: h\r\n\r\n").is_err());
+        assert_eq!(req("GET HTTP://H/x HTTP/1.1\r\nHost: h\r\n\r\n").unwrap().1.form, TargetForm::Absolute);
+    }
+
+    #[test]
+    fn normalization_table() {
+        let cases = [
+            ("/", "/"),
+            ("/a/b/c/./../../g", "/a/g"),
+            ("/api/../index.html", "/index.html"),
+            ("/../../x", "/x"),
+            ("/a/b/..", "/a/"),
+            ("/a/.", "/a/"),
+            ("/a//b", "/a//b"),
+            ("/%7euser/%41%2fb", "/~user/A%2Fb"),
+            ("/api/%2e%2e/admin", "/admin"),
+            ("/p%2fq?x=/../%2e", "/p%2Fq?x=/../%2e"),
+            ("*", "*"),
+        ];
+        for (input, want) in cases {
+            let mut out = Vec::new();
+            write_normalized_target(&mut out, input.as_bytes()).unwrap();
+            assert_eq!(String::from_utf8(out).unwrap(), want, "{input}");
+        }
+        for bad in ["/%", "/%2", "/%zz"] {
+            assert!(write_normalized_target(&mut Vec::new(), bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn response_reframed_from_decision() {
+        let l = Limits::default();
+        let mut h = ResponseHead::default();
+        let s = b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 3\r\n\r\n";
+        parse_response(s, &l, false, &mut h).unwrap();
         let mut out = Vec::new();
-        let fwd = Forwarding { client: "10.0.0.1:5".parse().unwrap(), proto: "http" };
-        write_request_head(&mut out, s.as_bytes(), &h, Some(&fwd));
-        let out = String::from_utf8(out).unwrap();
-        assert_eq!(out, "GET / HTTP/1.1\r\nHost: h\r\nX-End: 2\r\nForwarded: for=\"10.0.0.1:5\";proto=http;host=\"h\"\r\n\r\n");
+        write_response_head(&mut out, s, &h, Version::Http11, Persist::KeepAlive, false);
+        assert_eq!(out, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n");
+        let s = b"HTTP/1.1 200 OK\r\nConnection: transfer-encoding\r\nTransfer-Encoding: chunked\r\n\r\n";
+        parse_response(s, &l, false, &mut h).unwrap();
+        out.clear();
+        write_response_head(&mut out, s, &h, Version::Http11, Persist::KeepAlive, false);
+        assert_eq!(out, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        // A HEAD response keeps the length of what a GET would carry.
+        let s = b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n";
+        parse_response(s, &l, true, &mut h).unwrap();
+        out.clear();
+        write_response_head(&mut out, s, &h, Version::Http11, Persist::KeepAlive, false);
+        assert_eq!(out, b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n");
     }
 
     #[test]
@@ -1024,6 +1435,39 @@ mod tests {
         }
         assert_eq!(at, body.len());
         assert_eq!(trailer_fields(&section), vec![(&b"X-A"[..], &b"1"[..]), (&b"X-B"[..], &b"two"[..])]);
+    }
+
+    #[test]
+    fn chunk_extensions_and_trailers_are_validated() {
+        let good: [&[u8]; 5] = [
+            b"5;a\r\nhello\r\n0\r\n\r\n",
+            b"5 ; a = b ; c=\"q \\\" t\"\r\nhello\r\n0\r\n\r\n",
+            b"5\t\r\nhello\r\n0\r\n\r\n",
+            b"0\r\nX-T: v\t\x80\r\n\r\n",
+            b"0;last\r\nA:\r\n\r\n",
+        ];
+        for body in good {
+            let mut d = BodyDecoder::new(Framing::Chunked);
+            assert_eq!(d.scan(body), Ok(body.len()), "{:?}", String::from_utf8_lossy(body));
+            assert!(d.is_done());
+        }
+        let bad: [&[u8]; 11] = [
+            b"5;\x01\x7f\x00\r\n",
+            b"5 junk\r\n",
+            b"5;=v\r\n",
+            b"5;a=\r\n",
+            b"5;a=\"x\x00\"\r\n",
+            b"5;a b\r\n",
+            b"0\r\nGET /smuggled HTTP/1.1\r\n\r\n",
+            b"0\r\nX-T: a\x00b\r\n\r\n",
+            b"0\r\nX-T: a\r\n folded\r\n\r\n",
+            b"0\r\n: v\r\n\r\n",
+            b"0\r\nX-T: a\rb\r\n\r\n",
+        ];
+        for body in bad {
+            let mut d = BodyDecoder::new(Framing::Chunked);
+            assert!(d.scan(body).is_err(), "{:?}", String::from_utf8_lossy(body));
+        }
     }
 
     #[test]

@@ -32,7 +32,8 @@ pub struct Config {
     /// Pin each thread to a CPU.
     pub pin: bool,
     pub runtime: RuntimeSpec,
-    /// Limits on request heads read from tunnels.
+    /// Limits on request heads read from tunnels (and response heads from
+    /// the origin): [`ptth_proto::h1::TUNNEL_LIMITS`], above any lb profile.
     pub limits: Limits,
     /// TCP connect to an lb or origin.
     pub connect_timeout: Duration,
@@ -63,7 +64,8 @@ impl Default for Config {
             threads: 1,
             pin: false,
             runtime: RuntimeSpec::default(),
-            limits: Limits::default(),
+            // Room for what the lb adds to heads within its own limits.
+            limits: ptth_proto::h1::TUNNEL_LIMITS,
             connect_timeout: Duration::from_secs(5),
             setup_timeout: Duration::from_secs(5),
             io_timeout: Duration::from_secs(60),

@@ -64,6 +64,19 @@ impl Sidecar {
         Sidecar { origin, idle: RefCell::new(Vec::new()) }
     }
 
+    /// An idle pooled connection that can carry the next request: one that
+    /// holds no unread bytes and whose origin neither closed it nor sent
+    /// anything since its last response (see `idle_conn_unusable`).
+    fn pooled(&self) -> Option<OriginConn> {
+        let mut idle = self.idle.borrow_mut();
+        while let Some(oc) = idle.pop() {
+            if oc.rb.is_empty() && !ptth_proto::rt::io::idle_conn_unusable(&oc.stream) {
+                return Some(oc);
+            }
+        }
+        None
+    }
+
     fn err(&self, why: impl std::fmt::Display) -> Error {
         Error::Origin { origin: self.origin.authority.clone(), why: why.to_string() }
     }
@@ -113,8 +126,7 @@ impl Sidecar {
     /// HTTP/1.1 tunnel: the request head goes to the origin as received,
     /// bodies are relayed in their received framing.
     async fn handle_h1(&self, c: &mut Conn) -> Result<(), Error> {
-        let pooled = self.idle.borrow_mut().pop();
-        let replayed = match pooled {
+        let replayed = match self.pooled() {
             Some(mut oc) => self.exchange_once(c, &mut oc, true).await?.then_some(oc),
             None => None,
         };
@@ -150,12 +162,17 @@ impl Sidecar {
     }
 
     /// Reads the origin's final response head (interim 1xx responses end
-    /// here: the lb already answered any Expect: 100-continue). `Ok(false)`:
+    /// here: the lb already answered any Expect: 100-continue). A 101 is not
+    /// interim: no request the sidecar forwards asks for an upgrade, so it is
+    /// a broken origin (502) and the connection is dropped. `Ok(false)`:
     /// the connection was dead before any response byte and the request may
     /// be replayed on a fresh one.
     async fn read_head(&self, oc: &mut OriginConn, cfg: &Config, is_head: bool, replayable: bool) -> Result<bool, Error> {
         loop {
             match h1::parse_response(oc.rb.data(), &cfg.limits, is_head, &mut oc.head) {
+                Ok(Parsed::Complete) if oc.head.status == 101 => {
+                    return Err(self.err("101 Switching Protocols to a request that asked for no upgrade"));
+                }
                 Ok(Parsed::Complete) if (100..200).contains(&oc.head.status) => {
                     oc.rb.consume(oc.head.len);
                     continue;
@@ -234,10 +251,9 @@ impl Sidecar {
         let cfg = x.cfg.clone();
         let mut head = Vec::with_capacity(512);
         let chunked = !x.body.is_end_stream() && !x.parts.headers.contains_key(http::header::CONTENT_LENGTH);
-        h2io::write_h1_request_head(&mut head, &x.parts.method, &x.parts.uri, &x.parts.headers, chunked, None);
+        h2io::write_h1_request_head(&mut head, &x.parts.method, &x.parts.uri, &x.parts.headers, chunked);
 
-        let pooled = self.idle.borrow_mut().pop();
-        let replayed = match pooled {
+        let replayed = match self.pooled() {
             Some(mut oc) => self.h2_once(x, &mut oc, &head, chunked, true).await?.then_some(oc),
             None => None,
         };

@@ -568,7 +568,7 @@ impl Pool {
             let Some(w) = w else { continue };
             let mut i = 0;
             while i < w.idle.len() {
-                if now.duration_since(w.idle[i].idle_since) >= min_idle && peer_closed(&w.idle[i].stream) {
+                if now.duration_since(w.idle[i].idle_since) >= min_idle && ptth_proto::rt::io::idle_conn_unusable(&w.idle[i].stream) {
                     w.idle.swap_remove(i);
                     dead.push(slot);
                 } else {
@@ -607,8 +607,10 @@ impl Pool {
     }
 
     /// Idle tunnels must be checked before use: has the worker closed it?
-    pub(crate) fn is_stale(t: &Tunnel, after: Duration) -> bool {
-        t.idle_since.elapsed() >= after && peer_closed(&t.stream)
+    /// An idle h1 tunnel that hung up or sent bytes while no request was
+    /// outstanding: closed before reuse, never trusted with a request.
+    pub(crate) fn is_stale(t: &Tunnel) -> bool {
+        !t.rb.is_empty() || ptth_proto::rt::io::idle_conn_unusable(&t.stream)
     }
 
     /// An h1 tunnel abandoned mid-exchange (its task was cut short): closed,
@@ -624,27 +626,4 @@ impl Pool {
         self.settle(lease.slot(), false);
         self.give_back(lease, false);
     }
-}
-
-/// True when the peer closed (or reset) an idle connection: a non-blocking
-/// `MSG_PEEK` returns 0 bytes or an error other than "would block".
-#[allow(unsafe_code)]
-fn peer_closed(s: &TcpStream) -> bool {
-    use std::os::fd::AsRawFd;
-    let mut byte = [0u8; 1];
-    // SAFETY: the fd belongs to `s`, which is borrowed for the whole call, so
-    // it stays open; `byte` is a live one-byte buffer and we pass its length.
-    // MSG_PEEK leaves data in the socket; MSG_DONTWAIT keeps the call from
-    // blocking even though io_uring-accepted sockets are in blocking mode.
-    let n = unsafe { libc::recv(s.as_raw_fd(), byte.as_mut_ptr().cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
-    if n == 0 {
-        return true;
-    }
-    if n < 0 {
-        let e = std::io::Error::last_os_error();
-        return !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted);
-    }
-    // Bytes on an idle h1 tunnel are a protocol error from the worker: the
-    // tunnel cannot be trusted with a request.
-    true
 }

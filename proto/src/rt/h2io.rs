@@ -71,15 +71,8 @@ pub fn is_h1_only(name: &[u8]) -> bool {
 
 /// Writes an HTTP/1.1 request head for an HTTP/2 request (RFC 9113 §8.3.1:
 /// `:authority` becomes `Host`). `chunked`: the body has no length and will
-/// be sent chunked. `forwarded`: a `Forwarded` element to append.
-pub fn write_h1_request_head(
-    out: &mut Vec<u8>,
-    method: &http::Method,
-    uri: &http::Uri,
-    headers: &http::HeaderMap,
-    chunked: bool,
-    forwarded: Option<&str>,
-) {
+/// be sent chunked.
+pub fn write_h1_request_head(out: &mut Vec<u8>, method: &http::Method, uri: &http::Uri, headers: &http::HeaderMap, chunked: bool) {
     use std::io::Write;
     let target = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let _ = write!(out, "{method} {target} HTTP/1.1\r\n");
@@ -105,9 +98,6 @@ pub fn write_h1_request_head(
     }
     if chunked {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
-    }
-    if let Some(f) = forwarded {
-        let _ = write!(out, "Forwarded: {f}\r\n");
     }
     out.extend_from_slice(b"\r\n");
 }

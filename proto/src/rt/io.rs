@@ -111,6 +111,30 @@ impl ReadBuf {
     }
 }
 
+/// True when a pooled connection that should be silent cannot carry another
+/// message: the peer closed or reset it, or it sent bytes while no request
+/// was outstanding. Such bytes (data after a complete response, a body after
+/// a HEAD, 204 or 304, a rogue worker's unsolicited response) would otherwise
+/// be read as the next request's response and served to another client, so
+/// the lb checks every idle tunnel and the sidecar every idle origin
+/// connection before reuse. A non-blocking `MSG_PEEK`: one syscall, no data
+/// consumed.
+#[allow(unsafe_code)]
+pub fn idle_conn_unusable(s: &impl std::os::fd::AsRawFd) -> bool {
+    let mut byte = [0u8; 1];
+    // SAFETY: the fd belongs to `s`, which is borrowed for the whole call, so
+    // it stays open; `byte` is a live one-byte buffer and we pass its length.
+    // MSG_PEEK leaves data in the socket; MSG_DONTWAIT keeps the call from
+    // blocking even though io_uring-accepted sockets are in blocking mode.
+    let n = unsafe { libc::recv(s.as_raw_fd(), byte.as_mut_ptr().cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted);
+    }
+    // 0: the peer closed; > 0: unsolicited bytes.
+    true
+}
+
 /// Writes all of `buf` within `deadline`; hands the buffer back for reuse
 /// (cleared) unless the deadline cancelled the write.
 pub async fn write_all<W: AsyncWriteRent>(w: &mut W, buf: Vec<u8>, deadline: Duration) -> (io::Result<()>, Vec<u8>) {
