@@ -39,6 +39,8 @@ pub(crate) struct Core {
     pub(crate) kill: Signal,
     /// Client connections being served on this core.
     pub(crate) active: Cell<u64>,
+    /// Rate limit of tunnel-setup refusal log lines.
+    pub(crate) refusals: crate::tunnel::accept::RefusalLog,
 }
 
 impl Core {
@@ -89,6 +91,7 @@ async fn run(id: usize, shared: Arc<Shared>, listeners: CoreListeners, stop_flag
         stop: Signal::new(),
         kill: Signal::new(),
         active: Cell::new(0),
+        refusals: Default::default(),
     });
     monoio::spawn(core.stop.clone().follow(stop_flag, FLAG_POLL));
     for l in listeners.clients {

@@ -397,7 +397,7 @@ async fn via_h1(
     out.clear();
     h2io::write_h1_request_head(&mut out, &parts.method, &parts.uri, &parts.headers, chunked);
     let is_head = parts.method == http::Method::HEAD;
-    let Tunnel { stream, rb: mut trb, out: _, head: mut thead, slot, idle_since } = t;
+    let Tunnel { stream, rb: mut trb, out: _, head: mut thead, slot, idle_since, ticket } = t;
     let (mut tr, mut tw) = stream.into_split();
     let sent_head = Cell::new(false);
     let upload = async {
@@ -548,7 +548,7 @@ async fn via_h1(
         }
     };
     let stream = tr.reunite(tw).expect("halves of one tunnel stream");
-    let t = Tunnel { stream, rb: trb, out, head: thead, slot, idle_since };
+    let t = Tunnel { stream, rb: trb, out, head: thead, slot, idle_since, ticket };
     // A tunnel whose exchange did not end cleanly must not carry another request.
     let attempt = match attempt {
         Attempt::Done { status, .. } => Attempt::Done { status, reusable },

@@ -127,7 +127,9 @@ fn build_request(fwd: &[u8], scratch: &mut RequestHead) -> Result<http::Request<
     // are slices of it (no allocation per field).
     let shared = Bytes::copy_from_slice(fwd);
     let target = scratch.target.clone();
-    let uri = if fwd[target.clone()].starts_with(b"/") {
+    // Origin form, or `*` for OPTIONS (RFC 9113 §8.3.1 allows it as :path).
+    let t = &fwd[target.clone()];
+    let uri = if t.starts_with(b"/") || t == b"*" {
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(http::uri::Scheme::HTTP);
         parts.authority = Some(match scratch.host.as_ref().filter(|r| !r.is_empty()) {

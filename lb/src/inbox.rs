@@ -28,6 +28,8 @@ pub(crate) struct TunnelSetup {
     pub(crate) token: ptth_proto::setup::UpgradeToken,
     pub(crate) protocol: ptth_proto::setup::InnerProtocol,
     pub(crate) placed: crate::tunnel::placement::Placed,
+    /// Counts against the per-peer and total tunnel caps while the tunnel lives.
+    pub(crate) ticket: crate::tunnel::placement::PeerTicket,
 }
 
 pub(crate) struct Inbox {

@@ -18,7 +18,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
 use monoio::net::TcpStream;
@@ -520,7 +520,7 @@ async fn exchange(core: &Core, c: &mut Client, mut t: Tunnel, dec: &mut BodyDeco
         return (Err(Fail::Client), t);
     };
     let (mut cr, mut cw) = client.into_split();
-    let Tunnel { stream: tunnel, rb: mut trb, out: tout, head: mut thead, slot, idle_since } = t;
+    let Tunnel { stream: tunnel, rb: mut trb, out: tout, head: mut thead, slot, idle_since, ticket } = t;
     let (mut tr, mut tw) = tunnel.into_split();
     let started = std::cell::Cell::new(false);
     let (result, out) = {
@@ -556,7 +556,7 @@ async fn exchange(core: &Core, c: &mut Client, mut t: Tunnel, dec: &mut BodyDeco
     // have ended above.
     c.stream = cr.reunite(cw).ok();
     let stream = tr.reunite(tw).expect("halves of one tunnel stream");
-    (result, Tunnel { stream, rb: trb, out, head: thead, slot, idle_since })
+    (result, Tunnel { stream, rb: trb, out, head: thead, slot, idle_since, ticket })
 }
 
 /// Reads the response head (skipping or relaying 1xx) and relays the
@@ -677,7 +677,39 @@ async fn send_error(core: &Core, c: &mut Client, e: &Error, close: bool) {
     let body = format!("{status} {}: {e}\n", h1::reason(status));
     c.out.clear();
     h1::write_simple_response(&mut c.out, status, h1::reason(status), &extra, "text/plain", body.as_bytes(), close);
-    let _ = write_client(core, c).await;
+    if write_client(core, c).await.is_ok() && close {
+        linger(c).await;
+    }
+}
+
+/// Longest a closing connection is drained after an error response.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+/// Most bytes drained after an error response before closing anyway.
+const LINGER_BYTES: usize = 8 << 20;
+
+/// Lingering close (nginx's `lingering_close`): after an error response the
+/// client may still be sending (a 100 KB request line, a body nobody will
+/// read). Closing with those bytes unread makes the kernel answer with a
+/// reset, which can destroy the response before the client reads it. So:
+/// half-close, then read and drop what still arrives, bounded in time and
+/// size, until the client closes its side.
+async fn linger(c: &mut Client) {
+    let Some(stream) = c.stream.as_mut() else { return };
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGER_TIME;
+    let mut drained = 0;
+    while drained < LINGER_BYTES {
+        drained += c.rb.data().len();
+        let all = c.rb.data().len();
+        c.rb.consume(all);
+        let left = deadline.saturating_duration_since(Instant::now());
+        match c.rb.fill(stream, left).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
 }
 
 #[cfg(test)]

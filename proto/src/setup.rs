@@ -215,6 +215,10 @@ impl SetupRequest {
         if head.method(buf) != b"GET" {
             return Err(SetupError::Malformed("setup requests use GET".into()));
         }
+        if head.version() != crate::h1::Version::Http11 {
+            // RFC 9110 §7.8: a server must ignore Upgrade in an HTTP/1.0 request.
+            return Err(SetupError::Malformed("setup requests need HTTP/1.1 (Upgrade is ignored in HTTP/1.0)".into()));
+        }
         if !head.conn.upgrade {
             return Err(SetupError::Malformed("Connection must list upgrade".into()));
         }
@@ -229,7 +233,7 @@ impl SetupRequest {
                 offered.push(p);
             }
         }
-        let bearer = match head.field(buf, "authorization") {
+        let bearer = match single(buf, head, "authorization")? {
             None => None,
             Some(v) => {
                 let v = trim(v);
@@ -271,19 +275,43 @@ fn parse_claim(rest: &str) -> Result<Claim, SetupError> {
     Ok(Claim::Origins(origins))
 }
 
+/// The value of a field that may appear once: a second line is a 400
+/// (for an sf Item, RFC 9651 §4.2: the combined value fails to parse).
+fn single<'b>(buf: &'b [u8], head: &RequestHead, name: &str) -> Result<Option<&'b [u8]>, SetupError> {
+    let mut lines = head.fields.iter().filter(|f| buf[f.name.clone()].eq_ignore_ascii_case(name.as_bytes()));
+    let first = lines.next().map(|f| &buf[f.value.clone()]);
+    if lines.next().is_some() {
+        return Err(SetupError::Malformed(format!("{name}: appears more than once")));
+    }
+    Ok(first)
+}
+
+/// A List field's lines combined into one value (RFC 9651 §4.2).
+fn combined_list(buf: &[u8], head: &RequestHead, name: &str) -> Option<Vec<u8>> {
+    let mut out: Option<Vec<u8>> = None;
+    for f in head.fields.iter().filter(|f| buf[f.name.clone()].eq_ignore_ascii_case(name.as_bytes())) {
+        let v = out.get_or_insert_with(Vec::new);
+        if !v.is_empty() {
+            v.extend_from_slice(b", ");
+        }
+        v.extend_from_slice(&buf[f.value.clone()]);
+    }
+    out
+}
+
 fn parse_meta(buf: &[u8], head: &RequestHead) -> Result<WorkerMeta, SetupError> {
     let bad = |f: &str, what: &str| SetupError::Malformed(format!("{f}: {what}"));
     let mut meta = WorkerMeta::default();
-    if let Some(v) = head.field(buf, FIELD_WORKER_ID) {
+    if let Some(v) = single(buf, head, FIELD_WORKER_ID)? {
         let id = sf::parse_string(trim(v)).ok_or_else(|| bad(FIELD_WORKER_ID, "expected an sf-string like \"w-1\""))?;
         if id.is_empty() || id.len() > MAX_WORKER_ID_LEN {
             return Err(bad(FIELD_WORKER_ID, "must be 1 to 128 characters"));
         }
         meta.id = Some(id);
     }
-    if let Some(v) = head.field(buf, FIELD_ROUTES) {
+    if let Some(v) = combined_list(buf, head, FIELD_ROUTES) {
         let routes =
-            sf::parse_string_list(v).ok_or_else(|| bad(FIELD_ROUTES, "expected a list of sf-strings like \"/api/\", \"/img/\""))?;
+            sf::parse_string_list(&v).ok_or_else(|| bad(FIELD_ROUTES, "expected a list of sf-strings like \"/api/\", \"/img/\""))?;
         if routes.len() > MAX_ROUTES {
             return Err(bad(FIELD_ROUTES, "more than 64 routes"));
         }
@@ -294,12 +322,12 @@ fn parse_meta(buf: &[u8], head: &RequestHead) -> Result<WorkerMeta, SetupError> 
         }
         meta.routes = routes;
     }
-    if let Some(v) = head.field(buf, FIELD_WEIGHT) {
+    if let Some(v) = single(buf, head, FIELD_WEIGHT)? {
         meta.weight = sf::parse_integer(trim(v))
             .filter(|w| (1..=i64::from(MAX_WEIGHT)).contains(w))
             .ok_or_else(|| bad(FIELD_WEIGHT, "expected an integer from 1 to 1000"))? as u32;
     }
-    if let Some(v) = head.field(buf, FIELD_MAX_CONCURRENCY) {
+    if let Some(v) = single(buf, head, FIELD_MAX_CONCURRENCY)? {
         meta.max_concurrency = Some(
             sf::parse_integer(trim(v))
                 .filter(|w| (1..=1_000_000).contains(w))
@@ -510,10 +538,26 @@ mod tests {
             (format!("GET /.well-known/ptth/ftp%3A%2F%2Fx/ HTTP/1.1\r\n{base}Upgrade: ptth\r\nALPN: h2\r\n\r\n"), 400),
             (format!("GET /.well-known/ptth/*/ HTTP/1.1\r\n{base}Upgrade: ptth\r\nALPN: h2\r\nTunnel-Weight: 0\r\n\r\n"), 400),
             (format!("GET /.well-known/ptth/*/ HTTP/1.1\r\n{base}Upgrade: ptth\r\nALPN: h2\r\nTunnel-Routes: api\r\n\r\n"), 400),
+            (format!("GET /.well-known/ptth/*/ HTTP/1.1\r\n{base}Upgrade: ptth\r\nALPN: h2\r\nTunnel-Weight: 2\r\nTunnel-Weight: 3\r\n\r\n"), 400),
+            (format!("GET /.well-known/ptth/*/ HTTP/1.1\r\n{base}Upgrade: ptth\r\nALPN: h2\r\nTunnel-Worker-Id: \"a\"\r\nTunnel-Worker-Id: \"b\"\r\n\r\n"), 400),
+            (format!("GET /.well-known/ptth/*/ HTTP/1.0\r\n{base}Upgrade: ptth\r\nALPN: h2\r\n\r\n"), 400),
+            (format!("GET /.well-known/ptth/*/ HTTP/1.1\r\n{base}Upgrade: ptth\r\nALPN: h2\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b\r\n\r\n"), 400),
         ];
         for (req, status) in cases {
             assert_eq!(setup(&req).unwrap_err().status(), status, "{req}");
         }
+    }
+
+    #[test]
+    fn structured_fields_with_parameters_and_split_lists() {
+        let r = setup(
+            "GET /.well-known/ptth/*/ HTTP/1.1\r\nHost: lb\r\nConnection: Upgrade\r\nUpgrade: ptth\r\nALPN: h2\r\n\
+             Tunnel-Worker-Id: \"w-1\";zone=\"a\"\r\nTunnel-Weight: 4;x\r\nTunnel-Routes: \"/a/\"\r\nTunnel-Routes: \"/b/\";p=1\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(r.meta.id.as_deref(), Some("w-1"));
+        assert_eq!(r.meta.weight, 4);
+        assert_eq!(r.meta.routes, ["/a/", "/b/"]);
     }
 
     #[test]

@@ -13,6 +13,8 @@ use ptth_workerd::{Handler, Responder, Worker};
 pub use ptth_lb;
 pub use ptth_workerd;
 
+pub mod recording;
+
 /// Longest any single test step waits.
 pub const STEP: Duration = Duration::from_secs(10);
 
@@ -110,6 +112,12 @@ impl Client {
     pub fn send(&mut self, bytes: &[u8]) {
         // write_all retries EINTR itself.
         self.stream.write_all(bytes).expect("write");
+    }
+
+    /// Sends `raw` (one request) and returns the response body as text.
+    pub fn send_and_read(&mut self, raw: &[u8]) -> String {
+        self.send(raw);
+        self.read_response(false).text()
     }
 
     /// Sends `GET path` with keep-alive.
@@ -267,6 +275,8 @@ pub async fn h2_request(
 pub fn raw_h1_tunnel(tunnel: SocketAddr, id: &str) -> (TcpStream, u32) {
     let mut s = TcpStream::connect(tunnel).unwrap();
     s.set_read_timeout(Some(STEP)).unwrap();
+    // What the test writes goes out at once (no Nagle delay behind an ACK).
+    s.set_nodelay(true).unwrap();
     let setup = format!(
         "GET /.well-known/ptth/*/ HTTP/1.1\r\nHost: lb\r\nConnection: Upgrade\r\nUpgrade: ptth\r\nALPN: http%2F1.1\r\nTunnel-Worker-Id: \"{id}\"\r\n\r\n"
     );

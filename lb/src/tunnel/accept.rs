@@ -68,11 +68,41 @@ fn authorize(cfg: &Config, req: &SetupRequest, peer: SocketAddr) -> Result<(), E
     }
 }
 
+/// At most one refusal line per second per core: refusals come from peers
+/// that are not (yet) authenticated, and must not let them flood the log.
+/// The next line that gets through says how many were left out.
+#[derive(Debug, Default)]
+pub(crate) struct RefusalLog {
+    last: std::cell::Cell<Option<Instant>>,
+    suppressed: std::cell::Cell<u64>,
+}
+
+impl RefusalLog {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+    /// Whether to log this refusal now, and how many were held back before it.
+    fn admit(&self, now: Instant) -> Option<u64> {
+        match self.last.get() {
+            Some(t) if now.saturating_duration_since(t) < Self::EVERY => {
+                self.suppressed.set(self.suppressed.get() + 1);
+                None
+            }
+            _ => {
+                self.last.set(Some(now));
+                Some(self.suppressed.replace(0))
+            }
+        }
+    }
+}
+
 async fn reject(core: &Core, stream: &mut TcpStream, e: &Error, peer: SocketAddr) {
     stats::add(&core.stats().setups_rejected, 1);
     let status = e.status().unwrap_or(400);
     if !core.shared.cfg.quiet && status != 404 {
-        eprintln!("ptth-lb: tunnel setup from {peer} refused with {status}: {e}");
+        if let Some(held) = core.refusals.admit(Instant::now()) {
+            let more = if held > 0 { format!(" ({held} more refusals not logged in the last second)") } else { String::new() };
+            eprintln!("ptth-lb: tunnel setup from {peer} refused with {status}: {e}{more}");
+        }
     }
     let retry = e.is_retryable().then_some(core.shared.cfg.profile.retry_after_s.max(1));
     let mut out = Vec::with_capacity(256);
@@ -121,6 +151,10 @@ async fn setup(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
         ));
         return reject(&core, &mut stream, &e, peer).await;
     };
+    let ticket = match core.shared.placement.admit(peer.ip(), cfg.max_tunnels_per_peer, cfg.max_tunnels) {
+        Ok(t) => t,
+        Err(e) => return reject(&core, &mut stream, &e, peer).await,
+    };
     // Workers that do not name themselves are told apart by address.
     let id: Arc<str> = match &req.meta.id {
         Some(id) => Arc::from(id.as_str()),
@@ -135,7 +169,7 @@ async fn setup(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
         log_registration(&core, &id, &meta, peer);
     }
     let to = placed.core;
-    let setup = TunnelSetup { token: req.token, protocol, placed };
+    let setup = TunnelSetup { token: req.token, protocol, placed, ticket };
     if to == core.id {
         finish(core, stream, id, meta, setup).await;
     } else {
@@ -170,10 +204,10 @@ pub(crate) async fn finish(core: Rc<Core>, mut stream: TcpStream, id: Arc<str>, 
     }
     let _ = stream.set_nodelay(true);
     stats::add(&core.stats().tunnels_accepted, 1);
-    let TunnelSetup { placed, protocol, .. } = setup;
+    let TunnelSetup { placed, protocol, ticket, .. } = setup;
     match protocol {
         InnerProtocol::Http11 => {
-            core.pool.borrow_mut().add(id, meta, placed.permits, placed.stats, stream, core.shared.cfg.profile.tunnel_read);
+            core.pool.borrow_mut().add(id, meta, placed, ticket, stream, core.shared.cfg.profile.tunnel_read);
         }
         InnerProtocol::H2 => {
             // draft-kazuho-ptth-ptth-01: after the 101 the lb sends the client preface.
@@ -190,7 +224,7 @@ pub(crate) async fn finish(core: Rc<Core>, mut stream: TcpStream, id: Arc<str>, 
                 }
             };
             let name: Rc<str> = Rc::from(&*id);
-            let t = core.pool.borrow_mut().add_h2(id, meta, placed.permits, placed.stats, send);
+            let t = core.pool.borrow_mut().add_h2(id, meta, placed, ticket, send);
             crate::core::spawn_killable(&core.clone(), crate::h2_tunnel::drive(core.clone(), conn, t, name));
         }
     }
@@ -221,6 +255,16 @@ mod tests {
         assert!(authorize(&cfg, &setup_req(Claim::Any, Some("t")), far).is_ok());
         assert!(matches!(authorize(&cfg, &setup_req(Claim::Any, Some("u")), lo), Err(Error::Unauthorized(_))));
         assert!(matches!(authorize(&cfg, &setup_req(Claim::Any, None), lo), Err(Error::Unauthorized(_))));
+    }
+
+    #[test]
+    fn refusal_log_is_rate_limited() {
+        let log = RefusalLog::default();
+        let t = Instant::now();
+        assert_eq!(log.admit(t), Some(0));
+        assert_eq!(log.admit(t), None);
+        assert_eq!(log.admit(t + std::time::Duration::from_millis(500)), None);
+        assert_eq!(log.admit(t + std::time::Duration::from_millis(1000)), Some(2));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! the core from the `101` and keeps dialing until each core holds its target.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -41,11 +42,64 @@ pub(crate) struct Placed {
 pub(crate) struct Placement {
     cores: usize,
     workers: Mutex<HashMap<Arc<str>, WorkerEntry>>,
+    peers: Arc<PeerCounts>,
+}
+
+/// Tunnels held per peer IP address and in all, against the operator's caps
+/// (`tunnel.max_tunnels_per_peer`, `tunnel.max_tunnels`): a peer dialing in
+/// under ever new worker ids cannot grow the lb without bound.
+#[derive(Debug, Default)]
+pub(crate) struct PeerCounts {
+    inner: Mutex<(HashMap<IpAddr, u32>, u32)>,
+}
+
+/// One tunnel's share of [`PeerCounts`], given back when the tunnel (which
+/// owns it) is dropped, however it ends.
+#[derive(Debug)]
+pub(crate) struct PeerTicket {
+    counts: Arc<PeerCounts>,
+    ip: IpAddr,
+}
+
+impl PeerCounts {
+    fn lock(&self) -> MutexGuard<'_, (HashMap<IpAddr, u32>, u32)> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for PeerTicket {
+    fn drop(&mut self) {
+        let mut g = self.counts.lock();
+        let (map, total) = &mut *g;
+        *total = total.saturating_sub(1);
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl Placement {
     pub(crate) fn new(cores: usize) -> Placement {
-        Placement { cores, workers: Mutex::new(HashMap::new()) }
+        Placement { cores, workers: Mutex::new(HashMap::new()), peers: Arc::default() }
+    }
+
+    /// Counts one more tunnel from `ip`, or refuses it (429) past a cap.
+    pub(crate) fn admit(&self, ip: IpAddr, per_peer: u32, all: u32) -> Result<PeerTicket, Error> {
+        let mut g = self.peers.lock();
+        let (map, total) = &mut *g;
+        if *total >= all {
+            return Err(Error::TooManyTunnels(format!("the lb holds {total} tunnels (limit tunnel.max_tunnels = {all})")));
+        }
+        let n = map.entry(ip).or_insert(0);
+        if *n >= per_peer {
+            return Err(Error::TooManyTunnels(format!("{ip} already holds {n} tunnels (limit tunnel.max_tunnels_per_peer = {per_peer})")));
+        }
+        *n += 1;
+        *total += 1;
+        Ok(PeerTicket { counts: self.peers.clone(), ip })
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, WorkerEntry>> {
@@ -122,5 +176,19 @@ mod tests {
         assert_eq!(p.place(&id, &meta(), 0, 100).unwrap().core, 2);
         assert!(matches!(p.place(&id, &meta(), 0, 6), Err(Error::TooManyTunnels(_))));
         assert_eq!(p.core_for(b"any", b"/", 0), Some(1));
+    }
+
+    #[test]
+    fn peer_caps_hold_and_tickets_give_back() {
+        let p = Placement::new(1);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let t1 = p.admit(a, 2, 3).unwrap();
+        let _t2 = p.admit(a, 2, 3).unwrap();
+        assert!(matches!(p.admit(a, 2, 3), Err(Error::TooManyTunnels(_))));
+        let _t3 = p.admit(b, 2, 3).unwrap();
+        assert!(matches!(p.admit(b, 2, 3), Err(Error::TooManyTunnels(m)) if m.contains("tunnel.max_tunnels =")));
+        drop(t1);
+        assert!(p.admit(a, 2, 3).is_ok());
     }
 }

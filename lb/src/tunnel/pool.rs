@@ -23,7 +23,7 @@ use ptth_proto::rt::io::ReadBuf;
 use ptth_proto::rt::FastRng;
 
 use crate::stats::{self, WorkerCoreStats};
-use crate::tunnel::placement::Placement;
+use crate::tunnel::placement::{PeerTicket, Placed, Placement};
 use crate::tunnel::Meta;
 
 /// An established HTTP/1.1 tunnel with its reusable buffers.
@@ -35,6 +35,7 @@ pub(crate) struct Tunnel {
     /// The worker entry this tunnel belongs to, in this core's pool.
     pub(crate) slot: usize,
     pub(crate) idle_since: Instant,
+    pub(crate) ticket: PeerTicket,
 }
 
 /// An HTTP/2 tunnel: many requests at once, up to the worker's
@@ -47,6 +48,7 @@ pub(crate) struct H2Tunnel {
     /// The connection task ended.
     closed: Cell<bool>,
     pub(crate) slot: usize,
+    _ticket: PeerTicket,
 }
 
 /// How long a worker whose tunnels on this core all closed stays routable,
@@ -251,16 +253,8 @@ impl Pool {
     }
 
     /// Registers a freshly set-up HTTP/1.1 tunnel and offers it to the queue.
-    pub(crate) fn add(
-        &mut self,
-        id: Arc<str>,
-        meta: Arc<Meta>,
-        permits: Option<Arc<CachePadded<AtomicU32>>>,
-        wstats: Arc<WorkerCoreStats>,
-        stream: TcpStream,
-        tunnel_read: usize,
-    ) {
-        let slot = self.slot_for(id, meta, permits, wstats);
+    pub(crate) fn add(&mut self, id: Arc<str>, meta: Arc<Meta>, placed: Placed, ticket: PeerTicket, stream: TcpStream, tunnel_read: usize) {
+        let slot = self.slot_for(id, meta, placed.permits, placed.stats);
         let t = Tunnel {
             stream,
             rb: ReadBuf::with_capacity(tunnel_read),
@@ -268,6 +262,7 @@ impl Pool {
             head: ResponseHead::default(),
             slot,
             idle_since: Instant::now(),
+            ticket,
         };
         self.offer(Lease::H1(t));
     }
@@ -278,17 +273,18 @@ impl Pool {
         &mut self,
         id: Arc<str>,
         meta: Arc<Meta>,
-        permits: Option<Arc<CachePadded<AtomicU32>>>,
-        wstats: Arc<WorkerCoreStats>,
+        placed: Placed,
+        ticket: PeerTicket,
         send: h2::client::SendRequest<Bytes>,
     ) -> Rc<H2Tunnel> {
-        let slot = self.slot_for(id, meta, permits, wstats);
+        let slot = self.slot_for(id, meta, placed.permits, placed.stats);
         let t = Rc::new(H2Tunnel {
             send: RefCell::new(send),
             in_flight: Cell::new(0),
             draining: Cell::new(false),
             closed: Cell::new(false),
             slot,
+            _ticket: ticket,
         });
         if let Some(w) = self.workers[slot].as_mut() {
             w.h2.push(t.clone());
