@@ -200,10 +200,7 @@ fn upgrade_is_h2c(v: Option<&[u8]>) -> bool {
 /// so the worker sees the host and path the request was routed on.
 fn route_target<'b>(buf: &'b [u8], head: &RequestHead, target: &mut Vec<u8>) -> Result<&'b [u8], Error> {
     let raw = head.target(buf);
-    let host = match head.form {
-        TargetForm::Absolute => h1::absolute_authority(raw),
-        _ => head.host.as_ref().map_or(&b""[..], |r| &buf[r.clone()]),
-    };
+    let host = h1::request_authority(buf, head);
     if !h1::is_valid_authority(host) {
         return Err(Error::Head(ptth_proto::HeadError::Malformed("invalid Host")));
     }
@@ -254,7 +251,7 @@ async fn handle(core: &Rc<Core>, c: &mut Client) -> Next {
     };
     let policy = &core.shared.cfg.forwarding;
     let fwd = Forwarding {
-        client: c.peer,
+        client: Some(c.peer),
         proto: "http",
         host,
         target: &c.target,

@@ -422,6 +422,16 @@ fn target_form(method: &[u8], target: &[u8]) -> Result<TargetForm, HeadError> {
     Ok(TargetForm::Absolute)
 }
 
+/// The authority a request is for: an absolute-form target's, which
+/// replaces `Host` (RFC 9112 §3.2.2), else the `Host` field's (empty when
+/// there is none, as in an HTTP/1.0 request).
+pub fn request_authority<'b>(buf: &'b [u8], head: &RequestHead) -> &'b [u8] {
+    match head.form {
+        TargetForm::Absolute => absolute_authority(head.target(buf)),
+        _ => head.host.as_ref().map_or(&b""[..], |r| &buf[r.clone()]),
+    }
+}
+
 /// The path and query of an origin-form or absolute-form target (`/` when
 /// an absolute form has no path); the asterisk form as is.
 pub fn origin_form(target: &[u8]) -> &[u8] {
@@ -683,8 +693,10 @@ fn write_framing(out: &mut Vec<u8>, framing: Framing) {
 /// What the lb writes of a request on the next hop beyond its end-to-end fields.
 #[derive(Debug, Clone, Copy)]
 pub struct Forwarding<'a> {
-    /// The client's address, for `Forwarded: for=` (RFC 7239 §5.2).
-    pub client: std::net::SocketAddr,
+    /// The client's address, for `Forwarded: for=` (RFC 7239 §5.2); `None`
+    /// adds no `Forwarded` element (a hop that does not know the client, such
+    /// as the worker's sidecar forwarding to its origin).
+    pub client: Option<std::net::SocketAddr>,
     /// `proto=` of the `Forwarded` element.
     pub proto: &'a str,
     /// The authority the request was routed on: the absolute-form target's
@@ -720,17 +732,19 @@ pub fn write_request_head(out: &mut Vec<u8>, buf: &[u8], head: &RequestHead, fwd
             || (!keep_fwd && is_forwarding_field(n))
     });
     write_framing(out, head.framing());
-    // RFC 7239 §6: IPv6 addresses and ports need the quoted form.
-    let _ = write!(out, "Forwarded: for=\"{}\";proto={}", fwd.client, fwd.proto);
-    // Bounded so the element fits in FORWARD_RESERVE (a DNS name is at most 253).
-    if !fwd.host.is_empty() && fwd.host.len() <= 300 && fwd.host.iter().all(|b| b.is_ascii_graphic() && *b != b'"' && *b != b'\\') {
-        out.extend_from_slice(b";host=\"");
-        out.extend_from_slice(fwd.host);
-        out.push(b'"');
-    }
-    out.extend_from_slice(b"\r\n");
-    if fwd.x_forwarded {
-        let _ = write!(out, "X-Forwarded-For: {}\r\nX-Forwarded-Proto: {}\r\n", fwd.client.ip(), fwd.proto);
+    if let Some(client) = fwd.client {
+        // RFC 7239 §6: IPv6 addresses and ports need the quoted form.
+        let _ = write!(out, "Forwarded: for=\"{client}\";proto={}", fwd.proto);
+        // Bounded so the element fits in FORWARD_RESERVE (a DNS name is at most 253).
+        if !fwd.host.is_empty() && fwd.host.len() <= 300 && fwd.host.iter().all(|b| b.is_ascii_graphic() && *b != b'"' && *b != b'\\') {
+            out.extend_from_slice(b";host=\"");
+            out.extend_from_slice(fwd.host);
+            out.push(b'"');
+        }
+        out.extend_from_slice(b"\r\n");
+        if fwd.x_forwarded {
+            let _ = write!(out, "X-Forwarded-For: {}\r\nX-Forwarded-Proto: {}\r\n", client.ip(), fwd.proto);
+        }
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -1254,14 +1268,11 @@ mod tests {
     fn forward(s: &str, keep: bool, xff: bool) -> String {
         let (_, h) = req(s).unwrap();
         let buf = s.as_bytes();
-        let host = match h.form {
-            TargetForm::Absolute => absolute_authority(h.target(buf)),
-            _ => h.host.as_ref().map_or(&b""[..], |r| &buf[r.clone()]),
-        };
+        let host = request_authority(buf, &h);
         let mut target = Vec::new();
         write_normalized_target(&mut target, origin_form(h.target(buf))).unwrap();
         let fwd = Forwarding {
-            client: "10.0.0.1:5".parse().unwrap(),
+            client: Some("10.0.0.1:5".parse().unwrap()),
             proto: "http",
             host,
             target: &target,

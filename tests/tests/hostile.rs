@@ -308,3 +308,40 @@ fn setup_strictness_and_peer_cap() {
     let third = refused(&format!("GET /.well-known/ptth/*/ HTTP/1.1\r\n{base}Tunnel-Worker-Id: \"p3\"\r\n\r\n"));
     assert!(third.starts_with("HTTP/1.1 429") && third.contains("Retry-After:") && third.contains("max_tunnels_per_peer"), "{third}");
 }
+
+/// The sidecar writes the origin's request head from its own parse, so a
+/// PTTH proxy that forwards `Connection: content-length` as is (not ptth-lb)
+/// cannot smuggle a request to the origin either.
+#[test]
+fn sidecar_rewrites_heads_from_any_lb() {
+    let fake_lb = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin = Recorder::start();
+    let o = OriginAddr::parse(&format!("http://{}", origin.addr)).unwrap();
+    let cfg = ptth_workerd::Config {
+        lbs: vec![fake_lb.local_addr().unwrap().to_string()],
+        tunnels_per_core: 1,
+        protocols: vec![InnerProtocol::Http11],
+        quiet: true,
+        ..Default::default()
+    };
+    let _w = ptth_workerd::serve(cfg, move || Sidecar::new(o.clone())).unwrap();
+    let (mut t, _) = fake_lb.accept().unwrap();
+    t.set_read_timeout(Some(STEP)).unwrap();
+    let mut setup = Vec::new();
+    let mut b = [0u8; 1];
+    while !setup.ends_with(b"\r\n\r\n") {
+        assert_eq!(t.read(&mut b).unwrap(), 1);
+        setup.push(b[0]);
+    }
+    t.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ptth\r\nALPN: http%2F1.1\r\n\r\n").unwrap();
+    t.write_all(b"POST /c HTTP/1.1\r\nHost: o\r\nConnection: content-length\r\nContent-Length: 45\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: origin.test\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("body=45") {
+        let mut chunk = [0u8; 4096];
+        let n = t.read(&mut chunk).unwrap();
+        assert!(n > 0, "tunnel closed: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+    assert!(!smuggled(&origin), "{:?}", origin.seen());
+    assert_eq!(origin.find("/c").unwrap().field("content-length").as_deref(), Some("45"));
+}

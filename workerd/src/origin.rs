@@ -2,8 +2,10 @@
 //! HTTP/1.1 origin over a keep-alive pool, and relay the response back.
 //!
 //! Place in the request path: lb → tunnel → **this** → origin (loopback) and
-//! back. The lb has already normalized the request (hop-by-hop fields gone,
-//! `Forwarded` added), so the head goes to the origin as received.
+//! back. The head is written again for the origin from the parser's
+//! decisions (framing, Host, normalized target; hop-by-hop fields dropped),
+//! never copied through, and every pooled connection is checked for bytes the
+//! origin sent unasked before it is reused.
 
 use std::cell::RefCell;
 
@@ -51,6 +53,8 @@ struct OriginConn {
     rb: ReadBuf,
     out: Vec<u8>,
     head: ResponseHead,
+    /// The current request's normalized target.
+    target: Vec<u8>,
 }
 
 /// The sidecar handler: one per worker thread, with that thread's pool.
@@ -89,7 +93,13 @@ impl Sidecar {
             Err(_) => return Err(self.err("connect timed out")),
         };
         let _ = stream.set_nodelay(true);
-        Ok(OriginConn { stream, rb: ReadBuf::with_capacity(ORIGIN_BUF), out: Vec::with_capacity(4096), head: ResponseHead::default() })
+        Ok(OriginConn {
+            stream,
+            rb: ReadBuf::with_capacity(ORIGIN_BUF),
+            out: Vec::with_capacity(4096),
+            head: ResponseHead::default(),
+            target: Vec::with_capacity(256),
+        })
     }
 
     /// Sends the request head and body; reads the response head.
@@ -99,7 +109,22 @@ impl Sidecar {
         let io = c.cfg.io_timeout;
         let replayable = reused && c.body.is_done();
         let mut out = std::mem::take(&mut oc.out);
-        out.extend_from_slice(&c.head_bytes);
+        // The head is rewritten, not copied: whatever lb sent it (ptth-lb
+        // normalized it already; another PTTH proxy may not have), the origin
+        // gets framing and Host from the parser's decisions and no hop-by-hop
+        // fields (RFC 9110 §7.6.1).
+        let hb = &c.head_bytes;
+        oc.target.clear();
+        h1::write_normalized_target(&mut oc.target, h1::origin_form(c.head.target(hb)))?;
+        let fwd = h1::Forwarding {
+            client: None,
+            proto: "http",
+            host: h1::request_authority(hb, &c.head),
+            target: &oc.target,
+            keep_client_forwarded: true,
+            x_forwarded: false,
+        };
+        h1::write_request_head(&mut out, hb, &c.head, &fwd);
         let (res, out) = send_message(&mut oc.stream, out, &mut c.stream, &mut c.rb, &mut c.body, BodyMode::Pass, io).await;
         oc.out = out;
         match res {
