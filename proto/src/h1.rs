@@ -220,8 +220,16 @@ pub enum Parsed {
     Partial,
 }
 
+/// Where `part` lies in `base`. httparse hands back a static `""` for a
+/// reason phrase that is not UTF-8 (obs-text), which lies outside `base`:
+/// that, and anything else outside, is an empty range instead of an
+/// out-of-bounds one (a worker's response must never panic the lb).
 fn offset_of(base: &[u8], part: &[u8]) -> Range<usize> {
-    let start = part.as_ptr() as usize - base.as_ptr() as usize;
+    let (b, p) = (base.as_ptr() as usize, part.as_ptr() as usize);
+    if p < b || p + part.len() > b + base.len() {
+        return 0..0;
+    }
+    let start = p - b;
     start..start + part.len()
 }
 
@@ -360,6 +368,11 @@ pub fn parse_response(buf: &[u8], limits: &Limits, request_was_head: bool, head:
     }
     head.len = len;
     head.status = res.code.unwrap_or(0);
+    if !(100..=599).contains(&head.status) {
+        // RFC 9110 §15: a status code is three digits, 100 to 599. `004`
+        // would be relayed as `4`, which no client parses.
+        return Err(HeadError::Malformed("status code out of range 100-599"));
+    }
     head.reason = offset_of(buf, res.reason.unwrap_or("").as_bytes());
     let version = if res.version == Some(0) { Version::Http10 } else { Version::Http11 };
     head.version = Some(version);
@@ -452,7 +465,7 @@ pub fn origin_form(target: &[u8]) -> &[u8] {
 /// The query is kept as received. Routing and the worker both see the result,
 /// so `/api/../admin` cannot be routed as `/api/` and served as `/admin`.
 pub fn write_normalized_target(out: &mut Vec<u8>, target: &[u8]) -> Result<(), HeadError> {
-    if target.first() != Some(&b'/') {
+    if target == b"*" {
         // The asterisk form has nothing to normalize.
         out.extend_from_slice(target);
         return Ok(());
@@ -460,6 +473,13 @@ pub fn write_normalized_target(out: &mut Vec<u8>, target: &[u8]) -> Result<(), H
     let (path, query) = match target.iter().position(|&b| b == b'?') {
         Some(q) => (&target[..q], &target[q..]),
         None => (target, &b""[..]),
+    };
+    // An absolute form without a path (`http://h?q`) means the path `/`
+    // (RFC 9112 §3.2.1); any other path must be absolute.
+    let path = match path {
+        b"" => &b"/"[..],
+        [b'/', ..] => path,
+        _ => return Err(HeadError::Malformed("request target is not origin-form or absolute-form http(s)")),
     };
     let base = out.len();
     let mut segments = path[1..].split(|&b| b == b'/').peekable();
@@ -1354,6 +1374,7 @@ mod tests {
             ("/api/%2e%2e/admin", "/admin"),
             ("/p%2fq?x=/../%2e", "/p%2Fq?x=/../%2e"),
             ("*", "*"),
+            ("?q", "/?q"),
         ];
         for (input, want) in cases {
             let mut out = Vec::new();
@@ -1401,6 +1422,12 @@ mod tests {
         parse_response(b"HTTP/1.1 200 OK\r\n\r\n", &l, false, &mut h).unwrap();
         assert_eq!(h.framing(), Framing::UntilClose);
         assert!(h.conn.close);
+        // A reason phrase in obs-text is dropped, not a panic.
+        parse_response(b"HTTP/1.1 200 O\xb5K\r\n\r\n", &l, false, &mut h).unwrap();
+        assert_eq!(h.reason, 0..0);
+        for bad in [&b"HTTP/1.1 004 x\r\n\r\n"[..], b"HTTP/1.1 099 x\r\n\r\n", b"HTTP/1.1 600 x\r\n\r\n"] {
+            assert!(parse_response(bad, &l, false, &mut h).is_err());
+        }
     }
 
     fn decode_all(body: &[u8], split: usize) -> Result<(Vec<u8>, usize), BodyError> {

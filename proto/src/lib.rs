@@ -13,6 +13,7 @@
 
 pub mod error;
 pub mod h1;
+pub mod invariants;
 #[cfg(feature = "rt")]
 pub mod rt;
 pub mod setup;

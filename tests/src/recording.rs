@@ -117,6 +117,8 @@ pub fn hostile_response(case: &str) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
             b"HTTP/1.1 200 OK\r\nConnection: transfer-encoding\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec(),
             None,
         ),
+        // A reason phrase in obs-text (not UTF-8).
+        "obs-reason" => (b"HTTP/1.1 200 O\xb5K\r\nContent-Length: 5\r\n\r\nhello".to_vec(), None),
         // Invalid chunk framing in a response body.
         "bad-ext" => (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;\x01\x7f\r\nhello\r\n0\r\n\r\n".to_vec(), None),
         "junk-size" => (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5 junk\r\nhello\r\n0\r\n\r\n".to_vec(), None),

@@ -163,7 +163,7 @@ fn forwarded_requests(kind: InnerProtocol) {
 fn hostile_responses(kind: InnerProtocol) {
     let r = rig(kind);
     // Framing fields named by Connection are kept: the body arrives whole.
-    for case in ["conn-cl", "conn-te"] {
+    for case in ["conn-cl", "conn-te", "obs-reason"] {
         let resp = get(r.lb.client_addr(), &format!("/r/{case}"));
         assert!(resp.complete && resp.status == 200 && resp.text() == "hello", "{case}: {resp:?}");
         r.fresh_clients_get_their_own(case);
