@@ -588,6 +588,23 @@ mod tests {
         );
     }
 
+    /// The byte-for-byte examples of docs/PROTOCOL.md §2.
+    #[test]
+    fn documented_bytes() {
+        let mut out = Vec::new();
+        write_reject(&mut out, 400, "Tunnel-Weight: appears more than once", None);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 38\r\nConnection: close\r\n\r\nTunnel-Weight: appears more than once\n"
+        );
+        let mut out = Vec::new();
+        write_accept(&mut out, &Accepted { token: UpgradeToken::Reverse, protocol: InnerProtocol::Http11, core: 0, cores: 1 });
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: reverse\r\nSelected-ALPN: http%2F1.1\r\nTunnel-Core: 0\r\nTunnel-Cores: 1\r\n\r\n"
+        );
+    }
+
     #[test]
     fn host_matching_ignores_port() {
         let o = Origin::parse("https://app.example").unwrap();
