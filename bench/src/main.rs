@@ -21,8 +21,10 @@ use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: ptth-bench h1-wrk|h2-h2load [--duration SECS] [--connections N] [--streams N] [--threads N] [--rounds N]
                      [--tunnels-per-core N] [--h2-tunnels-per-core N] [--workerd-threads N] [--lb-cores N] [--only ptth,ptth-h1,nginx,haproxy]
-                     [--out DIR]
-Run from the repository root after `cargo build --release` (bench/run.sh does both).";
+                     [--baseline DIR --baseline-label REV] [--out DIR]
+Run from the repository root after `cargo build --release` (bench/run.sh does both).
+--baseline DIR adds ptth@base and ptth-h1@base: the same setups with DIR/ptth-lb and
+DIR/ptth-workerd (another commit's binaries), interleaved in the same rounds.";
 
 /// What drives the load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +57,9 @@ struct Opts {
     lb_cores: u32,
     only: Vec<String>,
     out: PathBuf,
+    /// Directory holding another build's ptth-lb and ptth-workerd.
+    baseline: Option<PathBuf>,
+    baseline_label: String,
 }
 
 fn parse(args: &[String]) -> Result<Opts, String> {
@@ -71,6 +76,8 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         lb_cores: 0,
         only: vec!["ptth".into(), "ptth-h1".into(), "nginx".into(), "haproxy".into()],
         out: PathBuf::from("bench/results"),
+        baseline: None,
+        baseline_label: "baseline".into(),
     };
     let mut it = args.iter();
     match it.next().map(String::as_str) {
@@ -99,7 +106,21 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--lb-cores" => o.lb_cores = num(0, 1024)? as u32,
             "--only" => o.only = v.split(',').map(String::from).collect(),
             "--out" => o.out = PathBuf::from(v),
+            "--baseline" => o.baseline = Some(PathBuf::from(v)),
+            "--baseline-label" => o.baseline_label = v.clone(),
             _ => return Err(format!("unknown flag {flag:?}")),
+        }
+    }
+    if let Some(b) = &o.baseline {
+        for bin in ["ptth-lb", "ptth-workerd"] {
+            if !b.join(bin).exists() {
+                return Err(format!("--baseline {}: no {bin} there", b.display()));
+            }
+        }
+        for t in ["ptth", "ptth-h1"] {
+            if o.only.iter().any(|n| n == t) {
+                o.only.push(format!("{t}@base"));
+            }
         }
     }
     Ok(o)
@@ -346,11 +367,16 @@ fn start_target(name: &str, dir: &Path, o: &Opts, cores: u32) -> Result<Target, 
                 note: format!("mode http, http-reuse always, nbthread {cores}, cpu-map auto"),
             })
         }
-        "ptth" | "ptth-h1" => {
-            let inner = if name == "ptth-h1" { "http/1.1" } else { "h2" };
+        "ptth" | "ptth-h1" | "ptth@base" | "ptth-h1@base" => {
+            let inner = if name.starts_with("ptth-h1") { "http/1.1" } else { "h2" };
+            let base = name.ends_with("@base");
+            let bin_dir = match (&o.baseline, base) {
+                (Some(d), true) => d.clone(),
+                _ => PathBuf::from("target/release"),
+            };
             let lb = spawn(
                 "ptth-lb",
-                Command::new("target/release/ptth-lb").args([
+                Command::new(bin_dir.join("ptth-lb")).args([
                     "--listen",
                     &format!("127.0.0.1:{PTTH}"),
                     "--tunnel-listen",
@@ -365,7 +391,7 @@ fn start_target(name: &str, dir: &Path, o: &Opts, cores: u32) -> Result<Target, 
             wait_port(PTTH)?;
             let w = spawn(
                 "ptth-workerd",
-                Command::new("target/release/ptth-workerd").args([
+                Command::new(bin_dir.join("ptth-workerd")).args([
                     "--lb",
                     &format!("127.0.0.1:{PTTH_TUNNEL}"),
                     "--origin",
@@ -386,12 +412,18 @@ fn start_target(name: &str, dir: &Path, o: &Opts, cores: u32) -> Result<Target, 
             } else {
                 format!("h1 tunnels, {} per core", o.tunnels_per_core)
             };
+            let build = if base { format!(" [{} binaries]", o.baseline_label) } else { String::new() };
             Ok(Target {
-                name: if inner == "h2" { "ptth" } else { "ptth-h1" },
+                name: match (inner, base) {
+                    ("h2", false) => "ptth",
+                    ("h2", true) => "ptth@base",
+                    (_, false) => "ptth-h1",
+                    (_, true) => "ptth-h1@base",
+                },
                 port: PTTH,
                 procs: vec![lb, w],
                 note: format!(
-                    "ptth-lb --cores {cores} (io_uring coop_taskrun, pinned) + ptth-workerd --threads {}, {tunnels}",
+                    "ptth-lb --cores {cores} (io_uring coop_taskrun, pinned) + ptth-workerd --threads {}, {tunnels}{build}",
                     o.workerd_threads
                 ),
             })
@@ -402,7 +434,10 @@ fn start_target(name: &str, dir: &Path, o: &Opts, cores: u32) -> Result<Target, 
 
 struct Sample {
     wrk: WrkResult,
+    /// CPU seconds of all the target's processes.
     cpu: f64,
+    /// CPU seconds of its first process alone (ptth-lb for ptth).
+    cpu_first: f64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -465,10 +500,11 @@ fn run(o: &Opts) -> Result<(), String> {
             // Warm-up: pools fill, tunnels settle, caches heat.
             run_load(o, t.port, 2, &dir)?;
             let pids: Vec<u32> = t.procs.iter().map(|p| p.child.id()).collect();
-            let before: f64 = pids.iter().map(|&p| cpu_seconds(p)).sum();
+            let before: Vec<f64> = pids.iter().map(|&p| cpu_seconds(p)).collect();
             let w = run_load(o, t.port, o.duration, &dir)?;
-            let after: f64 = pids.iter().map(|&p| cpu_seconds(p)).sum();
-            let cpu = after - before;
+            let after: Vec<f64> = pids.iter().map(|&p| cpu_seconds(p)).collect();
+            let cpu = after.iter().sum::<f64>() - before.iter().sum::<f64>();
+            let cpu_first = after[0] - before[0];
             eprintln!(
                 "round {round} {:>8}: {:>9.0} req/s  p50 {:.3} ms  p99 {:.3} ms  {:>7.0} req/CPU-s ({}){}",
                 t.name,
@@ -479,7 +515,7 @@ fn run(o: &Opts) -> Result<(), String> {
                 t.procs.iter().map(|p| p.name).collect::<Vec<_>>().join("+"),
                 if w.errors.is_empty() { String::new() } else { format!("  [{}]", w.errors) }
             );
-            list.push(Sample { wrk: w, cpu });
+            list.push(Sample { wrk: w, cpu, cpu_first });
             drop(t);
             std::thread::sleep(Duration::from_millis(300));
         }
@@ -519,17 +555,26 @@ fn run(o: &Opts) -> Result<(), String> {
         sh("wrk -v 2>&1 | head -1"),
         sh("h2load --version 2>&1 | head -1")
     );
-    let _ = writeln!(md, "\n| proxy | setup | req/s | p50 ms | p99 ms | req per CPU-second (proxy processes) | errors |");
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "- ptth: lb alone = ptth-lb's CPU; all = ptth-lb + ptth-workerd (utime+stime from /proc)");
+    let _ = writeln!(
+        md,
+        "\n| proxy | setup | req/s | p50 ms | p99 ms | req per CPU-second, all proxy processes | req per CPU-second, lb alone | errors |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
     for (name, note, list) in &samples {
         let rps = median(list.iter().map(|s| s.wrk.rps).collect());
         let p50 = median(list.iter().map(|s| s.wrk.p50_ms).collect());
         let p99 = median(list.iter().map(|s| s.wrk.p99_ms).collect());
         let eff = median(list.iter().map(|s| s.wrk.requests as f64 / s.cpu.max(0.001)).collect());
+        let lb_eff = if name.starts_with("ptth") {
+            format!("{:.0}", median(list.iter().map(|s| s.wrk.requests as f64 / s.cpu_first.max(0.001)).collect()))
+        } else {
+            "—".into()
+        };
         let errs: Vec<&str> = list.iter().map(|s| s.wrk.errors.as_str()).filter(|e| !e.is_empty()).collect();
         let _ = writeln!(
             md,
-            "| {name} | {note} | {rps:.0} | {p50:.3} | {p99:.3} | {eff:.0} | {} |",
+            "| {name} | {note} | {rps:.0} | {p50:.3} | {p99:.3} | {eff:.0} | {lb_eff} | {} |",
             if errs.is_empty() { "none".into() } else { errs.join("; ") }
         );
     }
