@@ -200,6 +200,7 @@ fn hostile_responses(kind: InnerProtocol) {
 fn h2_clients(kind: InnerProtocol) {
     let r = rig(kind);
     let addr = r.lb.client_addr();
+    let origin = &r.origin;
     block_on(async move {
         let mut send = h2_connect(addr).await;
         // CONNECT is refused, not forwarded as a plain request.
@@ -231,6 +232,47 @@ fn h2_clients(kind: InnerProtocol) {
         // 101 from the origin: 502.
         let (status, _, _) = h2_request(&mut send, "GET", "/r/101", b"").await;
         assert_eq!(status, 502);
+        // Framing fields named by Connection are kept.
+        for case in ["conn-cl", "conn-te", "obs-reason"] {
+            let (status, _, body) = h2_request(&mut send, "GET", &format!("/r/{case}"), b"").await;
+            assert_eq!((status, body.as_slice()), (200, &b"hello"[..]), "{case}");
+        }
+        // Invalid chunk framing: the stream fails (502 or a reset), it never
+        // ends normally with what the parser refused.
+        for case in ["bad-ext", "junk-size", "trailer-reqline", "trailer-nul"] {
+            let req = http::Request::builder().uri(format!("http://origin.test/r/{case}")).body(()).unwrap();
+            let mut s = send.clone().ready().await.unwrap();
+            let (resp, _) = s.send_request(req, true).unwrap();
+            let resp = monoio::time::timeout(STEP, resp).await.unwrap();
+            let Ok(resp) = resp else { continue };
+            if resp.status() == 502 {
+                continue;
+            }
+            let mut body = resp.into_body();
+            let mut clean_end = true;
+            while let Some(d) = ptth_proto::rt::h2io::recv_data(&mut body).await {
+                if d.is_err() {
+                    clean_end = false;
+                    break;
+                }
+            }
+            if clean_end {
+                clean_end = body.trailers().await.is_ok();
+            }
+            assert!(!clean_end, "{case}: the stream ended normally");
+        }
+        // Bytes after a complete response do not reach the next requests.
+        for case in ["extra", "204-body", "304-body"] {
+            let (_, _, body) = h2_request(&mut send, "GET", &format!("/r/{case}"), b"").await;
+            assert!(!body.ends_with(b"STOLEN"), "{case}");
+            // The late bytes are on the origin connection before anything reuses it.
+            origin.wait_late(case);
+        }
+        for n in 0..3 {
+            let (status, _, body) = h2_request(&mut send, "GET", &format!("/h2fresh/{n}"), b"").await;
+            assert_eq!(status, 200);
+            assert!(body.starts_with(format!("origin GET /h2fresh/{n} ").as_bytes()), "{}", String::from_utf8_lossy(&body));
+        }
     });
     r.fresh_clients_get_their_own("h2 clients");
 }
