@@ -117,6 +117,12 @@ pub fn hostile_response(case: &str) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
             b"HTTP/1.1 200 OK\r\nConnection: transfer-encoding\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec(),
             None,
         ),
+        // Framing no hop may guess at: a 502.
+        "cl-te" => (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), None),
+        "cl-differ" => (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!".to_vec(), None),
+        "te-gzip" => (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nxx".to_vec(), None),
+        "cl-negative" => (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n".to_vec(), None),
+        "status-004" => (b"HTTP/1.1 004 Odd\r\nContent-Length: 0\r\n\r\n".to_vec(), None),
         // A reason phrase in obs-text (not UTF-8).
         "obs-reason" => (b"HTTP/1.1 200 O\xb5K\r\nContent-Length: 5\r\n\r\nhello".to_vec(), None),
         // Invalid chunk framing in a response body.

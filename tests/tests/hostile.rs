@@ -74,6 +74,14 @@ fn smuggled(origin: &Recorder) -> bool {
     origin.seen().iter().any(|s| s.target.contains("smuggled"))
 }
 
+/// A chunk line longer than the decoder's 4 KiB bound.
+static LONG_EXT: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+    let mut v = b"POST /c HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n5;x=".to_vec();
+    v.extend(std::iter::repeat_n(b'a', 5000));
+    v.extend_from_slice(b"\r\nhello\r\n0\r\n\r\n");
+    v
+});
+
 /// Requests that must be refused with a status before anything reaches the
 /// origin, and whose connection then closes.
 fn rejected_requests(kind: InnerProtocol) {
@@ -108,6 +116,23 @@ fn rejected_requests(kind: InnerProtocol) {
         ("userinfo in the target", b"GET http://u:p@o/c HTTP/1.1\r\nHost: o\r\n\r\n", 400),
         ("bad percent-encoding", b"GET /a%zz HTTP/1.1\r\nHost: o\r\n\r\n", 400),
         ("CONNECT", b"CONNECT origin.test:22 HTTP/1.1\r\nHost: origin.test:22\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: o\r\n\r\n", 501),
+        ("chunked twice", b"POST /c HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n", 400),
+        ("Content-Length with a sign", b"POST /c HTTP/1.1\r\nHost: o\r\nContent-Length: +5\r\n\r\nhello", 400),
+        ("Content-Length in hex", b"POST /c HTTP/1.1\r\nHost: o\r\nContent-Length: 0x5\r\n\r\nhello", 400),
+        ("Content-Length list that differs", b"POST /c HTTP/1.1\r\nHost: o\r\nContent-Length: 5, 6\r\n\r\nhello", 400),
+        ("Transfer-Encoding in HTTP/1.0", b"POST /c HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+        ("empty Transfer-Encoding", b"POST /c HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: \r\n\r\n", 400),
+        ("chunk size with a sign", b"POST /c HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n+5\r\nhello\r\n0\r\n\r\n", 400),
+        ("chunk without its CRLF", b"POST /c HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n", 400),
+        ("bare LF after the chunk size", b"POST /c HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n", 400),
+        ("oversized chunk extension", LONG_EXT.as_slice(), 400),
+        ("two Hosts", b"GET /c HTTP/1.1\r\nHost: o\r\nHost: smuggled\r\n\r\n", 400),
+        ("no Host", b"GET /c HTTP/1.1\r\n\r\n", 400),
+        ("control byte in the target", b"GET /c\x01 HTTP/1.1\r\nHost: o\r\n\r\n", 400),
+        ("space in a field name", b"GET /c HTTP/1.1\r\nHost: o\r\nX Y: z\r\n\r\n", 400),
+        ("authority form without CONNECT", b"GET origin.test:80 HTTP/1.1\r\nHost: o\r\n\r\n", 400),
+        ("unknown scheme", b"GET ftp://origin.test/c HTTP/1.1\r\nHost: o\r\n\r\n", 400),
+        ("HTTP/2 request line", b"GET /c HTTP/2.0\r\nHost: o\r\n\r\n", 505),
     ];
     for (what, raw, want) in cases {
         r.origin.clear();
@@ -184,6 +209,12 @@ fn hostile_responses(kind: InnerProtocol) {
         let resp = c.read_response(method == "HEAD");
         assert!(!resp.text().contains("STOLEN"), "{case}: {resp:?}");
         r.origin.wait_late(case);
+        r.fresh_clients_get_their_own(case);
+    }
+    // Ambiguous or unsupported response framing: 502.
+    for case in ["cl-te", "cl-differ", "te-gzip", "cl-negative", "status-004"] {
+        let resp = get(r.lb.client_addr(), &format!("/r/{case}"));
+        assert_eq!(resp.status, 502, "{case}: {}", resp.text());
         r.fresh_clients_get_their_own(case);
     }
     // A 101 nobody asked for is a 502, and what follows it is not served.
