@@ -262,6 +262,13 @@ async fn handle(core: &Rc<Core>, c: &mut Client) -> Next {
     h1::write_request_head(&mut c.fwd, data, head, &fwd);
     let head_len = head.len;
     let bodyless = !info.framing.has_body();
+    // The body bytes already received are checked before anything goes to a
+    // worker: a request whose framing is invalid in what we hold is refused
+    // whole, not forwarded head first and cut off later.
+    if let Err(e) = BodyDecoder::new(info.framing).scan(&data[head_len..]) {
+        send_error(core, c, &Error::ClientBody(e), true).await;
+        return Next::Close;
+    }
 
     let key = std::mem::take(&mut c.key);
     let (host, path) = key.split_at(info.host_len);

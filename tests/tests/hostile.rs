@@ -139,6 +139,7 @@ fn rejected_requests(kind: InnerProtocol) {
         let answer = r.raw_exchange(raw);
         assert_eq!(status_of(&answer), *want, "{what}: {:?}", String::from_utf8_lossy(&answer));
         assert!(r.origin.seen().is_empty(), "{what}: reached the origin: {:?}", r.origin.seen());
+        assert!(r.origin.raw().is_empty(), "{what}: bytes reached the origin: {:?}", String::from_utf8_lossy(&r.origin.raw()));
         r.fresh_clients_get_their_own(what);
     }
 }
@@ -156,6 +157,11 @@ fn forwarded_requests(kind: InnerProtocol) {
     let resp = c.read_response(false);
     assert!(resp.text().starts_with("origin POST /c/hopcl host=origin.test body=45 "), "{}", resp.text());
     assert!(!smuggled(&r.origin), "{:?}", r.origin.seen());
+    // Byte for byte: one head with the length, then exactly the 45 body bytes.
+    let raw = String::from_utf8(r.origin.raw()).unwrap();
+    assert!(raw.starts_with("POST /c/hopcl HTTP/1.1\r\nHost: origin.test\r\n"), "{raw}");
+    assert_eq!(raw.to_ascii_lowercase().matches("\r\ncontent-length: 45\r\n").count(), 1, "{raw}");
+    assert!(raw.ends_with("\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: origin.test\r\n\r\n") && !raw.contains("onnection"), "{raw}");
     let hop = r.origin.find("/c/hopcl").unwrap();
     assert_eq!(hop.field("content-length").as_deref(), Some("45"));
     assert_eq!(hop.body.len(), 45);
