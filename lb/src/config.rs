@@ -59,7 +59,7 @@ pub struct TunnelFile {
     pub max_tunnels_per_worker: Option<u32>,
     /// Tunnels one peer IP address may hold across all cores (default 4096).
     pub max_tunnels_per_peer: Option<u32>,
-    /// Tunnels the lb holds in all (default 65536).
+    /// Tunnels the lb holds in all (default 16384).
     pub max_tunnels: Option<u32>,
 }
 
@@ -420,7 +420,7 @@ impl Config {
                 1 << 20,
             )?,
             max_tunnels_per_peer: range("tunnel.max_tunnels_per_peer", Some(f.tunnel.max_tunnels_per_peer.unwrap_or(4096)), 1, 1 << 20)?,
-            max_tunnels: range("tunnel.max_tunnels", Some(f.tunnel.max_tunnels.unwrap_or(65536)), 1, 1 << 24)?,
+            max_tunnels: range("tunnel.max_tunnels", Some(f.tunnel.max_tunnels.unwrap_or(16384)), 1, 1 << 24)?,
             forwarding: ForwardingPolicy::parse(f.forwarding)?,
             profile,
             quiet: false,
