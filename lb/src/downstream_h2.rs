@@ -25,6 +25,7 @@ use ptth_proto::rt::io::{write_all, Prefixed};
 
 use crate::core::{self, Core};
 use crate::error::Error;
+use crate::failure::{self, Decision, Failure};
 use crate::stats;
 use crate::tunnel::pool::{H2Tunnel, Lease, Tunnel};
 
@@ -100,17 +101,12 @@ where
     }
 }
 
-/// Retries of a stream whose tunnel failed before any response byte.
-const MAX_RETRIES: u32 = 2;
-
 /// How one attempt on a tunnel ended.
 enum Attempt {
     /// `reusable`: the tunnel may carry another request.
     Done { status: u16, reusable: bool },
-    /// Nothing reached the client; `retry`: the request may go elsewhere.
-    Failed { err: Error, retry: bool },
-    /// The response was under way: the stream is reset.
-    Broken,
+    /// It failed; [`failure::decide`] says what follows.
+    Failed(Failure),
 }
 
 async fn handle(
@@ -132,13 +128,15 @@ async fn handle(
     // only between awaits.
     let mut avoid = None;
     let mut attempt = 0;
+    // Decided once: after a failed attempt consumed the body, the stream
+    // looks ended, but the request was not bodyless.
+    let bodyless = body.is_end_stream();
     loop {
         let lease = match crate::proxy::acquire(core, &host, &path, avoid).await {
             Ok(l) => l,
             Err(e) => return send_error(core, &respond, &e),
         };
         let slot = lease.slot();
-        let bodyless = body.is_end_stream();
         let h2_tunnel = match &lease {
             Lease::H2(t) => Some(t.clone()),
             Lease::H1(_) => None,
@@ -183,20 +181,21 @@ async fn handle(
                 stats::add(local, 1);
                 return;
             }
-            Attempt::Broken => {
+            Attempt::Failed(f) => {
                 core.pool.borrow_mut().release(lease, false);
-                respond.borrow_mut().send_reset(h2::Reason::INTERNAL_ERROR);
-                return;
-            }
-            Attempt::Failed { err, retry } => {
-                core.pool.borrow_mut().release(lease, false);
-                if retry && (bodyless && (idempotent || matches!(err, Error::Tunnel { .. }))) && attempt < MAX_RETRIES {
-                    attempt += 1;
-                    avoid = Some(slot);
-                    stats::add(&core.stats().retries, 1);
-                    continue;
+                match failure::decide(&f, &failure::Request { idempotent, bodyless, retries: attempt }) {
+                    Decision::Retry => {
+                        attempt += 1;
+                        avoid = Some(slot);
+                        stats::add(&core.stats().retries, 1);
+                        continue;
+                    }
+                    Decision::Answer => return send_error(core, &respond, &f.err),
+                    Decision::Abort => {
+                        respond.borrow_mut().send_reset(h2::Reason::INTERNAL_ERROR);
+                        return;
+                    }
                 }
-                return send_error(core, &respond, &err);
             }
         }
     }
@@ -256,6 +255,11 @@ fn prepare(core: &Core, parts: &mut http::request::Parts, peer: SocketAddr) -> R
     Ok((host, target))
 }
 
+/// The response was under way: the stream is reset.
+fn broken() -> Attempt {
+    Attempt::Failed(Failure::client_gone())
+}
+
 /// Answers a stream with an error generated here.
 fn send_error(core: &Core, respond: &RefCell<h2::server::SendResponse<Bytes>>, e: &Error) {
     let mut respond = respond.borrow_mut();
@@ -293,15 +297,16 @@ async fn via_h2(
         req = req.header(k, v);
     }
     let Ok(req) = req.body(()) else {
-        return Attempt::Failed { err: tunnel_err("request not valid for HTTP/2".into()), retry: false };
+        return Attempt::Failed(Failure::not_sent(tunnel_err("request not valid for HTTP/2".into())));
     };
     let end = body.is_end_stream();
     let mut send = t.send.borrow().clone();
     let (resp, mut tx) = match send.send_request(req, end) {
         Ok(pair) => pair,
         Err(e) => {
+            // Refused before anything went out (the tunnel is closing).
             t.drain();
-            return Attempt::Failed { err: tunnel_err(e.to_string()), retry: true };
+            return Attempt::Failed(Failure::not_sent(tunnel_err(e.to_string())));
         }
     };
     let upload = async {
@@ -324,15 +329,9 @@ async fn via_h2(
     let download = async {
         let response = match monoio::time::timeout(p.response_timeout, resp).await {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                let retry = e.reason() == Some(h2::Reason::REFUSED_STREAM) || e.is_go_away() || e.is_io();
-                return Attempt::Failed { err: tunnel_err(e.to_string()), retry };
-            }
+            Ok(Err(e)) => return Attempt::Failed(crate::h2_tunnel::stream_failed(tunnel_err(e.to_string()), &e)),
             Err(_) => {
-                return Attempt::Failed {
-                    err: Error::ResponseTimeout { worker: worker.to_string(), after: p.response_timeout },
-                    retry: false,
-                }
+                return Attempt::Failed(Failure::sent(Error::ResponseTimeout { worker: worker.to_string(), after: p.response_timeout }))
             }
         };
         let (rparts, mut rbody) = response.into_parts();
@@ -341,14 +340,14 @@ async fn via_h2(
         let sent = respond.borrow_mut().send_response(http::Response::from_parts(rparts, ()), end);
         let mut out = match sent {
             Ok(s) => s,
-            Err(_) => return Attempt::Broken,
+            Err(_) => return broken(),
         };
         let mut ended = end;
         while let Some(d) = h2io::recv_data(&mut rbody).await {
-            let Ok(d) = d else { return Attempt::Broken };
+            let Ok(d) = d else { return broken() };
             ended = rbody.is_end_stream();
             if h2io::send_data(&mut out, d, ended).await.is_err() {
-                return Attempt::Broken;
+                return broken();
             }
         }
         if !ended {
@@ -358,7 +357,7 @@ async fn via_h2(
                 Err(_) => false,
             };
             if !sent {
-                return Attempt::Broken;
+                return broken();
             }
         }
         Attempt::Done { status, reusable: true }
@@ -374,7 +373,7 @@ async fn via_h2(
         biased;
         u = &mut up => match u {
             Ok(()) => down.await,
-            Err(e) => Attempt::Failed { err: tunnel_err(format!("request body: {e}")), retry: false },
+            Err(e) => Attempt::Failed(Failure::sent(tunnel_err(format!("request body: {e}")))),
         },
         d = &mut down => d,
     }
@@ -434,7 +433,7 @@ async fn via_h1(
                     // No upgrade was asked for (h2 has none): a 101 is a
                     // broken worker, not an interim response.
                     let why = "101 Switching Protocols to a request that asked for no upgrade".into();
-                    return (Attempt::Failed { err: Error::BadResponse { worker: worker.to_string(), why }, retry: false }, false);
+                    return (Attempt::Failed(Failure::answered(Error::BadResponse { worker: worker.to_string(), why })), false);
                 }
                 Ok(Parsed::Complete) if thead.status < 200 => {
                     trb.consume(thead.len);
@@ -444,35 +443,31 @@ async fn via_h1(
                 Ok(Parsed::Partial) => {}
                 Err(e) => {
                     return (
-                        Attempt::Failed { err: Error::BadResponse { worker: worker.to_string(), why: e.to_string() }, retry: false },
+                        Attempt::Failed(Failure::answered(Error::BadResponse { worker: worker.to_string(), why: e.to_string() })),
                         false,
                     )
                 }
             }
+            // Closed or reset with the request on it: nothing came back yet
+            // (the worker may have acted), or part of a response did.
+            let lost = |why: String, nothing_yet: bool| {
+                let err = tunnel_err(why);
+                Attempt::Failed(if nothing_yet { Failure::sent(err) } else { Failure::answered(err) })
+            };
             let nothing_yet = trb.is_empty();
             match trb.fill(&mut tr, deadline.saturating_duration_since(Instant::now())).await {
-                Ok(0) => return (Attempt::Failed { err: tunnel_err("closed before the response".into()), retry: nothing_yet }, false),
+                Ok(0) => return (lost("closed before the response".into(), nothing_yet), false),
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                    return (
-                        Attempt::Failed {
-                            err: Error::ResponseTimeout { worker: worker.to_string(), after: p.response_timeout },
-                            retry: false,
-                        },
-                        false,
-                    )
+                    let err = Error::ResponseTimeout { worker: worker.to_string(), after: p.response_timeout };
+                    return (Attempt::Failed(Failure::sent(err)), false);
                 }
-                Err(e) => return (Attempt::Failed { err: tunnel_err(e.to_string()), retry: nothing_yet }, false),
+                Err(e) => return (lost(e.to_string(), nothing_yet), false),
             }
         }
         let Ok(r) = h2io::response_from_h1(trb.data(), &thead) else {
-            return (
-                Attempt::Failed {
-                    err: Error::BadResponse { worker: worker.to_string(), why: "head not valid for HTTP/2".into() },
-                    retry: false,
-                },
-                false,
-            );
+            let why = "head not valid for HTTP/2".into();
+            return (Attempt::Failed(Failure::answered(Error::BadResponse { worker: worker.to_string(), why })), false);
         };
         let status = thead.status;
         let framing = thead.framing();
@@ -482,7 +477,7 @@ async fn via_h1(
         let sent = respond.borrow_mut().send_response(r, dec.is_done());
         let mut s = match sent {
             Ok(s) => s,
-            Err(_) => return (Attempt::Broken, false),
+            Err(_) => return (broken(), false),
         };
         let mut section = Vec::new();
         while !dec.is_done() {
@@ -490,20 +485,20 @@ async fn via_h1(
                 match trb.fill(&mut tr, p.io_timeout).await {
                     Ok(0) => {
                         if dec.eof().is_err() {
-                            return (Attempt::Broken, false);
+                            return (broken(), false);
                         }
                         // A close-delimited body ended: END_STREAM, not a reset.
                         if h2io::send_data(&mut s, Bytes::new(), true).await.is_err() {
-                            return (Attempt::Broken, false);
+                            return (broken(), false);
                         }
                         break;
                     }
                     Ok(_) => {}
-                    Err(_) => return (Attempt::Broken, false),
+                    Err(_) => return (broken(), false),
                 }
             }
             let in_trailers = dec.in_trailers();
-            let Ok(step) = dec.decode(trb.data()) else { return (Attempt::Broken, false) };
+            let Ok(step) = dec.decode(trb.data()) else { return (broken(), false) };
             if in_trailers {
                 section.extend_from_slice(&trb.data()[..step.consumed]);
             }
@@ -519,7 +514,7 @@ async fn via_h1(
                 nothing_to_send || h2io::send_data(&mut s, data, last).await.is_ok()
             };
             if !sent {
-                return (Attempt::Broken, false);
+                return (broken(), false);
             }
         }
         let reusable = !tunnel_close && framing != h1::Framing::UntilClose && trb.is_empty();
@@ -538,8 +533,9 @@ async fn via_h1(
                     (a, r, o)
                 }
                 Err(e) => {
-                    let retry = !sent_head.get() && end;
-                    (Attempt::Failed { err: tunnel_err(e), retry }, false, Vec::new())
+                    // A head that did not go out whole cannot have been acted on.
+                    let f = if sent_head.get() { Failure::sent(tunnel_err(e)) } else { Failure::not_sent(tunnel_err(e)) };
+                    (Attempt::Failed(f), false, Vec::new())
                 }
             },
             // The worker answered before the body was all sent: the tunnel

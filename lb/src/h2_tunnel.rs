@@ -21,6 +21,7 @@ use ptth_proto::rt::io::{write_all, Prefixed, ReadBuf};
 
 use crate::core::Core;
 use crate::error::Error;
+use crate::failure::{Failure, Stage};
 use crate::tunnel::pool::H2Tunnel;
 
 /// The byte stream under an h2 tunnel.
@@ -80,21 +81,6 @@ pub(crate) async fn drive(core: Rc<Core>, mut conn: h2::client::Connection<H2Io,
     core.pool.borrow_mut().h2_closed(&tunnel);
 }
 
-/// How a request over an h2 tunnel ended, when it did not succeed.
-pub(crate) enum H2Fail {
-    /// The worker never processed the stream (refused, or above a GOAWAY's
-    /// last stream id); `body_intact`: nothing of the client's body was
-    /// consumed, so the request may go to another tunnel as it is.
-    Unprocessed { err: Error, body_intact: bool },
-    /// The tunnel broke before a response head arrived: like a dead HTTP/1.1
-    /// tunnel, an idempotent request without a body may be retried.
-    Broken(Error),
-    /// No response head reached the client.
-    BeforeResponse(Error),
-    /// The response was under way, or the client failed: close the client.
-    Close,
-}
-
 /// What the caller needs about the client connection.
 pub(crate) struct ClientSide<'a> {
     pub(crate) stream: &'a mut Option<TcpStream>,
@@ -110,10 +96,16 @@ pub(crate) struct Sent {
     pub(crate) client_close: bool,
 }
 
-fn unprocessed(e: &h2::Error) -> bool {
-    // RFC 9113 §8.7: REFUSED_STREAM, or a GOAWAY covering the stream, means
-    // the worker did no work for it.
-    e.reason() == Some(h2::Reason::REFUSED_STREAM) || e.is_go_away()
+/// A stream that failed before its response head: refused by the worker
+/// (RFC 9113 §8.7: REFUSED_STREAM, or a GOAWAY covering the stream, means it
+/// did no work for it), or lost with the worker maybe having acted. The body
+/// is not held here; the caller that holds it says so.
+pub(crate) fn stream_failed(err: Error, e: &h2::Error) -> Failure {
+    if e.reason() == Some(h2::Reason::REFUSED_STREAM) || e.is_go_away() {
+        Failure::refused(err, false)
+    } else {
+        Failure::sent(err)
+    }
 }
 
 /// Builds the h2 request from the forwarded HTTP/1.1 head.
@@ -166,11 +158,11 @@ pub(crate) async fn exchange(
     dec: &mut BodyDecoder,
     req: &crate::proxy::ReqInfo,
     worker: &str,
-) -> Result<Sent, H2Fail> {
+) -> Result<Sent, Failure> {
     let (version, is_head, client_wants_close) = (req.version, req.is_head, req.close);
     let p = &core.shared.cfg.profile;
     let tunnel_err = |why: String| Error::Tunnel { worker: worker.to_string(), why };
-    let req = build_request(c.fwd, c.scratch).map_err(|e| H2Fail::BeforeResponse(tunnel_err(e)))?;
+    let req = build_request(c.fwd, c.scratch).map_err(|e| Failure::not_sent(tunnel_err(e)))?;
     let has_body = !dec.is_done();
     // A body that has already arrived whole is sent from a copy and left in
     // the read buffer until the worker answers: if the worker turns out not
@@ -204,9 +196,9 @@ pub(crate) async fn exchange(
     let (resp, mut body_tx) = match send.send_request(req, !has_body) {
         Ok(pair) => pair,
         Err(e) => {
+            // Refused before anything went out (the tunnel is closing).
             t.drain();
-            let err = tunnel_err(e.to_string());
-            return Err(if unprocessed(&e) { H2Fail::Unprocessed { err, body_intact: true } } else { H2Fail::BeforeResponse(err) });
+            return Err(Failure::not_sent(tunnel_err(e.to_string())));
         }
     };
     if let Some((n, payload, trailers, done)) = buffered {
@@ -218,29 +210,31 @@ pub(crate) async fn exchange(
                 Err(e) => Err(e),
             }
         };
-        if let Err(e) = sent {
-            let err = tunnel_err(e.to_string());
-            return Err(if unprocessed(&e) { H2Fail::Unprocessed { err, body_intact: true } } else { H2Fail::BeforeResponse(err) });
-        }
-        let Some(cs) = c.stream.as_mut() else { return Err(H2Fail::Close) };
-        let started = std::cell::Cell::new(false);
-        let r = relay_response(core, resp, cs, c.out, version, is_head, client_wants_close, worker, &started).await;
-        match &r {
-            // Still in the buffer: the retry sends it again.
-            Err(H2Fail::Unprocessed { .. }) => {
-                return r.map_err(|f| match f {
-                    H2Fail::Unprocessed { err, .. } => H2Fail::Unprocessed { err, body_intact: true },
-                    other => other,
-                })
+        let r = match sent {
+            Err(e) => Err(stream_failed(tunnel_err(e.to_string()), &e)),
+            Ok(()) => match c.stream.as_mut() {
+                None => Err(Failure::client_gone()),
+                Some(cs) => {
+                    let started = std::cell::Cell::new(false);
+                    relay_response(core, resp, cs, c.out, version, is_head, client_wants_close, worker, &started).await
+                }
+            },
+        };
+        match r {
+            // Nothing reached the client: the body stays in the buffer, whole,
+            // and the request can be sent again if the failure model allows.
+            Err(mut f) if matches!(f.stage, Stage::NotSent | Stage::Sent) => {
+                f.body_held = true;
+                return Err(f);
             }
-            _ => {
+            r => {
                 c.rb.consume(n);
                 *dec = done;
+                return r;
             }
         }
-        return r;
     }
-    let Some(client) = c.stream.take() else { return Err(H2Fail::Close) };
+    let Some(client) = c.stream.take() else { return Err(Failure::client_gone()) };
     let (mut cr, mut cw) = client.into_split();
     let io = p.io_timeout;
     let result = {
@@ -288,7 +282,8 @@ pub(crate) async fn exchange(
                 u = &mut up => match u {
                     Ok(()) => down.await,
                     Err((err, _consumed, client_failed)) => {
-                        if started.get() || client_failed { Err(H2Fail::Close) } else { Err(H2Fail::BeforeResponse(err)) }
+                        // The body has partly gone out: whatever the worker did, it is not whole any more.
+                        if started.get() || client_failed { Err(Failure::relayed(err)) } else { Err(Failure::sent(err)) }
                     }
                 },
                 d = &mut down => d.map(|s| Sent { client_close: true, ..s }),
@@ -315,15 +310,13 @@ async fn relay_response<CW: AsyncWriteRent>(
     close: bool,
     worker: &str,
     started: &std::cell::Cell<bool>,
-) -> Result<Sent, H2Fail> {
+) -> Result<Sent, Failure> {
     let p = &core.shared.cfg.profile;
     let tunnel_err = |why: String| Error::Tunnel { worker: worker.to_string(), why };
     let response = match monoio::time::timeout(p.response_timeout, resp).await {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) if unprocessed(&e) => return Err(H2Fail::Unprocessed { err: tunnel_err(e.to_string()), body_intact: false }),
-        Ok(Err(e)) if e.is_io() => return Err(H2Fail::Broken(tunnel_err(e.to_string()))),
-        Ok(Err(e)) => return Err(H2Fail::BeforeResponse(tunnel_err(e.to_string()))),
-        Err(_) => return Err(H2Fail::BeforeResponse(Error::ResponseTimeout { worker: worker.to_string(), after: p.response_timeout })),
+        Ok(Err(e)) => return Err(stream_failed(tunnel_err(e.to_string()), &e)),
+        Err(_) => return Err(Failure::sent(Error::ResponseTimeout { worker: worker.to_string(), after: p.response_timeout })),
     };
     let (parts, mut body) = response.into_parts();
     let status = parts.status.as_u16();
@@ -368,13 +361,14 @@ async fn relay_response<CW: AsyncWriteRent>(
         while let Some(data) = h2io::recv_data(&mut body).await {
             let data = match data {
                 Ok(d) => d,
-                Err(_) if !pending_head || started.get() => {
+                Err(e) if !pending_head || started.get() => {
                     *out = buf;
-                    return Err(H2Fail::Close);
+                    return Err(Failure::relayed(tunnel_err(e.to_string())));
                 }
                 Err(e) => {
+                    // The worker's head arrived, the client has nothing yet.
                     *out = buf;
-                    return Err(H2Fail::BeforeResponse(tunnel_err(e.to_string())));
+                    return Err(Failure::answered(tunnel_err(e.to_string())));
                 }
             };
             if data.is_empty() {
@@ -392,9 +386,9 @@ async fn relay_response<CW: AsyncWriteRent>(
             let (res, b) = write_all(cw, buf, deadline).await;
             buf = b;
             pending_head = false;
-            if res.is_err() {
+            if let Err(e) = res {
                 *out = buf;
-                return Err(H2Fail::Close);
+                return Err(Failure::relayed(Error::ClientIo(e)));
             }
         }
         if !pending_head {
@@ -421,9 +415,9 @@ async fn relay_response<CW: AsyncWriteRent>(
         started.set(true);
         let (res, b) = write_all(cw, buf, deadline).await;
         buf = b;
-        if res.is_err() {
+        if let Err(e) = res {
             *out = buf;
-            return Err(H2Fail::Close);
+            return Err(Failure::relayed(Error::ClientIo(e)));
         }
     }
     *out = buf;

@@ -18,6 +18,7 @@ mod core;
 pub mod demo;
 mod downstream_h2;
 pub mod error;
+mod failure;
 mod h2_tunnel;
 mod inbox;
 mod listen;

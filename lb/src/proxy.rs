@@ -28,14 +28,11 @@ use ptth_proto::rt::io::{send_message, write_all, BodyMode, ReadBuf, RelayError}
 use crate::config::Profile;
 use crate::core::{self, Core};
 use crate::error::Error;
-use crate::h2_tunnel::{self, H2Fail};
+use crate::failure::{self, Decision, Failure};
+use crate::h2_tunnel;
 use crate::inbox::CoreMsg;
 use crate::stats;
 use crate::tunnel::pool::{Lease, Pick, Pool, Tunnel, Waiter};
-
-/// Retries of an idempotent, bodyless request whose tunnel failed before
-/// sending any response byte (RFC 9110 §9.2.2).
-const MAX_RETRIES: u32 = 2;
 
 struct Client {
     /// `None` only while a request splits it into read and write halves.
@@ -309,7 +306,7 @@ async fn handle(core: &Rc<Core>, c: &mut Client) -> Next {
     let next = loop {
         let (result, l) = exchange_on(core, c, lease, &mut dec, &info).await;
         lease = l;
-        let retry = match result {
+        let f = match result {
             Ok(done) => {
                 core.pool.borrow_mut().release(lease, done.reusable);
                 core.stats().count_status(done.status);
@@ -317,43 +314,36 @@ async fn handle(core: &Rc<Core>, c: &mut Client) -> Next {
                 stats::add(local, 1);
                 break if done.client_close { Next::Close } else { Next::Continue };
             }
-            // RFC 9110 §9.2.2: an idempotent request whose tunnel failed
-            // before any response byte may be sent again.
-            Err(Fail::BeforeResponse { err, replayable }) => (err, replayable && bodyless && info.idempotent),
-            // RFC 9113 §8.7: a stream the worker never processed may be sent
-            // again whatever its method, if its body is still whole.
-            Err(Fail::Unprocessed { err, body_intact }) => (err, body_intact || bodyless),
-            Err(Fail::AfterHead | Fail::Client) => {
-                core.pool.borrow_mut().release(lease, false);
-                break Next::Close;
-            }
+            Err(f) => f,
         };
-        let (err, may_retry) = retry;
         let failed = lease.slot();
         core.pool.borrow_mut().release(lease, false);
-        if may_retry && attempt < MAX_RETRIES {
-            attempt += 1;
-            stats::add(&core.stats().retries, 1);
-            match acquire(core, host, path, Some(failed)).await {
-                Ok(t) => {
-                    lease = t;
-                    continue;
-                }
-                Err(e) => {
-                    send_error(core, c, &e, true).await;
-                    break Next::Close;
+        let req = failure::Request { idempotent: info.idempotent, bodyless, retries: attempt };
+        match failure::decide(&f, &req) {
+            Decision::Abort => break Next::Close,
+            Decision::Answer => {
+                send_error(core, c, &f.err, true).await;
+                break Next::Close;
+            }
+            Decision::Retry => {
+                attempt += 1;
+                stats::add(&core.stats().retries, 1);
+                match acquire(core, host, path, Some(failed)).await {
+                    Ok(t) => lease = t,
+                    Err(e) => {
+                        send_error(core, c, &e, true).await;
+                        break Next::Close;
+                    }
                 }
             }
         }
-        send_error(core, c, &err, true).await;
-        break Next::Close;
     };
     c.key = key;
     next
 }
 
 /// Runs the exchange on whichever kind of tunnel the lease is.
-async fn exchange_on(core: &Core, c: &mut Client, lease: Lease, dec: &mut BodyDecoder, info: &ReqInfo) -> (Result<Done, Fail>, Lease) {
+async fn exchange_on(core: &Core, c: &mut Client, lease: Lease, dec: &mut BodyDecoder, info: &ReqInfo) -> (Result<Done, Failure>, Lease) {
     match lease {
         Lease::H1(t) => {
             let (r, t) = exchange(core, c, t, dec, info).await;
@@ -364,13 +354,7 @@ async fn exchange_on(core: &Core, c: &mut Client, lease: Lease, dec: &mut BodyDe
             let side =
                 h2_tunnel::ClientSide { stream: &mut c.stream, rb: &mut c.rb, out: &mut c.out, fwd: &c.fwd, scratch: &mut c.scratch };
             let r = h2_tunnel::exchange(core, side, &t, dec, info, &worker).await;
-            let r = match r {
-                Ok(s) => Ok(Done { status: s.status, reusable: true, client_close: s.client_close }),
-                Err(H2Fail::Unprocessed { err, body_intact }) => Err(Fail::Unprocessed { err, body_intact }),
-                Err(H2Fail::Broken(err)) => Err(Fail::BeforeResponse { err, replayable: true }),
-                Err(H2Fail::BeforeResponse(err)) => Err(Fail::BeforeResponse { err, replayable: false }),
-                Err(H2Fail::Close) => Err(Fail::Client),
-            };
+            let r = r.map(|s| Done { status: s.status, reusable: true, client_close: s.client_close });
             (r, Lease::H2(t))
         }
     }
@@ -466,19 +450,6 @@ impl std::future::Future for WaitTunnel<'_> {
     }
 }
 
-/// How one exchange over a tunnel ended, when it did not succeed.
-enum Fail {
-    /// Nothing of the response reached the client. `replayable`: the tunnel
-    /// failed before any response byte, so an idempotent request may retry.
-    BeforeResponse { err: Error, replayable: bool },
-    /// An h2 stream the worker never processed (RFC 9113 §8.7).
-    Unprocessed { err: Error, body_intact: bool },
-    /// The response was under way to the client; the client is closed.
-    AfterHead,
-    /// The client connection failed.
-    Client,
-}
-
 struct Done {
     status: u16,
     reusable: bool,
@@ -487,7 +458,7 @@ struct Done {
 
 /// Sends the request on `t` and relays the response. A request whose body is
 /// still arriving is uploaded while the response downloads.
-async fn exchange(core: &Core, c: &mut Client, mut t: Tunnel, dec: &mut BodyDecoder, info: &ReqInfo) -> (Result<Done, Fail>, Tunnel) {
+async fn exchange(core: &Core, c: &mut Client, mut t: Tunnel, dec: &mut BodyDecoder, info: &ReqInfo) -> (Result<Done, Failure>, Tunnel) {
     let p = &core.shared.cfg.profile;
     let worker = core.pool.borrow().worker_id(t.slot);
     t.out.clear();
@@ -497,7 +468,7 @@ async fn exchange(core: &Core, c: &mut Client, mut t: Tunnel, dec: &mut BodyDeco
         probe.scan(c.rb.data()).is_ok() && probe.is_done()
     };
     let Some(cs) = c.stream.as_mut() else {
-        return (Err(Fail::Client), t);
+        return (Err(Failure::client_gone()), t);
     };
     if body_buffered {
         let out = std::mem::take(&mut t.out);
@@ -505,11 +476,9 @@ async fn exchange(core: &Core, c: &mut Client, mut t: Tunnel, dec: &mut BodyDeco
         t.out = out;
         let fail = match res {
             Ok(_) => None,
-            Err(RelayError::Write(e)) => {
-                Some(Fail::BeforeResponse { err: Error::Tunnel { worker: worker.to_string(), why: e.to_string() }, replayable: true })
-            }
-            Err(RelayError::Body(e)) => Some(Fail::BeforeResponse { err: Error::ClientBody(e), replayable: false }),
-            Err(RelayError::Read(_)) => Some(Fail::Client),
+            Err(RelayError::Write(e)) => Some(Failure::sent(Error::Tunnel { worker: worker.to_string(), why: e.to_string() })),
+            Err(RelayError::Body(e)) => Some(Failure::sent(Error::ClientBody(e))),
+            Err(RelayError::Read(e)) => Some(Failure::relayed(Error::ClientIo(e))),
         };
         if let Some(f) = fail {
             return (Err(f), t);
@@ -521,7 +490,7 @@ async fn exchange(core: &Core, c: &mut Client, mut t: Tunnel, dec: &mut BodyDeco
 
     // Body still arriving: split both connections and run both directions.
     let Some(client) = c.stream.take() else {
-        return (Err(Fail::Client), t);
+        return (Err(Failure::client_gone()), t);
     };
     let (mut cr, mut cw) = client.into_split();
     let Tunnel { stream: tunnel, rb: mut trb, out: tout, head: mut thead, slot, idle_since, ticket } = t;
@@ -538,12 +507,12 @@ async fn exchange(core: &Core, c: &mut Client, mut t: Tunnel, dec: &mut BodyDeco
                 Ok(_) => (resp.await, out),
                 // Once response bytes went to the client, an error can only
                 // end the connection.
-                Err(_) if started.get() => (Err(Fail::AfterHead), out),
+                Err(_) if started.get() => (Err(Failure::client_gone()), out),
                 Err(e) => {
                     let fail = match e {
-                        RelayError::Write(e) => Fail::BeforeResponse { err: Error::Tunnel { worker: worker.to_string(), why: e.to_string() }, replayable: false },
-                        RelayError::Body(e) => Fail::BeforeResponse { err: Error::ClientBody(e), replayable: false },
-                        RelayError::Read(_) => Fail::Client,
+                        RelayError::Write(e) => Failure::sent(Error::Tunnel { worker: worker.to_string(), why: e.to_string() }),
+                        RelayError::Body(e) => Failure::sent(Error::ClientBody(e)),
+                        RelayError::Read(e) => Failure::relayed(Error::ClientIo(e)),
                     };
                     (Err(fail), out)
                 }
@@ -576,23 +545,26 @@ async fn response<TR: AsyncReadRent, CW: AsyncWriteRent>(
     info: &ReqInfo,
     worker: &str,
     started: &std::cell::Cell<bool>,
-) -> Result<Done, Fail> {
+) -> Result<Done, Failure> {
     let p = &core.shared.cfg.profile;
     let deadline = Instant::now() + p.response_timeout;
     let mut interim_sent = false;
     let limits = h1::Limits { max_head: p.tunnel_read.min(p.limits.max_head.max(64 * 1024)), ..p.limits };
-    let tunnel_err =
-        |why: String, replayable: bool| Fail::BeforeResponse { err: Error::Tunnel { worker: worker.to_string(), why }, replayable };
+    // Closed or reset with the request on it: nothing came back yet (the
+    // worker may have acted), or part of a response did.
+    let lost = |why: String, nothing_yet: bool| {
+        let err = Error::Tunnel { worker: worker.to_string(), why };
+        if nothing_yet {
+            Failure::sent(err)
+        } else {
+            Failure::answered(err)
+        }
+    };
+    let invalid = |why: String| Failure::answered(Error::BadResponse { worker: worker.to_string(), why });
     loop {
         match h1::parse_response(trb.data(), &limits, info.is_head, thead) {
             Ok(Parsed::Complete) if thead.status == 101 => {
-                return Err(Fail::BeforeResponse {
-                    err: Error::BadResponse {
-                        worker: worker.to_string(),
-                        why: "101 Switching Protocols is not relayed over HTTP/1.1 tunnels".into(),
-                    },
-                    replayable: false,
-                });
+                return Err(invalid("101 Switching Protocols to a request that asked for no upgrade".into()));
             }
             Ok(Parsed::Complete) if thead.status < 200 => {
                 // RFC 9110 §15.2: forward interim responses to HTTP/1.1
@@ -603,7 +575,7 @@ async fn response<TR: AsyncReadRent, CW: AsyncWriteRent>(
                     h1::write_response_head(cout, trb.data(), thead, Version::Http11, Persist::KeepAlive, false);
                     let (res, out) = write_all(cw, std::mem::take(cout), p.io_timeout).await;
                     *cout = out;
-                    res.map_err(|_| Fail::Client)?;
+                    res.map_err(|e| Failure::relayed(Error::ClientIo(e)))?;
                 }
                 interim_sent = true;
                 trb.consume(thead.len);
@@ -611,25 +583,17 @@ async fn response<TR: AsyncReadRent, CW: AsyncWriteRent>(
             }
             Ok(Parsed::Complete) => break,
             Ok(Parsed::Partial) => {}
-            Err(e) => {
-                return Err(Fail::BeforeResponse {
-                    err: Error::BadResponse { worker: worker.to_string(), why: e.to_string() },
-                    replayable: false,
-                })
-            }
+            Err(e) => return Err(invalid(e.to_string())),
         }
         let left = deadline.saturating_duration_since(Instant::now());
         let nothing_yet = trb.is_empty() && !interim_sent;
         match trb.fill(tr, left).await {
-            Ok(0) => return Err(tunnel_err("closed before the response".into(), nothing_yet)),
+            Ok(0) => return Err(lost("closed before the response".into(), nothing_yet)),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                return Err(Fail::BeforeResponse {
-                    err: Error::ResponseTimeout { worker: worker.to_string(), after: p.response_timeout },
-                    replayable: false,
-                })
+                return Err(Failure::sent(Error::ResponseTimeout { worker: worker.to_string(), after: p.response_timeout }))
             }
-            Err(e) => return Err(tunnel_err(e.to_string(), nothing_yet)),
+            Err(e) => return Err(lost(e.to_string(), nothing_yet)),
         }
     }
     let framing = thead.framing();
@@ -652,9 +616,11 @@ async fn response<TR: AsyncReadRent, CW: AsyncWriteRent>(
     *cout = out;
     match res {
         Ok(_) => {}
-        Err(RelayError::Write(_)) => return Err(Fail::Client),
-        Err(RelayError::Read(_)) => return Err(Fail::AfterHead),
-        Err(RelayError::Body(_)) => return Err(Fail::AfterHead),
+        Err(RelayError::Write(e)) => return Err(Failure::relayed(Error::ClientIo(e))),
+        // The head is out: a broken body can only end the client connection.
+        Err(e @ (RelayError::Read(_) | RelayError::Body(_))) => {
+            return Err(Failure::relayed(Error::Tunnel { worker: worker.to_string(), why: e.to_string() }))
+        }
     }
     // RFC 9112 §9.6: a worker's Connection: close drains this tunnel.
     let reusable = !tunnel_close && framing != Framing::UntilClose && trb.is_empty();

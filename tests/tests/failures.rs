@@ -186,3 +186,55 @@ fn requests_wait_for_a_worker_that_is_redialing() {
     let r = pending.join().unwrap();
     assert_eq!((r.status, r.text().as_str()), (200, "back"));
 }
+
+/// A request the worker may have acted on is never sent to a second one
+/// unless it is idempotent (RFC 9110 §9.2.2): a bodyless POST whose tunnel
+/// died after it went out gets 502 from HTTP/1.1 and h2c clients alike, and
+/// a GET in the same situation is served by another worker.
+fn lost_after_sending(kind: InnerProtocol) {
+    let lb = start_lb(1, |_| {});
+    let mut cfg = worker_config(&lb, "doomed", 4);
+    cfg.protocols = vec![kind];
+    let doomed = start_worker(cfg, || Responder::Delay(Duration::from_secs(30)));
+    let addr = lb.client_addr();
+    let h1_post = std::thread::spawn(move || {
+        let mut c = Client::connect(addr);
+        c.send(b"POST /h1 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n");
+        c.read_response(false)
+    });
+    let h2_post = std::thread::spawn(move || {
+        block_on(async move {
+            let mut s = h2_connect(addr).await;
+            h2_request(&mut s, "POST", "/h2", b"").await
+        })
+    });
+    let h2_get = std::thread::spawn(move || {
+        block_on(async move {
+            let mut s = h2_connect(addr).await;
+            h2_request(&mut s, "GET", "/h2get", b"").await
+        })
+    });
+    wait_until("three requests are on the doomed worker", || {
+        status(&lb)["workers"].as_array().unwrap().iter().any(|w| w["id"] == "doomed" && w["in_flight"] == 3)
+    });
+    let mut good = worker_config(&lb, "good", 4);
+    good.protocols = vec![kind];
+    let _good = start_worker(good, || Responder::Hello);
+    doomed.kill();
+    let r = h1_post.join().unwrap();
+    assert_eq!(r.status, 502, "HTTP/1.1 POST: {}", r.text());
+    let (status, _, body) = h2_post.join().unwrap();
+    assert_eq!(status, 502, "h2c POST was sent again: {}", String::from_utf8_lossy(&body));
+    let (status, _, body) = h2_get.join().unwrap();
+    assert_eq!((status, body.as_slice()), (200, &b"hello\n"[..]), "h2c GET is retried");
+}
+
+#[test]
+fn lost_after_sending_on_h1_tunnels() {
+    lost_after_sending(InnerProtocol::Http11);
+}
+
+#[test]
+fn lost_after_sending_on_h2_tunnels() {
+    lost_after_sending(InnerProtocol::H2);
+}
