@@ -99,21 +99,21 @@ async fn run(id: usize, shared: Arc<Shared>, listeners: CoreListeners, stop_flag
             Ok(l) => {
                 monoio::spawn(accept_clients(core.clone(), l));
             }
-            Err(e) => eprintln!("ptth-lb: core {id}: client listener: {e}"),
+            Err(e) => tracing::error!(core = id, "client listener: {e}"),
         }
     }
     match TcpListener::from_std(listeners.tunnel) {
         Ok(l) => {
             monoio::spawn(crate::tunnel::accept::accept_loop(core.clone(), l));
         }
-        Err(e) => eprintln!("ptth-lb: core {id}: tunnel listener: {e}"),
+        Err(e) => tracing::error!(core = id, "tunnel listener: {e}"),
     }
     if let Some(a) = listeners.admin {
         match TcpListener::from_std(a) {
             Ok(l) => {
                 monoio::spawn(crate::admin::serve(core.clone(), l));
             }
-            Err(e) => eprintln!("ptth-lb: core {id}: admin listener: {e}"),
+            Err(e) => tracing::error!(core = id, "admin listener: {e}"),
         }
     }
     monoio::spawn(inbox_loop(core.clone()));
@@ -150,7 +150,7 @@ pub(crate) async fn accept_each(
         match accepted {
             Ok((stream, peer)) => on(stream, peer),
             Err(e) => {
-                eprintln!("ptth-lb: core {}: {what} accept: {e}", core.id);
+                tracing::warn!(core = core.id, "{what} accept: {e}");
                 monoio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -204,13 +204,13 @@ async fn inbox_loop(core: Rc<Core>) {
                     monoio::spawn(crate::tunnel::accept::finish(core.clone(), s, id, meta, setup));
                 }
                 Err(e) => {
-                    eprintln!("ptth-lb: core {}: adopting a tunnel: {e}", core.id);
+                    tracing::warn!(core = core.id, worker = %id, "adopting a tunnel: {e}");
                     shared.placement.release(&id, core.id);
                 }
             },
             Some(CoreMsg::Client { stream, peer, buffered }) => match adopt(stream) {
                 Ok(s) => spawn_client(&core, s, peer, buffered, true),
-                Err(e) => eprintln!("ptth-lb: core {}: adopting a client connection: {e}", core.id),
+                Err(e) => tracing::warn!(core = core.id, %peer, "adopting a client connection: {e}"),
             },
             None => return,
         }

@@ -188,6 +188,7 @@ async fn handle(
                         attempt += 1;
                         avoid = Some(slot);
                         stats::add(&core.stats().retries, 1);
+                        tracing::info!(worker = %core.pool.borrow().worker_id(slot), attempt, "request sent again after: {}", f.err);
                         continue;
                     }
                     Decision::Answer => return send_error(core, &respond, &f.err),
@@ -268,6 +269,9 @@ fn send_error(core: &Core, respond: &RefCell<h2::server::SendResponse<Bytes>>, e
         return;
     };
     core.stats().count_status(status);
+    if status >= 500 {
+        tracing::warn!(status, "{e}");
+    }
     let body = Bytes::from(format!("{status} {}: {e}\n", h1::reason(status)));
     let mut r = http::Response::builder().status(status).header(http::header::CONTENT_TYPE, "text/plain");
     if e.is_retryable() {

@@ -74,9 +74,7 @@ pub(crate) async fn drive(core: Rc<Core>, mut conn: h2::client::Connection<H2Io,
         }
     };
     if let Some(why) = why {
-        if !core.shared.cfg.quiet {
-            eprintln!("ptth-lb: core {}: h2 tunnel of worker {worker} closed: {why}", core.id);
-        }
+        tracing::info!(core = core.id, worker = %worker, "h2 tunnel closed: {why}");
     }
     core.pool.borrow_mut().h2_closed(&tunnel);
 }

@@ -1,5 +1,5 @@
-//! Owned messages between cores (DESIGN §4: cross-core traffic only as owned
-//! messages). Used on the control path only: a tunnel placed on another core,
+//! Owned messages between cores (docs/ARCHITECTURE.md: cross-core traffic
+//! only as owned messages). Used on the control path only: a tunnel placed on another core,
 //! a client connection handed to a core that has tunnels for its route.
 //!
 //! crossbeam's channel has no async receive; the receiver parks its waker in

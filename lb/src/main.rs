@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use ptth_lb::config::{parse_addr, parse_toml, ConfigFile};
 use ptth_lb::{Config, Profile};
+use ptth_proto::rt::logging::{self, say, LogFormat};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USAGE: &str = "usage: ptth-lb [demo] [--config FILE] [--profile FILE] [--listen ADDR]...
                [--tunnel-listen ADDR] [--admin-listen ADDR] [--cores N] [--token TOKEN]
-               [--driver auto|uring|legacy] [--quiet]
+               [--driver auto|uring|legacy] [--log-format text|json] [--quiet]
 
   demo                 also run two in-process workers with a small app, and print curl commands
   --config FILE        TOML config (listeners, tunnel token and policy); see docs/OPERATIONS.md
@@ -23,6 +24,9 @@ const USAGE: &str = "usage: ptth-lb [demo] [--config FILE] [--profile FILE] [--l
   --cores N            cores to run (default: every allowed CPU)
   --token TOKEN        bearer token workers must present (or env PTTH_TOKEN); without one,
                        only loopback workers are accepted
+  --log-format F       text (default) or json, one line per event on stderr; the filter is
+                       env PTTH_LOG (RUST_LOG syntax, default info)
+  --quiet              log errors only
 ";
 
 struct Cli {
@@ -35,6 +39,7 @@ struct Cli {
     cores: Option<usize>,
     token: Option<String>,
     driver: Option<String>,
+    log_format: LogFormat,
     quiet: bool,
 }
 
@@ -49,6 +54,7 @@ fn parse_cli(args: Vec<String>) -> Result<Cli, String> {
         cores: None,
         token: None,
         driver: None,
+        log_format: LogFormat::Text,
         quiet: false,
     };
     let mut it = args.into_iter().peekable();
@@ -72,6 +78,10 @@ fn parse_cli(args: Vec<String>) -> Result<Cli, String> {
             }
             "--token" => cli.token = Some(value()?),
             "--driver" => cli.driver = Some(value()?),
+            "--log-format" => {
+                let v = value()?;
+                cli.log_format = LogFormat::parse(&v).ok_or_else(|| format!("--log-format: expected text or json, got {v:?}"))?;
+            }
             "--quiet" => cli.quiet = true,
             other => return Err(format!("unknown argument {other:?} (see --help)")),
         }
@@ -122,67 +132,75 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
     Ok(cfg)
 }
 
+/// A message for the operator before logging is set up (bad flags): to
+/// stderr, and never a panic if stderr is closed.
+fn complain(msg: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "ptth-lb: {msg}");
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        print!("{USAGE}");
+        say(format_args!("{}", USAGE.trim_end()));
         return ExitCode::SUCCESS;
     }
     if args.iter().any(|a| a == "--version") {
-        println!("ptth-lb {}", env!("CARGO_PKG_VERSION"));
+        say(format_args!("ptth-lb {}", env!("CARGO_PKG_VERSION")));
         return ExitCode::SUCCESS;
     }
     let cli = match parse_cli(args) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("ptth-lb: {e}");
+            complain(format_args!("{e}"));
             return ExitCode::from(2);
         }
     };
     let cfg = match build_config(&cli) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("ptth-lb: {e}");
+            complain(format_args!("{e}"));
             return ExitCode::from(2);
         }
     };
-    let quiet = cfg.quiet;
+    if let Err(e) = logging::init(cli.log_format, if cfg.quiet { "error" } else { "info" }) {
+        complain(format_args!("{e}"));
+        return ExitCode::from(2);
+    }
     let no_token = cfg.token.is_none();
     let lb = match ptth_lb::run(cfg) {
         Ok(lb) => lb,
         Err(e) => {
-            eprintln!("ptth-lb: {e}");
+            tracing::error!("{e}");
             return ExitCode::from(1);
         }
     };
     let clients: Vec<String> = lb.client_addrs.iter().map(|a| a.to_string()).collect();
-    if !quiet {
-        eprintln!("ptth-lb: {} cores ({}); clients on {}; tunnels on {}", lb.cores, lb.runtime, clients.join(", "), lb.tunnel_addr);
-        if let Some(a) = lb.admin_addr {
-            eprintln!("ptth-lb: admin on http://{a}/status");
-        }
-        if no_token {
-            eprintln!("ptth-lb: no --token given: accepting workers from loopback only");
-        }
+    tracing::info!(cores = lb.cores, runtime = %lb.runtime, clients = %clients.join(", "), tunnels = %lb.tunnel_addr, "started");
+    if let Some(a) = lb.admin_addr {
+        tracing::info!("admin on http://{a}/status");
+    }
+    if no_token {
+        tracing::warn!("no --token given: accepting workers from loopback only");
     }
     let _workers = if cli.demo {
         match ptth_lb::demo::start_workers(lb.tunnel_addr, Duration::from_secs(5)) {
             Ok(w) => {
                 let c = lb.client_addr();
-                println!("ptth demo: lb on http://{c}, workers demo-1 and demo-2 dialed in over tunnels to {}", lb.tunnel_addr);
-                println!("try:");
-                println!("  curl http://{c}/                       # hello from demo-1 or demo-2");
-                println!("  curl -d 'hi there' http://{c}/echo     # the request as the worker saw it");
-                println!("  curl http://{c}/slow                   # a 1 s request");
-                println!("  curl --http2-prior-knowledge http://{c}/   # the same port speaks h2c");
+                say(format_args!("ptth demo: lb on http://{c}, workers demo-1 and demo-2 dialed in over tunnels to {}", lb.tunnel_addr));
+                say(format_args!("try:"));
+                say(format_args!("  curl http://{c}/                       # hello from demo-1 or demo-2"));
+                say(format_args!("  curl -d 'hi there' http://{c}/echo     # the request as the worker saw it"));
+                say(format_args!("  curl http://{c}/slow                   # a 1 s request"));
+                say(format_args!("  curl --http2-prior-knowledge http://{c}/   # the same port speaks h2c"));
                 if let Some(a) = lb.admin_addr {
-                    println!("  curl http://{a}/status               # cores, tunnels per worker per core, in-flight");
+                    say(format_args!("  curl http://{a}/status               # cores, tunnels per worker per core, in-flight"));
                 }
-                println!("Ctrl-C stops it.");
+                say(format_args!("Ctrl-C stops it."));
                 w
             }
             Err(e) => {
-                eprintln!("ptth-lb: demo workers: {e}");
+                tracing::error!("demo workers: {e}");
                 return ExitCode::from(1);
             }
         }
@@ -197,9 +215,7 @@ fn main() -> ExitCode {
     while !stop.load(std::sync::atomic::Ordering::Acquire) {
         std::thread::sleep(Duration::from_millis(50));
     }
-    if !quiet {
-        eprintln!("ptth-lb: draining");
-    }
+    tracing::info!("draining");
     drop(_workers);
     lb.shutdown();
     ExitCode::SUCCESS

@@ -328,6 +328,7 @@ async fn handle(core: &Rc<Core>, c: &mut Client) -> Next {
             Decision::Retry => {
                 attempt += 1;
                 stats::add(&core.stats().retries, 1);
+                tracing::info!(worker = %core.pool.borrow().worker_id(failed), attempt, "request sent again after: {}", f.err);
                 match acquire(core, host, path, Some(failed)).await {
                     Ok(t) => lease = t,
                     Err(e) => {
@@ -639,6 +640,9 @@ async fn write_client(core: &Core, c: &mut Client) -> io::Result<()> {
 async fn send_error(core: &Core, c: &mut Client, e: &Error, close: bool) {
     let Some(status) = e.status() else { return };
     core.stats().count_status(status);
+    if status >= 500 {
+        tracing::warn!(client = %c.peer, status, "{e}");
+    }
     let retry = core.shared.cfg.profile.retry_after_s.to_string();
     let mut extra: Vec<(&str, &str)> = Vec::new();
     if e.is_retryable() {

@@ -221,6 +221,18 @@ pub fn status(lb: &Lb) -> serde_json::Value {
     serde_json::from_slice(&r.body).expect("status is JSON")
 }
 
+/// `/status` once `settled` holds for it. The lb counts a request after its
+/// response is written, so a client can read a response a moment before the
+/// count includes it; tests asserting counts wait for them here (bounded).
+pub fn settled_status(lb: &Lb, what: &str, settled: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    wait_until(what, || {
+        last = status(lb);
+        settled(&last)
+    });
+    last
+}
+
 /// Runs `f` on a fresh monoio runtime on this thread (for HTTP/2 clients
 /// built on the `h2` crate).
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {

@@ -114,7 +114,7 @@ where
                 attempt = 0;
                 if failing {
                     failing = false;
-                    log(&cfg, false, format_args!("lb {}: reachable again", lb.addr));
+                    log(false, format_args!("lb {}: reachable again", lb.addr));
                 }
                 let placed = {
                     let mut cov = lock(lb);
@@ -132,7 +132,6 @@ where
                         let now = cov.is_covered(cfg.tunnels_per_core);
                         if now && !cov.covered {
                             log(
-                                &cfg,
                                 false,
                                 format_args!("lb {}: all {} cores covered, {} tunnels each", lb.addr, cov.cores, cfg.tunnels_per_core),
                             );
@@ -143,7 +142,7 @@ where
                 };
                 match placed {
                     Some(epoch) => {
-                        log(&cfg, true, format_args!("lb {}: tunnel up on core {}/{}", lb.addr, acc.core, acc.cores));
+                        log(true, format_args!("lb {}: tunnel up on core {}/{}", lb.addr, acc.core, acc.cores));
                         spawn_tunnel(stream, leftover, acc, epoch);
                     }
                     None => {
@@ -164,7 +163,7 @@ where
                 let wait = backoff(&cfg, attempt, retry_after, &mut rng);
                 attempt = attempt.saturating_add(1);
                 if !failing || cfg.verbose || attempt.is_power_of_two() {
-                    log(&cfg, false, format_args!("lb {}: {e}; retrying in {} ms", lb.addr, wait.as_millis()));
+                    log(false, format_args!("lb {}: {e}; retrying in {} ms", lb.addr, wait.as_millis()));
                 }
                 failing = true;
                 if sleep_or_stop(wait, &stop).await {
@@ -185,7 +184,7 @@ pub(crate) fn tunnel_ended(cfg: &Config, lb: &LbState, core: u32, epoch: u64, st
     }
     let now = cov.is_covered(cfg.tunnels_per_core);
     if cov.covered && !now && !stopping {
-        log(cfg, false, format_args!("lb {}: tunnel lost on core {core}; redialing", lb.addr));
+        log(false, format_args!("lb {}: tunnel lost on core {core}; redialing", lb.addr));
     }
     cov.covered = now;
 }

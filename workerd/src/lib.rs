@@ -42,11 +42,16 @@ pub use tunnel::{Exchange, Handler};
 /// How often each thread looks at the process-wide stop and kill flags.
 const FLAG_POLL: Duration = Duration::from_millis(20);
 
-pub(crate) fn log(cfg: &Config, verbose_only: bool, args: std::fmt::Arguments<'_>) {
-    if cfg.quiet || (verbose_only && !cfg.verbose) {
-        return;
+/// One log line: `verbose_only` lines (every tunnel) are debug events, the
+/// rest (coverage changes, refusals, backoff) info. The binary's subscriber
+/// filters them (`--quiet`, `--verbose`, `PTTH_LOG`); an embedding program
+/// installs its own, or none.
+pub(crate) fn log(verbose_only: bool, args: std::fmt::Arguments<'_>) {
+    if verbose_only {
+        tracing::debug!("{args}");
+    } else {
+        tracing::info!("{args}");
     }
-    eprintln!("ptth-workerd: {args}");
 }
 
 /// State shared by a worker's threads (control path only).
@@ -226,7 +231,7 @@ async fn thread_main<H, F>(
                         _ = kill.wait() => None,
                     };
                     if let Some(Err(e)) = res {
-                        log(&cfg, true, format_args!("lb {}: tunnel on core {} ended: {e}", shared.lbs[lb].addr, acc.core));
+                        log(true, format_args!("lb {}: tunnel on core {} ended: {e}", shared.lbs[lb].addr, acc.core));
                     }
                     dial::tunnel_ended(&cfg, &shared.lbs[lb], acc.core, epoch, stop.is_fired());
                     dial::bump(&shared.counts, slot, false);
@@ -240,7 +245,7 @@ async fn thread_main<H, F>(
     let drained = async {
         stop.wait().await;
         if thread == 0 {
-            log(&cfg, false, format_args!("stopping: no more dials, idle tunnels close, requests in flight finish"));
+            log(false, format_args!("stopping: no more dials, idle tunnels close, requests in flight finish"));
         }
         while live.get() > 0 {
             monoio::time::sleep(Duration::from_millis(10)).await;

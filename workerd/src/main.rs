@@ -4,6 +4,7 @@
 
 use std::process::ExitCode;
 
+use ptth_proto::rt::logging::{self, say, LogFormat};
 use ptth_workerd::{Claim, Config, Exchange, Handler, Origin, OriginAddr, Responder, Sidecar};
 
 #[global_allocator]
@@ -14,7 +15,7 @@ const USAGE: &str = "usage: ptth-workerd --lb ADDR [--lb ADDR]... (--origin URL 
          [--tunnels-per-core N] [--max-concurrency N] [--weight N]
          [--inner h2,http/1.1] [--max-streams N] [--stream-window BYTES]
          [--connection-window BYTES] [--threads N] [--pin]
-         [--driver auto|uring|legacy] [--verbose] [--quiet]
+         [--driver auto|uring|legacy] [--log-format text|json] [--verbose] [--quiet]
 
   --lb ADDR              lb tunnel listener, host:port (repeat for several lbs)
   --origin URL           forward requests to this HTTP/1.1 origin (http://host:port)
@@ -31,6 +32,10 @@ const USAGE: &str = "usage: ptth-workerd --lb ADDR [--lb ADDR]... (--origin URL 
   --stream-window BYTES  h2 stream flow-control window (default 1048576)
   --connection-window BYTES  h2 connection window (default 8388608)
   --threads N            worker threads (default 1)
+  --log-format F         text (default) or json, one line per event on stderr; the filter is
+                         env PTTH_LOG (RUST_LOG syntax; default info, debug with --verbose)
+  --verbose              also log every tunnel
+  --quiet                log errors only
 ";
 
 /// The two kinds of worker the binary runs.
@@ -54,8 +59,9 @@ enum Mode {
     Origin(OriginAddr),
 }
 
-fn parse(args: Vec<String>) -> Result<(Config, Mode), String> {
+fn parse(args: Vec<String>) -> Result<(Config, Mode, LogFormat), String> {
     let mut cfg = Config { lbs: Vec::new(), ..Config::default() };
+    let mut log_format = LogFormat::Text;
     let mut mode = None;
     let mut claims = Vec::new();
     let mut it = args.into_iter();
@@ -112,6 +118,10 @@ fn parse(args: Vec<String>) -> Result<(Config, Mode), String> {
                 cfg.runtime.driver = ptth_proto_driver(&v).ok_or_else(|| format!("--driver: expected auto, uring or legacy, got {v:?}"))?;
             }
             "--verbose" => cfg.verbose = true,
+            "--log-format" => {
+                let v = value()?;
+                log_format = LogFormat::parse(&v).ok_or_else(|| format!("--log-format: expected text or json, got {v:?}"))?;
+            }
             "--quiet" => cfg.quiet = true,
             other => return Err(format!("unknown flag {other:?} (see --help)")),
         }
@@ -132,49 +142,66 @@ fn parse(args: Vec<String>) -> Result<(Config, Mode), String> {
         cfg.meta.id = Some(format!("{host}-{}", std::process::id()));
     }
     cfg.validate()?;
-    Ok((cfg, mode))
+    Ok((cfg, mode, log_format))
 }
 
 fn ptth_proto_driver(s: &str) -> Option<ptth_proto::rt::runtime::DriverChoice> {
     ptth_proto::rt::runtime::DriverChoice::parse(s)
 }
 
+/// A message for the operator before logging is set up (bad flags): to
+/// stderr, and never a panic if stderr is closed.
+fn complain(msg: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "ptth-workerd: {msg}");
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        print!("{USAGE}");
+        say(format_args!("{}", USAGE.trim_end()));
         return ExitCode::SUCCESS;
     }
     if args.iter().any(|a| a == "--version") {
-        println!("ptth-workerd {}", env!("CARGO_PKG_VERSION"));
+        say(format_args!("ptth-workerd {}", env!("CARGO_PKG_VERSION")));
         return ExitCode::SUCCESS;
     }
-    let (cfg, mode) = match parse(args) {
+    let (cfg, mode, log_format) = match parse(args) {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("ptth-workerd: {e}");
+            complain(format_args!("{e}"));
             return ExitCode::from(2);
         }
     };
-    if !cfg.quiet {
-        let what = match &mode {
-            Mode::Respond(r) => format!("built-in responder {r:?}"),
-            Mode::Origin(o) => format!("origin http://{}", o.authority),
-        };
-        eprintln!(
-            "ptth-workerd: id {} serving {what}; dialing {} with {} tunnels per lb core",
-            cfg.meta.id.as_deref().unwrap_or("?"),
-            cfg.lbs.join(", "),
-            cfg.tunnels_per_core
-        );
+    // --verbose lines are debug events; --quiet keeps errors only.
+    let level = if cfg.quiet {
+        "error"
+    } else if cfg.verbose {
+        "debug"
+    } else {
+        "info"
+    };
+    if let Err(e) = logging::init(log_format, level) {
+        complain(format_args!("{e}"));
+        return ExitCode::from(2);
     }
+    let what = match &mode {
+        Mode::Respond(r) => format!("built-in responder {r:?}"),
+        Mode::Origin(o) => format!("origin http://{}", o.authority),
+    };
+    tracing::info!(
+        worker = cfg.meta.id.as_deref().unwrap_or("?"),
+        lbs = %cfg.lbs.join(", "),
+        tunnels_per_core = cfg.tunnels_per_core,
+        "serving {what}"
+    );
     let worker = match ptth_workerd::serve(cfg, move || match &mode {
         Mode::Respond(r) => App::Respond(r.clone()),
         Mode::Origin(o) => App::Origin(Sidecar::new(o.clone())),
     }) {
         Ok(w) => w,
         Err(e) => {
-            eprintln!("ptth-workerd: {e}");
+            tracing::error!("{e}");
             return ExitCode::from(1);
         }
     };
@@ -198,7 +225,7 @@ mod tests {
 
     #[test]
     fn flags() {
-        let (cfg, _) =
+        let (cfg, _, _) =
             parse(args("--lb 127.0.0.1:7000 --respond hello --route /api/ --claim https://a.example --max-concurrency 4")).unwrap();
         assert_eq!(cfg.meta.routes, ["/api/"]);
         assert_eq!(cfg.meta.max_concurrency, Some(4));

@@ -95,13 +95,14 @@ impl RefusalLog {
     }
 }
 
-async fn reject(core: &Core, stream: &mut TcpStream, e: &Error, peer: SocketAddr) {
+async fn reject(core: &Core, stream: &mut TcpStream, e: &Error, peer: SocketAddr, worker: Option<&str>) {
     stats::add(&core.stats().setups_rejected, 1);
     let status = e.status().unwrap_or(400);
-    if !core.shared.cfg.quiet && status != 404 {
+    if status != 404 {
         if let Some(held) = core.refusals.admit(Instant::now()) {
             let more = if held > 0 { format!(" ({held} more refusals not logged in the last second)") } else { String::new() };
-            eprintln!("ptth-lb: tunnel setup from {peer} refused with {status}: {e}{more}");
+            let worker = worker.unwrap_or("-");
+            tracing::warn!(%peer, worker, status, "tunnel setup refused: {e}{more}");
         }
     }
     let retry = e.is_retryable().then_some(core.shared.cfg.profile.retry_after_s.max(1));
@@ -122,38 +123,38 @@ async fn setup(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
         match h1::parse_request(rb.data(), &limits, &mut head) {
             Ok(Parsed::Complete) => break,
             Ok(Parsed::Partial) => {}
-            Err(e) => return reject(&core, &mut stream, &Error::Head(e), peer).await,
+            Err(e) => return reject(&core, &mut stream, &Error::Head(e), peer, None).await,
         }
         let left = deadline.saturating_duration_since(Instant::now());
         match rb.fill(&mut stream, left).await {
             Ok(n) if n > 0 => {}
-            // Closed or too slow: nobody to answer (DESIGN §6: handshake deadline).
+            // Closed or too slow: nobody to answer (the handshake deadline, docs/PROTOCOL.md §2).
             _ => return,
         }
     }
     let req = match SetupRequest::parse(rb.data(), &head) {
         Ok(r) => r,
-        Err(e) => return reject(&core, &mut stream, &Error::Setup(e), peer).await,
+        Err(e) => return reject(&core, &mut stream, &Error::Setup(e), peer, None).await,
     };
     if rb.data().len() > head.len {
         let e = Error::Setup(ptth_proto::SetupError::Malformed("the worker sent data before the 101".into()));
-        return reject(&core, &mut stream, &e, peer).await;
+        return reject(&core, &mut stream, &e, peer, req.meta.id.as_deref()).await;
     }
     if let Err(e) = authorize(cfg, &req, peer) {
-        return reject(&core, &mut stream, &e, peer).await;
+        return reject(&core, &mut stream, &e, peer, req.meta.id.as_deref()).await;
     }
     if core::draining(&core.shared) {
-        return reject(&core, &mut stream, &Error::Draining, peer).await;
+        return reject(&core, &mut stream, &Error::Draining, peer, req.meta.id.as_deref()).await;
     }
     let Some(protocol) = req.choose(SUPPORTED) else {
         let e = Error::Setup(ptth_proto::SetupError::Malformed(
             "no supported inner protocol offered; this lb speaks ALPN h2 and http%2F1.1".into(),
         ));
-        return reject(&core, &mut stream, &e, peer).await;
+        return reject(&core, &mut stream, &e, peer, req.meta.id.as_deref()).await;
     };
     let ticket = match core.shared.placement.admit(peer.ip(), cfg.max_tunnels_per_peer, cfg.max_tunnels) {
         Ok(t) => t,
-        Err(e) => return reject(&core, &mut stream, &e, peer).await,
+        Err(e) => return reject(&core, &mut stream, &e, peer, req.meta.id.as_deref()).await,
     };
     // Workers that do not name themselves are told apart by address.
     let id: Arc<str> = match &req.meta.id {
@@ -163,11 +164,9 @@ async fn setup(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
     let meta = Arc::new(Meta::new(req.claim.clone(), &req.meta));
     let placed = match core.shared.placement.place(&id, &meta, core.id, cfg.max_tunnels_per_worker) {
         Ok(p) => p,
-        Err(e) => return reject(&core, &mut stream, &e, peer).await,
+        Err(e) => return reject(&core, &mut stream, &e, peer, req.meta.id.as_deref()).await,
     };
-    if !cfg.quiet {
-        log_registration(&core, &id, &meta, peer);
-    }
+    log_registration(&core, &id, &meta, peer);
     let to = placed.core;
     let setup = TunnelSetup { token: req.token, protocol, placed, ticket };
     if to == core.id {
@@ -179,7 +178,7 @@ async fn setup(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
 }
 
 /// Logs a worker's first tunnel: a worker declaring its routes is a
-/// configuration change (DESIGN §6), so it is always recorded.
+/// configuration change, so it is always recorded.
 fn log_registration(core: &Core, id: &str, meta: &Meta, peer: SocketAddr) {
     let first = core.shared.placement.lock().get(id).is_some_and(|e| e.per_core.iter().sum::<u32>() == 1);
     if first {
@@ -188,7 +187,7 @@ fn log_registration(core: &Core, id: &str, meta: &Meta, peer: SocketAddr) {
             Claim::Origins(o) => o.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(", "),
         };
         let routes = if meta.routes.is_empty() { "every path".to_string() } else { meta.routes.join(", ") };
-        eprintln!("ptth-lb: worker {id} from {peer} registered: {claim}; {routes}; weight {}", meta.weight);
+        tracing::info!(worker = %id, %peer, weight = meta.weight, "worker joined: {claim}; {routes}");
     }
 }
 

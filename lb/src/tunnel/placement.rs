@@ -4,8 +4,9 @@
 //!
 //! A fresh tunnel goes to the core holding the fewest tunnels of its worker,
 //! ties to the core that accepted it, so each worker's tunnels spread evenly
-//! and every core can serve every route locally (DESIGN §4). The worker learns
-//! the core from the `101` and keeps dialing until each core holds its target.
+//! and every core can serve every route locally (docs/ARCHITECTURE.md,
+//! "Tunnel placement"). The worker learns the core from the `101` and keeps
+//! dialing until each core holds its target.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -137,6 +138,7 @@ impl Placement {
             e.per_core[core] = e.per_core[core].saturating_sub(1);
             if e.per_core.iter().all(|&n| n == 0) {
                 map.remove(id);
+                tracing::info!(worker = id, "worker left: its last tunnel closed");
             }
         }
     }

@@ -2,8 +2,8 @@
 //! capacity-releasing receives, and the HTTP/1.1 ↔ HTTP/2 field rules.
 //!
 //! Windows are raised well above h2's 64 KiB defaults: with the defaults,
-//! many concurrent streams stall (measured 33 s vs 0.7 s for 2000 × 64 KiB,
-//! shared/notes/monoio.md §4).
+//! many concurrent streams stall (measured on a 2-vCPU VM: 33 s vs 0.7 s for
+//! 2000 concurrent 64 KiB bodies).
 
 use std::future::poll_fn;
 

@@ -4,6 +4,7 @@
 
 pub mod h2io;
 pub mod io;
+pub mod logging;
 pub mod runtime;
 pub mod signal;
 
