@@ -174,6 +174,7 @@ pub struct RuntimeFile {
 pub struct BuffersFile {
     pub client_read: Option<usize>,
     pub tunnel_read: Option<usize>,
+    pub replay_max: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -213,7 +214,7 @@ impl ProfileFile {
     /// Keys set in `top` replace those of `self`.
     pub fn overlay(mut self, top: ProfileFile) -> ProfileFile {
         overlay!(self.runtime, top.runtime, cores, pin, driver, ring_flags, ring_entries);
-        overlay!(self.buffers, top.buffers, client_read, tunnel_read);
+        overlay!(self.buffers, top.buffers, client_read, tunnel_read, replay_max);
         overlay!(self.limits, top.limits, max_request_line, max_head, max_headers);
         overlay!(self.queue, top.queue, max_waiting, max_wait_ms, retry_after_s);
         overlay!(self.timeouts, top.timeouts, header_ms, keepalive_ms, response_ms, io_ms, handshake_ms, drain_ms);
@@ -239,6 +240,8 @@ pub struct Profile {
     pub runtime: RuntimeSpec,
     pub client_read: usize,
     pub tunnel_read: usize,
+    /// Request bodies up to this size are held whole for replay.
+    pub replay_max: usize,
     pub limits: Limits,
     pub queue_max: usize,
     pub queue_wait: Duration,
@@ -344,6 +347,7 @@ impl TryFrom<ProfileFile> for Profile {
             runtime: RuntimeSpec { driver, flags, entries: range("runtime.ring_entries", r.ring_entries, 256, 32768)? },
             client_read,
             tunnel_read: range("buffers.tunnel_read", f.buffers.tunnel_read, 4096, 16 << 20)?,
+            replay_max: range("buffers.replay_max", f.buffers.replay_max, 0, client_read)?,
             limits,
             queue_max: range("queue.max_waiting", f.queue.max_waiting, 0, 1 << 20)?,
             queue_wait: ms("queue.max_wait_ms", f.queue.max_wait_ms)?,
@@ -449,7 +453,7 @@ mod tests {
         let f: ProfileFile = parse_toml("default", DEFAULT_PROFILE).unwrap();
         let r = &f.runtime;
         assert!(r.cores.is_some() && r.pin.is_some() && r.driver.is_some() && r.ring_flags.is_some() && r.ring_entries.is_some());
-        assert!(f.buffers.client_read.is_some() && f.buffers.tunnel_read.is_some());
+        assert!(f.buffers.client_read.is_some() && f.buffers.tunnel_read.is_some() && f.buffers.replay_max.is_some());
         assert!(f.limits.max_request_line.is_some() && f.limits.max_head.is_some() && f.limits.max_headers.is_some());
         assert!(f.queue.max_waiting.is_some() && f.queue.max_wait_ms.is_some() && f.queue.retry_after_s.is_some());
         let t = &f.timeouts;

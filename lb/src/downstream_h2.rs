@@ -183,7 +183,8 @@ async fn handle(
             }
             Attempt::Failed(f) => {
                 core.pool.borrow_mut().release(lease, false);
-                match failure::decide(&f, &failure::Request { idempotent, bodyless, retries: attempt }) {
+                let req = failure::Request { idempotent, bodyless, retries: attempt };
+                match failure::decide(&f, &req) {
                     Decision::Retry => {
                         attempt += 1;
                         avoid = Some(slot);
@@ -191,7 +192,7 @@ async fn handle(
                         tracing::info!(worker = %core.pool.borrow().worker_id(slot), attempt, "request sent again after: {}", f.err);
                         continue;
                     }
-                    Decision::Answer => return send_error(core, &respond, &f.err),
+                    Decision::Answer => return send_error(core, &respond, &f.into_answer(&req)),
                     Decision::Abort => {
                         respond.borrow_mut().send_reset(h2::Reason::INTERNAL_ERROR);
                         return;

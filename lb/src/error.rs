@@ -42,6 +42,11 @@ pub enum Error {
     Tunnel { worker: String, why: String },
     #[error("worker {worker} sent an invalid response: {why}")]
     BadResponse { worker: String, why: String },
+    #[error(
+        "worker {worker} did not process the request ({why}), but its body had already streamed to it and cannot be sent \
+         again (HTTP/1.1 request bodies up to buffers.replay_max bytes are held for that)"
+    )]
+    NotReplayable { worker: String, why: String },
     #[error("worker {worker} sent no response head within {after:?}")]
     ResponseTimeout { worker: String, after: Duration },
 
@@ -68,7 +73,7 @@ impl Error {
             Error::NotImplemented(_) => 501,
             Error::HeaderTimeout(_) => 408,
             Error::NoRoute { .. } | Error::QueueFull | Error::QueueTimeout(_) | Error::Draining => 503,
-            Error::Tunnel { .. } | Error::BadResponse { .. } => 502,
+            Error::Tunnel { .. } | Error::BadResponse { .. } | Error::NotReplayable { .. } => 502,
             Error::ResponseTimeout { .. } => 504,
             Error::Setup(s) => s.status(),
             Error::Unauthorized(_) => 401,

@@ -83,6 +83,20 @@ impl Failure {
     }
 }
 
+impl Failure {
+    /// The error to answer with. A request the worker refused unprocessed
+    /// but that cannot go out again (its body streamed and is not held) says
+    /// why, rather than passing for an ordinary tunnel failure.
+    pub(crate) fn into_answer(self, req: &Request) -> Error {
+        if self.processed == Processed::Refused && !(req.bodyless || self.body_held) {
+            if let Error::Tunnel { worker, why } = self.err {
+                return Error::NotReplayable { worker, why };
+            }
+        }
+        self.err
+    }
+}
+
 /// What the request path does after a failed attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Decision {
@@ -198,6 +212,8 @@ mod tests {
             decide(&Failure::refused(Error::Tunnel { worker: "w".into(), why: "goaway".into() }, false), &once(false, false)),
             Decision::Answer
         );
+        let streamed = Failure::refused(Error::Tunnel { worker: "w".into(), why: "goaway".into() }, false);
+        assert!(matches!(streamed.into_answer(&once(false, false)), Error::NotReplayable { .. }));
         // Nothing sent (a draining tunnel refused the stream locally): any method.
         assert_eq!(
             decide(&Failure::not_sent(Error::Tunnel { worker: "w".into(), why: "draining".into() }), &once(false, false)),

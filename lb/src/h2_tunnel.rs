@@ -11,11 +11,12 @@
 
 use std::io;
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use monoio::io::{AsyncWriteRent, IntoPollIo, Splitable};
 use monoio::net::TcpStream;
-use ptth_proto::h1::{self, BodyDecoder, Parsed, RequestHead, Version};
+use ptth_proto::h1::{self, BodyDecoder, Framing, Parsed, RequestHead, Version};
 use ptth_proto::rt::h2io::{self, Windows, MAX_FRAME};
 use ptth_proto::rt::io::{write_all, Prefixed, ReadBuf};
 
@@ -148,20 +149,56 @@ fn build_request(fwd: &[u8], scratch: &mut RequestHead) -> Result<http::Request<
     Ok(req)
 }
 
+/// Reads a small request body whole into the client's read buffer before
+/// the request goes out, so it is held for replay if the worker refuses the
+/// stream unprocessed (profile `buffers.replay_max`). A larger body, or one
+/// that stops arriving, is left to stream as usual.
+async fn read_whole_if_small(
+    c: &mut ClientSide<'_>,
+    dec: &BodyDecoder,
+    framing: Framing,
+    max: usize,
+    wait: Duration,
+) -> Result<(), Failure> {
+    match framing {
+        Framing::Length(n) if n <= max as u64 => {}
+        Framing::Chunked => {}
+        _ => return Ok(()),
+    }
+    loop {
+        let mut probe = dec.clone();
+        match probe.scan(c.rb.data()) {
+            Ok(_) if !probe.is_done() && c.rb.data().len() < max => {}
+            // Whole, too big to hold, or invalid (the relay reports that).
+            _ => return Ok(()),
+        }
+        let Some(s) = c.stream.as_mut() else { return Err(Failure::client_gone()) };
+        match c.rb.fill(s, wait).await {
+            Ok(n) if n > 0 => {}
+            // End of stream, a full buffer or a slow client: the relay
+            // reports whatever is wrong when it gets there.
+            _ => return Ok(()),
+        }
+    }
+}
+
 /// Sends one client request as a stream on `t` and relays the response.
 pub(crate) async fn exchange(
     core: &Core,
-    c: ClientSide<'_>,
+    mut c: ClientSide<'_>,
     t: &H2Tunnel,
     dec: &mut BodyDecoder,
     req: &crate::proxy::ReqInfo,
     worker: &str,
 ) -> Result<Sent, Failure> {
-    let (version, is_head, client_wants_close) = (req.version, req.is_head, req.close);
+    let (version, is_head, client_wants_close, req_framing) = (req.version, req.is_head, req.close, req.framing);
     let p = &core.shared.cfg.profile;
     let tunnel_err = |why: String| Error::Tunnel { worker: worker.to_string(), why };
     let req = build_request(c.fwd, c.scratch).map_err(|e| Failure::not_sent(tunnel_err(e)))?;
     let has_body = !dec.is_done();
+    if has_body {
+        read_whole_if_small(&mut c, dec, req_framing, p.replay_max, p.io_timeout).await?;
+    }
     // A body that has already arrived whole is sent from a copy and left in
     // the read buffer until the worker answers: if the worker turns out not
     // to have processed the stream (GOAWAY race), the request, body and all,
@@ -238,27 +275,25 @@ pub(crate) async fn exchange(
     let result = {
         let upload = async {
             // The request body: payload out of the client's framing into DATA frames.
-            let mut consumed = false;
             let mut section = Vec::new();
             while !dec.is_done() {
                 if c.rb.is_empty() {
                     match c.rb.fill(&mut cr, io).await {
-                        Ok(0) => return Err((tunnel_err("client closed mid-body".into()), consumed, true)),
+                        Ok(0) => return Err(Failure::relayed(Error::ClientIo(io::Error::from(io::ErrorKind::UnexpectedEof)))),
                         Ok(_) => {}
-                        Err(e) => return Err((tunnel_err(e.to_string()), consumed, true)),
+                        Err(e) => return Err(Failure::relayed(Error::ClientIo(e))),
                     }
                 }
                 let in_trailers = dec.in_trailers();
-                let step = dec.decode(c.rb.data()).map_err(|e| (Error::ClientBody(e), consumed, false))?;
+                let step = dec.decode(c.rb.data()).map_err(|e| Failure::sent(Error::ClientBody(e)))?;
                 if in_trailers {
                     section.extend_from_slice(&c.rb.data()[..step.consumed]);
                 }
                 let data = Bytes::copy_from_slice(&c.rb.data()[step.data.clone()]);
                 c.rb.consume(step.consumed);
-                consumed = true;
                 let last = dec.is_done();
                 let trailers = if last { h2io::trailers_from_h1(&section) } else { http::HeaderMap::new() };
-                let fail = |e: h2::Error| (tunnel_err(e.to_string()), true, false);
+                let fail = |e: h2::Error| stream_failed(tunnel_err(e.to_string()), &e);
                 if last && !trailers.is_empty() {
                     // The client's trailer section goes on as HTTP/2 trailers.
                     body_tx.send_trailers(trailers).map_err(fail)?;
@@ -279,10 +314,10 @@ pub(crate) async fn exchange(
                 biased;
                 u = &mut up => match u {
                     Ok(()) => down.await,
-                    Err((err, _consumed, client_failed)) => {
-                        // The body has partly gone out: whatever the worker did, it is not whole any more.
-                        if started.get() || client_failed { Err(Failure::relayed(err)) } else { Err(Failure::sent(err)) }
-                    }
+                    // The body has partly gone out: whatever the worker did, it
+                    // is not whole any more (the failure says body_held = false).
+                    Err(f) if started.get() => Err(Failure::relayed(f.err)),
+                    Err(f) => Err(f),
                 },
                 d = &mut down => d.map(|s| Sent { client_close: true, ..s }),
             }

@@ -62,7 +62,7 @@ pub(crate) struct ReqInfo {
     idempotent: bool,
     pub(crate) close: bool,
     expect_continue: bool,
-    framing: Framing,
+    pub(crate) framing: Framing,
     host_len: usize,
 }
 
@@ -322,7 +322,7 @@ async fn handle(core: &Rc<Core>, c: &mut Client) -> Next {
         match failure::decide(&f, &req) {
             Decision::Abort => break Next::Close,
             Decision::Answer => {
-                send_error(core, c, &f.err, true).await;
+                send_error(core, c, &f.into_answer(&req), true).await;
                 break Next::Close;
             }
             Decision::Retry => {

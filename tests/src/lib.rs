@@ -321,3 +321,67 @@ pub fn serve_raw(tunnel: &mut TcpStream, n: usize, body: &str) {
         }
     }
 }
+
+/// What a scripted h2 worker does with one request.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    /// RST_STREAM(REFUSED_STREAM) before reading anything: not processed.
+    Refuse,
+    /// Read the whole body, then answer 200 `got <body length>`.
+    Answer,
+}
+
+/// A scripted worker written from docs/PROTOCOL.md alone: a raw socket that
+/// performs the setup offering only `h2`, then runs an HTTP/2 server (the
+/// `h2` crate) on the tunnel and treats each request as `script` says. Runs
+/// on its own thread until the lb closes the tunnel.
+pub fn scripted_h2_worker(
+    tunnel: SocketAddr,
+    id: &str,
+    script: impl Fn(&http::request::Parts) -> Verdict + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    let mut s = TcpStream::connect(tunnel).unwrap();
+    s.set_read_timeout(Some(STEP)).unwrap();
+    s.set_nodelay(true).unwrap();
+    let setup = format!(
+        "GET /.well-known/ptth/*/ HTTP/1.1\r\nHost: lb\r\nConnection: Upgrade\r\nUpgrade: ptth\r\nALPN: h2\r\nTunnel-Worker-Id: \"{id}\"\r\n\r\n"
+    );
+    s.write_all(setup.as_bytes()).unwrap();
+    // Byte by byte, so nothing after the 101 (the lb's preface) is consumed.
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).unwrap(), 1);
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    s.set_read_timeout(None).unwrap();
+    // The epoll driver (PTTH_FORCE_LEGACY) needs a non-blocking socket.
+    s.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        block_on(async move {
+            use monoio::io::IntoPollIo;
+            let io = monoio::net::TcpStream::from_std(s).unwrap().into_poll_io().unwrap();
+            let Ok(mut conn) = h2::server::handshake(io).await else { return };
+            while let Some(Ok((req, mut respond))) = conn.accept().await {
+                let (parts, mut body) = req.into_parts();
+                match script(&parts) {
+                    Verdict::Refuse => respond.send_reset(h2::Reason::REFUSED_STREAM),
+                    Verdict::Answer => {
+                        monoio::spawn(async move {
+                            let mut n = 0;
+                            while let Some(d) = ptth_proto::rt::h2io::recv_data(&mut body).await {
+                                n += d.map(|d| d.len()).unwrap_or(0);
+                            }
+                            let text = bytes::Bytes::from(format!("got {n}"));
+                            let resp = http::Response::builder().status(200).header("content-length", text.len()).body(()).unwrap();
+                            if let Ok(mut tx) = respond.send_response(resp, false) {
+                                let _ = tx.send_data(text, true);
+                            }
+                        });
+                    }
+                }
+            }
+        })
+    })
+}

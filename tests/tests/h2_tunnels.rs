@@ -129,3 +129,35 @@ fn unanswered_ping_closes_the_tunnel() {
     assert_eq!(get(lb.client_addr(), "/").status, 200);
     drop(t);
 }
+
+/// A request body of up to `buffers.replay_max` is read whole and held, so
+/// a stream the worker refuses unprocessed goes out again, body and all; a
+/// larger body has streamed and gets a 502 that says why.
+#[test]
+fn refused_streams_are_resent_when_their_body_is_held() {
+    let lb = start_lb(1, |c| c.profile.replay_max = 16 * 1024);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let s = seen.clone();
+    // Each path is refused the first time it arrives, answered after.
+    let _w = scripted_h2_worker(lb.tunnel_addr, "picky", move |p| {
+        if s.lock().unwrap().insert(p.uri.path().to_string()) {
+            Verdict::Refuse
+        } else {
+            Verdict::Answer
+        }
+    });
+    wait_until("the scripted worker is routable", || status(&lb)["workers"].as_array().is_some_and(|w| !w.is_empty()));
+    let small = vec![b'x'; 12 * 1024];
+    let mut c = Client::connect(lb.client_addr());
+    c.send(format!("POST /small HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", small.len()).as_bytes());
+    c.send(&small);
+    let r = c.read_response(false);
+    assert_eq!((r.status, r.text()), (200, format!("got {}", small.len())));
+    let big = vec![b'y'; 40 * 1024];
+    let mut c = Client::connect(lb.client_addr());
+    c.send(format!("POST /big HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", big.len()).as_bytes());
+    c.send(&big);
+    let r = c.read_response(false);
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.text().contains("buffers.replay_max"), "{}", r.text());
+}

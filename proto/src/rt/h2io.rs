@@ -40,7 +40,10 @@ pub async fn send_data(s: &mut h2::SendStream<Bytes>, mut data: Bytes, eos: bool
         s.reserve_capacity(data.len());
         let granted = match poll_fn(|cx| s.poll_capacity(cx)).await {
             Some(r) => r?,
-            None => return Err(h2::Error::from(h2::Reason::CANCEL)),
+            // The stream is gone. Say why when the peer reset it: a
+            // REFUSED_STREAM must stay one (the request was not processed
+            // and may go elsewhere), not turn into a generic CANCEL.
+            None => return Err(h2::Error::from(reset_reason(s))),
         };
         if granted == 0 {
             continue;
@@ -49,6 +52,15 @@ pub async fn send_data(s: &mut h2::SendStream<Bytes>, mut data: Bytes, eos: bool
         s.send_data(chunk, eos && data.is_empty())?;
     }
     Ok(())
+}
+
+/// The reason the peer reset `s` with, if it did; CANCEL otherwise.
+fn reset_reason(s: &mut h2::SendStream<Bytes>) -> h2::Reason {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match s.poll_reset(&mut cx) {
+        std::task::Poll::Ready(Ok(r)) => r,
+        _ => h2::Reason::CANCEL,
+    }
 }
 
 /// The next DATA payload of `body`, with its flow-control capacity released
