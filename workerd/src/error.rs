@@ -29,7 +29,20 @@ pub enum Error {
     #[error("{0}")]
     Handler(String),
     #[error("origin {origin}: {why}")]
-    Origin { origin: String, why: String },
+    Origin { origin: String, kind: OriginFailure, why: String },
+}
+
+/// What went wrong with the sidecar's origin, for the status it maps to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OriginFailure {
+    /// Connecting failed or was refused.
+    Connect,
+    /// A connect or response deadline passed: 504.
+    Timeout,
+    /// The connection closed or broke mid-exchange.
+    Closed,
+    /// The origin's response was invalid (head, framing, a 101 nobody asked for).
+    Protocol,
 }
 
 impl Error {
@@ -39,9 +52,23 @@ impl Error {
         match self {
             Error::Head(h) => h.status(),
             Error::Body(_) => 400,
-            Error::Origin { why, .. } if why.contains("timed out") || why.contains("deadline") => 504,
+            Error::Origin { kind: OriginFailure::Timeout, .. } => 504,
             Error::Origin { .. } => 502,
             _ => 500,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_statuses_come_from_the_kind() {
+        let e = |kind| Error::Origin { origin: "o:1".into(), kind, why: "anything, even 'timed out'".into() };
+        assert_eq!(e(OriginFailure::Timeout).status(), 504);
+        for k in [OriginFailure::Connect, OriginFailure::Closed, OriginFailure::Protocol] {
+            assert_eq!(e(k).status(), 502, "{k:?}");
         }
     }
 }

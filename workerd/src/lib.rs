@@ -33,7 +33,7 @@ use ptth_proto::rt::signal::Signal;
 
 pub use config::Config;
 pub use dial::{Coverage, LbState};
-pub use error::Error;
+pub use error::{Error, OriginFailure};
 pub use origin::{OriginAddr, Sidecar};
 pub use ptth_proto::setup::{Claim, InnerProtocol, Origin, WorkerMeta};
 pub use respond::Responder;

@@ -16,7 +16,7 @@ use ptth_proto::rt::h2io;
 use ptth_proto::rt::io::{send_message, write_all, BodyMode, ReadBuf, RelayError};
 
 use crate::config::Config;
-use crate::error::Error;
+use crate::error::{Error, OriginFailure};
 use crate::tunnel::{Conn, Exchange, Handler, Inner, Resp};
 use crate::tunnel_h2::H2Exchange;
 
@@ -81,16 +81,16 @@ impl Sidecar {
         None
     }
 
-    fn err(&self, why: impl std::fmt::Display) -> Error {
-        Error::Origin { origin: self.origin.authority.clone(), why: why.to_string() }
+    fn err(&self, kind: OriginFailure, why: impl std::fmt::Display) -> Error {
+        Error::Origin { origin: self.origin.authority.clone(), kind, why: why.to_string() }
     }
 
     async fn connect(&self, cfg: &Config) -> Result<OriginConn, Error> {
         let t = cfg.connect_timeout;
         let stream = match monoio::time::timeout(t, TcpStream::connect(self.origin.authority.as_str())).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(self.err(format!("connect: {e}"))),
-            Err(_) => return Err(self.err("connect timed out")),
+            Ok(Err(e)) => return Err(self.err(OriginFailure::Connect, format!("connect: {e}"))),
+            Err(_) => return Err(self.err(OriginFailure::Timeout, "connect timed out")),
         };
         let _ = stream.set_nodelay(true);
         Ok(OriginConn {
@@ -130,7 +130,7 @@ impl Sidecar {
         match res {
             Ok(_) => {}
             Err(RelayError::Write(_)) if replayable => return Ok(false),
-            Err(RelayError::Write(e)) => return Err(self.err(format!("sending the request: {e}"))),
+            Err(RelayError::Write(e)) => return Err(self.err(OriginFailure::Closed, format!("sending the request: {e}"))),
             Err(e) => return Err(e.into()),
         }
         let is_head = c.head.is_head(&c.head_bytes);
@@ -160,7 +160,7 @@ impl Sidecar {
             None => {
                 let mut fresh = self.connect(&c.cfg).await?;
                 if !self.exchange_once(c, &mut fresh, false).await? {
-                    return Err(self.err("closed the connection before a response"));
+                    return Err(self.err(OriginFailure::Closed, "closed the connection before a response"));
                 }
                 fresh
             }
@@ -196,7 +196,7 @@ impl Sidecar {
         loop {
             match h1::parse_response(oc.rb.data(), &cfg.limits, is_head, &mut oc.head) {
                 Ok(Parsed::Complete) if oc.head.status == 101 => {
-                    return Err(self.err("101 Switching Protocols to a request that asked for no upgrade"));
+                    return Err(self.err(OriginFailure::Protocol, "101 Switching Protocols to a request that asked for no upgrade"));
                 }
                 Ok(Parsed::Complete) if (100..200).contains(&oc.head.status) => {
                     oc.rb.consume(oc.head.len);
@@ -204,15 +204,15 @@ impl Sidecar {
                 }
                 Ok(Parsed::Complete) => return Ok(true),
                 Ok(Parsed::Partial) => {}
-                Err(e) => return Err(self.err(format!("invalid response head: {e}"))),
+                Err(e) => return Err(self.err(OriginFailure::Protocol, format!("invalid response head: {e}"))),
             }
             match oc.rb.fill(&mut oc.stream, cfg.io_timeout).await {
                 Ok(0) if replayable && oc.rb.is_empty() => return Ok(false),
-                Ok(0) => return Err(self.err("closed the connection before a response")),
+                Ok(0) => return Err(self.err(OriginFailure::Closed, "closed the connection before a response")),
                 Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(self.err("response timed out")),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(self.err(OriginFailure::Timeout, "response timed out")),
                 Err(_) if replayable && oc.rb.is_empty() => return Ok(false),
-                Err(e) => return Err(self.err(format!("reading the response: {e}"))),
+                Err(e) => return Err(self.err(OriginFailure::Closed, format!("reading the response: {e}"))),
             }
         }
     }
@@ -240,7 +240,7 @@ impl Sidecar {
         match res {
             Ok(()) => {}
             Err(_) if replayable => return Ok(false),
-            Err(e) => return Err(self.err(format!("sending the request: {e}"))),
+            Err(e) => return Err(self.err(OriginFailure::Closed, format!("sending the request: {e}"))),
         }
         while let Some(data) = h2io::recv_data(&mut x.body).await {
             let data = data?;
@@ -255,7 +255,7 @@ impl Sidecar {
             }
             let (res, o) = write_all(&mut oc.stream, out, cfg.io_timeout).await;
             out = o;
-            res.map_err(|e| self.err(format!("sending the request body: {e}")))?;
+            res.map_err(|e| self.err(OriginFailure::Closed, format!("sending the request body: {e}")))?;
         }
         if chunked {
             out.clear();
@@ -263,7 +263,7 @@ impl Sidecar {
             h2io::write_last_chunk(&mut out, trailers.as_ref());
             let (res, o) = write_all(&mut oc.stream, out, cfg.io_timeout).await;
             out = o;
-            res.map_err(|e| self.err(format!("sending the request body: {e}")))?;
+            res.map_err(|e| self.err(OriginFailure::Closed, format!("sending the request body: {e}")))?;
         }
         oc.out = out;
         let is_head = x.parts.method == http::Method::HEAD;
@@ -287,12 +287,13 @@ impl Sidecar {
             None => {
                 let mut fresh = self.connect(&cfg).await?;
                 if !self.h2_once(x, &mut fresh, &head, chunked, false).await? {
-                    return Err(self.err("closed the connection before a response"));
+                    return Err(self.err(OriginFailure::Closed, "closed the connection before a response"));
                 }
                 fresh
             }
         };
-        let r = h2io::response_from_h1(oc.rb.data(), &oc.head).map_err(|e| self.err(format!("response head not valid for HTTP/2: {e}")))?;
+        let r = h2io::response_from_h1(oc.rb.data(), &oc.head)
+            .map_err(|e| self.err(OriginFailure::Protocol, format!("response head not valid for HTTP/2: {e}")))?;
         let framing = oc.head.framing();
         let origin_close = oc.head.conn.close;
         oc.rb.consume(oc.head.len);
@@ -303,15 +304,15 @@ impl Sidecar {
             if oc.rb.is_empty() {
                 match oc.rb.fill(&mut oc.stream, cfg.io_timeout).await {
                     Ok(0) => {
-                        dec.eof().map_err(|e| self.err(e))?;
+                        dec.eof().map_err(|e| self.err(OriginFailure::Closed, e))?;
                         break;
                     }
                     Ok(_) => {}
-                    Err(e) => return Err(self.err(format!("reading the response body: {e}"))),
+                    Err(e) => return Err(self.err(OriginFailure::Closed, format!("reading the response body: {e}"))),
                 }
             }
             let in_trailers = dec.in_trailers();
-            let step = dec.decode(oc.rb.data()).map_err(|e| self.err(e))?;
+            let step = dec.decode(oc.rb.data()).map_err(|e| self.err(OriginFailure::Protocol, e))?;
             if in_trailers {
                 section.extend_from_slice(&oc.rb.data()[..step.consumed]);
             }
