@@ -15,6 +15,21 @@ pub use ptth_workerd;
 
 pub mod recording;
 
+/// Generates one test per tunnel kind for each named function taking an
+/// [`ptth_workerd::InnerProtocol`]: `h1_tunnels::f` and `h2_tunnels::f`, so a
+/// failure names its variant (no `for kind in …` loop inside one test).
+#[macro_export]
+macro_rules! on_both_tunnel_kinds {
+    ($($case:ident),* $(,)?) => {
+        mod h1_tunnels {
+            $( #[test] fn $case() { super::$case(ptth_workerd::InnerProtocol::Http11) } )*
+        }
+        mod h2_tunnels {
+            $( #[test] fn $case() { super::$case(ptth_workerd::InnerProtocol::H2) } )*
+        }
+    };
+}
+
 /// Longest any single test step waits.
 pub const STEP: Duration = Duration::from_secs(10);
 

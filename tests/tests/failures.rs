@@ -93,30 +93,20 @@ fn slow_worker_is_504() {
 
 /// A worker that takes one request at a time: one h1 tunnel, or one h2
 /// tunnel whose SETTINGS_MAX_CONCURRENT_STREAMS is 1.
-fn one_at_a_time(lb: &ptth_lb::Lb, h2: bool, r: Responder) -> ptth_workerd::Worker {
+fn one_at_a_time(lb: &ptth_lb::Lb, kind: InnerProtocol, r: Responder) -> ptth_workerd::Worker {
     let mut cfg = worker_config(lb, "one", 1);
-    if h2 {
-        cfg.protocols = vec![InnerProtocol::H2];
-        cfg.max_streams = 1;
-    } else {
-        cfg.protocols = vec![InnerProtocol::Http11];
-    }
+    cfg.protocols = vec![kind];
+    cfg.max_streams = 1;
     start_worker(cfg, move || r.clone())
 }
 
-#[test]
-fn queue_bounds_give_503() {
-    for h2 in [false, true] {
-        queue_bounds(h2);
-    }
-}
-
-fn queue_bounds(h2: bool) {
+/// Past the queue's bounds (wait time, length): 503 with Retry-After.
+fn queue_bounds_give_503(kind: InnerProtocol) {
     // One request at a time, so a second request must wait.
     let lb = start_lb(1, |c| c.profile.queue_wait = Duration::from_millis(200));
     let mut cfg = worker_config(&lb, "one", 1);
     cfg.meta.max_concurrency = Some(1);
-    cfg.protocols = vec![if h2 { InnerProtocol::H2 } else { InnerProtocol::Http11 }];
+    cfg.protocols = vec![kind];
     let _w = start_worker(cfg, || Responder::Delay(Duration::from_millis(1000)));
     let addr = lb.client_addr();
     let first = std::thread::spawn(move || get(addr, "/"));
@@ -128,7 +118,7 @@ fn queue_bounds(h2: bool) {
     assert_eq!(first.join().unwrap().status, 200);
 
     let lb = start_lb(1, |c| c.profile.queue_max = 0);
-    let _w = one_at_a_time(&lb, h2, Responder::Delay(Duration::from_millis(500)));
+    let _w = one_at_a_time(&lb, kind, Responder::Delay(Duration::from_millis(500)));
     let addr = lb.client_addr();
     let first = std::thread::spawn(move || get(addr, "/"));
     wait_until("the first request holds the tunnel", || status(&lb)["workers"][0]["in_flight"] == 1);
@@ -138,16 +128,10 @@ fn queue_bounds(h2: bool) {
     assert_eq!(first.join().unwrap().status, 200);
 }
 
-#[test]
-fn waiting_request_gets_the_next_free_tunnel() {
-    for h2 in [false, true] {
-        waiting_request(h2);
-    }
-}
-
-fn waiting_request(h2: bool) {
+/// Requests beyond the worker's capacity wait and get the next free slot.
+fn waiting_request_gets_the_next_free_tunnel(kind: InnerProtocol) {
     let lb = start_lb(1, |_| {});
-    let _w = one_at_a_time(&lb, h2, Responder::Delay(Duration::from_millis(300)));
+    let _w = one_at_a_time(&lb, kind, Responder::Delay(Duration::from_millis(300)));
     let addr = lb.client_addr();
     let threads: Vec<_> = (0..4).map(|_| std::thread::spawn(move || get(addr, "/"))).collect();
     for t in threads {
@@ -229,12 +213,4 @@ fn lost_after_sending(kind: InnerProtocol) {
     assert_eq!((status, body.as_slice()), (200, &b"hello\n"[..]), "h2c GET is retried");
 }
 
-#[test]
-fn lost_after_sending_on_h1_tunnels() {
-    lost_after_sending(InnerProtocol::Http11);
-}
-
-#[test]
-fn lost_after_sending_on_h2_tunnels() {
-    lost_after_sending(InnerProtocol::H2);
-}
+on_both_tunnel_kinds!(queue_bounds_give_503, waiting_request_gets_the_next_free_tunnel, lost_after_sending);

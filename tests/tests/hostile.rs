@@ -326,17 +326,6 @@ fn errors_reach_clients_that_keep_sending(kind: InnerProtocol) {
     r.fresh_clients_get_their_own("oversized heads");
 }
 
-macro_rules! on_both_tunnel_kinds {
-    ($($case:ident),* $(,)?) => {
-        mod h1_tunnels {
-            $( #[test] fn $case() { super::$case(ptth_workerd::InnerProtocol::Http11) } )*
-        }
-        mod h2_tunnels {
-            $( #[test] fn $case() { super::$case(ptth_workerd::InnerProtocol::H2) } )*
-        }
-    };
-}
-
 on_both_tunnel_kinds!(rejected_requests, forwarded_requests, hostile_responses, h2_clients, errors_reach_clients_that_keep_sending);
 
 /// A rogue worker on a raw HTTP/1.1 tunnel: bytes it sends while no request
