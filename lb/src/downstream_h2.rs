@@ -226,15 +226,12 @@ fn prepare(core: &Core, parts: &mut http::request::Parts, peer: SocketAddr) -> R
     let raw = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut target = Vec::with_capacity(raw.len());
     h1::write_normalized_target(&mut target, raw.as_bytes())?;
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(parts.uri.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP));
-    uri.authority = Some(if host.is_empty() {
-        http::uri::Authority::from_static("localhost")
-    } else {
-        http::uri::Authority::try_from(host.as_slice()).map_err(|_| malformed("invalid :authority or Host"))?
-    });
-    uri.path_and_query = Some(http::uri::PathAndQuery::try_from(target.as_slice()).map_err(|_| malformed("invalid :path"))?);
-    parts.uri = http::Uri::from_parts(uri).map_err(|_| malformed("invalid request target"))?;
+    // The common case (an already normal path with :authority) keeps the
+    // client's URI; otherwise it is rebuilt from the checked parts.
+    let unchanged = target == raw.as_bytes() && parts.uri.authority().is_some_and(|a| a.as_str().as_bytes() == host.as_slice());
+    if !unchanged {
+        rebuild_uri(parts, &host, &target)?;
+    }
     let h = &mut parts.headers;
     h.remove(http::header::HOST);
     let policy = &core.shared.cfg.forwarding;
@@ -243,10 +240,11 @@ fn prepare(core: &Core, parts: &mut http::request::Parts, peer: SocketAddr) -> R
             h.remove(name);
         }
     }
-    let host_text = String::from_utf8_lossy(&host);
-    let mut forwarded = format!("for=\"{peer}\";proto=http");
+    use std::fmt::Write as _;
+    let mut forwarded = String::with_capacity(64 + host.len());
+    let _ = write!(forwarded, "for=\"{peer}\";proto=http");
     if !host.is_empty() && host.len() <= 300 {
-        forwarded.push_str(&format!(";host=\"{host_text}\""));
+        let _ = write!(forwarded, ";host=\"{}\"", String::from_utf8_lossy(&host));
     }
     let value = |s: String| http::HeaderValue::try_from(s).map_err(|_| malformed("invalid :authority or Host"));
     h.append(http::header::FORWARDED, value(forwarded)?);
@@ -255,6 +253,21 @@ fn prepare(core: &Core, parts: &mut http::request::Parts, peer: SocketAddr) -> R
         h.append("x-forwarded-proto", http::HeaderValue::from_static("http"));
     }
     Ok((host, target))
+}
+
+/// The request's URI from its checked authority and normalized target.
+fn rebuild_uri(parts: &mut http::request::Parts, host: &[u8], target: &[u8]) -> Result<(), Error> {
+    let malformed = |why| Error::Head(ptth_proto::HeadError::Malformed(why));
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(parts.uri.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP));
+    uri.authority = Some(if host.is_empty() {
+        http::uri::Authority::from_static("localhost")
+    } else {
+        http::uri::Authority::try_from(host).map_err(|_| malformed("invalid :authority or Host"))?
+    });
+    uri.path_and_query = Some(http::uri::PathAndQuery::try_from(target).map_err(|_| malformed("invalid :path"))?);
+    parts.uri = http::Uri::from_parts(uri).map_err(|_| malformed("invalid request target"))?;
+    Ok(())
 }
 
 /// The response was under way: the stream is reset.

@@ -32,7 +32,8 @@ use crate::failure::{self, Decision, Failure};
 use crate::h2_tunnel;
 use crate::inbox::CoreMsg;
 use crate::stats;
-use crate::tunnel::pool::{Lease, Pick, Pool, Tunnel, Waiter};
+use crate::tunnel::pool::{Lease, Pick, Pool, Tunnel};
+use crate::tunnel::queue::Waiter;
 
 struct Client {
     /// `None` only while a request splits it into read and write halves.
@@ -391,20 +392,12 @@ pub(crate) async fn acquire(core: &Rc<Core>, host: &[u8], path: &[u8], avoid: Op
 }
 
 async fn wait_for_tunnel(core: &Rc<Core>, host: &[u8], path: &[u8], p: &Profile) -> Result<Lease, Error> {
-    let w = {
-        let mut pool = core.pool.borrow_mut();
-        if pool.waiters.len() >= p.queue_max {
-            return Err(Error::QueueFull);
-        }
-        let w = Waiter::new(host, path);
-        pool.waiters.push_back(w.clone());
-        w
-    };
+    let w = core.pool.borrow_mut().enqueue(host, path, p.queue_max).map_err(|_| Error::QueueFull)?;
     stats::add(&core.stats().queued, 1);
-    let guard = QueueGuard { core, w: w.clone() };
-    let got = monoio::time::timeout(p.queue_wait, WaitTunnel { w: &w }).await;
-    drop(guard);
-    match got {
+    // Leaves the queue however the wait ends, the client's going away
+    // (this future dropped) included.
+    let _leave = LeaveQueue { core, w: &w };
+    match monoio::time::timeout(p.queue_wait, w.wait()).await {
         Ok(Some(t)) => Ok(t),
         Ok(None) => {
             Err(Error::NoRoute { host: String::from_utf8_lossy(host).into_owned(), path: String::from_utf8_lossy(path).into_owned() })
@@ -413,41 +406,14 @@ async fn wait_for_tunnel(core: &Rc<Core>, host: &[u8], path: &[u8], p: &Profile)
     }
 }
 
-/// Leaves the queue however the wait ends; a tunnel handed over at the last
-/// moment goes back to the pool.
-struct QueueGuard<'a> {
+struct LeaveQueue<'a> {
     core: &'a Core,
-    w: Rc<Waiter>,
+    w: &'a Rc<Waiter<Lease>>,
 }
 
-impl Drop for QueueGuard<'_> {
+impl Drop for LeaveQueue<'_> {
     fn drop(&mut self) {
-        let mut pool = self.core.pool.borrow_mut();
-        if let Some(i) = pool.waiters.iter().position(|x| Rc::ptr_eq(x, &self.w)) {
-            pool.waiters.remove(i);
-        }
-        if let Some(t) = self.w.got.borrow_mut().take() {
-            pool.release(t, true);
-        }
-    }
-}
-
-struct WaitTunnel<'a> {
-    w: &'a Rc<Waiter>,
-}
-
-impl std::future::Future for WaitTunnel<'_> {
-    /// `None`: no worker serves the route any more.
-    type Output = Option<Lease>;
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Lease>> {
-        if let Some(t) = self.w.got.borrow_mut().take() {
-            return std::task::Poll::Ready(Some(t));
-        }
-        if self.w.no_route.get() {
-            return std::task::Poll::Ready(None);
-        }
-        *self.w.waker.borrow_mut() = Some(cx.waker().clone());
-        std::task::Poll::Pending
+        self.core.pool.borrow_mut().leave_queue(self.w);
     }
 }
 

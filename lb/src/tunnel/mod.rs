@@ -3,11 +3,13 @@
 //! - [`accept`]: the tunnel listener and the setup handshake (auth, policy,
 //!   placement on a core, `101`).
 //! - [`placement`]: the cross-core record of which core owns which tunnels.
-//! - [`pool`]: one core's tunnels, routing and the wait queue.
+//! - [`pool`]: one core's tunnels, routing and leases.
+//! - [`queue`]: one core's wait queue (plain data, unit-tested).
 
 pub(crate) mod accept;
 pub(crate) mod placement;
 pub(crate) mod pool;
+pub(crate) mod queue;
 
 use ptth_proto::setup::{Claim, WorkerMeta};
 

@@ -8,11 +8,9 @@
 //! worker's cross-core concurrency permit when it declared a limit.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -24,6 +22,7 @@ use ptth_proto::rt::FastRng;
 
 use crate::stats::{self, WorkerCoreStats};
 use crate::tunnel::placement::{PeerTicket, Placed, Placement};
+use crate::tunnel::queue::{Full, Reroute, WaitQueue, Waiter};
 use crate::tunnel::Meta;
 
 /// An established HTTP/1.1 tunnel with its reusable buffers.
@@ -146,28 +145,6 @@ impl LocalWorker {
     }
 }
 
-/// A request waiting for a tunnel.
-pub(crate) struct Waiter {
-    host: Box<[u8]>,
-    path: Box<[u8]>,
-    pub(crate) got: std::cell::RefCell<Option<Lease>>,
-    /// Set when no worker serves the route any more: stop waiting.
-    pub(crate) no_route: Cell<bool>,
-    pub(crate) waker: std::cell::RefCell<Option<Waker>>,
-}
-
-impl Waiter {
-    pub(crate) fn new(host: &[u8], path: &[u8]) -> Rc<Waiter> {
-        Rc::new(Waiter {
-            host: host.into(),
-            path: path.into(),
-            got: Default::default(),
-            no_route: Cell::new(false),
-            waker: Default::default(),
-        })
-    }
-}
-
 /// Outcome of [`Pool::try_pick`]. Not boxed: it lives for one call and the
 /// tunnel moves straight on to its request.
 #[allow(clippy::large_enum_variant)]
@@ -183,7 +160,7 @@ pub(crate) struct Pool {
     core: usize,
     placement: Arc<Placement>,
     workers: Vec<Option<LocalWorker>>,
-    pub(crate) waiters: VecDeque<Rc<Waiter>>,
+    queue: WaitQueue<Lease>,
     rng: FastRng,
     cand: Vec<usize>,
     avail: Vec<usize>,
@@ -195,7 +172,7 @@ impl Pool {
             core,
             placement,
             workers: Vec::new(),
-            waiters: VecDeque::new(),
+            queue: WaitQueue::default(),
             rng: FastRng::seeded(core as u64 + 1),
             cand: Vec::new(),
             avail: Vec::new(),
@@ -473,20 +450,28 @@ impl Pool {
     /// Room freed on worker `slot` (an idle h1 tunnel or an h2 stream slot):
     /// lend it to the first waiter it can serve.
     fn offer_capacity(&mut self, slot: usize) {
-        let mut i = 0;
-        while i < self.waiters.len() {
-            let w = &self.waiters[i];
-            Self::candidates(&self.workers, &mut self.cand, &w.host, &w.path);
-            if self.cand.contains(&slot) {
-                let Some(lease) = self.take(slot) else { return };
-                let waiter = self.waiters.remove(i).expect("index in range");
-                *waiter.got.borrow_mut() = Some(lease);
-                if let Some(wk) = waiter.waker.borrow_mut().take() {
-                    wk.wake();
-                }
-                return;
-            }
-            i += 1;
+        let (workers, cand) = (&self.workers, &mut self.cand);
+        let Some(i) = self.queue.first(|w| {
+            Self::candidates(workers, cand, &w.host, &w.path);
+            cand.contains(&slot)
+        }) else {
+            return;
+        };
+        if let Some(lease) = self.take(slot) {
+            self.queue.hand(i, lease);
+        }
+    }
+
+    /// Puts a request in this core's wait queue (bounded by `max`).
+    pub(crate) fn enqueue(&mut self, host: &[u8], path: &[u8], max: usize) -> Result<Rc<Waiter<Lease>>, Full> {
+        self.queue.enqueue(host, path, max)
+    }
+
+    /// A wait ended, however: the waiter leaves the queue, and a lease handed
+    /// to it at the last moment goes back to the pool.
+    pub(crate) fn leave_queue(&mut self, w: &Rc<Waiter<Lease>>) {
+        if let Some(t) = self.queue.cancel(w) {
+            self.release(t, true);
         }
     }
 
@@ -535,23 +520,13 @@ impl Pool {
     /// Gives each waiting request a tunnel of whichever worker now serves its
     /// route, or tells it none does.
     fn reroute_waiters(&mut self) {
-        let mut i = 0;
-        while i < self.waiters.len() {
-            let w = self.waiters[i].clone();
-            match self.try_pick(&w.host, &w.path, None) {
-                Pick::Busy => {
-                    i += 1;
-                    continue;
-                }
-                Pick::Got(lease) => *w.got.borrow_mut() = Some(lease),
-                Pick::NoRoute => w.no_route.set(true),
-            }
-            self.waiters.remove(i);
-            let wk = w.waker.borrow_mut().take();
-            if let Some(wk) = wk {
-                wk.wake();
-            }
-        }
+        let mut queue = std::mem::take(&mut self.queue);
+        queue.reroute(|w| match self.try_pick(&w.host, &w.path, None) {
+            Pick::Busy => Reroute::Wait,
+            Pick::Got(lease) => Reroute::Give(lease),
+            Pick::NoRoute => Reroute::NoRoute,
+        });
+        self.queue = queue;
     }
 
     /// Closes idle tunnels whose worker hung up, so routing and /status stop
