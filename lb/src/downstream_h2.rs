@@ -497,43 +497,9 @@ async fn via_h1(
             Ok(s) => s,
             Err(_) => return (broken(), false),
         };
-        let mut section = Vec::new();
-        while !dec.is_done() {
-            if trb.is_empty() {
-                match trb.fill(&mut tr, p.io_timeout).await {
-                    Ok(0) => {
-                        if dec.eof().is_err() {
-                            return (broken(), false);
-                        }
-                        // A close-delimited body ended: END_STREAM, not a reset.
-                        if h2io::send_data(&mut s, Bytes::new(), true).await.is_err() {
-                            return (broken(), false);
-                        }
-                        break;
-                    }
-                    Ok(_) => {}
-                    Err(_) => return (broken(), false),
-                }
-            }
-            let in_trailers = dec.in_trailers();
-            let Ok(step) = dec.decode(trb.data()) else { return (broken(), false) };
-            if in_trailers {
-                section.extend_from_slice(&trb.data()[..step.consumed]);
-            }
-            let data = Bytes::copy_from_slice(&trb.data()[step.data.clone()]);
-            trb.consume(step.consumed);
-            let last = dec.is_done();
-            let trailers = if last { h2io::trailers_from_h1(&section) } else { http::HeaderMap::new() };
-            let sent = if last && !trailers.is_empty() {
-                // The worker's trailer section becomes HTTP/2 trailers.
-                s.send_trailers(trailers).is_ok()
-            } else {
-                let nothing_to_send = data.is_empty() && !last;
-                nothing_to_send || h2io::send_data(&mut s, data, last).await.is_ok()
-            };
-            if !sent {
-                return (broken(), false);
-            }
+        // The response body, trailers and a close-delimited end included.
+        if !dec.is_done() && h2io::relay_h1_body_to_h2(&mut tr, &mut trb, &mut dec, &mut s, p.io_timeout).await.is_err() {
+            return (broken(), false);
         }
         let reusable = !tunnel_close && framing != h1::Framing::UntilClose && trb.is_empty();
         (Attempt::Done { status, reusable }, reusable)

@@ -17,8 +17,9 @@ use bytes::Bytes;
 use monoio::io::{AsyncWriteRent, IntoPollIo, Splitable};
 use monoio::net::TcpStream;
 use ptth_proto::h1::{self, BodyDecoder, Framing, Parsed, RequestHead, Version};
-use ptth_proto::rt::h2io::{self, Windows, MAX_FRAME};
+use ptth_proto::rt::h2io::{self, BodyRelayError, Windows, MAX_FRAME};
 use ptth_proto::rt::io::{write_all, Prefixed, ReadBuf};
+use ptth_proto::BodyError;
 
 use crate::core::Core;
 use crate::error::Error;
@@ -274,34 +275,15 @@ pub(crate) async fn exchange(
     let io = p.io_timeout;
     let result = {
         let upload = async {
-            // The request body: payload out of the client's framing into DATA frames.
-            let mut section = Vec::new();
-            while !dec.is_done() {
-                if c.rb.is_empty() {
-                    match c.rb.fill(&mut cr, io).await {
-                        Ok(0) => return Err(Failure::relayed(Error::ClientIo(io::Error::from(io::ErrorKind::UnexpectedEof)))),
-                        Ok(_) => {}
-                        Err(e) => return Err(Failure::relayed(Error::ClientIo(e))),
-                    }
-                }
-                let in_trailers = dec.in_trailers();
-                let step = dec.decode(c.rb.data()).map_err(|e| Failure::sent(Error::ClientBody(e)))?;
-                if in_trailers {
-                    section.extend_from_slice(&c.rb.data()[..step.consumed]);
-                }
-                let data = Bytes::copy_from_slice(&c.rb.data()[step.data.clone()]);
-                c.rb.consume(step.consumed);
-                let last = dec.is_done();
-                let trailers = if last { h2io::trailers_from_h1(&section) } else { http::HeaderMap::new() };
-                let fail = |e: h2::Error| stream_failed(tunnel_err(e.to_string()), &e);
-                if last && !trailers.is_empty() {
-                    // The client's trailer section goes on as HTTP/2 trailers.
-                    body_tx.send_trailers(trailers).map_err(fail)?;
-                } else if !data.is_empty() || last {
-                    h2io::send_data(&mut body_tx, data, last).await.map_err(fail)?;
-                }
-            }
-            Ok(())
+            // The request body: payload out of the client's framing into
+            // DATA frames, its trailer section into trailers.
+            h2io::relay_h1_body_to_h2(&mut cr, c.rb, dec, &mut body_tx, io).await.map_err(|e| match e {
+                BodyRelayError::Read(e) => Failure::relayed(Error::ClientIo(e)),
+                // The client closed mid-body: nobody to answer.
+                BodyRelayError::Body(BodyError::Truncated) => Failure::client_gone(),
+                BodyRelayError::Body(e) => Failure::sent(Error::ClientBody(e)),
+                BodyRelayError::Send(e) => stream_failed(tunnel_err(e.to_string()), &e),
+            })
         };
         let started = std::cell::Cell::new(false);
         let download = relay_response(core, resp, &mut cw, c.out, version, is_head, client_wants_close, worker, &started);

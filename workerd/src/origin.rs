@@ -9,10 +9,9 @@
 
 use std::cell::RefCell;
 
-use bytes::Bytes;
 use monoio::net::TcpStream;
 use ptth_proto::h1::{self, BodyDecoder, Parsed, Persist, ResponseHead, Version};
-use ptth_proto::rt::h2io;
+use ptth_proto::rt::h2io::{self, BodyRelayError};
 use ptth_proto::rt::io::{send_message, write_all, BodyMode, ReadBuf, RelayError};
 
 use crate::config::Config;
@@ -299,32 +298,14 @@ impl Sidecar {
         oc.rb.consume(oc.head.len);
         let mut dec = BodyDecoder::new(framing);
         x.start_parts(r, dec.is_done())?;
-        let mut section = Vec::new();
-        while !dec.is_done() {
-            if oc.rb.is_empty() {
-                match oc.rb.fill(&mut oc.stream, cfg.io_timeout).await {
-                    Ok(0) => {
-                        dec.eof().map_err(|e| self.err(OriginFailure::Closed, e))?;
-                        break;
-                    }
-                    Ok(_) => {}
-                    Err(e) => return Err(self.err(OriginFailure::Closed, format!("reading the response body: {e}"))),
-                }
-            }
-            let in_trailers = dec.in_trailers();
-            let step = dec.decode(oc.rb.data()).map_err(|e| self.err(OriginFailure::Protocol, e))?;
-            if in_trailers {
-                section.extend_from_slice(&oc.rb.data()[..step.consumed]);
-            }
-            let data = Bytes::copy_from_slice(&oc.rb.data()[step.data.clone()]);
-            oc.rb.consume(step.consumed);
-            if dec.is_done() && !section.is_empty() {
-                // The origin's trailer section becomes HTTP/2 trailers.
-                x.send_bytes(data, false).await?;
-                x.finish_with_trailer_map(h2io::trailers_from_h1(&section))?;
-            } else {
-                x.send_bytes(data, dec.is_done()).await?;
-            }
+        if !dec.is_done() {
+            // The origin's body, its trailer section as HTTP/2 trailers.
+            h2io::relay_h1_body_to_h2(&mut oc.stream, &mut oc.rb, &mut dec, x, cfg.io_timeout).await.map_err(|e| match e {
+                BodyRelayError::Read(e) => self.err(OriginFailure::Closed, format!("reading the response body: {e}")),
+                BodyRelayError::Body(e @ ptth_proto::BodyError::Truncated) => self.err(OriginFailure::Closed, e),
+                BodyRelayError::Body(e) => self.err(OriginFailure::Protocol, e),
+                BodyRelayError::Send(e) => e,
+            })?;
         }
         x.finish().await?;
         let reusable = !origin_close && framing != h1::Framing::UntilClose && oc.rb.is_empty();

@@ -230,3 +230,15 @@ async fn finish_stream(x: &mut H2Exchange, r: Result<(), Error>) {
         }
     }
 }
+
+/// The sidecar relays an origin's HTTP/1.1 body into the stream's response
+/// with the shared relay (`h2io::relay_h1_body_to_h2`).
+impl h2io::DataSink for H2Exchange {
+    type Error = Error;
+    async fn data(&mut self, data: Bytes, end: bool) -> Result<(), Error> {
+        self.send_bytes(data, end).await
+    }
+    fn trailers(&mut self, trailers: http::HeaderMap) -> Result<(), Error> {
+        self.finish_with_trailer_map(trailers)
+    }
+}

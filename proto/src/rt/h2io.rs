@@ -6,8 +6,14 @@
 //! 2000 concurrent 64 KiB bodies).
 
 use std::future::poll_fn;
+use std::time::Duration;
 
 use bytes::Bytes;
+use monoio::io::AsyncReadRent;
+
+use crate::error::BodyError;
+use crate::h1::BodyDecoder;
+use crate::rt::io::ReadBuf;
 
 /// Initial stream window (SETTINGS_INITIAL_WINDOW_SIZE), bytes.
 pub const STREAM_WINDOW: u32 = 1 << 20;
@@ -159,4 +165,91 @@ pub fn write_last_chunk(out: &mut Vec<u8>, trailers: Option<&http::HeaderMap>) {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Where the HTTP/2 side of an HTTP/1.1 → HTTP/2 body relay goes: an h2
+/// send stream (the lb), or a worker's response on an h2 tunnel.
+#[allow(async_fn_in_trait)]
+pub trait DataSink {
+    type Error;
+    /// DATA with `data`; `end`: END_STREAM on this frame.
+    async fn data(&mut self, data: Bytes, end: bool) -> Result<(), Self::Error>;
+    /// Trailers, which end the stream (RFC 9113 §8.1).
+    fn trailers(&mut self, trailers: http::HeaderMap) -> Result<(), Self::Error>;
+}
+
+impl DataSink for h2::SendStream<Bytes> {
+    type Error = h2::Error;
+    async fn data(&mut self, data: Bytes, end: bool) -> Result<(), h2::Error> {
+        send_data(self, data, end).await
+    }
+    fn trailers(&mut self, trailers: http::HeaderMap) -> Result<(), h2::Error> {
+        self.send_trailers(trailers)
+    }
+}
+
+/// How an HTTP/1.1 → HTTP/2 body relay failed, by side.
+#[derive(Debug)]
+pub enum BodyRelayError<E> {
+    /// Reading the HTTP/1.1 side failed.
+    Read(std::io::Error),
+    /// The HTTP/1.1 body's framing is invalid, or it was cut short
+    /// ([`BodyError::Truncated`]: the HTTP/1.1 side closed mid-body).
+    Body(BodyError),
+    /// The HTTP/2 side refused the frame.
+    Send(E),
+}
+
+/// Relays an HTTP/1.1 body, read from `src` in its received framing (the
+/// bytes `rb` already holds first), as HTTP/2: the payload out of any chunk
+/// framing as DATA, a trailer section as trailers, END_STREAM on the last
+/// DATA frame (an empty one only when nothing else can carry it). A
+/// close-delimited body ends the stream when `src` closes. `dec` must not be
+/// done yet. Used by the lb (client bodies to h2 tunnels, h1-tunnel
+/// responses to h2 clients) and by the worker's sidecar (origin responses
+/// on h2 tunnels).
+pub async fn relay_h1_body_to_h2<R: AsyncReadRent, S: DataSink>(
+    src: &mut R,
+    rb: &mut ReadBuf,
+    dec: &mut BodyDecoder,
+    sink: &mut S,
+    deadline: Duration,
+) -> Result<(), BodyRelayError<S::Error>> {
+    use BodyRelayError::{Body, Read, Send};
+    let mut section = Vec::new();
+    while !dec.is_done() {
+        if rb.is_empty() {
+            match rb.fill(src, deadline).await {
+                Ok(0) => {
+                    dec.eof().map_err(Body)?;
+                    return sink.data(Bytes::new(), true).await.map_err(Send);
+                }
+                Ok(_) => {}
+                Err(e) => return Err(Read(e)),
+            }
+        }
+        let in_trailers = dec.in_trailers();
+        let step = dec.decode(rb.data()).map_err(Body)?;
+        if in_trailers {
+            section.extend_from_slice(&rb.data()[..step.consumed]);
+        }
+        let data = Bytes::copy_from_slice(&rb.data()[step.data.clone()]);
+        rb.consume(step.consumed);
+        let last = dec.is_done();
+        if last && !section.is_empty() {
+            // The chunked body's trailer section becomes HTTP/2 trailers.
+            if !data.is_empty() {
+                sink.data(data, false).await.map_err(Send)?;
+            }
+            let trailers = trailers_from_h1(&section);
+            if trailers.is_empty() {
+                sink.data(Bytes::new(), true).await.map_err(Send)?;
+            } else {
+                sink.trailers(trailers).map_err(Send)?;
+            }
+        } else if !data.is_empty() || last {
+            sink.data(data, last).await.map_err(Send)?;
+        }
+    }
+    Ok(())
 }
