@@ -418,30 +418,16 @@ async fn via_h1(
     let (mut tr, mut tw) = stream.into_split();
     let sent_head = Cell::new(false);
     let upload = async {
-        let (res, mut o) = write_all(&mut tw, out, p.io_timeout).await;
+        // The head alone first: a failure there means nothing was acted on.
+        let (res, o) = write_all(&mut tw, out, p.io_timeout).await;
         res.map_err(|e| e.to_string())?;
         sent_head.set(true);
-        while let Some(d) = h2io::recv_data(body).await {
-            let d = d.map_err(|e| e.to_string())?;
-            o.clear();
-            if chunked {
-                h1::write_chunk(&mut o, &d);
-            } else {
-                o.extend_from_slice(&d);
-            }
-            let (res, b) = write_all(&mut tw, o, p.io_timeout).await;
-            o = b;
-            res.map_err(|e| e.to_string())?;
+        let (res, o) = h2io::relay_h2_body_to_h1(body, &mut tw, o, chunked, p.io_timeout, &Cell::new(false)).await;
+        match res {
+            Ok(()) => Ok::<Vec<u8>, String>(o),
+            Err(h2io::ToH1Error::Recv(e)) => Err(e.to_string()),
+            Err(h2io::ToH1Error::Write(e)) => Err(e.to_string()),
         }
-        if chunked {
-            o.clear();
-            let trailers = body.trailers().await.map_err(|e| e.to_string())?;
-            h2io::write_last_chunk(&mut o, trailers.as_ref());
-            let (res, b) = write_all(&mut tw, o, p.io_timeout).await;
-            o = b;
-            res.map_err(|e| e.to_string())?;
-        }
-        Ok::<Vec<u8>, String>(o)
     };
     let download = async {
         let deadline = Instant::now() + p.response_timeout;

@@ -369,70 +369,33 @@ async fn relay_response<CW: AsyncWriteRent>(
     }
     out.extend_from_slice(b"\r\n");
     let deadline = p.io_timeout;
-    // The head goes out together with the first DATA frame when one follows.
-    let mut pending_head = true;
     let mut buf = std::mem::take(out);
-    if !bodyless {
-        while let Some(data) = h2io::recv_data(&mut body).await {
-            let data = match data {
-                Ok(d) => d,
-                Err(e) if !pending_head || started.get() => {
-                    *out = buf;
-                    return Err(Failure::relayed(tunnel_err(e.to_string())));
-                }
-                Err(e) => {
-                    // The worker's head arrived, the client has nothing yet.
-                    *out = buf;
-                    return Err(Failure::answered(tunnel_err(e.to_string())));
-                }
-            };
-            if data.is_empty() {
-                continue;
-            }
-            if !pending_head {
-                buf.clear();
-            }
-            if chunked {
-                h1::write_chunk(&mut buf, &data);
-            } else {
-                buf.extend_from_slice(&data);
-            }
-            started.set(true);
-            let (res, b) = write_all(cw, buf, deadline).await;
-            buf = b;
-            pending_head = false;
-            if let Err(e) = res {
-                *out = buf;
-                return Err(Failure::relayed(Error::ClientIo(e)));
-            }
-        }
-        if !pending_head {
-            buf.clear();
-        }
-        if chunked {
-            // The worker's trailers become the last chunk's trailer section.
-            match body.trailers().await {
-                Ok(Some(t)) => {
-                    buf.extend_from_slice(b"0\r\n");
-                    for (k, v) in &t {
-                        buf.extend_from_slice(k.as_str().as_bytes());
-                        buf.extend_from_slice(b": ");
-                        buf.extend_from_slice(v.as_bytes());
-                        buf.extend_from_slice(b"\r\n");
-                    }
-                    buf.extend_from_slice(b"\r\n");
-                }
-                _ => buf.extend_from_slice(h1::LAST_CHUNK),
-            }
-        }
-    }
-    if pending_head || !buf.is_empty() {
+    if bodyless {
         started.set(true);
         let (res, b) = write_all(cw, buf, deadline).await;
-        buf = b;
-        if let Err(e) = res {
+        *out = b;
+        res.map_err(|e| Failure::relayed(Error::ClientIo(e)))?;
+        return Ok(Sent { status, client_close });
+    }
+    // The head goes out together with the first DATA frame; the worker's
+    // trailers become the last chunk's trailer section.
+    let (res, b) = h2io::relay_h2_body_to_h1(&mut body, cw, buf, chunked, deadline, started).await;
+    buf = b;
+    match res {
+        Ok(()) => {}
+        Err(h2io::ToH1Error::Write(e)) => {
             *out = buf;
             return Err(Failure::relayed(Error::ClientIo(e)));
+        }
+        // The worker's head arrived but the client has nothing yet: still
+        // answerable.
+        Err(h2io::ToH1Error::Recv(e)) if !started.get() => {
+            *out = buf;
+            return Err(Failure::answered(tunnel_err(e.to_string())));
+        }
+        Err(h2io::ToH1Error::Recv(e)) => {
+            *out = buf;
+            return Err(Failure::relayed(tunnel_err(e.to_string())));
         }
     }
     *out = buf;

@@ -344,6 +344,9 @@ pub enum Verdict {
     Refuse,
     /// Read the whole body, then answer 200 `got <body length>`.
     Answer,
+    /// Answer 200 without a length, send `partial`, then reset the stream:
+    /// a body cut short.
+    Truncate,
 }
 
 /// A scripted worker written from docs/PROTOCOL.md alone: a raw socket that
@@ -382,6 +385,13 @@ pub fn scripted_h2_worker(
                 let (parts, mut body) = req.into_parts();
                 match script(&parts) {
                     Verdict::Refuse => respond.send_reset(h2::Reason::REFUSED_STREAM),
+                    Verdict::Truncate => {
+                        let resp = http::Response::builder().status(200).body(()).unwrap();
+                        if let Ok(mut tx) = respond.send_response(resp, false) {
+                            let _ = tx.send_data(bytes::Bytes::from_static(b"partial"), false);
+                            tx.send_reset(h2::Reason::INTERNAL_ERROR);
+                        }
+                    }
                     Verdict::Answer => {
                         monoio::spawn(async move {
                             let mut n = 0;

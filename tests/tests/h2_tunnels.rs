@@ -161,3 +161,17 @@ fn refused_streams_are_resent_when_their_body_is_held() {
     assert_eq!(r.status, 502, "{}", r.text());
     assert!(r.text().contains("buffers.replay_max"), "{}", r.text());
 }
+
+/// A response the worker cuts short (a reset after some DATA) reaches an
+/// HTTP/1.1 client as a 502 (when nothing was relayed yet) or a truncated
+/// body, never as one ended by a last chunk.
+#[test]
+fn a_reset_mid_body_is_not_a_complete_response() {
+    let lb = start_lb(1, |_| {});
+    let _w = scripted_h2_worker(lb.tunnel_addr, "cutter", |_| Verdict::Truncate);
+    wait_until("the scripted worker is routable", || status(&lb)["workers"].as_array().is_some_and(|w| !w.is_empty()));
+    let mut c = Client::connect(lb.client_addr());
+    c.send(b"GET /cut HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = c.read_response(false);
+    assert!(r.status == 502 || (r.status == 200 && !r.complete), "a cut-short body looked complete: {} {:?}", r.status, r.text());
+}

@@ -235,36 +235,20 @@ impl Sidecar {
         let mut out = std::mem::take(&mut oc.out);
         out.clear();
         out.extend_from_slice(head);
-        let (res, mut out) = write_all(&mut oc.stream, out, cfg.io_timeout).await;
+        let (res, out) = write_all(&mut oc.stream, out, cfg.io_timeout).await;
         match res {
             Ok(()) => {}
             Err(_) if replayable => return Ok(false),
             Err(e) => return Err(self.err(OriginFailure::Closed, format!("sending the request: {e}"))),
         }
-        while let Some(data) = h2io::recv_data(&mut x.body).await {
-            let data = data?;
-            if data.is_empty() {
-                continue;
-            }
-            out.clear();
-            if chunked {
-                h1::write_chunk(&mut out, &data);
-            } else {
-                out.extend_from_slice(&data);
-            }
-            let (res, o) = write_all(&mut oc.stream, out, cfg.io_timeout).await;
-            out = o;
-            res.map_err(|e| self.err(OriginFailure::Closed, format!("sending the request body: {e}")))?;
-        }
-        if chunked {
-            out.clear();
-            let trailers = x.body.trailers().await?;
-            h2io::write_last_chunk(&mut out, trailers.as_ref());
-            let (res, o) = write_all(&mut oc.stream, out, cfg.io_timeout).await;
-            out = o;
-            res.map_err(|e| self.err(OriginFailure::Closed, format!("sending the request body: {e}")))?;
-        }
+        let (res, out) =
+            h2io::relay_h2_body_to_h1(&mut x.body, &mut oc.stream, out, chunked, cfg.io_timeout, &std::cell::Cell::new(false)).await;
         oc.out = out;
+        match res {
+            Ok(()) => {}
+            Err(h2io::ToH1Error::Recv(e)) => return Err(e.into()),
+            Err(h2io::ToH1Error::Write(e)) => return Err(self.err(OriginFailure::Closed, format!("sending the request body: {e}"))),
+        }
         let is_head = x.parts.method == http::Method::HEAD;
         self.read_head(oc, &cfg, is_head, replayable).await
     }

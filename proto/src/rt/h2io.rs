@@ -9,11 +9,11 @@ use std::future::poll_fn;
 use std::time::Duration;
 
 use bytes::Bytes;
-use monoio::io::AsyncReadRent;
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use crate::error::BodyError;
 use crate::h1::BodyDecoder;
-use crate::rt::io::ReadBuf;
+use crate::rt::io::{write_all, ReadBuf};
 
 /// Initial stream window (SETTINGS_INITIAL_WINDOW_SIZE), bytes.
 pub const STREAM_WINDOW: u32 = 1 << 20;
@@ -252,4 +252,73 @@ pub async fn relay_h1_body_to_h2<R: AsyncReadRent, S: DataSink>(
         }
     }
     Ok(())
+}
+
+/// How an HTTP/2 → HTTP/1.1 body relay failed, by side.
+#[derive(Debug)]
+pub enum ToH1Error {
+    /// The HTTP/2 stream failed (reset, connection lost).
+    Recv(h2::Error),
+    /// Writing to the HTTP/1.1 side failed.
+    Write(std::io::Error),
+}
+
+/// Relays an HTTP/2 body to an HTTP/1.1 peer: each DATA payload as a chunk
+/// (`chunked`) or as is (a Content-Length or close-delimited body), then,
+/// when chunked, the last chunk carrying the stream's trailers as its trailer
+/// section (RFC 9112 §7.1.2). `out` may hold bytes to send first (a response
+/// head): they go out in one write with the first payload. `wrote` is set
+/// once anything was written. Hands `out` back for reuse. Used by the lb
+/// (h2c bodies to h1 tunnels, h2-tunnel responses to HTTP/1.1 clients) and
+/// the sidecar (h2-tunnel requests to the origin).
+pub async fn relay_h2_body_to_h1<W: AsyncWriteRent>(
+    body: &mut h2::RecvStream,
+    dst: &mut W,
+    mut out: Vec<u8>,
+    chunked: bool,
+    deadline: Duration,
+    wrote: &std::cell::Cell<bool>,
+) -> (Result<(), ToH1Error>, Vec<u8>) {
+    let mut pending = !out.is_empty();
+    while let Some(d) = recv_data(body).await {
+        let d = match d {
+            Ok(d) => d,
+            Err(e) => return (Err(ToH1Error::Recv(e)), out),
+        };
+        if d.is_empty() {
+            continue;
+        }
+        if !pending {
+            out.clear();
+        }
+        if chunked {
+            crate::h1::write_chunk(&mut out, &d);
+        } else {
+            out.extend_from_slice(&d);
+        }
+        wrote.set(true);
+        pending = false;
+        let (res, o) = write_all(dst, out, deadline).await;
+        out = o;
+        if let Err(e) = res {
+            return (Err(ToH1Error::Write(e)), out);
+        }
+    }
+    if !pending {
+        out.clear();
+    }
+    if chunked {
+        // A stream that failed here must not end in a last chunk that makes
+        // a truncated body look complete.
+        match body.trailers().await {
+            Ok(t) => write_last_chunk(&mut out, t.as_ref()),
+            Err(e) => return (Err(ToH1Error::Recv(e)), out),
+        }
+    }
+    if out.is_empty() {
+        return (Ok(()), out);
+    }
+    wrote.set(true);
+    let (res, out) = write_all(dst, out, deadline).await;
+    (res.map_err(ToH1Error::Write), out)
 }
