@@ -21,7 +21,7 @@ use monoio::io::{IntoPollIo, Splitable};
 use monoio::net::TcpStream;
 use ptth_proto::h1::{self, BodyDecoder, Parsed};
 use ptth_proto::rt::h2io::{self, MAX_FRAME};
-use ptth_proto::rt::io::{write_all, Prefixed};
+use ptth_proto::rt::io::{duplex, write_all, Duplex, Prefixed};
 
 use crate::core::{self, Core};
 use crate::error::Error;
@@ -383,17 +383,9 @@ async fn via_h2(
     if end {
         return download.await;
     }
-    let mut up = std::pin::pin!(upload);
-    let mut down = std::pin::pin!(download);
-    monoio::select! {
-        // Upload first: when both finish in one wakeup, the exchange
-        // completed cleanly and the tunnel stays reusable.
-        biased;
-        u = &mut up => match u {
-            Ok(()) => down.await,
-            Err(e) => Attempt::Failed(Failure::sent(tunnel_err(format!("request body: {e}")))),
-        },
-        d = &mut down => d,
+    match duplex(upload, download).await {
+        Duplex::Both((), d) | Duplex::AnsweredEarly(d) => d,
+        Duplex::UploadFailed(e) => Attempt::Failed(Failure::sent(tunnel_err(format!("request body: {e}")))),
     }
 }
 
@@ -490,28 +482,16 @@ async fn via_h1(
         let reusable = !tunnel_close && framing != h1::Framing::UntilClose && trb.is_empty();
         (Attempt::Done { status, reusable }, reusable)
     };
-    let (attempt, reusable, out) = {
-        let mut up = std::pin::pin!(upload);
-        let mut down = std::pin::pin!(download);
-        monoio::select! {
-            // Upload first: when both finish in one wakeup, the exchange
-            // completed cleanly and the tunnel stays reusable.
-            biased;
-            u = &mut up => match u {
-                Ok(o) => {
-                    let (a, r) = down.await;
-                    (a, r, o)
-                }
-                Err(e) => {
-                    // A head that did not go out whole cannot have been acted on.
-                    let f = if sent_head.get() { Failure::sent(tunnel_err(e)) } else { Failure::not_sent(tunnel_err(e)) };
-                    (Attempt::Failed(f), false, Vec::new())
-                }
-            },
-            // The worker answered before the body was all sent: the tunnel
-            // is left mid-request and cannot be reused.
-            (a, _) = &mut down => (a, false, Vec::new()),
+    let (attempt, reusable, out) = match duplex(upload, download).await {
+        Duplex::Both(o, (a, r)) => (a, r, o),
+        Duplex::UploadFailed(e) => {
+            // A head that did not go out whole cannot have been acted on.
+            let f = if sent_head.get() { Failure::sent(tunnel_err(e)) } else { Failure::not_sent(tunnel_err(e)) };
+            (Attempt::Failed(f), false, Vec::new())
         }
+        // The worker answered before the body was all sent: the tunnel is
+        // left mid-request and cannot be reused.
+        Duplex::AnsweredEarly((a, _)) => (a, false, Vec::new()),
     };
     let stream = tr.reunite(tw).expect("halves of one tunnel stream");
     let t = Tunnel { stream, rb: trb, out, head: thead, slot, idle_since, ticket };

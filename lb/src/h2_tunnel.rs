@@ -18,7 +18,7 @@ use monoio::io::{AsyncWriteRent, IntoPollIo, Splitable};
 use monoio::net::TcpStream;
 use ptth_proto::h1::{self, BodyDecoder, Framing, Parsed, RequestHead, Version};
 use ptth_proto::rt::h2io::{self, BodyRelayError, Windows, MAX_FRAME};
-use ptth_proto::rt::io::{write_all, Prefixed, ReadBuf};
+use ptth_proto::rt::io::{duplex, write_all, Duplex, Prefixed, ReadBuf};
 use ptth_proto::BodyError;
 
 use crate::core::Core;
@@ -287,26 +287,18 @@ pub(crate) async fn exchange(
         };
         let started = std::cell::Cell::new(false);
         let download = relay_response(core, resp, &mut cw, c.out, version, is_head, client_wants_close, worker, &started);
-        let result = if has_body {
-            let mut up = std::pin::pin!(upload);
-            let mut down = std::pin::pin!(download);
-            monoio::select! {
-                // Upload first: when both finish in one wakeup, the exchange
-                // completed cleanly and the tunnel stays reusable.
-                biased;
-                u = &mut up => match u {
-                    Ok(()) => down.await,
-                    // The body has partly gone out: whatever the worker did, it
-                    // is not whole any more (the failure says body_held = false).
-                    Err(f) if started.get() => Err(Failure::relayed(f.err)),
-                    Err(f) => Err(f),
-                },
-                d = &mut down => d.map(|s| Sent { client_close: true, ..s }),
+        if has_body {
+            match duplex(upload, download).await {
+                Duplex::Both((), d) => d,
+                // The body has partly gone out: whatever the worker did, it
+                // is not whole any more (the failure says body_held = false).
+                Duplex::UploadFailed(f) if started.get() => Err(Failure::relayed(f.err)),
+                Duplex::UploadFailed(f) => Err(f),
+                Duplex::AnsweredEarly(d) => d.map(|s| Sent { client_close: true, ..s }),
             }
         } else {
             download.await
-        };
-        result
+        }
     };
     *c.stream = cr.reunite(cw).ok();
     result

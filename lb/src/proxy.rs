@@ -16,14 +16,13 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
 use monoio::net::TcpStream;
 use ptth_proto::h1::{self, BodyDecoder, Forwarding, Framing, Parsed, Persist, RequestHead, ResponseHead, TargetForm, Version};
-use ptth_proto::rt::io::{send_message, write_all, BodyMode, ReadBuf, RelayError};
+use ptth_proto::rt::io::{duplex, send_message, write_all, BodyMode, Duplex, ReadBuf, RelayError};
 
 use crate::config::Profile;
 use crate::core::{self, Core};
@@ -464,32 +463,29 @@ async fn exchange(core: &Core, c: &mut Client, mut t: Tunnel, dec: &mut BodyDeco
     let (mut tr, mut tw) = tunnel.into_split();
     let started = std::cell::Cell::new(false);
     let (result, out) = {
-        let mut send = pin!(send_message(&mut tw, tout, &mut cr, &mut c.rb, dec, BodyMode::Pass, p.io_timeout));
-        let mut resp = pin!(response(core, &mut tr, &mut trb, &mut thead, &mut cw, &mut c.out, info, &worker, &started));
-        monoio::select! {
-            // Upload first: when both finish in one wakeup, the exchange
-            // completed cleanly and the tunnel stays reusable.
-            biased;
-            (sent, out) = &mut send => match sent {
-                Ok(_) => (resp.await, out),
-                // Once response bytes went to the client, an error can only
-                // end the connection.
-                Err(_) if started.get() => (Err(Failure::client_gone()), out),
-                Err(e) => {
-                    let fail = match e {
-                        RelayError::Write(e) => Failure::sent(Error::Tunnel { worker: worker.to_string(), why: e.to_string() }),
-                        RelayError::Body(e) => Failure::sent(Error::ClientBody(e)),
-                        RelayError::Read(e) => Failure::relayed(Error::ClientIo(e)),
-                    };
-                    (Err(fail), out)
-                }
-            },
-            r = &mut resp => {
-                // The worker answered before the whole body arrived: the rest
-                // of the body is abandoned, so neither connection can be reused.
-                let r = r.map(|d| Done { reusable: false, client_close: true, ..d });
-                (r, Vec::new())
-            },
+        let send = async {
+            match send_message(&mut tw, tout, &mut cr, &mut c.rb, dec, BodyMode::Pass, p.io_timeout).await {
+                (Ok(_), out) => Ok(out),
+                (Err(e), out) => Err((e, out)),
+            }
+        };
+        let resp = response(core, &mut tr, &mut trb, &mut thead, &mut cw, &mut c.out, info, &worker, &started);
+        match duplex(send, resp).await {
+            Duplex::Both(out, r) => (r, out),
+            // Once response bytes went to the client, an error can only
+            // end the connection.
+            Duplex::UploadFailed((_, out)) if started.get() => (Err(Failure::client_gone()), out),
+            Duplex::UploadFailed((e, out)) => {
+                let fail = match e {
+                    RelayError::Write(e) => Failure::sent(Error::Tunnel { worker: worker.to_string(), why: e.to_string() }),
+                    RelayError::Body(e) => Failure::sent(Error::ClientBody(e)),
+                    RelayError::Read(e) => Failure::relayed(Error::ClientIo(e)),
+                };
+                (Err(fail), out)
+            }
+            // The worker answered before the whole body arrived: the rest
+            // of the body is abandoned, so neither connection can be reused.
+            Duplex::AnsweredEarly(r) => (r.map(|d| Done { reusable: false, client_close: true, ..d }), Vec::new()),
         }
     };
     // Reuniting halves of one split cannot fail; the futures borrowing them

@@ -263,6 +263,41 @@ where
     (res, out)
 }
 
+/// How a request's upload and its response's download, run together, ended.
+#[derive(Debug)]
+pub enum Duplex<U, E, D> {
+    /// The upload finished (first, or in the same wakeup as the download),
+    /// then the download did.
+    Both(U, D),
+    /// The upload failed; the download was dropped.
+    UploadFailed(E),
+    /// The download finished while the upload was under way: the worker
+    /// answered before it read the whole body. The upload was dropped, so
+    /// the connection it wrote to is left mid-message.
+    AnsweredEarly(D),
+}
+
+/// Runs a request's upload and its response's download at once, so a peer
+/// may answer before it has read the whole body, with bounded memory either
+/// way. The one duplex loop of every protocol pair. Upload first: when both
+/// finish in one wakeup, the exchange completed cleanly ([`Duplex::Both`])
+/// and the connections stay reusable.
+pub async fn duplex<U, E, D>(
+    up: impl std::future::Future<Output = Result<U, E>>,
+    down: impl std::future::Future<Output = D>,
+) -> Duplex<U, E, D> {
+    let mut up = std::pin::pin!(up);
+    let mut down = std::pin::pin!(down);
+    monoio::select! {
+        biased;
+        u = &mut up => match u {
+            Ok(u) => Duplex::Both(u, down.await),
+            Err(e) => Duplex::UploadFailed(e),
+        },
+        d = &mut down => Duplex::AnsweredEarly(d),
+    }
+}
+
 /// A poll-style stream (for the `h2` crate) that first yields bytes already
 /// read from the connection by the completion-style code before it (the
 /// setup exchange, or protocol detection).
