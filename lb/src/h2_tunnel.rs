@@ -339,15 +339,7 @@ async fn relay_response<CW: AsyncWriteRent>(
     out.clear();
     use std::io::Write;
     let _ = write!(out, "HTTP/1.1 {} {}\r\n", status, parts.status.canonical_reason().unwrap_or(""));
-    for (k, v) in &parts.headers {
-        if h2io::is_h1_only(k.as_str().as_bytes()) {
-            continue;
-        }
-        out.extend_from_slice(k.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(v.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    h2io::write_h1_fields(out, &parts.headers);
     if !bodyless && !length && body.is_end_stream() {
         out.extend_from_slice(b"Content-Length: 0\r\n");
     }

@@ -933,6 +933,13 @@ enum BodyState {
     Done,
 }
 
+/// A field line that may be written as is: a token name and a value of
+/// visible characters, spaces and tabs (RFC 9110 §5.5), so no CR, LF or NUL
+/// can split the head it goes into.
+pub fn is_valid_field(name: &[u8], value: &[u8]) -> bool {
+    !name.is_empty() && name.iter().all(|&b| is_tchar(b)) && value.iter().all(|&b| is_field_vchar(b))
+}
+
 /// `tchar` of RFC 9110 §5.6.2.
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)

@@ -164,6 +164,23 @@ impl Conn {
     }
 }
 
+/// Checks the fields a handler gives for its response: each must be a token
+/// name with a value free of CR, LF and other control bytes (no response
+/// splitting), and none may be one the library writes itself from the
+/// framing it chooses (`Content-Length`, `Transfer-Encoding`): a second,
+/// differing framing field would make the lb refuse the response.
+fn check_fields(fields: &[(&str, &str)]) -> Result<(), Error> {
+    for (k, v) in fields {
+        if !h1::is_valid_field(k.as_bytes(), v.as_bytes()) {
+            return Err(Error::Handler(format!("response field {k:?}: not a valid name, or the value holds control characters")));
+        }
+        if ["content-length", "transfer-encoding"].iter().any(|f| k.eq_ignore_ascii_case(f)) {
+            return Err(Error::Handler(format!("response field {k:?} is set by the library from the framing it chooses")));
+        }
+    }
+    Ok(())
+}
+
 /// Serves requests on an established tunnel until it ends.
 pub(crate) async fn serve<H: Handler>(mut c: Conn, handler: &H, stop: &Signal) -> Result<Ended, Error> {
     loop {
@@ -320,6 +337,7 @@ impl Exchange<'_> {
 
     /// Sends a complete response with a `Content-Length`.
     pub async fn respond(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) -> Result<(), Error> {
+        check_fields(headers)?;
         match &mut self.inner {
             Inner::H1(c) => Ok(c.respond(status, headers, body).await?),
             Inner::H2(x) => x.respond(status, headers, body).await,
@@ -330,6 +348,7 @@ impl Exchange<'_> {
     /// and ends with [`finish`](Self::finish) (chunked on HTTP/1.1).
     pub async fn start(&mut self, status: u16, headers: &[(&str, &str)]) -> Result<(), Error> {
         use std::io::Write;
+        check_fields(headers)?;
         let c = match &mut self.inner {
             Inner::H1(c) => &mut **c,
             Inner::H2(x) => return x.start(status, headers),
@@ -367,6 +386,7 @@ impl Exchange<'_> {
     /// fields (RFC 9110 §6.5): the last chunk's trailer section on HTTP/1.1,
     /// a trailing HEADERS frame on HTTP/2.
     pub async fn finish_with_trailers(&mut self, trailers: &[(&str, &str)]) -> Result<(), Error> {
+        check_fields(trailers)?;
         let c = match &mut self.inner {
             Inner::H1(c) => &mut **c,
             Inner::H2(x) => return x.finish_with_trailers(trailers).await,
@@ -377,10 +397,7 @@ impl Exchange<'_> {
         c.out.clear();
         c.out.extend_from_slice(b"0\r\n");
         for (k, v) in trailers {
-            c.out.extend_from_slice(k.as_bytes());
-            c.out.extend_from_slice(b": ");
-            c.out.extend_from_slice(v.as_bytes());
-            c.out.extend_from_slice(b"\r\n");
+            h1::write_field(&mut c.out, k.as_bytes(), v.as_bytes());
         }
         c.out.extend_from_slice(b"\r\n");
         c.resp = Resp::Done;
@@ -400,5 +417,25 @@ impl Exchange<'_> {
         c.out.extend_from_slice(h1::LAST_CHUNK);
         c.resp = Resp::Done;
         Ok(c.write_out().await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handler_fields_cannot_split_the_head_or_reframe_it() {
+        assert!(check_fields(&[("Content-Type", "text/plain"), ("X-A", "a b\tc")]).is_ok());
+        for bad in [
+            ("X-A", "a\r\nSet-Cookie: x=1"),
+            ("X A", "v"),
+            ("", "v"),
+            ("X-A", "nul\0"),
+            ("Content-Length", "5"),
+            ("transfer-encoding", "chunked"),
+        ] {
+            assert!(check_fields(&[bad]).is_err(), "{bad:?}");
+        }
     }
 }

@@ -105,15 +105,7 @@ pub fn write_h1_request_head(out: &mut Vec<u8>, method: &http::Method, uri: &htt
         }
         (None, None) => out.extend_from_slice(b"Host: \r\n"),
     }
-    for (k, v) in headers {
-        if is_h1_only(k.as_str().as_bytes()) {
-            continue;
-        }
-        out.extend_from_slice(k.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(v.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    write_h1_fields(out, headers);
     if chunked {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
@@ -158,13 +150,20 @@ pub fn trailers_from_h1(section: &[u8]) -> http::HeaderMap {
 /// trailer section (RFC 9112 §7.1.2).
 pub fn write_last_chunk(out: &mut Vec<u8>, trailers: Option<&http::HeaderMap>) {
     out.extend_from_slice(b"0\r\n");
-    for (k, v) in trailers.into_iter().flatten() {
-        out.extend_from_slice(k.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(v.as_bytes());
-        out.extend_from_slice(b"\r\n");
+    if let Some(t) = trailers {
+        write_h1_fields(out, t);
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Writes HTTP/2 fields as HTTP/1.1 field lines, without those HTTP/2
+/// forbids or HTTP/1.1 frames with (RFC 9113 §8.2.2; see [`is_h1_only`]).
+pub fn write_h1_fields(out: &mut Vec<u8>, headers: &http::HeaderMap) {
+    for (k, v) in headers {
+        if !is_h1_only(k.as_str().as_bytes()) {
+            crate::h1::write_field(out, k.as_str().as_bytes(), v.as_bytes());
+        }
+    }
 }
 
 /// Where the HTTP/2 side of an HTTP/1.1 → HTTP/2 body relay goes: an h2
