@@ -12,16 +12,16 @@ use ptth_proto::rt::io::{write_all, ReadBuf};
 use ptth_proto::setup::Claim;
 use serde_json::json;
 
-use crate::core::Core;
+use crate::percore::Core;
 use crate::stats::get;
 use crate::Shared;
 
 pub(crate) async fn serve(core: Rc<Core>, listener: TcpListener) {
     // Stays up through the drain (until the kill), so /healthz can report it.
     let c = core.clone();
-    crate::core::accept_each(&core, listener, "admin", core.kill.clone(), move |stream, _| {
+    crate::percore::accept_each(&core, listener, "admin", core.kill.clone(), move |stream, _| {
         let shared = c.shared.clone();
-        crate::core::spawn_killable(&c, async move { answer(&shared, stream).await });
+        crate::percore::spawn_killable(&c, async move { answer(&shared, stream).await });
     })
     .await;
 }

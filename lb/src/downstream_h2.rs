@@ -23,11 +23,11 @@ use ptth_proto::h1::{self, BodyDecoder, Parsed};
 use ptth_proto::rt::h2io::{self, MAX_FRAME};
 use ptth_proto::rt::io::{duplex, write_all, Duplex, Prefixed};
 
-use crate::core::{self, Core};
 use crate::error::Error;
 use crate::failure::{self, Decision, Failure};
+use crate::percore::{self, Core};
 use crate::stats;
-use crate::tunnel::pool::{H2Tunnel, Lease, Tunnel};
+use crate::tunnel::pool::{H1Tunnel, H2Tunnel, Lease};
 
 /// The client connection preface of HTTP/2 (RFC 9113 §3.4).
 pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -94,7 +94,7 @@ where
         };
         active.set(active.get() + 1);
         let (c, a) = (core.clone(), active.clone());
-        core::spawn_killable(&core, async move {
+        percore::spawn_killable(&core, async move {
             handle(&c, req, respond, peer, migrated).await;
             a.set(a.get() - 1);
         });
@@ -392,11 +392,11 @@ async fn via_h2(
 /// Relays the stream as an HTTP/1.1 request on an h1 tunnel.
 async fn via_h1(
     core: &Core,
-    mut t: Tunnel,
+    mut t: H1Tunnel,
     parts: &http::request::Parts,
     body: &mut h2::RecvStream,
     respond: &RefCell<h2::server::SendResponse<Bytes>>,
-) -> (Attempt, Tunnel) {
+) -> (Attempt, H1Tunnel) {
     let p = &core.shared.cfg.profile;
     let worker = core.pool.borrow().worker_id(t.slot);
     let tunnel_err = |why: String| Error::Tunnel { worker: worker.to_string(), why };
@@ -406,7 +406,7 @@ async fn via_h1(
     out.clear();
     h2io::write_h1_request_head(&mut out, &parts.method, &parts.uri, &parts.headers, chunked);
     let is_head = parts.method == http::Method::HEAD;
-    let Tunnel { stream, rb: mut trb, out: _, head: mut thead, slot, idle_since, ticket } = t;
+    let H1Tunnel { stream, rb: mut trb, out: _, head: mut thead, slot, idle_since, ticket } = t;
     let (mut tr, mut tw) = stream.into_split();
     let sent_head = Cell::new(false);
     let upload = async {
@@ -494,7 +494,7 @@ async fn via_h1(
         Duplex::AnsweredEarly((a, _)) => (a, false, Vec::new()),
     };
     let stream = tr.reunite(tw).expect("halves of one tunnel stream");
-    let t = Tunnel { stream, rb: trb, out, head: thead, slot, idle_since, ticket };
+    let t = H1Tunnel { stream, rb: trb, out, head: thead, slot, idle_since, ticket };
     // A tunnel whose exchange did not end cleanly must not carry another request.
     let attempt = match attempt {
         Attempt::Done { status, .. } => Attempt::Done { status, reusable },

@@ -21,9 +21,9 @@ use ptth_proto::rt::h2io::{self, BodyRelayError, Windows, MAX_FRAME};
 use ptth_proto::rt::io::{duplex, write_all, Duplex, Prefixed, ReadBuf};
 use ptth_proto::BodyError;
 
-use crate::core::Core;
 use crate::error::Error;
 use crate::failure::{Failure, Stage};
+use crate::percore::Core;
 use crate::tunnel::pool::H2Tunnel;
 
 /// The byte stream under an h2 tunnel.
@@ -334,7 +334,7 @@ async fn relay_response<CW: AsyncWriteRent>(
     let chunked = !bodyless && !length && !body.is_end_stream() && version == Version::Http11;
     let until_close = !bodyless && !length && !body.is_end_stream() && version == Version::Http10;
     // Shutting down: this is the connection's last response.
-    let draining = crate::core::draining(&core.shared) || core.stop.is_fired();
+    let draining = crate::percore::draining(&core.shared) || core.stop.is_fired();
     let client_close = close || until_close || draining;
     out.clear();
     use std::io::Write;

@@ -14,7 +14,6 @@
 
 pub mod admin;
 pub mod config;
-mod core;
 pub mod demo;
 mod downstream_h2;
 pub mod error;
@@ -22,6 +21,7 @@ mod failure;
 mod h2_tunnel;
 mod inbox;
 mod listen;
+mod percore;
 mod proxy;
 pub mod stats;
 mod tunnel;
@@ -158,8 +158,8 @@ pub fn run(cfg: Config) -> Result<Lb, Error> {
     let mut admin = admin;
     let mut threads = Vec::new();
     for (id, (clients, tunnel)) in per_core.into_iter().zip(tunnels).enumerate() {
-        let listeners = core::CoreListeners { clients, tunnel, admin: if id == 0 { admin.take() } else { None } };
-        let t = core::spawn(id, shared.clone(), listeners, stop.clone(), ready_tx.clone())
+        let listeners = percore::CoreListeners { clients, tunnel, admin: if id == 0 { admin.take() } else { None } };
+        let t = percore::spawn(id, shared.clone(), listeners, stop.clone(), ready_tx.clone())
             .map_err(|source| Error::Runtime { core: id, source })?;
         threads.push(t);
     }

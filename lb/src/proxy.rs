@@ -25,13 +25,13 @@ use ptth_proto::h1::{self, BodyDecoder, Forwarding, Framing, Parsed, Persist, Re
 use ptth_proto::rt::io::{duplex, send_message, write_all, BodyMode, Duplex, ReadBuf, RelayError};
 
 use crate::config::Profile;
-use crate::core::{self, Core};
 use crate::error::Error;
 use crate::failure::{self, Decision, Failure};
 use crate::h2_tunnel;
 use crate::inbox::CoreMsg;
+use crate::percore::{self, Core};
 use crate::stats;
-use crate::tunnel::pool::{Lease, Pick, Pool, Tunnel};
+use crate::tunnel::pool::{H1Tunnel, Lease, Pick, Pool};
 use crate::tunnel::queue::Waiter;
 
 struct Client {
@@ -114,7 +114,7 @@ pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, b
                 let Some(stream) = c.stream.take() else { return };
                 stats::add(&core.stats().clients_handed_off, 1);
                 let buffered = c.rb.take_unconsumed();
-                core::send_to(&core.shared, to, CoreMsg::Client { stream: core::detach(stream), peer, buffered });
+                percore::send_to(&core.shared, to, CoreMsg::Client { stream: percore::detach(stream), peer, buffered });
                 return;
             }
         }
@@ -424,7 +424,13 @@ struct Done {
 
 /// Sends the request on `t` and relays the response. A request whose body is
 /// still arriving is uploaded while the response downloads.
-async fn exchange(core: &Core, c: &mut Client, mut t: Tunnel, dec: &mut BodyDecoder, info: &ReqInfo) -> (Result<Done, Failure>, Tunnel) {
+async fn exchange(
+    core: &Core,
+    c: &mut Client,
+    mut t: H1Tunnel,
+    dec: &mut BodyDecoder,
+    info: &ReqInfo,
+) -> (Result<Done, Failure>, H1Tunnel) {
     let p = &core.shared.cfg.profile;
     let worker = core.pool.borrow().worker_id(t.slot);
     t.out.clear();
@@ -459,7 +465,7 @@ async fn exchange(core: &Core, c: &mut Client, mut t: Tunnel, dec: &mut BodyDeco
         return (Err(Failure::client_gone()), t);
     };
     let (mut cr, mut cw) = client.into_split();
-    let Tunnel { stream: tunnel, rb: mut trb, out: tout, head: mut thead, slot, idle_since, ticket } = t;
+    let H1Tunnel { stream: tunnel, rb: mut trb, out: tout, head: mut thead, slot, idle_since, ticket } = t;
     let (mut tr, mut tw) = tunnel.into_split();
     let started = std::cell::Cell::new(false);
     let (result, out) = {
@@ -492,7 +498,7 @@ async fn exchange(core: &Core, c: &mut Client, mut t: Tunnel, dec: &mut BodyDeco
     // have ended above.
     c.stream = cr.reunite(cw).ok();
     let stream = tr.reunite(tw).expect("halves of one tunnel stream");
-    (result, Tunnel { stream, rb: trb, out, head: thead, slot, idle_since, ticket })
+    (result, H1Tunnel { stream, rb: trb, out, head: thead, slot, idle_since, ticket })
 }
 
 /// Reads the response head (skipping or relaying 1xx) and relays the
@@ -564,7 +570,7 @@ async fn response<TR: AsyncReadRent, CW: AsyncWriteRent>(
     // close to delimit it (RFC 9112 §6.3 item 8).
     let dechunk = info.version == Version::Http10 && framing == Framing::Chunked;
     // Shutting down: this is the connection's last response.
-    let draining = core::draining(&core.shared) || core.stop.is_fired();
+    let draining = percore::draining(&core.shared) || core.stop.is_fired();
     let client_close = info.close || draining || framing == Framing::UntilClose || dechunk;
     cout.clear();
     let persist = if client_close { Persist::Close } else { Persist::KeepAlive };

@@ -20,9 +20,9 @@ use ptth_proto::rt::io::{write_all, ReadBuf};
 use ptth_proto::setup::{write_accept, write_reject, Accepted, Claim, InnerProtocol, SetupRequest};
 
 use crate::config::{Config, OriginPolicy};
-use crate::core::{self, Core};
 use crate::error::Error;
 use crate::inbox::{CoreMsg, TunnelSetup};
+use crate::percore::{self, Core};
 use crate::stats;
 use crate::tunnel::Meta;
 
@@ -33,8 +33,8 @@ const SETUP_BUF: usize = 16 * 1024;
 
 pub(crate) async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
     let c = core.clone();
-    core::accept_each(&core, listener, "tunnel", core.stop.clone(), move |stream, peer| {
-        core::spawn_killable(&c, setup(c.clone(), stream, peer));
+    percore::accept_each(&core, listener, "tunnel", core.stop.clone(), move |stream, peer| {
+        percore::spawn_killable(&c, setup(c.clone(), stream, peer));
     })
     .await;
 }
@@ -143,7 +143,7 @@ async fn setup(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
     if let Err(e) = authorize(cfg, &req, peer) {
         return reject(&core, &mut stream, &e, peer, req.meta.id.as_deref()).await;
     }
-    if core::draining(&core.shared) {
+    if percore::draining(&core.shared) {
         return reject(&core, &mut stream, &Error::Draining, peer, req.meta.id.as_deref()).await;
     }
     let Some(protocol) = req.choose(SUPPORTED) else {
@@ -173,7 +173,7 @@ async fn setup(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
         finish(core, stream, id, meta, setup).await;
     } else {
         // No operation is in flight on the stream: the last read completed.
-        core::send_to(&core.shared, to, CoreMsg::Tunnel { stream: core::detach(stream), id, meta, setup });
+        percore::send_to(&core.shared, to, CoreMsg::Tunnel { stream: percore::detach(stream), id, meta, setup });
     }
 }
 
@@ -224,7 +224,7 @@ pub(crate) async fn finish(core: Rc<Core>, mut stream: TcpStream, id: Arc<str>, 
             };
             let name: Rc<str> = Rc::from(&*id);
             let t = core.pool.borrow_mut().add_h2(id, meta, placed, ticket, send);
-            crate::core::spawn_killable(&core.clone(), crate::h2_tunnel::drive(core.clone(), conn, t, name));
+            crate::percore::spawn_killable(&core.clone(), crate::h2_tunnel::drive(core.clone(), conn, t, name));
         }
     }
 }

@@ -26,7 +26,7 @@ use crate::tunnel::queue::{Full, Reroute, WaitQueue, Waiter};
 use crate::tunnel::Meta;
 
 /// An established HTTP/1.1 tunnel with its reusable buffers.
-pub(crate) struct Tunnel {
+pub(crate) struct H1Tunnel {
     pub(crate) stream: TcpStream,
     pub(crate) rb: ReadBuf,
     pub(crate) out: Vec<u8>,
@@ -85,7 +85,7 @@ impl H2Tunnel {
 /// allocate on every one.
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Lease {
-    H1(Tunnel),
+    H1(H1Tunnel),
     H2(Rc<H2Tunnel>),
 }
 
@@ -104,7 +104,7 @@ struct LocalWorker {
     /// never touches the shared `Arc`'s counter.
     name: Rc<str>,
     meta: Arc<Meta>,
-    idle: Vec<Tunnel>,
+    idle: Vec<H1Tunnel>,
     h2: Vec<Rc<H2Tunnel>>,
     /// Live tunnels on this core, idle or busy.
     tunnels: u32,
@@ -232,7 +232,7 @@ impl Pool {
     /// Registers a freshly set-up HTTP/1.1 tunnel and offers it to the queue.
     pub(crate) fn add(&mut self, id: Arc<str>, meta: Arc<Meta>, placed: Placed, ticket: PeerTicket, stream: TcpStream, tunnel_read: usize) {
         let slot = self.slot_for(id, meta, placed.permits, placed.stats);
-        let t = Tunnel {
+        let t = H1Tunnel {
             stream,
             rb: ReadBuf::with_capacity(tunnel_read),
             out: Vec::with_capacity(4096),
@@ -580,7 +580,7 @@ impl Pool {
     /// Idle tunnels must be checked before use: has the worker closed it?
     /// An idle h1 tunnel that hung up or sent bytes while no request was
     /// outstanding: closed before reuse, never trusted with a request.
-    pub(crate) fn is_stale(t: &Tunnel) -> bool {
+    pub(crate) fn is_stale(t: &H1Tunnel) -> bool {
         !t.rb.is_empty() || ptth_proto::rt::io::idle_conn_unusable(&t.stream)
     }
 
