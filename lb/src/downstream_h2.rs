@@ -176,9 +176,7 @@ async fn handle(
         match outcome {
             Attempt::Done { status, reusable } => {
                 core.pool.borrow_mut().release(lease, reusable);
-                core.stats().count_status(status);
-                let local = if migrated { &core.stats().served_migrated } else { &core.stats().served_local };
-                stats::add(local, 1);
+                core.stats().record_served(status, migrated);
                 return;
             }
             Attempt::Failed(f) => {

@@ -309,9 +309,7 @@ async fn handle(core: &Rc<Core>, c: &mut Client) -> Next {
         let f = match result {
             Ok(done) => {
                 core.pool.borrow_mut().release(lease, done.reusable);
-                core.stats().count_status(done.status);
-                let local = if c.migrated { &core.stats().served_migrated } else { &core.stats().served_local };
-                stats::add(local, 1);
+                core.stats().record_served(done.status, c.migrated);
                 break if done.client_close { Next::Close } else { Next::Continue };
             }
             Err(f) => f,

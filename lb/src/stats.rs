@@ -48,6 +48,14 @@ pub struct CoreStats {
 }
 
 impl CoreStats {
+    /// The one place a proxied response is counted, whatever the client
+    /// protocol and tunnel kind: its status, and whether it was served on
+    /// the core that accepted the client (`migrated`: after a hand-off).
+    pub(crate) fn record_served(&self, status: u16, migrated: bool) {
+        self.count_status(status);
+        add(if migrated { &self.served_migrated } else { &self.served_local }, 1);
+    }
+
     pub(crate) fn count_status(&self, status: u16) {
         let c = match status {
             200..=299 => &self.status_2xx,
