@@ -5,11 +5,13 @@
 //! - [`placement`]: the cross-core record of which core owns which tunnels.
 //! - [`pool`]: one core's tunnels, routing and leases.
 //! - [`queue`]: one core's wait queue (plain data, unit-tested).
+//! - [`select`]: weighted power of two choices (plain data, unit-tested).
 
 pub(crate) mod accept;
 pub(crate) mod placement;
 pub(crate) mod pool;
 pub(crate) mod queue;
+pub(crate) mod select;
 
 use ptth_proto::setup::{Claim, WorkerMeta};
 

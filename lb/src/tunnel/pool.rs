@@ -23,6 +23,7 @@ use ptth_proto::rt::FastRng;
 use crate::stats::{self, WorkerCoreStats};
 use crate::tunnel::placement::{PeerTicket, Placed, Placement};
 use crate::tunnel::queue::{Full, Reroute, WaitQueue, Waiter};
+use crate::tunnel::select::{power_of_two, Choice};
 use crate::tunnel::Meta;
 
 /// An established HTTP/1.1 tunnel with its reusable buffers.
@@ -164,6 +165,7 @@ pub(crate) struct Pool {
     rng: FastRng,
     cand: Vec<usize>,
     avail: Vec<usize>,
+    choices: Vec<Choice>,
 }
 
 impl Pool {
@@ -176,6 +178,7 @@ impl Pool {
             rng: FastRng::seeded(core as u64 + 1),
             cand: Vec::new(),
             avail: Vec::new(),
+            choices: Vec::new(),
         }
     }
 
@@ -335,23 +338,16 @@ impl Pool {
                 self.avail.retain(|&i| i != a);
             }
         }
-        // Power of two choices (Mitzenmacher), weighted: two candidates drawn
-        // in proportion to their weight; the one with fewer in-flight
-        // requests per unit of weight wins, ties to the first draw. Idle
-        // workers thus share requests by weight; loaded ones by load.
+        // Weighted power of two choices (tunnel/select.rs); a worker that
+        // turns out to have no tunnel or permit left is dropped and the
+        // choice made again among the rest.
         while !self.avail.is_empty() {
-            let a = self.draw(None);
-            let pick = match self.avail.len() {
-                1 => a,
-                _ => {
-                    let b = self.draw(Some(a));
-                    if self.load(self.avail[b]) < self.load(self.avail[a]) {
-                        b
-                    } else {
-                        a
-                    }
-                }
-            };
+            self.choices.clear();
+            for &i in &self.avail {
+                let w = self.workers[i].as_ref().expect("candidate exists");
+                self.choices.push(Choice { weight: w.meta.weight, in_flight: w.in_flight });
+            }
+            let Some(pick) = power_of_two(&self.choices, &mut self.rng) else { break };
             let slot = self.avail[pick];
             if let Some(t) = self.take(slot) {
                 return Pick::Got(t);
@@ -359,30 +355,6 @@ impl Pool {
             self.avail.swap_remove(pick);
         }
         Pick::Busy
-    }
-
-    /// In-flight requests per unit of weight, scaled to stay integral.
-    fn load(&self, slot: usize) -> u64 {
-        let w = self.workers[slot].as_ref().expect("candidate exists");
-        u64::from(w.in_flight) * 1_000_000 / u64::from(w.meta.weight)
-    }
-
-    fn weight(&self, slot: usize) -> u64 {
-        self.workers[slot].as_ref().map_or(1, |w| u64::from(w.meta.weight))
-    }
-
-    /// An index into `avail`, drawn in proportion to weight, other than `not`.
-    fn draw(&mut self, not: Option<usize>) -> usize {
-        let total: u64 = (0..self.avail.len()).filter(|&i| Some(i) != not).map(|i| self.weight(self.avail[i])).sum();
-        let mut r = self.rng.below(total.max(1));
-        for i in (0..self.avail.len()).filter(|&i| Some(i) != not) {
-            let w = self.weight(self.avail[i]);
-            if r < w {
-                return i;
-            }
-            r -= w;
-        }
-        0
     }
 
     /// Lends a tunnel of `slot` (the least busy h2 tunnel with room, else an
