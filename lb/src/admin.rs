@@ -10,7 +10,6 @@ use monoio::net::{TcpListener, TcpStream};
 use ptth_proto::h1::{self, Parsed, RequestHead};
 use ptth_proto::rt::io::{write_all, ReadBuf};
 use ptth_proto::setup::Claim;
-use serde_json::json;
 
 use crate::percore::Core;
 use crate::stats::get;
@@ -66,72 +65,136 @@ fn route(shared: &Shared, buf: &[u8], head: &RequestHead) -> (u16, &'static str,
     }
 }
 
-/// The `/status` document (see docs/OPERATIONS.md for each field).
-pub(crate) fn status_json(shared: &Shared) -> String {
-    let per_core: Vec<_> = shared
+/// The `/status` document, typed: what the admin listener serves as JSON
+/// and what an embedding program (or a test) reads with [`crate::Lb::status`].
+/// docs/OPERATIONS.md describes each field.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Status {
+    pub cores: usize,
+    pub runtime: String,
+    pub draining: bool,
+    pub uptime_s: u64,
+    pub requests: Totals,
+    pub per_core: Vec<CoreStatus>,
+    pub workers: Vec<WorkerStatus>,
+}
+
+/// Responses over all cores.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Totals {
+    pub total: u64,
+    pub served_local: u64,
+    pub served_migrated: u64,
+}
+
+/// One core's counters.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct CoreStatus {
+    pub core: usize,
+    pub requests: u64,
+    pub served_local: u64,
+    pub served_migrated: u64,
+    pub status_2xx: u64,
+    pub status_3xx: u64,
+    pub status_4xx: u64,
+    pub status_5xx: u64,
+    pub retries: u64,
+    pub queued: u64,
+    pub clients_accepted: u64,
+    pub clients_handed_off: u64,
+    pub active_clients: u64,
+    pub tunnels_accepted: u64,
+    pub setups_rejected: u64,
+}
+
+/// Origins a worker claimed: `"*"`, or a list.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Origins {
+    Any(String),
+    Listed(Vec<String>),
+}
+
+/// One worker, over all cores.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct WorkerStatus {
+    pub id: String,
+    pub origins: Origins,
+    pub routes: Vec<String>,
+    pub weight: u32,
+    pub max_concurrency: Option<u32>,
+    pub tunnels_per_core: Vec<u32>,
+    pub in_flight_per_core: Vec<u32>,
+    pub in_flight: u32,
+    pub requests: u64,
+}
+
+/// Reads the counters and the placement table into a [`Status`].
+pub(crate) fn status(shared: &Shared) -> Status {
+    let per_core: Vec<CoreStatus> = shared
         .stats
         .iter()
         .enumerate()
-        .map(|(i, s)| {
-            json!({
-                "core": i,
-                "requests": get(&s.requests),
-                "served_local": get(&s.served_local),
-                "served_migrated": get(&s.served_migrated),
-                "status_2xx": get(&s.status_2xx),
-                "status_3xx": get(&s.status_3xx),
-                "status_4xx": get(&s.status_4xx),
-                "status_5xx": get(&s.status_5xx),
-                "retries": get(&s.retries),
-                "queued": get(&s.queued),
-                "clients_accepted": get(&s.clients_accepted),
-                "clients_handed_off": get(&s.clients_handed_off),
-                "active_clients": get(&s.active_clients),
-                "tunnels_accepted": get(&s.tunnels_accepted),
-                "setups_rejected": get(&s.setups_rejected),
-            })
+        .map(|(i, s)| CoreStatus {
+            core: i,
+            requests: get(&s.requests),
+            served_local: get(&s.served_local),
+            served_migrated: get(&s.served_migrated),
+            status_2xx: get(&s.status_2xx),
+            status_3xx: get(&s.status_3xx),
+            status_4xx: get(&s.status_4xx),
+            status_5xx: get(&s.status_5xx),
+            retries: get(&s.retries),
+            queued: get(&s.queued),
+            clients_accepted: get(&s.clients_accepted),
+            clients_handed_off: get(&s.clients_handed_off),
+            active_clients: get(&s.active_clients),
+            tunnels_accepted: get(&s.tunnels_accepted),
+            setups_rejected: get(&s.setups_rejected),
         })
         .collect();
-    let sum = |f: fn(&crate::stats::CoreStats) -> u64| shared.stats.iter().map(|s| f(s)).sum::<u64>();
-    let workers: Vec<_> = {
+    let workers = {
         let map = shared.placement.lock();
         let mut list: Vec<_> = map.iter().collect();
         list.sort_by(|a, b| a.0.cmp(b.0));
         list.into_iter()
             .map(|(id, e)| {
-                let claim = match &e.meta.claim {
-                    Claim::Any => json!("*"),
-                    Claim::Origins(o) => json!(o.iter().map(|o| o.to_string()).collect::<Vec<_>>()),
-                };
-                let in_flight: Vec<u32> = e.stats.iter().map(|s| s.in_flight.load(Ordering::Relaxed)).collect();
-                json!({
-                    "id": &**id,
-                    "origins": claim,
-                    "routes": e.meta.routes,
-                    "weight": e.meta.weight,
-                    "max_concurrency": e.meta.max_concurrency,
-                    "tunnels_per_core": e.per_core,
-                    "in_flight_per_core": in_flight,
-                    "in_flight": in_flight.iter().sum::<u32>(),
-                    "requests": e.stats.iter().map(|s| get(&s.requests)).sum::<u64>(),
-                })
+                let in_flight_per_core: Vec<u32> = e.stats.iter().map(|s| s.in_flight.load(Ordering::Relaxed)).collect();
+                WorkerStatus {
+                    id: id.to_string(),
+                    origins: match &e.meta.claim {
+                        Claim::Any => Origins::Any("*".into()),
+                        Claim::Origins(o) => Origins::Listed(o.iter().map(|o| o.to_string()).collect()),
+                    },
+                    routes: e.meta.routes.clone(),
+                    weight: e.meta.weight,
+                    max_concurrency: e.meta.max_concurrency,
+                    tunnels_per_core: e.per_core.clone(),
+                    in_flight: in_flight_per_core.iter().sum(),
+                    in_flight_per_core,
+                    requests: e.stats.iter().map(|s| get(&s.requests)).sum(),
+                }
             })
             .collect()
     };
-    let doc = json!({
-        "cores": shared.cores,
-        "runtime": shared.driver.get().cloned().unwrap_or_default(),
-        "draining": shared.draining.load(Ordering::Acquire),
-        "uptime_s": shared.started.elapsed().as_secs(),
-        "requests": {
-            "total": sum(|s| get(&s.requests)),
-            "served_local": sum(|s| get(&s.served_local)),
-            "served_migrated": sum(|s| get(&s.served_migrated)),
+    Status {
+        cores: shared.cores,
+        runtime: shared.driver.get().cloned().unwrap_or_default(),
+        draining: shared.draining.load(Ordering::Acquire),
+        uptime_s: shared.started.elapsed().as_secs(),
+        requests: Totals {
+            total: per_core.iter().map(|c| c.requests).sum(),
+            served_local: per_core.iter().map(|c| c.served_local).sum(),
+            served_migrated: per_core.iter().map(|c| c.served_migrated).sum(),
         },
-        "per_core": per_core,
-        "workers": workers,
-    });
-    let mut s = serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".into());
+        per_core,
+        workers,
+    }
+}
+
+/// The `/status` document as JSON.
+pub(crate) fn status_json(shared: &Shared) -> String {
+    let mut s = serde_json::to_string_pretty(&status(shared)).unwrap_or_else(|_| "{}".into());
     s.push('\n');
     s
 }

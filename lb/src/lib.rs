@@ -75,6 +75,11 @@ impl Lb {
     }
 
     /// The flag [`shutdown`](Self::shutdown) sets; a signal handler may set it.
+    /// What `/status` reports, typed (no admin listener needed).
+    pub fn status(&self) -> admin::Status {
+        admin::status(&self.shared)
+    }
+
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
         self.stop.clone()
     }

@@ -236,13 +236,14 @@ pub fn status(lb: &Lb) -> serde_json::Value {
     serde_json::from_slice(&r.body).expect("status is JSON")
 }
 
-/// `/status` once `settled` holds for it. The lb counts a request after its
-/// response is written, so a client can read a response a moment before the
-/// count includes it; tests asserting counts wait for them here (bounded).
-pub fn settled_status(lb: &Lb, what: &str, settled: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    let mut last = serde_json::Value::Null;
+/// The lb's typed status once `settled` holds for it. The lb counts a
+/// request after its response is written, so a client can read a response a
+/// moment before the count includes it; tests asserting counts wait for them
+/// here (bounded).
+pub fn settled_status(lb: &Lb, what: &str, settled: impl Fn(&ptth_lb::admin::Status) -> bool) -> ptth_lb::admin::Status {
+    let mut last = lb.status();
     wait_until(what, || {
-        last = status(lb);
+        last = lb.status();
         settled(&last)
     });
     last

@@ -27,9 +27,8 @@ fn one_tunnel_carries_many_requests_at_once() {
     }
     // 32 requests of 300 ms over a single tunnel finish together, not in turn.
     assert!(t0.elapsed() < Duration::from_secs(3), "took {:?}", t0.elapsed());
-    let s = settled_status(&lb, "every request is counted", |s| s["workers"][0]["requests"] == 32);
-    assert_eq!(s["workers"][0]["tunnels_per_core"], serde_json::json!([1]));
-    assert_eq!(s["workers"][0]["requests"], 32);
+    let s = settled_status(&lb, "every request is counted", |s| s.workers.first().is_some_and(|w| w.requests == 32));
+    assert_eq!(s.workers[0].tunnels_per_core, [1]);
 }
 
 /// Steady load from `conns` keep-alive connections, GETs and POSTs with
