@@ -23,7 +23,7 @@ use ptth_proto::h1::{self, BodyDecoder, Parsed};
 use ptth_proto::rt::h2io::{self, MAX_FRAME};
 use ptth_proto::rt::io::{duplex, write_all, Duplex, Prefixed};
 
-use crate::error::Error;
+use crate::error::{Error, TunnelFault};
 use crate::failure::{self, Decision, Failure};
 use crate::percore::{self, Core};
 use crate::stats;
@@ -312,13 +312,13 @@ async fn via_h2(
 ) -> Attempt {
     let p = &core.shared.cfg.profile;
     let worker = core.pool.borrow().worker_id(slot);
-    let tunnel_err = |why: String| Error::Tunnel { worker: worker.to_string(), why };
+    let tunnel_err = |fault, why: String| Error::Tunnel { worker: worker.to_string(), fault, why };
     let mut req = http::Request::builder().method(parts.method.clone()).uri(parts.uri.clone());
     for (k, v) in &parts.headers {
         req = req.header(k, v);
     }
     let Ok(req) = req.body(()) else {
-        return Attempt::Failed(Failure::not_sent(tunnel_err("request not valid for HTTP/2".into())));
+        return Attempt::Failed(Failure::not_sent(tunnel_err(TunnelFault::Unusable, "request not valid for HTTP/2".into())));
     };
     let end = body.is_end_stream();
     let mut send = t.send.borrow().clone();
@@ -327,7 +327,7 @@ async fn via_h2(
         Err(e) => {
             // Refused before anything went out (the tunnel is closing).
             t.drain();
-            return Attempt::Failed(Failure::not_sent(tunnel_err(e.to_string())));
+            return Attempt::Failed(Failure::not_sent(tunnel_err(TunnelFault::Unusable, e.to_string())));
         }
     };
     let upload = async {
@@ -350,7 +350,7 @@ async fn via_h2(
     let download = async {
         let response = match monoio::time::timeout(p.response_timeout, resp).await {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => return Attempt::Failed(crate::h2_tunnel::stream_failed(tunnel_err(e.to_string()), &e)),
+            Ok(Err(e)) => return Attempt::Failed(crate::h2_tunnel::stream_failed(tunnel_err(TunnelFault::Stream, e.to_string()), &e)),
             Err(_) => {
                 return Attempt::Failed(Failure::sent(Error::ResponseTimeout { worker: worker.to_string(), after: p.response_timeout }))
             }
@@ -388,7 +388,7 @@ async fn via_h2(
     }
     match duplex(upload, download).await {
         Duplex::Both((), d) | Duplex::AnsweredEarly(d) => d,
-        Duplex::UploadFailed(e) => Attempt::Failed(Failure::sent(tunnel_err(format!("request body: {e}")))),
+        Duplex::UploadFailed(e) => Attempt::Failed(Failure::sent(tunnel_err(TunnelFault::Stream, format!("request body: {e}")))),
     }
 }
 
@@ -402,7 +402,7 @@ async fn via_h1(
 ) -> (Attempt, H1Tunnel) {
     let p = &core.shared.cfg.profile;
     let worker = core.pool.borrow().worker_id(t.slot);
-    let tunnel_err = |why: String| Error::Tunnel { worker: worker.to_string(), why };
+    let tunnel_err = |fault, why: String| Error::Tunnel { worker: worker.to_string(), fault, why };
     let end = body.is_end_stream();
     let chunked = !end && !parts.headers.contains_key(http::header::CONTENT_LENGTH);
     let mut out = std::mem::take(&mut t.out);
@@ -447,21 +447,18 @@ async fn via_h1(
                     )
                 }
             }
-            // Closed or reset with the request on it: nothing came back yet
-            // (the worker may have acted), or part of a response did.
-            let lost = |why: String, nothing_yet: bool| {
-                let err = tunnel_err(why);
-                Attempt::Failed(if nothing_yet { Failure::sent(err) } else { Failure::answered(err) })
-            };
             let nothing_yet = trb.is_empty();
             match trb.fill(&mut tr, deadline.saturating_duration_since(Instant::now())).await {
-                Ok(0) => return (lost("closed before the response".into(), nothing_yet), false),
+                Ok(0) => {
+                    let err = tunnel_err(TunnelFault::Closed, "closed before the response".into());
+                    return (Attempt::Failed(Failure::lost(err, nothing_yet)), false);
+                }
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                     let err = Error::ResponseTimeout { worker: worker.to_string(), after: p.response_timeout };
                     return (Attempt::Failed(Failure::sent(err)), false);
                 }
-                Err(e) => return (lost(e.to_string(), nothing_yet), false),
+                Err(e) => return (Attempt::Failed(Failure::lost(tunnel_err(TunnelFault::Io, e.to_string()), nothing_yet)), false),
             }
         }
         let Ok(r) = h2io::response_from_h1(trb.data(), &thead) else {
@@ -489,7 +486,8 @@ async fn via_h1(
         Duplex::Both(o, (a, r)) => (a, r, o),
         Duplex::UploadFailed(e) => {
             // A head that did not go out whole cannot have been acted on.
-            let f = if sent_head.get() { Failure::sent(tunnel_err(e)) } else { Failure::not_sent(tunnel_err(e)) };
+            let err = tunnel_err(TunnelFault::Io, e);
+            let f = if sent_head.get() { Failure::sent(err) } else { Failure::not_sent(err) };
             (Attempt::Failed(f), false, Vec::new())
         }
         // The worker answered before the body was all sent: the tunnel is

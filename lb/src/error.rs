@@ -38,8 +38,8 @@ pub enum Error {
     QueueTimeout(Duration),
 
     // ---- tunnel side (upstream) ----
-    #[error("tunnel to worker {worker} failed: {why}")]
-    Tunnel { worker: String, why: String },
+    #[error("tunnel to worker {worker} failed ({fault}): {why}")]
+    Tunnel { worker: String, fault: TunnelFault, why: String },
     #[error("worker {worker} sent an invalid response: {why}")]
     BadResponse { worker: String, why: String },
     #[error(
@@ -61,6 +61,32 @@ pub enum Error {
     TooManyTunnels(String),
     #[error("the lb is shutting down")]
     Draining,
+}
+
+/// What went wrong on a tunnel (the worker's side), for logs and errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelFault {
+    /// The worker closed the tunnel.
+    Closed,
+    /// Reading or writing the tunnel failed (reset, broken pipe).
+    Io,
+    /// The HTTP/2 stream or connection failed (RST_STREAM, GOAWAY, a
+    /// protocol error).
+    Stream,
+    /// The lb could not put the request on this tunnel: it was closing, or
+    /// the request cannot be expressed in HTTP/2.
+    Unusable,
+}
+
+impl std::fmt::Display for TunnelFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TunnelFault::Closed => "closed by the worker",
+            TunnelFault::Io => "I/O error",
+            TunnelFault::Stream => "HTTP/2 stream error",
+            TunnelFault::Unusable => "not usable for this request",
+        })
+    }
 }
 
 impl Error {

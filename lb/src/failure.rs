@@ -73,6 +73,16 @@ impl Failure {
     pub(crate) fn answered(err: Error) -> Failure {
         Failure { err, stage: Stage::Answered, processed: Processed::Unknown, body_held: false }
     }
+    /// The tunnel closed or broke while waiting for the response head:
+    /// nothing came back yet (`nothing_yet`: the worker may have acted), or
+    /// part of a response did.
+    pub(crate) fn lost(err: Error, nothing_yet: bool) -> Failure {
+        if nothing_yet {
+            Failure::sent(err)
+        } else {
+            Failure::answered(err)
+        }
+    }
     /// The client must be closed: its response was under way, or it failed.
     pub(crate) fn relayed(err: Error) -> Failure {
         Failure { err, stage: Stage::Relayed, processed: Processed::Unknown, body_held: false }
@@ -89,7 +99,7 @@ impl Failure {
     /// why, rather than passing for an ordinary tunnel failure.
     pub(crate) fn into_answer(self, req: &Request) -> Error {
         if self.processed == Processed::Refused && !(req.bodyless || self.body_held) {
-            if let Error::Tunnel { worker, why } = self.err {
+            if let Error::Tunnel { worker, why, .. } = self.err {
                 return Error::NotReplayable { worker, why };
             }
         }
@@ -143,13 +153,14 @@ pub(crate) fn decide(f: &Failure, req: &Request) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::TunnelFault;
     use std::time::Duration;
 
     fn failure(stage: Stage, processed: Processed, timeout: bool, body_held: bool) -> Failure {
         let err = if timeout {
             Error::ResponseTimeout { worker: "w".into(), after: Duration::from_secs(1) }
         } else {
-            Error::Tunnel { worker: "w".into(), why: "closed".into() }
+            Error::Tunnel { worker: "w".into(), fault: TunnelFault::Stream, why: "closed".into() }
         };
         Failure { err, stage, processed, body_held }
     }
@@ -199,24 +210,45 @@ mod tests {
         let once = |idempotent, bodyless| Request { idempotent, bodyless, retries: 0 };
         // A bodyless POST the worker received whole before its tunnel died:
         // it may have acted, so 502, never a second worker (h1 and h2c alike).
-        assert_eq!(decide(&Failure::sent(Error::Tunnel { worker: "w".into(), why: "reset".into() }), &once(false, true)), Decision::Answer);
+        assert_eq!(
+            decide(
+                &Failure::sent(Error::Tunnel { worker: "w".into(), fault: TunnelFault::Stream, why: "reset".into() }),
+                &once(false, true)
+            ),
+            Decision::Answer
+        );
         // The same as a GET: sent again.
-        assert_eq!(decide(&Failure::sent(Error::Tunnel { worker: "w".into(), why: "reset".into() }), &once(true, true)), Decision::Retry);
+        assert_eq!(
+            decide(
+                &Failure::sent(Error::Tunnel { worker: "w".into(), fault: TunnelFault::Stream, why: "reset".into() }),
+                &once(true, true)
+            ),
+            Decision::Retry
+        );
         // A POST refused by GOAWAY with its body held: sent again.
         assert_eq!(
-            decide(&Failure::refused(Error::Tunnel { worker: "w".into(), why: "goaway".into() }, true), &once(false, false)),
+            decide(
+                &Failure::refused(Error::Tunnel { worker: "w".into(), fault: TunnelFault::Stream, why: "goaway".into() }, true),
+                &once(false, false)
+            ),
             Decision::Retry
         );
         // The same POST whose body had partly streamed: 502.
         assert_eq!(
-            decide(&Failure::refused(Error::Tunnel { worker: "w".into(), why: "goaway".into() }, false), &once(false, false)),
+            decide(
+                &Failure::refused(Error::Tunnel { worker: "w".into(), fault: TunnelFault::Stream, why: "goaway".into() }, false),
+                &once(false, false)
+            ),
             Decision::Answer
         );
-        let streamed = Failure::refused(Error::Tunnel { worker: "w".into(), why: "goaway".into() }, false);
+        let streamed = Failure::refused(Error::Tunnel { worker: "w".into(), fault: TunnelFault::Stream, why: "goaway".into() }, false);
         assert!(matches!(streamed.into_answer(&once(false, false)), Error::NotReplayable { .. }));
         // Nothing sent (a draining tunnel refused the stream locally): any method.
         assert_eq!(
-            decide(&Failure::not_sent(Error::Tunnel { worker: "w".into(), why: "draining".into() }), &once(false, false)),
+            decide(
+                &Failure::not_sent(Error::Tunnel { worker: "w".into(), fault: TunnelFault::Stream, why: "draining".into() }),
+                &once(false, false)
+            ),
             Decision::Retry
         );
     }

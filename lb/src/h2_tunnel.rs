@@ -21,7 +21,7 @@ use ptth_proto::rt::h2io::{self, BodyRelayError, Windows, MAX_FRAME};
 use ptth_proto::rt::io::{duplex, write_all, Duplex, Prefixed, ReadBuf};
 use ptth_proto::BodyError;
 
-use crate::error::Error;
+use crate::error::{Error, TunnelFault};
 use crate::failure::{Failure, Stage};
 use crate::percore::Core;
 use crate::tunnel::pool::H2Tunnel;
@@ -194,8 +194,8 @@ pub(crate) async fn exchange(
 ) -> Result<Sent, Failure> {
     let (version, is_head, client_wants_close, req_framing) = (req.version, req.is_head, req.close, req.framing);
     let p = &core.shared.cfg.profile;
-    let tunnel_err = |why: String| Error::Tunnel { worker: worker.to_string(), why };
-    let req = build_request(c.fwd, c.scratch).map_err(|e| Failure::not_sent(tunnel_err(e)))?;
+    let tunnel_err = |fault, why: String| Error::Tunnel { worker: worker.to_string(), fault, why };
+    let req = build_request(c.fwd, c.scratch).map_err(|e| Failure::not_sent(tunnel_err(TunnelFault::Unusable, e)))?;
     let has_body = !dec.is_done();
     if has_body {
         read_whole_if_small(&mut c, dec, req_framing, p.replay_max, p.io_timeout).await?;
@@ -234,7 +234,7 @@ pub(crate) async fn exchange(
         Err(e) => {
             // Refused before anything went out (the tunnel is closing).
             t.drain();
-            return Err(Failure::not_sent(tunnel_err(e.to_string())));
+            return Err(Failure::not_sent(tunnel_err(TunnelFault::Unusable, e.to_string())));
         }
     };
     if let Some((n, payload, trailers, done)) = buffered {
@@ -247,7 +247,7 @@ pub(crate) async fn exchange(
             }
         };
         let r = match sent {
-            Err(e) => Err(stream_failed(tunnel_err(e.to_string()), &e)),
+            Err(e) => Err(stream_failed(tunnel_err(TunnelFault::Stream, e.to_string()), &e)),
             Ok(()) => match c.stream.as_mut() {
                 None => Err(Failure::client_gone()),
                 Some(cs) => {
@@ -282,7 +282,7 @@ pub(crate) async fn exchange(
                 // The client closed mid-body: nobody to answer.
                 BodyRelayError::Body(BodyError::Truncated) => Failure::client_gone(),
                 BodyRelayError::Body(e) => Failure::sent(Error::ClientBody(e)),
-                BodyRelayError::Send(e) => stream_failed(tunnel_err(e.to_string()), &e),
+                BodyRelayError::Send(e) => stream_failed(tunnel_err(TunnelFault::Stream, e.to_string()), &e),
             })
         };
         let started = std::cell::Cell::new(false);
@@ -319,10 +319,10 @@ async fn relay_response<CW: AsyncWriteRent>(
     started: &std::cell::Cell<bool>,
 ) -> Result<Sent, Failure> {
     let p = &core.shared.cfg.profile;
-    let tunnel_err = |why: String| Error::Tunnel { worker: worker.to_string(), why };
+    let tunnel_err = |fault, why: String| Error::Tunnel { worker: worker.to_string(), fault, why };
     let response = match monoio::time::timeout(p.response_timeout, resp).await {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => return Err(stream_failed(tunnel_err(e.to_string()), &e)),
+        Ok(Err(e)) => return Err(stream_failed(tunnel_err(TunnelFault::Stream, e.to_string()), &e)),
         Err(_) => return Err(Failure::sent(Error::ResponseTimeout { worker: worker.to_string(), after: p.response_timeout })),
     };
     let (parts, mut body) = response.into_parts();
@@ -375,11 +375,11 @@ async fn relay_response<CW: AsyncWriteRent>(
         // answerable.
         Err(h2io::ToH1Error::Recv(e)) if !started.get() => {
             *out = buf;
-            return Err(Failure::answered(tunnel_err(e.to_string())));
+            return Err(Failure::answered(tunnel_err(TunnelFault::Stream, e.to_string())));
         }
         Err(h2io::ToH1Error::Recv(e)) => {
             *out = buf;
-            return Err(Failure::relayed(tunnel_err(e.to_string())));
+            return Err(Failure::relayed(tunnel_err(TunnelFault::Stream, e.to_string())));
         }
     }
     *out = buf;

@@ -25,7 +25,7 @@ use ptth_proto::h1::{self, BodyDecoder, Forwarding, Framing, Parsed, Persist, Re
 use ptth_proto::rt::io::{duplex, send_message, write_all, BodyMode, Duplex, ReadBuf, RelayError};
 
 use crate::config::Profile;
-use crate::error::Error;
+use crate::error::{Error, TunnelFault};
 use crate::failure::{self, Decision, Failure};
 use crate::h2_tunnel;
 use crate::inbox::CoreMsg;
@@ -446,7 +446,9 @@ async fn exchange(
         t.out = out;
         let fail = match res {
             Ok(_) => None,
-            Err(RelayError::Write(e)) => Some(Failure::sent(Error::Tunnel { worker: worker.to_string(), why: e.to_string() })),
+            Err(RelayError::Write(e)) => {
+                Some(Failure::sent(Error::Tunnel { worker: worker.to_string(), fault: TunnelFault::Io, why: e.to_string() }))
+            }
             Err(RelayError::Body(e)) => Some(Failure::sent(Error::ClientBody(e))),
             Err(RelayError::Read(e)) => Some(Failure::relayed(Error::ClientIo(e))),
         };
@@ -481,7 +483,9 @@ async fn exchange(
             Duplex::UploadFailed((_, out)) if started.get() => (Err(Failure::client_gone()), out),
             Duplex::UploadFailed((e, out)) => {
                 let fail = match e {
-                    RelayError::Write(e) => Failure::sent(Error::Tunnel { worker: worker.to_string(), why: e.to_string() }),
+                    RelayError::Write(e) => {
+                        Failure::sent(Error::Tunnel { worker: worker.to_string(), fault: TunnelFault::Io, why: e.to_string() })
+                    }
                     RelayError::Body(e) => Failure::sent(Error::ClientBody(e)),
                     RelayError::Read(e) => Failure::relayed(Error::ClientIo(e)),
                 };
@@ -517,16 +521,7 @@ async fn response<TR: AsyncReadRent, CW: AsyncWriteRent>(
     let deadline = Instant::now() + p.response_timeout;
     let mut interim_sent = false;
     let limits = h1::Limits { max_head: p.tunnel_read.min(p.limits.max_head.max(64 * 1024)), ..p.limits };
-    // Closed or reset with the request on it: nothing came back yet (the
-    // worker may have acted), or part of a response did.
-    let lost = |why: String, nothing_yet: bool| {
-        let err = Error::Tunnel { worker: worker.to_string(), why };
-        if nothing_yet {
-            Failure::sent(err)
-        } else {
-            Failure::answered(err)
-        }
-    };
+    let tunnel_err = |fault, why: String| Error::Tunnel { worker: worker.to_string(), fault, why };
     let invalid = |why: String| Failure::answered(Error::BadResponse { worker: worker.to_string(), why });
     loop {
         match h1::parse_response(trb.data(), &limits, info.is_head, thead) {
@@ -555,12 +550,12 @@ async fn response<TR: AsyncReadRent, CW: AsyncWriteRent>(
         let left = deadline.saturating_duration_since(Instant::now());
         let nothing_yet = trb.is_empty() && !interim_sent;
         match trb.fill(tr, left).await {
-            Ok(0) => return Err(lost("closed before the response".into(), nothing_yet)),
+            Ok(0) => return Err(Failure::lost(tunnel_err(TunnelFault::Closed, "closed before the response".into()), nothing_yet)),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                 return Err(Failure::sent(Error::ResponseTimeout { worker: worker.to_string(), after: p.response_timeout }))
             }
-            Err(e) => return Err(lost(e.to_string(), nothing_yet)),
+            Err(e) => return Err(Failure::lost(tunnel_err(TunnelFault::Io, e.to_string()), nothing_yet)),
         }
     }
     let framing = thead.framing();
@@ -585,9 +580,7 @@ async fn response<TR: AsyncReadRent, CW: AsyncWriteRent>(
         Ok(_) => {}
         Err(RelayError::Write(e)) => return Err(Failure::relayed(Error::ClientIo(e))),
         // The head is out: a broken body can only end the client connection.
-        Err(e @ (RelayError::Read(_) | RelayError::Body(_))) => {
-            return Err(Failure::relayed(Error::Tunnel { worker: worker.to_string(), why: e.to_string() }))
-        }
+        Err(e @ (RelayError::Read(_) | RelayError::Body(_))) => return Err(Failure::relayed(tunnel_err(TunnelFault::Io, e.to_string()))),
     }
     // RFC 9112 §9.6: a worker's Connection: close drains this tunnel.
     let reusable = !tunnel_close && framing != Framing::UntilClose && trb.is_empty();
