@@ -122,7 +122,7 @@ async fn handle(
         Ok(ht) => ht,
         Err(e) => return send_error(core, &respond, &e),
     };
-    let path = crate::proxy::route_path(&target).to_vec();
+    let path = h1::target_path(&target).to_vec();
     let idempotent = h1::is_idempotent_method(parts.method.as_str().as_bytes());
     // `respond` is shared between the work and the reset watcher; borrowed
     // only between awaits.
@@ -132,7 +132,7 @@ async fn handle(
     // looks ended, but the request was not bodyless.
     let bodyless = body.is_end_stream();
     loop {
-        let lease = match crate::proxy::acquire(core, &host, &path, avoid).await {
+        let lease = match crate::tunnel::acquire::acquire(core, &host, &path, avoid).await {
             Ok(l) => l,
             Err(e) => return send_error(core, &respond, &e),
         };

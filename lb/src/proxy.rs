@@ -24,15 +24,14 @@ use monoio::net::TcpStream;
 use ptth_proto::h1::{self, BodyDecoder, Forwarding, Framing, Parsed, Persist, RequestHead, ResponseHead, TargetForm, Version};
 use ptth_proto::rt::io::{duplex, send_message, write_all, BodyMode, Duplex, ReadBuf, RelayError};
 
-use crate::config::Profile;
 use crate::error::{Error, TunnelFault};
 use crate::failure::{self, Decision, Failure};
 use crate::h2_tunnel;
 use crate::inbox::CoreMsg;
 use crate::percore::{self, Core};
 use crate::stats;
-use crate::tunnel::pool::{H1Tunnel, Lease, Pick, Pool};
-use crate::tunnel::queue::Waiter;
+use crate::tunnel::acquire::acquire;
+use crate::tunnel::pool::{H1Tunnel, Lease};
 
 struct Client {
     /// `None` only while a request splits it into read and write halves.
@@ -206,14 +205,6 @@ fn route_target<'b>(buf: &'b [u8], head: &RequestHead, target: &mut Vec<u8>) -> 
     Ok(host)
 }
 
-/// The path part of a normalized target (`/` for the asterisk form).
-pub(crate) fn route_path(target: &[u8]) -> &[u8] {
-    if target == b"*" {
-        return b"/";
-    }
-    &target[..target.iter().position(|&b| b == b'?').unwrap_or(target.len())]
-}
-
 async fn handle(core: &Rc<Core>, c: &mut Client) -> Next {
     let data = c.rb.data();
     let head = &c.head;
@@ -233,7 +224,7 @@ async fn handle(core: &Rc<Core>, c: &mut Client) -> Next {
     };
     c.key.clear();
     c.key.extend_from_slice(host);
-    c.key.extend_from_slice(route_path(&c.target));
+    c.key.extend_from_slice(h1::target_path(&c.target));
     let info = ReqInfo {
         version: head.version(),
         is_head: head.is_head(data),
@@ -356,61 +347,6 @@ async fn exchange_on(core: &Core, c: &mut Client, lease: Lease, dec: &mut BodyDe
             let r = r.map(|s| Done { status: s.status, reusable: true, client_close: s.client_close });
             (r, Lease::H2(t))
         }
-    }
-}
-
-/// Takes a tunnel for this route from the core's pool, waiting in the bounded
-/// queue when every eligible tunnel is busy.
-pub(crate) async fn acquire(core: &Rc<Core>, host: &[u8], path: &[u8], avoid: Option<usize>) -> Result<Lease, Error> {
-    let p = &core.shared.cfg.profile;
-    loop {
-        let pick = core.pool.borrow_mut().try_pick(host, path, avoid);
-        let t = match pick {
-            Pick::Got(t) => t,
-            Pick::NoRoute => {
-                return Err(Error::NoRoute {
-                    host: String::from_utf8_lossy(host).into_owned(),
-                    path: String::from_utf8_lossy(path).into_owned(),
-                })
-            }
-            Pick::Busy => wait_for_tunnel(core, host, path, p).await?,
-        };
-        // An idle tunnel may have been closed by its worker, or hold bytes
-        // it sent unasked (which would be read as this request's response):
-        // check every time before trusting it with a request.
-        if let Lease::H1(h1t) = &t {
-            if Pool::is_stale(h1t) {
-                core.pool.borrow_mut().discard(t);
-                continue;
-            }
-        }
-        return Ok(t);
-    }
-}
-
-async fn wait_for_tunnel(core: &Rc<Core>, host: &[u8], path: &[u8], p: &Profile) -> Result<Lease, Error> {
-    let w = core.pool.borrow_mut().enqueue(host, path, p.queue_max).map_err(|_| Error::QueueFull)?;
-    stats::add(&core.stats().queued, 1);
-    // Leaves the queue however the wait ends, the client's going away
-    // (this future dropped) included.
-    let _leave = LeaveQueue { core, w: &w };
-    match monoio::time::timeout(p.queue_wait, w.wait()).await {
-        Ok(Some(t)) => Ok(t),
-        Ok(None) => {
-            Err(Error::NoRoute { host: String::from_utf8_lossy(host).into_owned(), path: String::from_utf8_lossy(path).into_owned() })
-        }
-        Err(_) => Err(Error::QueueTimeout(p.queue_wait)),
-    }
-}
-
-struct LeaveQueue<'a> {
-    core: &'a Core,
-    w: &'a Rc<Waiter<Lease>>,
-}
-
-impl Drop for LeaveQueue<'_> {
-    fn drop(&mut self) {
-        self.core.pool.borrow_mut().leave_queue(self.w);
     }
 }
 
@@ -654,7 +590,7 @@ mod tests {
         h1::parse_request(req.as_bytes(), &h1::Limits::default(), &mut h)?;
         let mut target = Vec::new();
         let host = route_target(req.as_bytes(), &h, &mut target)?;
-        Ok((String::from_utf8(host.to_vec()).unwrap(), String::from_utf8(route_path(&target).to_vec()).unwrap()))
+        Ok((String::from_utf8(host.to_vec()).unwrap(), String::from_utf8(h1::target_path(&target).to_vec()).unwrap()))
     }
 
     #[test]

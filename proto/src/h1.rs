@@ -459,6 +459,15 @@ pub fn origin_form(target: &[u8]) -> &[u8] {
     }
 }
 
+/// The path of a normalized target, without its query; `/` for the
+/// asterisk form (what routing matches route prefixes against).
+pub fn target_path(target: &[u8]) -> &[u8] {
+    if target == b"*" {
+        return b"/";
+    }
+    &target[..target.iter().position(|&b| b == b'?').unwrap_or(target.len())]
+}
+
 /// Writes `target` (origin-form: a path, then an optional query) normalized
 /// per RFC 3986 §6.2.2: percent-encoded unreserved characters decoded,
 /// remaining percent-encodings in upper case, dot segments removed (§5.2.4).

@@ -2,12 +2,14 @@
 //!
 //! - [`accept`]: the tunnel listener and the setup handshake (auth, policy,
 //!   placement on a core, `101`).
+//! - [`acquire`]: taking a lease for a request (pick, or wait in the queue).
 //! - [`placement`]: the cross-core record of which core owns which tunnels.
 //! - [`pool`]: one core's tunnels, routing and leases.
 //! - [`queue`]: one core's wait queue (plain data, unit-tested).
 //! - [`select`]: weighted power of two choices (plain data, unit-tested).
 
 pub(crate) mod accept;
+pub(crate) mod acquire;
 pub(crate) mod placement;
 pub(crate) mod pool;
 pub(crate) mod queue;
