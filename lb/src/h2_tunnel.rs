@@ -189,7 +189,7 @@ pub(crate) async fn exchange(
     mut c: ClientSide<'_>,
     t: &H2Tunnel,
     dec: &mut BodyDecoder,
-    req: &crate::proxy::ReqInfo,
+    req: &crate::request::ReqInfo,
     worker: &str,
 ) -> Result<Sent, Failure> {
     let (version, is_head, client_wants_close, req_framing) = (req.version, req.is_head, req.close, req.framing);

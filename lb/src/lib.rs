@@ -23,6 +23,7 @@ mod inbox;
 mod listen;
 mod percore;
 mod proxy;
+mod request;
 pub mod stats;
 mod tunnel;
 

@@ -29,6 +29,7 @@ use crate::failure::{self, Decision, Failure};
 use crate::h2_tunnel;
 use crate::inbox::CoreMsg;
 use crate::percore::{self, Core};
+use crate::request::ReqInfo;
 use crate::stats;
 use crate::tunnel::acquire::acquire;
 use crate::tunnel::pool::{H1Tunnel, Lease};
@@ -51,18 +52,6 @@ struct Client {
     peer: SocketAddr,
     /// Handed over from another core: requests here are not core-local.
     migrated: bool,
-}
-
-/// What a request needs from its head once the head bytes are consumed.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ReqInfo {
-    pub(crate) version: Version,
-    pub(crate) is_head: bool,
-    idempotent: bool,
-    pub(crate) close: bool,
-    expect_continue: bool,
-    pub(crate) framing: Framing,
-    host_len: usize,
 }
 
 enum Next {
