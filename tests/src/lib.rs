@@ -297,16 +297,16 @@ pub async fn h2_request(
     (parts.status.as_u16(), parts.headers, out)
 }
 
-/// A worker written from docs/PROTOCOL.md alone: a raw socket that performs
-/// the setup (HTTP/1.1 inner protocol) and returns the tunnel and the lb core
-/// that took it.
-pub fn raw_h1_tunnel(tunnel: SocketAddr, id: &str) -> (TcpStream, u32) {
+/// The setup of docs/PROTOCOL.md §1 on a raw socket offering `alpn`:
+/// returns the tunnel and the `101` head, read byte by byte so nothing after
+/// it (an h2 preface) is consumed.
+fn raw_setup(tunnel: SocketAddr, id: &str, alpn: &str) -> (TcpStream, String) {
     let mut s = TcpStream::connect(tunnel).unwrap();
     s.set_read_timeout(Some(STEP)).unwrap();
     // What the test writes goes out at once (no Nagle delay behind an ACK).
     s.set_nodelay(true).unwrap();
     let setup = format!(
-        "GET /.well-known/ptth/*/ HTTP/1.1\r\nHost: lb\r\nConnection: Upgrade\r\nUpgrade: ptth\r\nALPN: http%2F1.1\r\nTunnel-Worker-Id: \"{id}\"\r\n\r\n"
+        "GET /.well-known/ptth/*/ HTTP/1.1\r\nHost: lb\r\nConnection: Upgrade\r\nUpgrade: ptth\r\nALPN: {alpn}\r\nTunnel-Worker-Id: \"{id}\"\r\n\r\n"
     );
     s.write_all(setup.as_bytes()).unwrap();
     let mut head = Vec::new();
@@ -317,6 +317,14 @@ pub fn raw_h1_tunnel(tunnel: SocketAddr, id: &str) -> (TcpStream, u32) {
     }
     let text = String::from_utf8(head).unwrap();
     assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    (s, text)
+}
+
+/// A worker written from docs/PROTOCOL.md alone: a raw socket that performs
+/// the setup (HTTP/1.1 inner protocol) and returns the tunnel and the lb core
+/// that took it.
+pub fn raw_h1_tunnel(tunnel: SocketAddr, id: &str) -> (TcpStream, u32) {
+    let (s, text) = raw_setup(tunnel, id, "http%2F1.1");
     let core = text.lines().find_map(|l| l.strip_prefix("Tunnel-Core: ")).unwrap().trim().parse().unwrap();
     (s, core)
 }
@@ -359,21 +367,7 @@ pub fn scripted_h2_worker(
     id: &str,
     script: impl Fn(&http::request::Parts) -> Verdict + Send + 'static,
 ) -> std::thread::JoinHandle<()> {
-    let mut s = TcpStream::connect(tunnel).unwrap();
-    s.set_read_timeout(Some(STEP)).unwrap();
-    s.set_nodelay(true).unwrap();
-    let setup = format!(
-        "GET /.well-known/ptth/*/ HTTP/1.1\r\nHost: lb\r\nConnection: Upgrade\r\nUpgrade: ptth\r\nALPN: h2\r\nTunnel-Worker-Id: \"{id}\"\r\n\r\n"
-    );
-    s.write_all(setup.as_bytes()).unwrap();
-    // Byte by byte, so nothing after the 101 (the lb's preface) is consumed.
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut b).unwrap(), 1);
-        head.push(b[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    let (s, _) = raw_setup(tunnel, id, "h2");
     s.set_read_timeout(None).unwrap();
     // The epoll driver (PTTH_FORCE_LEGACY) needs a non-blocking socket.
     s.set_nonblocking(true).unwrap();
