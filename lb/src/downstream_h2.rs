@@ -14,20 +14,19 @@
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Instant;
 
 use bytes::Bytes;
-use monoio::io::{IntoPollIo, Splitable};
+use monoio::io::IntoPollIo;
 use monoio::net::TcpStream;
-use ptth_proto::h1::{self, BodyDecoder, Parsed};
-use ptth_proto::rt::h2io::{self, MAX_FRAME};
-use ptth_proto::rt::io::{duplex, write_all, Duplex, Prefixed};
+use ptth_proto::h1;
+use ptth_proto::rt::body::{AnySource, H2Source};
+use ptth_proto::rt::h2io::MAX_FRAME;
+use ptth_proto::rt::io::Prefixed;
 
-use crate::error::{Error, TunnelFault};
-use crate::failure::{self, Decision, Failure};
+use crate::attempts::{self, Ended, Outcome};
+use crate::error::Error;
+use crate::exchange::{self, ReqHead, Responder};
 use crate::percore::{self, Core};
-use crate::stats;
-use crate::tunnel::pool::{H1Tunnel, H2Tunnel, Lease};
 
 /// The client connection preface of HTTP/2 (RFC 9113 §3.4).
 pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -101,14 +100,6 @@ where
     }
 }
 
-/// How one attempt on a tunnel ended.
-enum Attempt {
-    /// `reusable`: the tunnel may carry another request.
-    Done { status: u16, reusable: bool },
-    /// It failed; [`failure::decide`] says what follows.
-    Failed(Failure),
-}
-
 async fn handle(
     core: &Rc<Core>,
     req: http::Request<h2::RecvStream>,
@@ -117,87 +108,47 @@ async fn handle(
     migrated: bool,
 ) {
     let (mut parts, mut body) = req.into_parts();
+    // `respond` is shared between the work and the reset watcher; borrowed
+    // only between awaits.
     let respond = RefCell::new(respond);
     let (host, target) = match prepare(core, &mut parts, peer) {
         Ok(ht) => ht,
         Err(e) => return send_error(core, &respond, &e),
     };
-    let path = h1::target_path(&target).to_vec();
-    let idempotent = h1::is_idempotent_method(parts.method.as_str().as_bytes());
-    // `respond` is shared between the work and the reset watcher; borrowed
-    // only between awaits.
-    let mut avoid = None;
-    let mut attempt = 0;
     // Decided once: after a failed attempt consumed the body, the stream
     // looks ended, but the request was not bodyless.
     let bodyless = body.is_end_stream();
-    loop {
-        let lease = match crate::tunnel::acquire::acquire(core, &host, &path, avoid).await {
-            Ok(l) => l,
-            Err(e) => return send_error(core, &respond, &e),
-        };
-        let slot = lease.slot();
-        let h2_tunnel = match &lease {
-            Lease::H2(t) => Some(t.clone()),
-            Lease::H1(_) => None,
-        };
-        let work = async {
-            match lease {
-                Lease::H2(t) => (via_h2(core, &t, &parts, &mut body, &respond, slot).await, Lease::H2(t)),
-                Lease::H1(t) => {
-                    let (o, t) = via_h1(core, t, &parts, &mut body, &respond).await;
-                    (o, Lease::H1(t))
-                }
-            }
-        };
-        // A client that resets its stream stops the work for it at once, so
-        // streams opened and reset in a loop cost no more than their frames.
-        // (Once the response head is sent, h2 answers poll_reset with an
-        // error; from then on a reset shows as a failed send instead.)
-        let reset = std::future::poll_fn(|cx| match respond.borrow_mut().poll_reset(cx) {
-            std::task::Poll::Ready(Ok(_)) => std::task::Poll::Ready(()),
-            _ => std::task::Poll::Pending,
-        });
-        let finished = monoio::select! {
-            biased;
-            r = work => Some(r),
-            _ = reset => None,
-        };
-        let Some((outcome, lease)) = finished else {
-            let mut pool = core.pool.borrow_mut();
-            match h2_tunnel {
-                // Dropping the stream's handles reset it on the tunnel too.
-                Some(t) => pool.release(Lease::H2(t), true),
-                // An h1 tunnel left mid-exchange cannot be reused.
-                None => pool.forget(slot),
-            }
-            return;
-        };
-        match outcome {
-            Attempt::Done { status, reusable } => {
-                core.pool.borrow_mut().release(lease, reusable);
-                core.stats().record_served(status, migrated);
-                return;
-            }
-            Attempt::Failed(f) => {
-                core.pool.borrow_mut().release(lease, false);
-                let req = failure::Request { idempotent, bodyless, retries: attempt };
-                match failure::decide(&f, &req) {
-                    Decision::Retry => {
-                        attempt += 1;
-                        avoid = Some(slot);
-                        stats::add(&core.stats().retries, 1);
-                        tracing::info!(worker = %core.pool.borrow().worker_id(slot), attempt, "request sent again after: {}", f.err);
-                        continue;
-                    }
-                    Decision::Answer => return send_error(core, &respond, &f.into_answer(&req)),
-                    Decision::Abort => {
-                        respond.borrow_mut().send_reset(h2::Reason::INTERNAL_ERROR);
-                        return;
-                    }
-                }
-            }
-        }
+    let req = attempts::Request {
+        host: &host,
+        path: h1::target_path(&target),
+        idempotent: h1::is_idempotent_method(parts.method.as_str().as_bytes()),
+        bodyless,
+        is_head: parts.method == http::Method::HEAD,
+        migrated,
+    };
+    let work = attempts::serve(core, &req, async |x, lease| {
+        let src: AnySource<'_, TcpStream> = if bodyless { AnySource::Empty } else { AnySource::H2(H2Source::new(&mut body)) };
+        let resp: Responder<'_, TcpStream> = Responder::H2 { respond: &respond };
+        exchange::run(x, ReqHead::H2 { parts: &parts }, src, resp, lease).await
+    });
+    // A client that resets its stream stops the work for it at once, so
+    // streams opened and reset in a loop cost no more than their frames.
+    // (Once the response head is sent, h2 answers poll_reset with an error;
+    // from then on a reset shows as a failed send instead.) The lease goes
+    // back to the pool as the work is dropped.
+    let reset = std::future::poll_fn(|cx| match respond.borrow_mut().poll_reset(cx) {
+        std::task::Poll::Ready(Ok(_)) => std::task::Poll::Ready(()),
+        _ => std::task::Poll::Pending,
+    });
+    let ended = monoio::select! {
+        biased;
+        e = work => e,
+        _ = reset => return,
+    };
+    match ended {
+        Ended::Served(_) => {}
+        Ended::NoLease(e) | Ended::Answer(e) => send_error(core, &respond, &e),
+        Ended::Abort => respond.borrow_mut().send_reset(h2::Reason::INTERNAL_ERROR),
     }
 }
 
@@ -273,11 +224,6 @@ fn rebuild_uri(parts: &mut http::request::Parts, host: &[u8], target: &[u8]) -> 
     Ok(())
 }
 
-/// The response was under way: the stream is reset.
-fn broken() -> Attempt {
-    Attempt::Failed(Failure::client_gone())
-}
-
 /// Answers a stream with an error generated here.
 fn send_error(core: &Core, respond: &RefCell<h2::server::SendResponse<Bytes>>, e: &Error) {
     let mut respond = respond.borrow_mut();
@@ -285,10 +231,7 @@ fn send_error(core: &Core, respond: &RefCell<h2::server::SendResponse<Bytes>>, e
         respond.send_reset(h2::Reason::INTERNAL_ERROR);
         return;
     };
-    core.stats().count_status(status);
-    if status >= 500 {
-        tracing::warn!(status, "{e}");
-    }
+    attempts::record(core, Outcome::Answered { status, err: e, client: None });
     let body = Bytes::from(format!("{status} {}: {e}\n", h1::reason(status)));
     let mut r = http::Response::builder().status(status).header(http::header::CONTENT_TYPE, "text/plain");
     if e.is_retryable() {
@@ -299,207 +242,4 @@ fn send_error(core: &Core, respond: &RefCell<h2::server::SendResponse<Bytes>>, e
         // Small: fits the initial window, no need to wait for capacity.
         let _ = s.send_data(body, true);
     }
-}
-
-/// Relays the stream as a stream on an h2 tunnel.
-async fn via_h2(
-    core: &Core,
-    t: &H2Tunnel,
-    parts: &http::request::Parts,
-    body: &mut h2::RecvStream,
-    respond: &RefCell<h2::server::SendResponse<Bytes>>,
-    slot: usize,
-) -> Attempt {
-    let p = &core.shared.cfg.profile;
-    let worker = core.pool.borrow().worker_id(slot);
-    let tunnel_err = |fault, why: String| Error::Tunnel { worker: worker.to_string(), fault, why };
-    let mut req = http::Request::builder().method(parts.method.clone()).uri(parts.uri.clone());
-    for (k, v) in &parts.headers {
-        req = req.header(k, v);
-    }
-    let Ok(req) = req.body(()) else {
-        return Attempt::Failed(Failure::not_sent(tunnel_err(TunnelFault::Unusable, "request not valid for HTTP/2".into())));
-    };
-    let end = body.is_end_stream();
-    let mut send = t.send.borrow().clone();
-    let (resp, mut tx) = match send.send_request(req, end) {
-        Ok(pair) => pair,
-        Err(e) => {
-            // Refused before anything went out (the tunnel is closing).
-            t.drain();
-            return Attempt::Failed(Failure::not_sent(tunnel_err(TunnelFault::Unusable, e.to_string())));
-        }
-    };
-    let upload = async {
-        let mut ended = end;
-        while let Some(d) = h2io::recv_data(body).await {
-            let d = d.map_err(|e| e.to_string())?;
-            // The last DATA frame carries END_STREAM itself (no empty frame after).
-            ended = body.is_end_stream();
-            h2io::send_data(&mut tx, d, ended).await.map_err(|e| e.to_string())?;
-        }
-        if !ended {
-            // Request trailers go on as trailers (RFC 9113 §8.1).
-            match body.trailers().await.map_err(|e| e.to_string())? {
-                Some(t) => tx.send_trailers(t).map_err(|e| e.to_string())?,
-                None => h2io::send_data(&mut tx, Bytes::new(), true).await.map_err(|e| e.to_string())?,
-            }
-        }
-        Ok::<(), String>(())
-    };
-    let download = async {
-        let response = match monoio::time::timeout(p.response_timeout, resp).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => return Attempt::Failed(crate::h2_tunnel::stream_failed(tunnel_err(TunnelFault::Stream, e.to_string()), &e)),
-            Err(_) => {
-                return Attempt::Failed(Failure::sent(Error::ResponseTimeout { worker: worker.to_string(), after: p.response_timeout }))
-            }
-        };
-        let (rparts, mut rbody) = response.into_parts();
-        let status = rparts.status.as_u16();
-        let end = rbody.is_end_stream();
-        let sent = respond.borrow_mut().send_response(http::Response::from_parts(rparts, ()), end);
-        let mut out = match sent {
-            Ok(s) => s,
-            Err(_) => return broken(),
-        };
-        let mut ended = end;
-        while let Some(d) = h2io::recv_data(&mut rbody).await {
-            let Ok(d) = d else { return broken() };
-            ended = rbody.is_end_stream();
-            if h2io::send_data(&mut out, d, ended).await.is_err() {
-                return broken();
-            }
-        }
-        if !ended {
-            let sent = match rbody.trailers().await {
-                Ok(Some(t)) => out.send_trailers(t).is_ok(),
-                Ok(None) => h2io::send_data(&mut out, Bytes::new(), true).await.is_ok(),
-                Err(_) => false,
-            };
-            if !sent {
-                return broken();
-            }
-        }
-        Attempt::Done { status, reusable: true }
-    };
-    if end {
-        return download.await;
-    }
-    match duplex(upload, download).await {
-        Duplex::Both((), d) | Duplex::AnsweredEarly(d) => d,
-        Duplex::UploadFailed(e) => Attempt::Failed(Failure::sent(tunnel_err(TunnelFault::Stream, format!("request body: {e}")))),
-    }
-}
-
-/// Relays the stream as an HTTP/1.1 request on an h1 tunnel.
-async fn via_h1(
-    core: &Core,
-    mut t: H1Tunnel,
-    parts: &http::request::Parts,
-    body: &mut h2::RecvStream,
-    respond: &RefCell<h2::server::SendResponse<Bytes>>,
-) -> (Attempt, H1Tunnel) {
-    let p = &core.shared.cfg.profile;
-    let worker = core.pool.borrow().worker_id(t.slot);
-    let tunnel_err = |fault, why: String| Error::Tunnel { worker: worker.to_string(), fault, why };
-    let end = body.is_end_stream();
-    let chunked = !end && !parts.headers.contains_key(http::header::CONTENT_LENGTH);
-    let mut out = std::mem::take(&mut t.out);
-    out.clear();
-    h2io::write_h1_request_head(&mut out, &parts.method, &parts.uri, &parts.headers, chunked);
-    let is_head = parts.method == http::Method::HEAD;
-    let H1Tunnel { stream, rb: mut trb, out: _, head: mut thead, slot, idle_since, ticket } = t;
-    let (mut tr, mut tw) = stream.into_split();
-    let sent_head = Cell::new(false);
-    let upload = async {
-        // The head alone first: a failure there means nothing was acted on.
-        let (res, o) = write_all(&mut tw, out, p.io_timeout).await;
-        res.map_err(|e| e.to_string())?;
-        sent_head.set(true);
-        let (res, o) = h2io::relay_h2_body_to_h1(body, &mut tw, o, chunked, p.io_timeout, &Cell::new(false)).await;
-        match res {
-            Ok(()) => Ok::<Vec<u8>, String>(o),
-            Err(h2io::ToH1Error::Recv(e)) => Err(e.to_string()),
-            Err(h2io::ToH1Error::Write(e)) => Err(e.to_string()),
-        }
-    };
-    let download = async {
-        let deadline = Instant::now() + p.response_timeout;
-        loop {
-            match h1::parse_response(trb.data(), &p.limits, is_head, &mut thead) {
-                Ok(Parsed::Complete) if thead.status == 101 => {
-                    // No upgrade was asked for (h2 has none): a 101 is a
-                    // broken worker, not an interim response.
-                    let why = "101 Switching Protocols to a request that asked for no upgrade".into();
-                    return (Attempt::Failed(Failure::answered(Error::BadResponse { worker: worker.to_string(), why })), false);
-                }
-                Ok(Parsed::Complete) if thead.status < 200 => {
-                    trb.consume(thead.len);
-                    continue;
-                }
-                Ok(Parsed::Complete) => break,
-                Ok(Parsed::Partial) => {}
-                Err(e) => {
-                    return (
-                        Attempt::Failed(Failure::answered(Error::BadResponse { worker: worker.to_string(), why: e.to_string() })),
-                        false,
-                    )
-                }
-            }
-            let nothing_yet = trb.is_empty();
-            match trb.fill(&mut tr, deadline.saturating_duration_since(Instant::now())).await {
-                Ok(0) => {
-                    let err = tunnel_err(TunnelFault::Closed, "closed before the response".into());
-                    return (Attempt::Failed(Failure::lost(err, nothing_yet)), false);
-                }
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                    let err = Error::ResponseTimeout { worker: worker.to_string(), after: p.response_timeout };
-                    return (Attempt::Failed(Failure::sent(err)), false);
-                }
-                Err(e) => return (Attempt::Failed(Failure::lost(tunnel_err(TunnelFault::Io, e.to_string()), nothing_yet)), false),
-            }
-        }
-        let Ok(r) = h2io::response_from_h1(trb.data(), &thead) else {
-            let why = "head not valid for HTTP/2".into();
-            return (Attempt::Failed(Failure::answered(Error::BadResponse { worker: worker.to_string(), why })), false);
-        };
-        let status = thead.status;
-        let framing = thead.framing();
-        let tunnel_close = thead.conn.close;
-        trb.consume(thead.len);
-        let mut dec = BodyDecoder::new(framing);
-        let sent = respond.borrow_mut().send_response(r, dec.is_done());
-        let mut s = match sent {
-            Ok(s) => s,
-            Err(_) => return (broken(), false),
-        };
-        // The response body, trailers and a close-delimited end included.
-        if !dec.is_done() && h2io::relay_h1_body_to_h2(&mut tr, &mut trb, &mut dec, &mut s, p.io_timeout).await.is_err() {
-            return (broken(), false);
-        }
-        let reusable = !tunnel_close && framing != h1::Framing::UntilClose && trb.is_empty();
-        (Attempt::Done { status, reusable }, reusable)
-    };
-    let (attempt, reusable, out) = match duplex(upload, download).await {
-        Duplex::Both(o, (a, r)) => (a, r, o),
-        Duplex::UploadFailed(e) => {
-            // A head that did not go out whole cannot have been acted on.
-            let err = tunnel_err(TunnelFault::Io, e);
-            let f = if sent_head.get() { Failure::sent(err) } else { Failure::not_sent(err) };
-            (Attempt::Failed(f), false, Vec::new())
-        }
-        // The worker answered before the body was all sent: the tunnel is
-        // left mid-request and cannot be reused.
-        Duplex::AnsweredEarly((a, _)) => (a, false, Vec::new()),
-    };
-    let stream = tr.reunite(tw).expect("halves of one tunnel stream");
-    let t = H1Tunnel { stream, rb: trb, out, head: thead, slot, idle_since, ticket };
-    // A tunnel whose exchange did not end cleanly must not carry another request.
-    let attempt = match attempt {
-        Attempt::Done { status, .. } => Attempt::Done { status, reusable },
-        a => a,
-    };
-    (attempt, t)
 }

@@ -13,10 +13,12 @@
 //! [`run`] starts it all and returns a handle; tests call it on 127.0.0.1:0.
 
 pub mod admin;
+mod attempts;
 pub mod config;
 pub mod demo;
 mod downstream_h2;
 pub mod error;
+mod exchange;
 mod failure;
 mod h2_tunnel;
 mod inbox;

@@ -19,20 +19,21 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
+use monoio::io::AsyncWriteRent;
 use monoio::net::TcpStream;
-use ptth_proto::h1::{self, BodyDecoder, Forwarding, Framing, Parsed, Persist, RequestHead, ResponseHead, TargetForm, Version};
-use ptth_proto::rt::io::{duplex, send_message, write_all, BodyMode, Duplex, ReadBuf, RelayError};
+use ptth_proto::h1::{self, BodyDecoder, Forwarding, Framing, Parsed, RequestHead, TargetForm, Version};
+use ptth_proto::rt::body::{AnySource, H1Source};
+use ptth_proto::rt::io::{split, write_all, ReadBuf, ReadHalf};
 
-use crate::error::{Error, TunnelFault};
-use crate::failure::{self, Decision, Failure};
-use crate::h2_tunnel;
+use crate::attempts::{self, Ended, Outcome};
+use crate::error::Error;
+use crate::exchange::{self, Ctx, Done, ReqHead, Responder};
+use crate::failure::Failure;
 use crate::inbox::CoreMsg;
 use crate::percore::{self, Core};
 use crate::request::ReqInfo;
 use crate::stats;
-use crate::tunnel::acquire::acquire;
-use crate::tunnel::pool::{H1Tunnel, Lease};
+use crate::tunnel::pool::Lease;
 
 struct Client {
     /// `None` only while a request splits it into read and write halves.
@@ -249,16 +250,38 @@ async fn handle(core: &Rc<Core>, c: &mut Client) -> Next {
 
     let key = std::mem::take(&mut c.key);
     let (host, path) = key.split_at(info.host_len);
-    let mut lease = match acquire(core, host, path, None).await {
-        Ok(t) => t,
-        Err(e) => {
-            let next = match &e {
-                Error::NoRoute { .. } if !c.migrated => core.shared.placement.core_for(host, path, core.id).map(Next::HandOff),
-                _ => None,
-            };
-            c.key = key;
-            if let Some(n) = next {
-                return n;
+    let req = attempts::Request { host, path, idempotent: info.idempotent, bodyless, is_head: info.is_head, migrated: c.migrated };
+    let p = &core.shared.cfg.profile;
+    let mut dec = BodyDecoder::new(info.framing);
+    let mut first = true;
+    let ended = attempts::serve(core, &req, async |x, lease| {
+        if first {
+            first = false;
+            c.rb.consume(head_len);
+            if info.expect_continue && !dec.is_done() && c.rb.is_empty() && info.version == Version::Http11 {
+                // RFC 9110 §10.1.1: we answer the expectation ourselves once
+                // a tunnel is ready, and forward the request without Expect.
+                c.out.clear();
+                c.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                write_client(core, c).await.map_err(|_| Failure::client_gone())?;
+            }
+            if !dec.is_done() {
+                read_whole_if_small(c, &dec, info.framing, p.replay_max, p.io_timeout).await?;
+            }
+        }
+        attempt(x, c, lease, &mut dec, &info).await
+    })
+    .await;
+    c.key = key;
+    match ended {
+        Ended::Served(done) if done.client_close => Next::Close,
+        Ended::Served(_) => Next::Continue,
+        Ended::NoLease(e) => {
+            let (host, path) = c.key.split_at(info.host_len);
+            if let (Error::NoRoute { .. }, false) = (&e, c.migrated) {
+                if let Some(to) = core.shared.placement.core_for(host, path, core.id) {
+                    return Next::HandOff(to);
+                }
             }
             c.rb.consume(head_len);
             // The body was not read: only a bodyless request leaves the
@@ -266,250 +289,76 @@ async fn handle(core: &Rc<Core>, c: &mut Client) -> Next {
             // would need keep-alive said explicitly: just close.)
             let close = !bodyless || info.close || info.version == Version::Http10;
             send_error(core, c, &e, close).await;
-            return if close { Next::Close } else { Next::Continue };
-        }
-    };
-    c.rb.consume(head_len);
-    let mut dec = BodyDecoder::new(info.framing);
-    if info.expect_continue && !dec.is_done() && c.rb.is_empty() && info.version == Version::Http11 {
-        // RFC 9110 §10.1.1: we answer the expectation ourselves once a tunnel
-        // is ready, and forward the request without Expect.
-        c.out.clear();
-        c.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-        if write_client(core, c).await.is_err() {
-            core.pool.borrow_mut().discard(lease);
-            c.key = key;
-            return Next::Close;
-        }
-    }
-    let mut attempt = 0;
-    let next = loop {
-        let (result, l) = exchange_on(core, c, lease, &mut dec, &info).await;
-        lease = l;
-        let f = match result {
-            Ok(done) => {
-                core.pool.borrow_mut().release(lease, done.reusable);
-                core.stats().record_served(done.status, c.migrated);
-                break if done.client_close { Next::Close } else { Next::Continue };
-            }
-            Err(f) => f,
-        };
-        let failed = lease.slot();
-        core.pool.borrow_mut().release(lease, false);
-        let req = failure::Request { idempotent: info.idempotent, bodyless, retries: attempt };
-        match failure::decide(&f, &req) {
-            Decision::Abort => break Next::Close,
-            Decision::Answer => {
-                send_error(core, c, &f.into_answer(&req), true).await;
-                break Next::Close;
-            }
-            Decision::Retry => {
-                attempt += 1;
-                stats::add(&core.stats().retries, 1);
-                tracing::info!(worker = %core.pool.borrow().worker_id(failed), attempt, "request sent again after: {}", f.err);
-                match acquire(core, host, path, Some(failed)).await {
-                    Ok(t) => lease = t,
-                    Err(e) => {
-                        send_error(core, c, &e, true).await;
-                        break Next::Close;
-                    }
-                }
+            if close {
+                Next::Close
+            } else {
+                Next::Continue
             }
         }
-    };
-    c.key = key;
-    next
-}
-
-/// Runs the exchange on whichever kind of tunnel the lease is.
-async fn exchange_on(core: &Core, c: &mut Client, lease: Lease, dec: &mut BodyDecoder, info: &ReqInfo) -> (Result<Done, Failure>, Lease) {
-    match lease {
-        Lease::H1(t) => {
-            let (r, t) = exchange(core, c, t, dec, info).await;
-            (r, Lease::H1(t))
+        Ended::Answer(e) => {
+            send_error(core, c, &e, true).await;
+            Next::Close
         }
-        Lease::H2(t) => {
-            let worker = core.pool.borrow().worker_id(t.slot);
-            let side =
-                h2_tunnel::ClientSide { stream: &mut c.stream, rb: &mut c.rb, out: &mut c.out, fwd: &c.fwd, scratch: &mut c.scratch };
-            let r = h2_tunnel::exchange(core, side, &t, dec, info, &worker).await;
-            let r = r.map(|s| Done { status: s.status, reusable: true, client_close: s.client_close });
-            (r, Lease::H2(t))
-        }
+        Ended::Abort => Next::Close,
     }
 }
 
-struct Done {
-    status: u16,
-    reusable: bool,
-    client_close: bool,
-}
-
-/// Sends the request on `t` and relays the response. A request whose body is
-/// still arriving is uploaded while the response downloads.
-async fn exchange(
-    core: &Core,
-    c: &mut Client,
-    mut t: H1Tunnel,
-    dec: &mut BodyDecoder,
-    info: &ReqInfo,
-) -> (Result<Done, Failure>, H1Tunnel) {
-    let p = &core.shared.cfg.profile;
-    let worker = core.pool.borrow().worker_id(t.slot);
-    t.out.clear();
-    t.out.extend_from_slice(&c.fwd);
-    let body_buffered = {
+/// One attempt of the current request on `lease`. A body already held whole
+/// in the read buffer is relayed from where it lies and consumed only once
+/// the exchange succeeded, so a failed attempt leaves it whole for the next.
+async fn attempt(x: &Ctx<'_>, c: &mut Client, lease: &mut Lease, dec: &mut BodyDecoder, info: &ReqInfo) -> Result<Done, Failure> {
+    let io = x.core.shared.cfg.profile.io_timeout;
+    let Some(stream) = c.stream.as_mut() else { return Err(Failure::client_gone()) };
+    let (mut cr, cw) = split(stream);
+    let resp = Responder::H1 { w: cw, out: &mut c.out, version: info.version, close: info.close };
+    let head = ReqHead::H1 { fwd: &c.fwd, scratch: &mut c.scratch, chunked: info.framing == Framing::Chunked };
+    if dec.is_done() {
+        return exchange::run(x, head, AnySource::<ReadHalf<'_, TcpStream>>::Empty, resp, lease).await;
+    }
+    let whole = {
         let mut probe = dec.clone();
-        probe.scan(c.rb.data()).is_ok() && probe.is_done()
+        probe.scan(c.rb.data()).ok().filter(|_| probe.is_done())
     };
-    let Some(cs) = c.stream.as_mut() else {
-        return (Err(Failure::client_gone()), t);
-    };
-    if body_buffered {
-        let out = std::mem::take(&mut t.out);
-        let (res, out) = send_message(&mut t.stream, out, cs, &mut c.rb, dec, BodyMode::Pass, p.io_timeout).await;
-        t.out = out;
-        let fail = match res {
-            Ok(_) => None,
-            Err(RelayError::Write(e)) => {
-                Some(Failure::sent(Error::Tunnel { worker: worker.to_string(), fault: TunnelFault::Io, why: e.to_string() }))
+    match whole {
+        Some(n) => {
+            let mut probe = dec.clone();
+            let body = AnySource::<ReadHalf<'_, TcpStream>>::Held(H1Source::held(&c.rb.data()[..n], &mut probe));
+            let r = exchange::run(x, head, body, resp, lease).await;
+            if r.is_ok() {
+                c.rb.consume(n);
+                *dec = probe;
             }
-            Err(RelayError::Body(e)) => Some(Failure::sent(Error::ClientBody(e))),
-            Err(RelayError::Read(e)) => Some(Failure::relayed(Error::ClientIo(e))),
-        };
-        if let Some(f) = fail {
-            return (Err(f), t);
+            r
         }
-        let started = std::cell::Cell::new(false);
-        let r = response(core, &mut t.stream, &mut t.rb, &mut t.head, cs, &mut c.out, info, &worker, &started).await;
-        return (r, t);
+        None => exchange::run(x, head, AnySource::H1(H1Source::new(&mut cr, &mut c.rb, dec, io)), resp, lease).await,
     }
-
-    // Body still arriving: split both connections and run both directions.
-    let Some(client) = c.stream.take() else {
-        return (Err(Failure::client_gone()), t);
-    };
-    let (mut cr, mut cw) = client.into_split();
-    let H1Tunnel { stream: tunnel, rb: mut trb, out: tout, head: mut thead, slot, idle_since, ticket } = t;
-    let (mut tr, mut tw) = tunnel.into_split();
-    let started = std::cell::Cell::new(false);
-    let (result, out) = {
-        let send = async {
-            match send_message(&mut tw, tout, &mut cr, &mut c.rb, dec, BodyMode::Pass, p.io_timeout).await {
-                (Ok(_), out) => Ok(out),
-                (Err(e), out) => Err((e, out)),
-            }
-        };
-        let resp = response(core, &mut tr, &mut trb, &mut thead, &mut cw, &mut c.out, info, &worker, &started);
-        match duplex(send, resp).await {
-            Duplex::Both(out, r) => (r, out),
-            // Once response bytes went to the client, an error can only
-            // end the connection.
-            Duplex::UploadFailed((_, out)) if started.get() => (Err(Failure::client_gone()), out),
-            Duplex::UploadFailed((e, out)) => {
-                let fail = match e {
-                    RelayError::Write(e) => {
-                        Failure::sent(Error::Tunnel { worker: worker.to_string(), fault: TunnelFault::Io, why: e.to_string() })
-                    }
-                    RelayError::Body(e) => Failure::sent(Error::ClientBody(e)),
-                    RelayError::Read(e) => Failure::relayed(Error::ClientIo(e)),
-                };
-                (Err(fail), out)
-            }
-            // The worker answered before the whole body arrived: the rest
-            // of the body is abandoned, so neither connection can be reused.
-            Duplex::AnsweredEarly(r) => (r.map(|d| Done { reusable: false, client_close: true, ..d }), Vec::new()),
-        }
-    };
-    // Reuniting halves of one split cannot fail; the futures borrowing them
-    // have ended above.
-    c.stream = cr.reunite(cw).ok();
-    let stream = tr.reunite(tw).expect("halves of one tunnel stream");
-    (result, H1Tunnel { stream, rb: trb, out, head: thead, slot, idle_since, ticket })
 }
 
-/// Reads the response head (skipping or relaying 1xx) and relays the
-/// response to the client.
-#[allow(clippy::too_many_arguments)]
-async fn response<TR: AsyncReadRent, CW: AsyncWriteRent>(
-    core: &Core,
-    tr: &mut TR,
-    trb: &mut ReadBuf,
-    thead: &mut ResponseHead,
-    cw: &mut CW,
-    cout: &mut Vec<u8>,
-    info: &ReqInfo,
-    worker: &str,
-    started: &std::cell::Cell<bool>,
-) -> Result<Done, Failure> {
-    let p = &core.shared.cfg.profile;
-    let deadline = Instant::now() + p.response_timeout;
-    let mut interim_sent = false;
-    let limits = h1::Limits { max_head: p.tunnel_read.min(p.limits.max_head.max(64 * 1024)), ..p.limits };
-    let tunnel_err = |fault, why: String| Error::Tunnel { worker: worker.to_string(), fault, why };
-    let invalid = |why: String| Failure::answered(Error::BadResponse { worker: worker.to_string(), why });
+/// Reads a small request body whole into the client's read buffer before
+/// the request goes out, so it is held for replay if the attempt fails
+/// before the worker can have acted on it (profile `buffers.replay_max`). A
+/// larger body, or one that stops arriving, is left to stream as usual.
+async fn read_whole_if_small(c: &mut Client, dec: &BodyDecoder, framing: Framing, max: usize, wait: Duration) -> Result<(), Failure> {
+    match framing {
+        Framing::Length(n) if n <= max as u64 => {}
+        Framing::Chunked => {}
+        _ => return Ok(()),
+    }
     loop {
-        match h1::parse_response(trb.data(), &limits, info.is_head, thead) {
-            Ok(Parsed::Complete) if thead.status == 101 => {
-                return Err(invalid("101 Switching Protocols to a request that asked for no upgrade".into()));
-            }
-            Ok(Parsed::Complete) if thead.status < 200 => {
-                // RFC 9110 §15.2: forward interim responses to HTTP/1.1
-                // clients; HTTP/1.0 clients cannot take them.
-                if info.version == Version::Http11 && thead.status != 100 {
-                    started.set(true);
-                    cout.clear();
-                    h1::write_response_head(cout, trb.data(), thead, Version::Http11, Persist::KeepAlive, false);
-                    let (res, out) = write_all(cw, std::mem::take(cout), p.io_timeout).await;
-                    *cout = out;
-                    res.map_err(|e| Failure::relayed(Error::ClientIo(e)))?;
-                }
-                interim_sent = true;
-                trb.consume(thead.len);
-                continue;
-            }
-            Ok(Parsed::Complete) => break,
-            Ok(Parsed::Partial) => {}
-            Err(e) => return Err(invalid(e.to_string())),
+        let mut probe = dec.clone();
+        match probe.scan(c.rb.data()) {
+            Ok(_) if !probe.is_done() && c.rb.data().len() < max => {}
+            // Whole, too big to hold, or invalid (the relay reports that).
+            _ => return Ok(()),
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        let nothing_yet = trb.is_empty() && !interim_sent;
-        match trb.fill(tr, left).await {
-            Ok(0) => return Err(Failure::lost(tunnel_err(TunnelFault::Closed, "closed before the response".into()), nothing_yet)),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                return Err(Failure::sent(Error::ResponseTimeout { worker: worker.to_string(), after: p.response_timeout }))
-            }
-            Err(e) => return Err(Failure::lost(tunnel_err(TunnelFault::Io, e.to_string()), nothing_yet)),
+        let Some(s) = c.stream.as_mut() else { return Err(Failure::client_gone()) };
+        match c.rb.fill(s, wait).await {
+            Ok(n) if n > 0 => {}
+            // End of stream, a full buffer or a slow client: the relay
+            // reports whatever is wrong when it gets there.
+            _ => return Ok(()),
         }
     }
-    let framing = thead.framing();
-    // An HTTP/1.0 client cannot take chunked coding: send the payload and
-    // close to delimit it (RFC 9112 §6.3 item 8).
-    let dechunk = info.version == Version::Http10 && framing == Framing::Chunked;
-    // Shutting down: this is the connection's last response.
-    let draining = percore::draining(&core.shared) || core.stop.is_fired();
-    let client_close = info.close || draining || framing == Framing::UntilClose || dechunk;
-    cout.clear();
-    let persist = if client_close { Persist::Close } else { Persist::KeepAlive };
-    h1::write_response_head(cout, trb.data(), thead, info.version, persist, dechunk);
-    let status = thead.status;
-    let tunnel_close = thead.conn.close;
-    trb.consume(thead.len);
-    let mut dec = BodyDecoder::new(framing);
-    let mode = if dechunk { BodyMode::Dechunk } else { BodyMode::Pass };
-    started.set(true);
-    let (res, out) = send_message(cw, std::mem::take(cout), tr, trb, &mut dec, mode, p.io_timeout).await;
-    *cout = out;
-    match res {
-        Ok(_) => {}
-        Err(RelayError::Write(e)) => return Err(Failure::relayed(Error::ClientIo(e))),
-        // The head is out: a broken body can only end the client connection.
-        Err(e @ (RelayError::Read(_) | RelayError::Body(_))) => return Err(Failure::relayed(tunnel_err(TunnelFault::Io, e.to_string()))),
-    }
-    // RFC 9112 §9.6: a worker's Connection: close drains this tunnel.
-    let reusable = !tunnel_close && framing != Framing::UntilClose && trb.is_empty();
-    Ok(Done { status, reusable, client_close })
 }
 
 async fn write_client(core: &Core, c: &mut Client) -> io::Result<()> {
@@ -523,10 +372,7 @@ async fn write_client(core: &Core, c: &mut Client) -> io::Result<()> {
 /// responses; the status comes from [`Error::status`]).
 async fn send_error(core: &Core, c: &mut Client, e: &Error, close: bool) {
     let Some(status) = e.status() else { return };
-    core.stats().count_status(status);
-    if status >= 500 {
-        tracing::warn!(client = %c.peer, status, "{e}");
-    }
+    attempts::record(core, Outcome::Answered { status, err: e, client: Some(c.peer) });
     let retry = core.shared.cfg.profile.retry_after_s.to_string();
     let mut extra: Vec<(&str, &str)> = Vec::new();
     if e.is_retryable() {

@@ -8,7 +8,7 @@
 //! - `rt` (feature `rt`): the monoio runtime builder and relay loops both
 //!   binaries run; everything else here is sans-IO and runtime-free.
 
-// The one unsafe block is the idle-connection probe in `rt::io`.
+// Unsafe code: the idle-connection probe and the in-place split in `rt::io`.
 #![deny(unsafe_code)]
 
 pub mod error;

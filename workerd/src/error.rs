@@ -3,7 +3,7 @@
 
 use std::io;
 
-use ptth_proto::rt::io::RelayError;
+use ptth_proto::rt::body::Fault;
 use ptth_proto::HeadError;
 
 #[derive(Debug, thiserror::Error)]
@@ -23,7 +23,7 @@ pub enum Error {
     #[error("request body: {0}")]
     Body(#[from] ptth_proto::BodyError),
     #[error("relaying a body: {0}")]
-    Relay(#[from] RelayError),
+    Relay(#[from] Fault),
     #[error("HTTP/2: {0}")]
     H2(#[from] h2::Error),
     #[error("{0}")]

@@ -7,12 +7,13 @@
 //! never copied through, and every pooled connection is checked for bytes the
 //! origin sent unasked before it is reused.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use monoio::net::TcpStream;
 use ptth_proto::h1::{self, BodyDecoder, Parsed, Persist, ResponseHead, Version};
-use ptth_proto::rt::h2io::{self, BodyRelayError};
-use ptth_proto::rt::io::{send_message, write_all, BodyMode, ReadBuf, RelayError};
+use ptth_proto::rt::body::{relay, Fault, H1Sink, H1Source, H1SourceError, H2Sink, H2Source, RelayError};
+use ptth_proto::rt::h2io;
+use ptth_proto::rt::io::{write_all, ReadBuf};
 
 use crate::config::Config;
 use crate::error::{Error, OriginFailure};
@@ -124,13 +125,16 @@ impl Sidecar {
             x_forwarded: false,
         };
         h1::write_request_head(&mut out, hb, &c.head, &fwd);
-        let (res, out) = send_message(&mut oc.stream, out, &mut c.stream, &mut c.rb, &mut c.body, BodyMode::Pass, io).await;
         oc.out = out;
+        let chunked = c.head.framing() == h1::Framing::Chunked;
+        let wrote = Cell::new(false);
+        let mut sink = H1Sink::new(&mut oc.stream, &mut oc.out, chunked, io, &wrote);
+        let res = relay(&mut H1Source::new(&mut c.stream, &mut c.rb, &mut c.body, io), &mut sink).await;
         match res {
-            Ok(_) => {}
-            Err(RelayError::Write(_)) if replayable => return Ok(false),
-            Err(RelayError::Write(e)) => return Err(self.err(OriginFailure::Closed, format!("sending the request: {e}"))),
-            Err(e) => return Err(e.into()),
+            Ok(()) => {}
+            Err(RelayError::Sink(_)) if replayable => return Ok(false),
+            Err(RelayError::Sink(e)) => return Err(self.err(OriginFailure::Closed, format!("sending the request: {e}"))),
+            Err(RelayError::Source(e)) => return Err(Error::Relay(e.into())),
         }
         let is_head = c.head.is_head(&c.head_bytes);
         self.read_head(oc, &c.cfg, is_head, replayable).await
@@ -170,16 +174,21 @@ impl Sidecar {
         // the tunnel ends with it (the worker redials).
         c.close_after |= until_close;
         let persist = if c.close_after { Persist::Close } else { Persist::KeepAlive };
-        let mut out = std::mem::take(&mut c.out);
-        out.clear();
-        h1::write_response_head(&mut out, oc.rb.data(), &oc.head, Version::Http11, persist, false);
+        c.out.clear();
+        h1::write_response_head(&mut c.out, oc.rb.data(), &oc.head, Version::Http11, persist, false);
         let origin_close = oc.head.conn.close;
         oc.rb.consume(oc.head.len);
         let mut dec = BodyDecoder::new(framing);
         c.resp = Resp::Done;
-        let (res, out) = send_message(&mut c.stream, out, &mut oc.stream, &mut oc.rb, &mut dec, BodyMode::Pass, c.cfg.io_timeout).await;
-        c.out = out;
-        res?;
+        let io = c.cfg.io_timeout;
+        let wrote = Cell::new(false);
+        let mut sink = H1Sink::new(&mut c.stream, &mut c.out, framing == h1::Framing::Chunked, io, &wrote);
+        relay(&mut H1Source::new(&mut oc.stream, &mut oc.rb, &mut dec, io), &mut sink).await.map_err(|e| {
+            Error::Relay(match e {
+                RelayError::Source(e) => e.into(),
+                RelayError::Sink(e) => Fault::Io(e),
+            })
+        })?;
         let reusable = !origin_close && dec.is_done() && oc.rb.is_empty();
         self.put_back(oc, reusable);
         Ok(())
@@ -241,13 +250,13 @@ impl Sidecar {
             Err(_) if replayable => return Ok(false),
             Err(e) => return Err(self.err(OriginFailure::Closed, format!("sending the request: {e}"))),
         }
-        let (res, out) =
-            h2io::relay_h2_body_to_h1(&mut x.body, &mut oc.stream, out, chunked, cfg.io_timeout, &std::cell::Cell::new(false)).await;
         oc.out = out;
-        match res {
+        let wrote = Cell::new(false);
+        let mut sink = H1Sink::new(&mut oc.stream, &mut oc.out, chunked, cfg.io_timeout, &wrote);
+        match relay(&mut H2Source::new(&mut x.body), &mut sink).await {
             Ok(()) => {}
-            Err(h2io::ToH1Error::Recv(e)) => return Err(e.into()),
-            Err(h2io::ToH1Error::Write(e)) => return Err(self.err(OriginFailure::Closed, format!("sending the request body: {e}"))),
+            Err(RelayError::Source(e)) => return Err(e.into()),
+            Err(RelayError::Sink(e)) => return Err(self.err(OriginFailure::Closed, format!("sending the request body: {e}"))),
         }
         let is_head = x.parts.method == http::Method::HEAD;
         self.read_head(oc, &cfg, is_head, replayable).await
@@ -284,11 +293,13 @@ impl Sidecar {
         x.start_parts(r, dec.is_done())?;
         if !dec.is_done() {
             // The origin's body, its trailer section as HTTP/2 trailers.
-            h2io::relay_h1_body_to_h2(&mut oc.stream, &mut oc.rb, &mut dec, x, cfg.io_timeout).await.map_err(|e| match e {
-                BodyRelayError::Read(e) => self.err(OriginFailure::Closed, format!("reading the response body: {e}")),
-                BodyRelayError::Body(e @ ptth_proto::BodyError::Truncated) => self.err(OriginFailure::Closed, e),
-                BodyRelayError::Body(e) => self.err(OriginFailure::Protocol, e),
-                BodyRelayError::Send(e) => e,
+            let wrote = Cell::new(false);
+            let mut src = H1Source::new(&mut oc.stream, &mut oc.rb, &mut dec, cfg.io_timeout);
+            relay(&mut src, &mut H2Sink::new(x, false, &wrote)).await.map_err(|e| match e {
+                RelayError::Source(H1SourceError::Read(e)) => self.err(OriginFailure::Closed, format!("reading the response body: {e}")),
+                RelayError::Source(H1SourceError::Body(e @ ptth_proto::BodyError::Truncated)) => self.err(OriginFailure::Closed, e),
+                RelayError::Source(H1SourceError::Body(e)) => self.err(OriginFailure::Protocol, e),
+                RelayError::Sink(e) => e,
             })?;
         }
         x.finish().await?;

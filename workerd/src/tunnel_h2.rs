@@ -232,8 +232,8 @@ async fn finish_stream(x: &mut H2Exchange, r: Result<(), Error>) {
 }
 
 /// The sidecar relays an origin's HTTP/1.1 body into the stream's response
-/// with the shared relay (`h2io::relay_h1_body_to_h2`).
-impl h2io::DataSink for H2Exchange {
+/// with the shared relay (`ptth_proto::rt::body`).
+impl ptth_proto::rt::body::DataSink for H2Exchange {
     type Error = Error;
     async fn data(&mut self, data: Bytes, end: bool) -> Result<(), Error> {
         self.send_bytes(data, end).await

@@ -35,7 +35,8 @@ pub(crate) struct H1Tunnel {
     /// The worker entry this tunnel belongs to, in this core's pool.
     pub(crate) slot: usize,
     pub(crate) idle_since: Instant,
-    pub(crate) ticket: PeerTicket,
+    /// Held for its drop: the peer's tunnel count.
+    _ticket: PeerTicket,
 }
 
 /// An HTTP/2 tunnel: many requests at once, up to the worker's
@@ -242,7 +243,7 @@ impl Pool {
             head: ResponseHead::default(),
             slot,
             idle_since: Instant::now(),
-            ticket,
+            _ticket: ticket,
         };
         self.offer(Lease::H1(t));
     }
@@ -554,13 +555,6 @@ impl Pool {
     /// outstanding: closed before reuse, never trusted with a request.
     pub(crate) fn is_stale(t: &H1Tunnel) -> bool {
         !t.rb.is_empty() || ptth_proto::rt::io::idle_conn_unusable(&t.stream)
-    }
-
-    /// An h1 tunnel abandoned mid-exchange (its task was cut short): closed,
-    /// with its in-flight accounting undone.
-    pub(crate) fn forget(&mut self, slot: usize) {
-        self.settle(slot, false);
-        self.closed(slot);
     }
 
     /// Gives back a lease whose tunnel turned out unusable before the request

@@ -6,14 +6,8 @@
 //! 2000 concurrent 64 KiB bodies).
 
 use std::future::poll_fn;
-use std::time::Duration;
 
 use bytes::Bytes;
-use monoio::io::{AsyncReadRent, AsyncWriteRent};
-
-use crate::error::BodyError;
-use crate::h1::BodyDecoder;
-use crate::rt::io::{write_all, ReadBuf};
 
 /// Initial stream window (SETTINGS_INITIAL_WINDOW_SIZE), bytes.
 pub const STREAM_WINDOW: u32 = 1 << 20;
@@ -146,16 +140,6 @@ pub fn trailers_from_h1(section: &[u8]) -> http::HeaderMap {
     map
 }
 
-/// The last chunk of a chunked HTTP/1.1 body carrying `trailers` as its
-/// trailer section (RFC 9112 §7.1.2).
-pub fn write_last_chunk(out: &mut Vec<u8>, trailers: Option<&http::HeaderMap>) {
-    out.extend_from_slice(b"0\r\n");
-    if let Some(t) = trailers {
-        write_h1_fields(out, t);
-    }
-    out.extend_from_slice(b"\r\n");
-}
-
 /// Writes HTTP/2 fields as HTTP/1.1 field lines, without those HTTP/2
 /// forbids or HTTP/1.1 frames with (RFC 9113 §8.2.2; see [`is_h1_only`]).
 pub fn write_h1_fields(out: &mut Vec<u8>, headers: &http::HeaderMap) {
@@ -164,160 +148,4 @@ pub fn write_h1_fields(out: &mut Vec<u8>, headers: &http::HeaderMap) {
             crate::h1::write_field(out, k.as_str().as_bytes(), v.as_bytes());
         }
     }
-}
-
-/// Where the HTTP/2 side of an HTTP/1.1 → HTTP/2 body relay goes: an h2
-/// send stream (the lb), or a worker's response on an h2 tunnel.
-#[allow(async_fn_in_trait)]
-pub trait DataSink {
-    type Error;
-    /// DATA with `data`; `end`: END_STREAM on this frame.
-    async fn data(&mut self, data: Bytes, end: bool) -> Result<(), Self::Error>;
-    /// Trailers, which end the stream (RFC 9113 §8.1).
-    fn trailers(&mut self, trailers: http::HeaderMap) -> Result<(), Self::Error>;
-}
-
-impl DataSink for h2::SendStream<Bytes> {
-    type Error = h2::Error;
-    async fn data(&mut self, data: Bytes, end: bool) -> Result<(), h2::Error> {
-        send_data(self, data, end).await
-    }
-    fn trailers(&mut self, trailers: http::HeaderMap) -> Result<(), h2::Error> {
-        self.send_trailers(trailers)
-    }
-}
-
-/// How an HTTP/1.1 → HTTP/2 body relay failed, by side.
-#[derive(Debug)]
-pub enum BodyRelayError<E> {
-    /// Reading the HTTP/1.1 side failed.
-    Read(std::io::Error),
-    /// The HTTP/1.1 body's framing is invalid, or it was cut short
-    /// ([`BodyError::Truncated`]: the HTTP/1.1 side closed mid-body).
-    Body(BodyError),
-    /// The HTTP/2 side refused the frame.
-    Send(E),
-}
-
-/// Relays an HTTP/1.1 body, read from `src` in its received framing (the
-/// bytes `rb` already holds first), as HTTP/2: the payload out of any chunk
-/// framing as DATA, a trailer section as trailers, END_STREAM on the last
-/// DATA frame (an empty one only when nothing else can carry it). A
-/// close-delimited body ends the stream when `src` closes. `dec` must not be
-/// done yet. Used by the lb (client bodies to h2 tunnels, h1-tunnel
-/// responses to h2 clients) and by the worker's sidecar (origin responses
-/// on h2 tunnels).
-pub async fn relay_h1_body_to_h2<R: AsyncReadRent, S: DataSink>(
-    src: &mut R,
-    rb: &mut ReadBuf,
-    dec: &mut BodyDecoder,
-    sink: &mut S,
-    deadline: Duration,
-) -> Result<(), BodyRelayError<S::Error>> {
-    use BodyRelayError::{Body, Read, Send};
-    let mut section = Vec::new();
-    while !dec.is_done() {
-        if rb.is_empty() {
-            match rb.fill(src, deadline).await {
-                Ok(0) => {
-                    dec.eof().map_err(Body)?;
-                    return sink.data(Bytes::new(), true).await.map_err(Send);
-                }
-                Ok(_) => {}
-                Err(e) => return Err(Read(e)),
-            }
-        }
-        let in_trailers = dec.in_trailers();
-        let step = dec.decode(rb.data()).map_err(Body)?;
-        if in_trailers {
-            section.extend_from_slice(&rb.data()[..step.consumed]);
-        }
-        let data = Bytes::copy_from_slice(&rb.data()[step.data.clone()]);
-        rb.consume(step.consumed);
-        let last = dec.is_done();
-        if last && !section.is_empty() {
-            // The chunked body's trailer section becomes HTTP/2 trailers.
-            if !data.is_empty() {
-                sink.data(data, false).await.map_err(Send)?;
-            }
-            let trailers = trailers_from_h1(&section);
-            if trailers.is_empty() {
-                sink.data(Bytes::new(), true).await.map_err(Send)?;
-            } else {
-                sink.trailers(trailers).map_err(Send)?;
-            }
-        } else if !data.is_empty() || last {
-            sink.data(data, last).await.map_err(Send)?;
-        }
-    }
-    Ok(())
-}
-
-/// How an HTTP/2 → HTTP/1.1 body relay failed, by side.
-#[derive(Debug)]
-pub enum ToH1Error {
-    /// The HTTP/2 stream failed (reset, connection lost).
-    Recv(h2::Error),
-    /// Writing to the HTTP/1.1 side failed.
-    Write(std::io::Error),
-}
-
-/// Relays an HTTP/2 body to an HTTP/1.1 peer: each DATA payload as a chunk
-/// (`chunked`) or as is (a Content-Length or close-delimited body), then,
-/// when chunked, the last chunk carrying the stream's trailers as its trailer
-/// section (RFC 9112 §7.1.2). `out` may hold bytes to send first (a response
-/// head): they go out in one write with the first payload. `wrote` is set
-/// once anything was written. Hands `out` back for reuse. Used by the lb
-/// (h2c bodies to h1 tunnels, h2-tunnel responses to HTTP/1.1 clients) and
-/// the sidecar (h2-tunnel requests to the origin).
-pub async fn relay_h2_body_to_h1<W: AsyncWriteRent>(
-    body: &mut h2::RecvStream,
-    dst: &mut W,
-    mut out: Vec<u8>,
-    chunked: bool,
-    deadline: Duration,
-    wrote: &std::cell::Cell<bool>,
-) -> (Result<(), ToH1Error>, Vec<u8>) {
-    let mut pending = !out.is_empty();
-    while let Some(d) = recv_data(body).await {
-        let d = match d {
-            Ok(d) => d,
-            Err(e) => return (Err(ToH1Error::Recv(e)), out),
-        };
-        if d.is_empty() {
-            continue;
-        }
-        if !pending {
-            out.clear();
-        }
-        if chunked {
-            crate::h1::write_chunk(&mut out, &d);
-        } else {
-            out.extend_from_slice(&d);
-        }
-        wrote.set(true);
-        pending = false;
-        let (res, o) = write_all(dst, out, deadline).await;
-        out = o;
-        if let Err(e) = res {
-            return (Err(ToH1Error::Write(e)), out);
-        }
-    }
-    if !pending {
-        out.clear();
-    }
-    if chunked {
-        // A stream that failed here must not end in a last chunk that makes
-        // a truncated body look complete.
-        match body.trailers().await {
-            Ok(t) => write_last_chunk(&mut out, t.as_ref()),
-            Err(e) => return (Err(ToH1Error::Recv(e)), out),
-        }
-    }
-    if out.is_empty() {
-        return (Ok(()), out);
-    }
-    wrote.set(true);
-    let (res, out) = write_all(dst, out, deadline).await;
-    (res.map_err(ToH1Error::Write), out)
 }

@@ -1,6 +1,7 @@
 //! Owned-buffer I/O around the framing in [`crate::h1`]: a reusable read
-//! buffer, deadline-bounded reads and writes, and the body relay used on every
-//! leg (client → tunnel, tunnel → client, tunnel → origin, origin → tunnel).
+//! buffer, deadline-bounded reads and writes, the idle-connection probe, the
+//! in-place split of a stream and the duplex of an upload and a download
+//! (bodies themselves are relayed by [`crate::rt::body`]).
 //!
 //! Buffers follow monoio's rent model: a buffer is lent to the kernel for each
 //! operation and handed back, so one allocation per connection serves all its
@@ -11,9 +12,6 @@ use std::time::Duration;
 
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
-
-use crate::error::BodyError;
-use crate::h1::BodyDecoder;
 
 /// A connection's read buffer: bytes `[pos..len)` are received and unconsumed.
 #[derive(Debug)]
@@ -147,122 +145,6 @@ pub async fn write_all<W: AsyncWriteRent>(w: &mut W, buf: Vec<u8>, deadline: Dur
     }
 }
 
-/// Which side of a relay failed.
-#[derive(Debug, thiserror::Error)]
-pub enum RelayError {
-    #[error("reading the body: {0}")]
-    Read(io::Error),
-    #[error("writing the body: {0}")]
-    Write(io::Error),
-    #[error("{0}")]
-    Body(#[from] BodyError),
-}
-
-/// How a body is written to the next hop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyMode {
-    /// Bytes exactly as received, framing included.
-    Pass,
-    /// Payload only, chunk framing removed (for an HTTP/1.0 client, with the
-    /// connection closed after the body).
-    Dechunk,
-}
-
-/// Relays one body from `src` to `dst`, starting with the bytes already in
-/// `rb`, until `dec` says it ended. Memory stays bounded by `rb`'s capacity;
-/// each read is followed by one write of everything that belongs to the body.
-/// Returns the number of bytes written.
-pub async fn relay_body<R, W>(
-    src: &mut R,
-    rb: &mut ReadBuf,
-    dst: &mut W,
-    dec: &mut BodyDecoder,
-    mode: BodyMode,
-    deadline: Duration,
-) -> Result<u64, RelayError>
-where
-    R: AsyncReadRent,
-    W: AsyncWriteRent,
-{
-    let mut total = 0u64;
-    loop {
-        while !rb.is_empty() && !dec.is_done() {
-            match mode {
-                BodyMode::Pass => {
-                    let n = dec.scan(rb.data())?;
-                    rb.write_prefix(dst, n, deadline).await.map_err(RelayError::Write)?;
-                    total += n as u64;
-                }
-                BodyMode::Dechunk => {
-                    let step = dec.decode(rb.data())?;
-                    if !step.data.is_empty() {
-                        // Payload sits after any framing in this step: drop the
-                        // framing, write the payload.
-                        rb.consume(step.data.start);
-                        let n = step.data.len();
-                        rb.write_prefix(dst, n, deadline).await.map_err(RelayError::Write)?;
-                        total += n as u64;
-                        rb.consume(step.consumed - step.data.end);
-                    } else {
-                        rb.consume(step.consumed);
-                    }
-                }
-            }
-        }
-        if dec.is_done() {
-            return Ok(total);
-        }
-        let n = rb.fill(src, deadline).await.map_err(RelayError::Read)?;
-        if n == 0 {
-            dec.eof()?;
-            return Ok(total);
-        }
-    }
-}
-
-/// Most body bytes copied behind a head so both go out in one write.
-const COALESCE_MAX: usize = 64 * 1024;
-
-/// Sends one message: the head already encoded in `out`, followed in the same
-/// write by the body bytes `rb` already holds, then the rest of the body
-/// relayed from `src`. One write per message when the body has arrived whole.
-/// Hands `out` back (cleared) for reuse.
-pub async fn send_message<R, W>(
-    dst: &mut W,
-    mut out: Vec<u8>,
-    src: &mut R,
-    rb: &mut ReadBuf,
-    dec: &mut BodyDecoder,
-    mode: BodyMode,
-    deadline: Duration,
-) -> (Result<u64, RelayError>, Vec<u8>)
-where
-    R: AsyncReadRent,
-    W: AsyncWriteRent,
-{
-    let mut sent = 0u64;
-    if mode == BodyMode::Pass && !dec.is_done() {
-        let avail = rb.data().len().min(COALESCE_MAX);
-        match dec.scan(&rb.data()[..avail]) {
-            Ok(n) => {
-                out.extend_from_slice(&rb.data()[..n]);
-                rb.consume(n);
-                sent = n as u64;
-            }
-            Err(e) => return (Err(e.into()), out),
-        }
-    }
-    let (res, out) = write_all(dst, out, deadline).await;
-    if let Err(e) = res {
-        return (Err(RelayError::Write(e)), out);
-    }
-    if dec.is_done() {
-        return (Ok(sent), out);
-    }
-    let res = relay_body(src, rb, dst, dec, mode, deadline).await.map(|n| n + sent);
-    (res, out)
-}
-
 /// How a request's upload and its response's download, run together, ended.
 #[derive(Debug)]
 pub enum Duplex<U, E, D> {
@@ -353,5 +235,61 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<T> {
     }
     fn poll_shutdown(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
         std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// The read half of a stream split in place by [`split`].
+pub struct ReadHalf<'a, T>(&'a std::cell::UnsafeCell<T>);
+
+/// The write half of a stream split in place by [`split`].
+pub struct WriteHalf<'a, T>(&'a std::cell::UnsafeCell<T>);
+
+/// Splits a stream into a read half and a write half that can be used at
+/// once (an upload and a download of one exchange), borrowing it for as long
+/// as they live: no allocation, unlike monoio's `into_split`, which puts the
+/// stream behind an `Rc` on every call.
+pub fn split<T: monoio::io::Split>(stream: &mut T) -> (ReadHalf<'_, T>, WriteHalf<'_, T>) {
+    let cell = std::cell::UnsafeCell::from_mut(stream);
+    (ReadHalf(cell), WriteHalf(cell))
+}
+
+#[allow(unsafe_code)]
+impl<T: AsyncReadRent + monoio::io::Split> AsyncReadRent for ReadHalf<'_, T> {
+    fn read<B: IoBufMut>(&mut self, buf: B) -> impl std::future::Future<Output = monoio::BufResult<usize, B>> {
+        // SAFETY: `T: Split` is monoio's promise that reads and writes of the
+        // stream are independent (each operation owns its buffer and the fd
+        // is shared), which is what its own split halves rely on too; the
+        // halves borrow the stream mutably, so nothing else touches it.
+        let s = unsafe { &mut *self.0.get() };
+        s.read(buf)
+    }
+    fn readv<B: monoio::buf::IoVecBufMut>(&mut self, buf: B) -> impl std::future::Future<Output = monoio::BufResult<usize, B>> {
+        // SAFETY: as in `read`.
+        let s = unsafe { &mut *self.0.get() };
+        s.readv(buf)
+    }
+}
+
+#[allow(unsafe_code)]
+impl<T: AsyncWriteRent + monoio::io::Split> AsyncWriteRent for WriteHalf<'_, T> {
+    fn write<B: IoBuf>(&mut self, buf: B) -> impl std::future::Future<Output = monoio::BufResult<usize, B>> {
+        // SAFETY: as in `ReadHalf::read`.
+        let s = unsafe { &mut *self.0.get() };
+        s.write(buf)
+    }
+    fn writev<B: monoio::buf::IoVecBuf>(&mut self, buf: B) -> impl std::future::Future<Output = monoio::BufResult<usize, B>> {
+        // SAFETY: as in `ReadHalf::read`.
+        let s = unsafe { &mut *self.0.get() };
+        s.writev(buf)
+    }
+    fn flush(&mut self) -> impl std::future::Future<Output = io::Result<()>> {
+        // SAFETY: as in `ReadHalf::read`.
+        let s = unsafe { &mut *self.0.get() };
+        s.flush()
+    }
+    fn shutdown(&mut self) -> impl std::future::Future<Output = io::Result<()>> {
+        // SAFETY: as in `ReadHalf::read`.
+        let s = unsafe { &mut *self.0.get() };
+        s.shutdown()
     }
 }

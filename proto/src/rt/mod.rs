@@ -2,6 +2,7 @@
 //! runtime in one place, and the read/relay loops around the sans-IO framing.
 //! Kept behind a feature so the protocol core builds without any runtime.
 
+pub mod body;
 pub mod h2io;
 pub mod io;
 pub mod logging;

@@ -1,0 +1,627 @@
+//! A message body as every leg relays it, whatever its protocol: a
+//! [`Source`] yields [`Piece`]s (payload, trailers, end), a [`Sink`] writes
+//! them in its own protocol, and [`relay`] moves one to the other with
+//! backpressure (a piece is written before the next one is read). The four
+//! kinds of end are here once:
+//!
+//! - [`H1Source`]: an HTTP/1.1 body in its received framing, checked by a
+//!   [`BodyDecoder`] (chunk framing removed, the trailer section kept whole);
+//!   or the same over bytes already held whole ([`H1Source::held`]), which
+//!   leaves them in place so a request can be sent again.
+//! - [`H2Source`]: DATA frames and trailers of an HTTP/2 stream, flow-control
+//!   capacity released as payload is taken.
+//! - [`H1Sink`]: HTTP/1.1 payload as is, or in chunked coding with the last
+//!   chunk carrying the trailers (RFC 9112 §7.1); what is written is coalesced
+//!   (a response head and the first payload go out in one write).
+//! - [`H2Sink`]: DATA frames within the peer's flow-control window, END_STREAM
+//!   on the last one, trailers as a HEADERS frame (RFC 9113 §8.1).
+//!
+//! The lb relays client bodies to tunnels and responses back with these, the
+//! worker's sidecar tunnel requests to its origin and responses back: every
+//! HTTP/1.1 ↔ HTTP/2 body conversion of the project is this module.
+
+use std::cell::Cell;
+use std::io;
+use std::time::Duration;
+
+use bytes::Bytes;
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
+
+use crate::error::BodyError;
+use crate::h1::{self, BodyDecoder};
+use crate::rt::h2io;
+use crate::rt::io::{write_all, ReadBuf};
+
+/// One part of a body on its way from a source to a sink.
+#[derive(Debug)]
+pub enum Piece<'a> {
+    /// Payload lent from the source's read buffer.
+    Data(&'a [u8]),
+    /// Payload as the HTTP/2 stack delivered it.
+    Bytes(Bytes),
+    /// The trailer section; it ends the body.
+    Trailers(Trailers<'a>),
+    /// The body ended.
+    End,
+}
+
+/// A trailer section in the form its source received it.
+#[derive(Debug)]
+pub enum Trailers<'a> {
+    /// HTTP/1.1 trailer field lines and the empty line that ends them, as
+    /// received and checked by the chunked decoder.
+    H1(&'a [u8]),
+    /// HTTP/2 trailers.
+    H2(http::HeaderMap),
+}
+
+impl Trailers<'_> {
+    /// As HTTP/2 trailers (fields HTTP/2 forbids dropped).
+    fn into_h2(self) -> http::HeaderMap {
+        match self {
+            Trailers::H1(section) => h2io::trailers_from_h1(section),
+            Trailers::H2(map) => map,
+        }
+    }
+
+    /// As an HTTP/1.1 trailer section ending in the empty line.
+    fn write_h1(&self, out: &mut Vec<u8>) {
+        match self {
+            Trailers::H1(section) => out.extend_from_slice(section),
+            Trailers::H2(map) => {
+                h2io::write_h1_fields(out, map);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+}
+
+/// Where a body comes from.
+#[allow(async_fn_in_trait)]
+pub trait Source {
+    type Error;
+    /// Whether [`Source::next`] can answer without waiting for the peer. A
+    /// relay flushes its sink before a piece it would have to wait for.
+    fn ready(&self) -> bool;
+    /// The next piece; after [`Piece::End`] or [`Piece::Trailers`], nothing.
+    async fn next(&mut self) -> Result<Piece<'_>, Self::Error>;
+}
+
+/// Where a body goes.
+#[allow(async_fn_in_trait)]
+pub trait Sink {
+    type Error;
+    /// Takes one piece; may keep it buffered until [`Sink::flush`].
+    async fn put(&mut self, piece: Piece<'_>) -> Result<(), Self::Error>;
+    /// Writes out whatever is buffered.
+    async fn flush(&mut self) -> Result<(), Self::Error>;
+}
+
+/// Which end of a relay failed.
+#[derive(Debug)]
+pub enum RelayError<S, K> {
+    Source(S),
+    Sink(K),
+}
+
+/// Relays a body from `src` to `sink` until it ends, one piece at a time:
+/// memory is bounded by the two ends' buffers whatever the body's size, and
+/// what is buffered is flushed before waiting on the source.
+pub async fn relay<S: Source, K: Sink>(src: &mut S, sink: &mut K) -> Result<(), RelayError<S::Error, K::Error>> {
+    loop {
+        if !src.ready() {
+            sink.flush().await.map_err(RelayError::Sink)?;
+        }
+        let piece = src.next().await.map_err(RelayError::Source)?;
+        let end = matches!(piece, Piece::End | Piece::Trailers(_));
+        sink.put(piece).await.map_err(RelayError::Sink)?;
+        if end {
+            return sink.flush().await.map_err(RelayError::Sink);
+        }
+    }
+}
+
+/// A body with nothing in it.
+pub struct Empty;
+
+impl Source for Empty {
+    type Error = std::convert::Infallible;
+    fn ready(&self) -> bool {
+        true
+    }
+    async fn next(&mut self) -> Result<Piece<'_>, Self::Error> {
+        Ok(Piece::End)
+    }
+}
+
+/// How reading an HTTP/1.1 body failed.
+#[derive(Debug, thiserror::Error)]
+pub enum H1SourceError {
+    #[error("reading the body: {0}")]
+    Read(io::Error),
+    /// Invalid framing, or [`BodyError::Truncated`]: the peer closed mid-body.
+    #[error("{0}")]
+    Body(#[from] BodyError),
+}
+
+enum Input<'a, R> {
+    /// Read from `r` after what `rb` holds; consumed as relayed.
+    Stream { r: &'a mut R, rb: &'a mut ReadBuf, deadline: Duration },
+    /// A body already held whole; left where it is.
+    Held { data: &'a [u8], at: usize },
+}
+
+/// An HTTP/1.1 body in its received framing.
+pub struct H1Source<'a, R> {
+    input: Input<'a, R>,
+    dec: &'a mut BodyDecoder,
+    /// Bytes of the last step, consumed when the next piece is asked for
+    /// (the piece lent them out).
+    pending: usize,
+    /// The trailer section, gathered whole before it is passed on.
+    section: Vec<u8>,
+    ended: bool,
+}
+
+impl<'a, R: AsyncReadRent> H1Source<'a, R> {
+    /// The body read from `r`, starting with the bytes `rb` holds, framed as
+    /// `dec` says. Bytes are consumed from `rb` as they are relayed.
+    pub fn new(r: &'a mut R, rb: &'a mut ReadBuf, dec: &'a mut BodyDecoder, deadline: Duration) -> Self {
+        H1Source { input: Input::Stream { r, rb, deadline }, dec, pending: 0, section: Vec::new(), ended: false }
+    }
+}
+
+impl<'a> H1Source<'a, &'a [u8]> {
+    /// A body already received whole (`data`, framed as `dec` says, which is
+    /// advanced on a copy the caller keeps): nothing is consumed, so the same
+    /// bytes can be relayed again.
+    pub fn held(data: &'a [u8], dec: &'a mut BodyDecoder) -> Self {
+        H1Source { input: Input::Held { data, at: 0 }, dec, pending: 0, section: Vec::new(), ended: false }
+    }
+}
+
+/// The bytes received and not yet relayed.
+fn buffered<'b, R>(input: &'b Input<'_, R>) -> &'b [u8] {
+    match input {
+        Input::Stream { rb, .. } => rb.data(),
+        Input::Held { data, at } => &data[*at..],
+    }
+}
+
+fn consume<R>(input: &mut Input<'_, R>, n: usize) {
+    match input {
+        Input::Stream { rb, .. } => rb.consume(n),
+        Input::Held { at, .. } => *at += n,
+    }
+}
+
+impl<R: AsyncReadRent> Source for H1Source<'_, R> {
+    type Error = H1SourceError;
+
+    fn ready(&self) -> bool {
+        self.ended || self.dec.is_done() || buffered(&self.input).len() > self.pending
+    }
+
+    async fn next(&mut self) -> Result<Piece<'_>, H1SourceError> {
+        let n = std::mem::take(&mut self.pending);
+        consume(&mut self.input, n);
+        loop {
+            if self.ended {
+                return Ok(Piece::End);
+            }
+            if self.dec.is_done() {
+                self.ended = true;
+                return Ok(if self.section.is_empty() { Piece::End } else { Piece::Trailers(Trailers::H1(&self.section)) });
+            }
+            if buffered(&self.input).is_empty() {
+                let got = match &mut self.input {
+                    Input::Stream { r, rb, deadline } => rb.fill(&mut **r, *deadline).await.map_err(H1SourceError::Read)?,
+                    Input::Held { .. } => 0,
+                };
+                if got == 0 {
+                    // A close-delimited body ends here; any other is cut short.
+                    self.dec.eof()?;
+                    continue;
+                }
+            }
+            let in_trailers = self.dec.in_trailers();
+            let step = self.dec.decode(buffered(&self.input))?;
+            if in_trailers {
+                let s = &buffered(&self.input)[..step.consumed];
+                self.section.extend_from_slice(s);
+                consume(&mut self.input, step.consumed);
+                // A section with no field lines is just the body's end.
+                if self.dec.is_done() && self.section == b"\r\n" {
+                    self.section.clear();
+                }
+                continue;
+            }
+            if step.data.is_empty() {
+                consume(&mut self.input, step.consumed);
+                continue;
+            }
+            // Lend the payload; its bytes (and the framing before them) are
+            // consumed on the next call.
+            self.pending = step.consumed;
+            let data = step.data;
+            return Ok(Piece::Data(&buffered(&self.input)[data]));
+        }
+    }
+}
+
+/// An HTTP/2 stream's body: DATA payloads, then trailers or the end.
+pub struct H2Source<'a> {
+    body: &'a mut h2::RecvStream,
+    ended: bool,
+}
+
+impl<'a> H2Source<'a> {
+    pub fn new(body: &'a mut h2::RecvStream) -> Self {
+        H2Source { body, ended: false }
+    }
+}
+
+impl Source for H2Source<'_> {
+    type Error = h2::Error;
+
+    fn ready(&self) -> bool {
+        // h2 gives no cheap "is a frame buffered": every DATA frame is
+        // flushed to the sink as it comes.
+        self.ended
+    }
+
+    async fn next(&mut self) -> Result<Piece<'_>, h2::Error> {
+        if self.ended {
+            return Ok(Piece::End);
+        }
+        while let Some(d) = h2io::recv_data(self.body).await {
+            let d = d?;
+            if !d.is_empty() {
+                return Ok(Piece::Bytes(d));
+            }
+        }
+        self.ended = true;
+        Ok(match self.body.trailers().await? {
+            Some(t) => Piece::Trailers(Trailers::H2(t)),
+            None => Piece::End,
+        })
+    }
+}
+
+/// Most bytes an [`H1Sink`] buffers before writing.
+const COALESCE_MAX: usize = 64 * 1024;
+
+/// HTTP/1.1 payload to a byte stream, as is or chunked.
+pub struct H1Sink<'a, W> {
+    w: &'a mut W,
+    out: &'a mut Vec<u8>,
+    chunked: bool,
+    deadline: Duration,
+    /// Set once a write went out whole.
+    wrote: &'a Cell<bool>,
+    /// Bytes at the start of `out` that are the message's head: a write
+    /// that fails before any write went out, holding only them, failed to
+    /// deliver a whole head.
+    head: usize,
+    head_only_failed: bool,
+}
+
+impl<'a, W: AsyncWriteRent> H1Sink<'a, W> {
+    /// A sink whose first write starts with the bytes already in `out` (a
+    /// head). `chunked`: payload goes in chunked coding.
+    pub fn new(w: &'a mut W, out: &'a mut Vec<u8>, chunked: bool, deadline: Duration, wrote: &'a Cell<bool>) -> Self {
+        let head = out.len();
+        H1Sink { w, out, chunked, deadline, wrote, head, head_only_failed: false }
+    }
+
+    /// A write failed before anything went out whole, and it held the head
+    /// alone: the peer cannot have received a complete message head.
+    pub fn failed_before_head(&self) -> bool {
+        self.head_only_failed
+    }
+}
+
+impl<W: AsyncWriteRent> Sink for H1Sink<'_, W> {
+    type Error = io::Error;
+
+    async fn put(&mut self, piece: Piece<'_>) -> io::Result<()> {
+        match piece {
+            Piece::Data(d) => self.payload(d),
+            Piece::Bytes(d) => self.payload(&d),
+            Piece::Trailers(t) if self.chunked => {
+                self.out.extend_from_slice(b"0\r\n");
+                t.write_h1(self.out);
+            }
+            // Without chunked coding HTTP/1.1 has nowhere to put trailers
+            // (RFC 9110 §6.5: they may be dropped).
+            Piece::Trailers(_) => {}
+            Piece::End if self.chunked => self.out.extend_from_slice(b"0\r\n\r\n"),
+            Piece::End => {}
+        }
+        if self.out.len() >= COALESCE_MAX {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let head_only = !self.wrote.get() && self.out.len() == self.head;
+        let (res, buf) = write_all(self.w, std::mem::take(self.out), self.deadline).await;
+        *self.out = buf;
+        match res {
+            Ok(()) => {
+                self.wrote.set(true);
+                Ok(())
+            }
+            Err(e) => {
+                self.head_only_failed = head_only;
+                Err(e)
+            }
+        }
+    }
+}
+
+impl<W> H1Sink<'_, W> {
+    fn payload(&mut self, d: &[u8]) {
+        if self.chunked {
+            h1::write_chunk(self.out, d);
+        } else {
+            self.out.extend_from_slice(d);
+        }
+    }
+}
+
+/// Where an [`H2Sink`] sends: an h2 send stream, or anything else that takes
+/// DATA and trailers (the worker's sidecar answering on its tunnel).
+#[allow(async_fn_in_trait)]
+pub trait DataSink {
+    type Error;
+    /// DATA with `data`; `end`: END_STREAM on this frame.
+    async fn data(&mut self, data: Bytes, end: bool) -> Result<(), Self::Error>;
+    /// Trailers, which end the stream (RFC 9113 §8.1).
+    fn trailers(&mut self, trailers: http::HeaderMap) -> Result<(), Self::Error>;
+}
+
+impl DataSink for h2::SendStream<Bytes> {
+    type Error = h2::Error;
+    async fn data(&mut self, data: Bytes, end: bool) -> Result<(), h2::Error> {
+        h2io::send_data(self, data, end).await
+    }
+    fn trailers(&mut self, trailers: http::HeaderMap) -> Result<(), h2::Error> {
+        self.send_trailers(trailers)
+    }
+}
+
+/// A body as HTTP/2 DATA frames. The last payload is held back one piece so
+/// END_STREAM rides on it rather than on an empty frame after it.
+pub struct H2Sink<'a, D> {
+    s: &'a mut D,
+    held: Option<Bytes>,
+    /// The stream already ended (its head carried END_STREAM).
+    ended: bool,
+    wrote: &'a Cell<bool>,
+}
+
+impl<'a, D: DataSink> H2Sink<'a, D> {
+    /// `ended`: the head went with END_STREAM, nothing more may follow.
+    pub fn new(s: &'a mut D, ended: bool, wrote: &'a Cell<bool>) -> Self {
+        H2Sink { s, held: None, ended, wrote }
+    }
+
+    async fn send(&mut self, data: Bytes, end: bool) -> Result<(), D::Error> {
+        self.s.data(data, end).await?;
+        self.wrote.set(true);
+        Ok(())
+    }
+}
+
+impl<D: DataSink> Sink for H2Sink<'_, D> {
+    type Error = D::Error;
+
+    async fn put(&mut self, piece: Piece<'_>) -> Result<(), D::Error> {
+        if self.ended {
+            return Ok(());
+        }
+        let next = match piece {
+            Piece::Data(d) => Bytes::copy_from_slice(d),
+            Piece::Bytes(d) => d,
+            Piece::Trailers(t) => {
+                if let Some(d) = self.held.take() {
+                    self.send(d, false).await?;
+                }
+                self.ended = true;
+                let map = t.into_h2();
+                if map.is_empty() {
+                    return self.send(Bytes::new(), true).await;
+                }
+                self.s.trailers(map)?;
+                self.wrote.set(true);
+                return Ok(());
+            }
+            Piece::End => {
+                self.ended = true;
+                let last = self.held.take().unwrap_or_default();
+                return self.send(last, true).await;
+            }
+        };
+        if let Some(d) = self.held.replace(next) {
+            self.send(d, false).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), D::Error> {
+        match self.held.take() {
+            Some(d) => self.send(d, false).await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// How either end of a relay failed, whatever its protocol.
+#[derive(Debug, thiserror::Error)]
+pub enum Fault {
+    #[error("{0}")]
+    Io(io::Error),
+    #[error("{0}")]
+    Body(BodyError),
+    #[error("{0}")]
+    H2(h2::Error),
+}
+
+impl From<H1SourceError> for Fault {
+    fn from(e: H1SourceError) -> Fault {
+        match e {
+            H1SourceError::Read(e) => Fault::Io(e),
+            H1SourceError::Body(e) => Fault::Body(e),
+        }
+    }
+}
+
+/// Any of the sources, so one relay serves every protocol pair.
+pub enum AnySource<'a, R> {
+    Empty,
+    H1(H1Source<'a, R>),
+    Held(H1Source<'a, &'a [u8]>),
+    H2(H2Source<'a>),
+}
+
+impl<R: AsyncReadRent> Source for AnySource<'_, R> {
+    type Error = Fault;
+    fn ready(&self) -> bool {
+        match self {
+            AnySource::Empty => true,
+            AnySource::H1(s) => s.ready(),
+            AnySource::Held(s) => s.ready(),
+            AnySource::H2(s) => s.ready(),
+        }
+    }
+    async fn next(&mut self) -> Result<Piece<'_>, Fault> {
+        match self {
+            AnySource::Empty => Ok(Piece::End),
+            AnySource::H1(s) => Ok(s.next().await?),
+            AnySource::Held(s) => Ok(s.next().await?),
+            AnySource::H2(s) => s.next().await.map_err(Fault::H2),
+        }
+    }
+}
+
+/// Either sink, so one relay serves every protocol pair.
+pub enum AnySink<'a, W> {
+    H1(H1Sink<'a, W>),
+    H2(H2Sink<'a, h2::SendStream<Bytes>>),
+}
+
+impl<W: AsyncWriteRent> Sink for AnySink<'_, W> {
+    type Error = Fault;
+    async fn put(&mut self, piece: Piece<'_>) -> Result<(), Fault> {
+        match self {
+            AnySink::H1(s) => s.put(piece).await.map_err(Fault::Io),
+            AnySink::H2(s) => s.put(piece).await.map_err(Fault::H2),
+        }
+    }
+    async fn flush(&mut self) -> Result<(), Fault> {
+        match self {
+            AnySink::H1(s) => s.flush().await.map_err(Fault::Io),
+            AnySink::H2(s) => s.flush().await.map_err(Fault::H2),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::h1::Framing;
+
+    /// A sink that records what it was given, as HTTP/1.1 would frame it.
+    #[derive(Default)]
+    struct Record(Vec<String>);
+
+    impl Sink for Record {
+        type Error = ();
+        async fn put(&mut self, piece: Piece<'_>) -> Result<(), ()> {
+            self.0.push(match piece {
+                Piece::Data(d) => format!("data {}", String::from_utf8_lossy(d)),
+                Piece::Bytes(d) => format!("data {}", String::from_utf8_lossy(&d)),
+                Piece::Trailers(t) => {
+                    let mut out = Vec::new();
+                    t.write_h1(&mut out);
+                    format!("trailers {}", String::from_utf8_lossy(&out).trim_end())
+                }
+                Piece::End => "end".into(),
+            });
+            Ok(())
+        }
+        async fn flush(&mut self) -> Result<(), ()> {
+            self.0.push("flush".into());
+            Ok(())
+        }
+    }
+
+    fn held(framing: Framing, body: &[u8]) -> Result<Vec<String>, RelayError<H1SourceError, ()>> {
+        let mut dec = BodyDecoder::new(framing);
+        let mut src = H1Source::held(body, &mut dec);
+        let mut sink = Record::default();
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build().unwrap().block_on(relay(&mut src, &mut sink))?;
+        Ok(sink.0)
+    }
+
+    #[test]
+    fn chunked_body_becomes_pieces() {
+        let got = held(Framing::Chunked, b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-T: 1\r\n\r\n").unwrap();
+        assert_eq!(got, ["data abc", "data de", "trailers X-T: 1", "flush"]);
+        let got = held(Framing::Chunked, b"1\r\nz\r\n0\r\n\r\n").unwrap();
+        assert_eq!(got, ["data z", "end", "flush"]);
+        let got = held(Framing::Length(4), b"wxyz").unwrap();
+        assert_eq!(got, ["data wxyz", "end", "flush"]);
+    }
+
+    #[test]
+    fn a_held_body_cut_short_is_an_error() {
+        assert!(matches!(held(Framing::Length(9), b"abc"), Err(RelayError::Source(H1SourceError::Body(BodyError::Truncated)))));
+        assert!(matches!(held(Framing::Chunked, b"zz\r\n"), Err(RelayError::Source(H1SourceError::Body(BodyError::BadChunk(_))))));
+    }
+
+    #[test]
+    fn h1_sink_rechunks_and_coalesces() {
+        let rt = || monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build().unwrap();
+        let mut dec = BodyDecoder::new(Framing::Chunked);
+        let body = b"3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n";
+        let mut src = H1Source::held(body, &mut dec);
+        let mut w: Vec<u8> = Vec::new();
+        let mut out = b"HEAD\r\n".to_vec();
+        let wrote = Cell::new(false);
+        {
+            let mut vw = VecWriter(&mut w);
+            let mut sink = H1Sink::new(&mut vw, &mut out, true, Duration::from_secs(1), &wrote);
+            rt().block_on(relay(&mut src, &mut sink)).unwrap();
+        }
+        assert_eq!(w, b"HEAD\r\n3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n");
+        assert!(wrote.get());
+    }
+
+    /// An in-memory writer, one write call per flush.
+    struct VecWriter<'a>(&'a mut Vec<u8>);
+
+    impl AsyncWriteRent for VecWriter<'_> {
+        async fn write<T: monoio::buf::IoBuf>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
+            // SAFETY: IoBuf promises `read_ptr` is valid for `bytes_init` bytes.
+            #[allow(unsafe_code)]
+            let s = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };
+            self.0.extend_from_slice(s);
+            (Ok(s.len()), buf)
+        }
+        async fn writev<T: monoio::buf::IoVecBuf>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
+            (Ok(0), buf)
+        }
+        async fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+        async fn shutdown(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+}
