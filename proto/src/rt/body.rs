@@ -81,8 +81,10 @@ impl Trailers<'_> {
 pub trait Source {
     type Error;
     /// Whether [`Source::next`] can answer without waiting for the peer. A
-    /// relay flushes its sink before a piece it would have to wait for.
-    fn ready(&self) -> bool;
+    /// relay flushes its sink before a piece it would have to wait for, and
+    /// only then: a response head and a payload that arrived together leave
+    /// in one write.
+    fn ready(&mut self) -> bool;
     /// The next piece; after [`Piece::End`] or [`Piece::Trailers`], nothing.
     async fn next(&mut self) -> Result<Piece<'_>, Self::Error>;
 }
@@ -126,7 +128,7 @@ pub struct Empty;
 
 impl Source for Empty {
     type Error = std::convert::Infallible;
-    fn ready(&self) -> bool {
+    fn ready(&mut self) -> bool {
         true
     }
     async fn next(&mut self) -> Result<Piece<'_>, Self::Error> {
@@ -198,7 +200,7 @@ fn consume<R>(input: &mut Input<'_, R>, n: usize) {
 impl<R: AsyncReadRent> Source for H1Source<'_, R> {
     type Error = H1SourceError;
 
-    fn ready(&self) -> bool {
+    fn ready(&mut self) -> bool {
         self.ended || self.dec.is_done() || buffered(&self.input).len() > self.pending
     }
 
@@ -252,27 +254,82 @@ impl<R: AsyncReadRent> Source for H1Source<'_, R> {
 /// An HTTP/2 stream's body: DATA payloads, then trailers or the end.
 pub struct H2Source<'a> {
     body: &'a mut h2::RecvStream,
+    /// What [`Source::ready`] found already received, handed out next.
+    peeked: Option<Result<Peeked, h2::Error>>,
     ended: bool,
+}
+
+enum Peeked {
+    Data(Bytes),
+    Trailers(http::HeaderMap),
+    End,
 }
 
 impl<'a> H2Source<'a> {
     pub fn new(body: &'a mut h2::RecvStream) -> Self {
-        H2Source { body, ended: false }
+        H2Source { body, peeked: None, ended: false }
+    }
+
+    /// The next frame's worth, if h2 has it received already (one poll with
+    /// a no-op waker: the real wait re-registers the task's own).
+    fn poll_now(&mut self) -> Option<Result<Peeked, h2::Error>> {
+        use std::task::{Context, Poll, Waker};
+        let mut cx = Context::from_waker(Waker::noop());
+        loop {
+            match self.body.poll_data(&mut cx) {
+                Poll::Ready(Some(Ok(d))) => {
+                    let _ = self.body.flow_control().release_capacity(d.len());
+                    if d.is_empty() {
+                        continue;
+                    }
+                    return Some(Ok(Peeked::Data(d)));
+                }
+                Poll::Ready(Some(Err(e))) => return Some(Err(e)),
+                Poll::Ready(None) => break,
+                Poll::Pending => return None,
+            }
+        }
+        match self.body.poll_trailers(&mut cx) {
+            Poll::Ready(Ok(Some(t))) => Some(Ok(Peeked::Trailers(t))),
+            Poll::Ready(Ok(None)) => Some(Ok(Peeked::End)),
+            Poll::Ready(Err(e)) => Some(Err(e)),
+            Poll::Pending => None,
+        }
+    }
+
+    fn hand_out(&mut self, p: Peeked) -> Piece<'_> {
+        match p {
+            Peeked::Data(d) => Piece::Bytes(d),
+            Peeked::Trailers(t) => {
+                self.ended = true;
+                Piece::Trailers(Trailers::H2(t))
+            }
+            Peeked::End => {
+                self.ended = true;
+                Piece::End
+            }
+        }
     }
 }
 
 impl Source for H2Source<'_> {
     type Error = h2::Error;
 
-    fn ready(&self) -> bool {
-        // h2 gives no cheap "is a frame buffered": every DATA frame is
-        // flushed to the sink as it comes.
-        self.ended
+    fn ready(&mut self) -> bool {
+        if self.ended || self.peeked.is_some() {
+            return true;
+        }
+        self.peeked = self.poll_now();
+        self.peeked.is_some()
     }
 
     async fn next(&mut self) -> Result<Piece<'_>, h2::Error> {
         if self.ended {
             return Ok(Piece::End);
+        }
+        if let Some(p) = self.peeked.take() {
+            let p = p?;
+            return Ok(self.hand_out(p));
         }
         while let Some(d) = h2io::recv_data(self.body).await {
             let d = d?;
@@ -280,11 +337,11 @@ impl Source for H2Source<'_> {
                 return Ok(Piece::Bytes(d));
             }
         }
-        self.ended = true;
-        Ok(match self.body.trailers().await? {
-            Some(t) => Piece::Trailers(Trailers::H2(t)),
-            None => Piece::End,
-        })
+        let p = match self.body.trailers().await? {
+            Some(t) => Peeked::Trailers(t),
+            None => Peeked::End,
+        };
+        Ok(self.hand_out(p))
     }
 }
 
@@ -491,7 +548,7 @@ pub enum AnySource<'a, R> {
 
 impl<R: AsyncReadRent> Source for AnySource<'_, R> {
     type Error = Fault;
-    fn ready(&self) -> bool {
+    fn ready(&mut self) -> bool {
         match self {
             AnySource::Empty => true,
             AnySource::H1(s) => s.ready(),
