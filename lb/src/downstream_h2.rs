@@ -59,6 +59,8 @@ where
         _ => return,
     };
     let active = Rc::new(Cell::new(0u32));
+    // Formatted once for every stream's forwarding fields.
+    let addr = Rc::new(h1::ClientAddr::new(peer));
     let mut draining = false;
     loop {
         let next = if draining {
@@ -92,9 +94,9 @@ where
             _ => return,
         };
         active.set(active.get() + 1);
-        let (c, a) = (core.clone(), active.clone());
+        let (c, a, addr) = (core.clone(), active.clone(), addr.clone());
         percore::spawn_killable(&core, async move {
-            handle(&c, req, respond, peer, migrated).await;
+            handle(&c, req, respond, peer, &addr, migrated).await;
             a.set(a.get() - 1);
         });
     }
@@ -105,13 +107,14 @@ async fn handle(
     req: http::Request<h2::RecvStream>,
     respond: h2::server::SendResponse<Bytes>,
     peer: SocketAddr,
+    addr: &h1::ClientAddr,
     migrated: bool,
 ) {
     let (mut parts, mut body) = req.into_parts();
     // `respond` is shared between the work and the reset watcher; borrowed
     // only between awaits.
     let respond = RefCell::new(respond);
-    let (host, target) = match prepare(core, &mut parts, peer) {
+    let (host, target) = match prepare(core, &mut parts, peer, addr) {
         Ok(ht) => ht,
         Err(e) => return send_error(core, &respond, &e),
     };
@@ -162,7 +165,7 @@ const X_FORWARDED_HOST: http::HeaderName = http::HeaderName::from_static("x-forw
 /// `:authority` (RFC 9113 §8.3.1), the client's own `Forwarded` /
 /// `X-Forwarded-*` dropped unless it is a trusted proxy, and this hop's added.
 /// Returns the host and the normalized target.
-fn prepare(core: &Core, parts: &mut http::request::Parts, peer: SocketAddr) -> Result<(Vec<u8>, Vec<u8>), Error> {
+fn prepare(core: &Core, parts: &mut http::request::Parts, peer: SocketAddr, addr: &h1::ClientAddr) -> Result<(Vec<u8>, Vec<u8>), Error> {
     let malformed = |why| Error::Head(ptth_proto::HeadError::Malformed(why));
     if parts.method == http::Method::CONNECT {
         // Not relayed yet (RFC 9113 §8.5); never forwarded as a plain request.
@@ -196,14 +199,14 @@ fn prepare(core: &Core, parts: &mut http::request::Parts, peer: SocketAddr) -> R
     }
     use std::fmt::Write as _;
     let mut forwarded = String::with_capacity(64 + host.len());
-    let _ = write!(forwarded, "for=\"{peer}\";proto=http");
+    let _ = write!(forwarded, "for=\"{}\";proto=http", addr.node);
     if !host.is_empty() && host.len() <= 300 {
         let _ = write!(forwarded, ";host=\"{}\"", String::from_utf8_lossy(&host));
     }
     let value = |s: String| http::HeaderValue::try_from(s).map_err(|_| malformed("invalid :authority or Host"));
     h.append(http::header::FORWARDED, value(forwarded)?);
     if policy.x_forwarded {
-        h.append(X_FORWARDED_FOR, value(peer.ip().to_string())?);
+        h.append(X_FORWARDED_FOR, value(addr.ip.clone())?);
         h.append(X_FORWARDED_PROTO, http::HeaderValue::from_static("http"));
     }
     Ok((host, target))

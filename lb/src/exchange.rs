@@ -180,8 +180,8 @@ async fn exchange<R: AsyncReadRent, W: AsyncWriteRent, K: AsyncWriteRent>(
     resp: &mut Responder<'_, W>,
     started: &Cell<bool>,
 ) -> Result<(Done, bool), Upload> {
-    let up = relay(body, sink);
-    let down = download(x, reader, resp, started);
+    let up = std::pin::pin!(relay(body, sink));
+    let down = std::pin::pin!(download(x, reader, resp, started));
     match duplex(up, down).await {
         Duplex::Both((), d) => d.map(|d| (d, true)).map_err(Upload::Down),
         Duplex::UploadFailed(e) => Err(Upload::Failed(e)),
@@ -381,8 +381,11 @@ impl<W: AsyncWriteRent> Responder<'_, W> {
                         let chunked = !bodyless && !length && !empty && *version == Version::Http11;
                         let until_close = !bodyless && !length && !empty && *version == Version::Http10;
                         let client_close = *close || until_close || draining;
-                        use std::io::Write;
-                        let _ = write!(out, "HTTP/1.1 {} {}\r\n", status, parts.status.canonical_reason().unwrap_or(""));
+                        out.extend_from_slice(b"HTTP/1.1 ");
+                        h1::write_decimal(out, u64::from(status));
+                        out.push(b' ');
+                        out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+                        out.extend_from_slice(b"\r\n");
                         h2io::write_h1_fields(out, &parts.headers);
                         if !bodyless && !length && empty {
                             out.extend_from_slice(b"Content-Length: 0\r\n");

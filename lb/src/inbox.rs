@@ -1,6 +1,8 @@
 //! Owned messages between cores (docs/ARCHITECTURE.md: cross-core traffic
-//! only as owned messages). Used on the control path only: a tunnel placed on another core,
-//! a client connection handed to a core that has tunnels for its route.
+//! only as owned messages). Used off the per-request path: a tunnel placed on
+//! another core, a client connection handed to a core that has tunnels for
+//! its route, and a worker's concurrency permit freed while another core
+//! waited for it.
 //!
 //! crossbeam's channel has no async receive; the receiver parks its waker in
 //! a mutex between two `try_recv`s, and senders wake it (monoio's `sync`
@@ -21,6 +23,9 @@ pub(crate) enum CoreMsg {
     Tunnel { stream: std::net::TcpStream, id: std::sync::Arc<str>, meta: std::sync::Arc<Meta>, setup: TunnelSetup },
     /// A client connection with the bytes already read from it.
     Client { stream: std::net::TcpStream, peer: std::net::SocketAddr, buffered: Vec<u8> },
+    /// A concurrency permit of this worker was given back on another core
+    /// while a request here waited for one (`tunnel::permits`).
+    Capacity { worker: std::sync::Arc<str> },
 }
 
 /// What the adopting core needs to answer a setup.

@@ -28,6 +28,7 @@ mod proxy;
 mod request;
 pub mod stats;
 mod tunnel;
+mod wiring;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,7 +52,7 @@ pub(crate) struct Shared {
     pub(crate) cores: usize,
     pub(crate) placement: Arc<Placement>,
     pub(crate) stats: Vec<CachePadded<CoreStats>>,
-    pub(crate) inboxes: Vec<Inbox>,
+    pub(crate) inboxes: Arc<[Inbox]>,
     pub(crate) draining: AtomicBool,
     pub(crate) started: Instant,
     pub(crate) driver: std::sync::OnceLock<String>,
@@ -166,8 +167,8 @@ pub fn run(cfg: Config) -> Result<Lb, Error> {
     let mut admin = admin;
     let mut threads = Vec::new();
     for (id, (clients, tunnel)) in per_core.into_iter().zip(tunnels).enumerate() {
-        let listeners = percore::CoreListeners { clients, tunnel, admin: if id == 0 { admin.take() } else { None } };
-        let t = percore::spawn(id, shared.clone(), listeners, stop.clone(), ready_tx.clone())
+        let listeners = wiring::CoreListeners { clients, tunnel, admin: if id == 0 { admin.take() } else { None } };
+        let t = wiring::spawn(id, shared.clone(), listeners, stop.clone(), ready_tx.clone())
             .map_err(|source| Error::Runtime { core: id, source })?;
         threads.push(t);
     }

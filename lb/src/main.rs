@@ -132,11 +132,9 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
     Ok(cfg)
 }
 
-/// A message for the operator before logging is set up (bad flags): to
-/// stderr, and never a panic if stderr is closed.
+/// A message for the operator before logging is set up (bad flags).
 fn complain(msg: std::fmt::Arguments<'_>) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "ptth-lb: {msg}");
+    ptth_proto::rt::logging::complain("ptth-lb", msg);
 }
 
 fn main() -> ExitCode {

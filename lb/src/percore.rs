@@ -1,33 +1,23 @@
-//! One core: a pinned thread running its own monoio runtime, with everything
-//! it serves from owned state (`Rc`, `Cell`, `RefCell`; no borrow is held
-//! across an `.await`).
-//!
-//! Tasks per core: an accept loop per client listener ([`crate::proxy`]
-//! serves each connection), the tunnel accept loop ([`crate::tunnel::accept`]),
-//! the inbox loop (tunnels and clients handed over by other cores), the idle
-//! tunnel sweeper, and on core 0 the admin listener.
+//! One core's state and the helpers its tasks share: everything a core serves
+//! lives in owned state (`Rc`, `Cell`, `RefCell`; no borrow is held across an
+//! `.await`). Spawning the tasks is [`crate::wiring`]'s; nothing here imports
+//! the modules that serve requests, so they can all import this.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use monoio::net::{TcpListener, TcpStream};
-use ptth_proto::rt::runtime::{pin_to, Runtime};
+use ptth_proto::rt::logging::LogThrottle;
 use ptth_proto::rt::signal::Signal;
 
-use crate::error::Error;
 use crate::inbox::CoreMsg;
-use crate::stats::{self, CoreStats};
+use crate::stats::CoreStats;
 use crate::tunnel::pool::Pool;
 use crate::Shared;
-
-/// How often each core checks the process-wide stop flags.
-const FLAG_POLL: Duration = Duration::from_millis(20);
-/// How often idle tunnels are checked for a worker that hung up.
-const SWEEP_EVERY: Duration = Duration::from_millis(500);
 
 pub(crate) struct Core {
     pub(crate) id: usize,
@@ -40,96 +30,13 @@ pub(crate) struct Core {
     /// Client connections being served on this core.
     pub(crate) active: Cell<u64>,
     /// Rate limit of tunnel-setup refusal log lines.
-    pub(crate) refusals: crate::tunnel::accept::RefusalLog,
+    pub(crate) refusals: LogThrottle,
 }
 
 impl Core {
     pub(crate) fn stats(&self) -> &CoreStats {
         &self.shared.stats[self.id]
     }
-}
-
-/// Listeners for one core, bound on the main thread.
-pub(crate) struct CoreListeners {
-    pub(crate) clients: Vec<std::net::TcpListener>,
-    pub(crate) tunnel: std::net::TcpListener,
-    pub(crate) admin: Option<std::net::TcpListener>,
-}
-
-/// Starts core `id` on its own thread. The result of building the runtime is
-/// reported on `ready` before serving starts.
-pub(crate) fn spawn(
-    id: usize,
-    shared: Arc<Shared>,
-    listeners: CoreListeners,
-    stop_flag: Arc<AtomicBool>,
-    ready: std::sync::mpsc::Sender<Result<String, Error>>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new().name(format!("ptth-lb-core-{id}")).spawn(move || {
-        let pinned = if shared.cfg.profile.pin { pin_to(id) } else { None };
-        let (mut rt, driver) = match Runtime::build(&shared.cfg.profile.runtime) {
-            Ok(r) => r,
-            Err(source) => {
-                let _ = ready.send(Err(Error::Runtime { core: id, source }));
-                return;
-            }
-        };
-        let pin = match pinned {
-            Some(cpu) => format!("pinned to CPU {cpu}"),
-            None => "not pinned".into(),
-        };
-        let _ = ready.send(Ok(format!("{driver}, {pin}")));
-        rt.block_on(run(id, shared, listeners, stop_flag));
-    })
-}
-
-async fn run(id: usize, shared: Arc<Shared>, listeners: CoreListeners, stop_flag: Arc<AtomicBool>) {
-    let core = Rc::new(Core {
-        id,
-        pool: RefCell::new(Pool::new(id, shared.placement.clone())),
-        shared: shared.clone(),
-        stop: Signal::new(),
-        kill: Signal::new(),
-        active: Cell::new(0),
-        refusals: Default::default(),
-    });
-    monoio::spawn(core.stop.clone().follow(stop_flag, FLAG_POLL));
-    for l in listeners.clients {
-        match TcpListener::from_std(l) {
-            Ok(l) => {
-                monoio::spawn(accept_clients(core.clone(), l));
-            }
-            Err(e) => tracing::error!(core = id, "client listener: {e}"),
-        }
-    }
-    match TcpListener::from_std(listeners.tunnel) {
-        Ok(l) => {
-            monoio::spawn(crate::tunnel::accept::accept_loop(core.clone(), l));
-        }
-        Err(e) => tracing::error!(core = id, "tunnel listener: {e}"),
-    }
-    if let Some(a) = listeners.admin {
-        match TcpListener::from_std(a) {
-            Ok(l) => {
-                monoio::spawn(crate::admin::serve(core.clone(), l));
-            }
-            Err(e) => tracing::error!(core = id, "admin listener: {e}"),
-        }
-    }
-    monoio::spawn(inbox_loop(core.clone()));
-    monoio::spawn(sweeper(core.clone()));
-
-    core.stop.wait().await;
-    // Drain: requests in flight finish (idle keep-alive connections close as
-    // soon as they notice the stop), bounded by the drain deadline.
-    let deadline = std::time::Instant::now() + shared.cfg.profile.drain_timeout;
-    while core.active.get() > 0 && std::time::Instant::now() < deadline {
-        monoio::time::sleep(Duration::from_millis(10)).await;
-    }
-    core.kill.fire();
-    core.pool.borrow_mut().close_all();
-    // Let the killed tasks run once so their sockets close before the thread ends.
-    monoio::time::sleep(Duration::from_millis(20)).await;
 }
 
 /// Accepts on `listener` until `until` fires, handing each connection to
@@ -169,62 +76,6 @@ pub(crate) fn spawn_killable(core: &Core, work: impl std::future::Future<Output 
     });
 }
 
-async fn accept_clients(core: Rc<Core>, listener: TcpListener) {
-    let c = core.clone();
-    accept_each(&core, listener, "client", core.stop.clone(), move |stream, peer| {
-        stats::add(&c.stats().clients_accepted, 1);
-        spawn_client(&c, stream, peer, Vec::new(), false);
-    })
-    .await;
-}
-
-/// Serves one client connection on this core until it ends or the core is
-/// killed.
-pub(crate) fn spawn_client(core: &Rc<Core>, stream: TcpStream, peer: SocketAddr, buffered: Vec<u8>, migrated: bool) {
-    let c = core.clone();
-    spawn_killable(core, async move {
-        c.active.set(c.active.get() + 1);
-        stats::set_u64(&c.stats().active_clients, c.active.get());
-        crate::proxy::serve(c.clone(), stream, peer, buffered, migrated).await;
-        c.active.set(c.active.get() - 1);
-        stats::set_u64(&c.stats().active_clients, c.active.get());
-    });
-}
-
-async fn inbox_loop(core: Rc<Core>) {
-    let shared = core.shared.clone();
-    loop {
-        let msg = monoio::select! {
-            m = shared.inboxes[core.id].recv() => m,
-            _ = core.kill.wait() => return,
-        };
-        match msg {
-            Some(CoreMsg::Tunnel { stream, id, meta, setup }) => match adopt(stream) {
-                Ok(s) => {
-                    monoio::spawn(crate::tunnel::accept::finish(core.clone(), s, id, meta, setup));
-                }
-                Err(e) => {
-                    tracing::warn!(core = core.id, worker = %id, "adopting a tunnel: {e}");
-                    shared.placement.release(&id, core.id);
-                }
-            },
-            Some(CoreMsg::Client { stream, peer, buffered }) => match adopt(stream) {
-                Ok(s) => spawn_client(&core, s, peer, buffered, true),
-                Err(e) => tracing::warn!(core = core.id, %peer, "adopting a client connection: {e}"),
-            },
-            None => return,
-        }
-    }
-}
-
-/// Registers a socket from another core with this core's driver.
-fn adopt(stream: std::net::TcpStream) -> std::io::Result<TcpStream> {
-    // io_uring accepts return blocking sockets; the legacy driver needs them
-    // non-blocking, and this core may run either.
-    stream.set_nonblocking(true)?;
-    TcpStream::from_std(stream)
-}
-
 /// Detaches a socket from this core so another core can adopt it. The caller
 /// guarantees no operation is in flight on it (monoio panics otherwise).
 #[allow(unsafe_code)]
@@ -234,16 +85,6 @@ pub(crate) fn detach(stream: TcpStream) -> std::net::TcpStream {
     // SAFETY: `into_raw_fd` gave up monoio's ownership of `fd`, so this is the
     // only owner; it is an open TCP socket.
     unsafe { std::net::TcpStream::from_raw_fd(fd) }
-}
-
-async fn sweeper(core: Rc<Core>) {
-    loop {
-        monoio::select! {
-            _ = monoio::time::sleep(SWEEP_EVERY) => {},
-            _ = core.kill.wait() => return,
-        }
-        core.pool.borrow_mut().sweep(SWEEP_EVERY);
-    }
 }
 
 /// Sends a message to core `to`.

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use monoio::io::AsyncWriteRent;
 use monoio::net::TcpStream;
-use ptth_proto::h1::{self, BodyDecoder, Forwarding, Framing, Parsed, RequestHead, TargetForm, Version};
+use ptth_proto::h1::{self, BodyDecoder, ClientAddr, Forwarding, Framing, Parsed, RequestHead, TargetForm, Version};
 use ptth_proto::rt::body::{AnySource, H1Source};
 use ptth_proto::rt::io::{split, write_all, ReadBuf, ReadHalf};
 
@@ -51,6 +51,8 @@ struct Client {
     /// Parse space for building h2 requests from `fwd`.
     scratch: RequestHead,
     peer: SocketAddr,
+    /// The peer as the forwarding fields write it.
+    addr: ClientAddr,
     /// Handed over from another core: requests here are not core-local.
     migrated: bool,
 }
@@ -74,6 +76,7 @@ pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, b
         head: RequestHead::default(),
         scratch: RequestHead::default(),
         peer,
+        addr: ClientAddr::new(peer),
         migrated,
     };
     // One port serves HTTP/1.1 and h2c: a connection that opens with the
@@ -229,7 +232,7 @@ async fn handle(core: &Rc<Core>, c: &mut Client) -> Next {
     };
     let policy = &core.shared.cfg.forwarding;
     let fwd = Forwarding {
-        client: Some(c.peer),
+        client: Some(&c.addr),
         proto: "http",
         host,
         target: &c.target,

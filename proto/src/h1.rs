@@ -705,17 +705,50 @@ pub fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Appends `n` in decimal (the formatting machinery costs more than the
+/// head it writes into).
+pub fn write_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
 /// Writes the one framing field a message with `framing` carries on the next
 /// hop (RFC 9112 §6): framing is decided once, by the parser, and the
 /// forwarded head is written from that decision, never copied.
 fn write_framing(out: &mut Vec<u8>, framing: Framing) {
-    use std::io::Write;
     match framing {
         Framing::Length(n) => {
-            let _ = write!(out, "Content-Length: {n}\r\n");
+            out.extend_from_slice(b"Content-Length: ");
+            write_decimal(out, n);
+            out.extend_from_slice(b"\r\n");
         }
         Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         Framing::Empty | Framing::UntilClose => {}
+    }
+}
+
+/// A client's address as the forwarding fields write it, formatted once per
+/// connection rather than once per request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAddr {
+    /// `ip:port`, IPv6 in brackets: the quoted `for=` node (RFC 7239 §6).
+    pub node: String,
+    /// The address alone, for `X-Forwarded-For`.
+    pub ip: String,
+}
+
+impl ClientAddr {
+    pub fn new(a: std::net::SocketAddr) -> ClientAddr {
+        ClientAddr { node: a.to_string(), ip: a.ip().to_string() }
     }
 }
 
@@ -725,7 +758,7 @@ pub struct Forwarding<'a> {
     /// The client's address, for `Forwarded: for=` (RFC 7239 §5.2); `None`
     /// adds no `Forwarded` element (a hop that does not know the client, such
     /// as the worker's sidecar forwarding to its origin).
-    pub client: Option<std::net::SocketAddr>,
+    pub client: Option<&'a ClientAddr>,
     /// `proto=` of the `Forwarded` element.
     pub proto: &'a str,
     /// The authority the request was routed on: the absolute-form target's
@@ -746,7 +779,6 @@ pub struct Forwarding<'a> {
 /// `Forwarded` element for this hop, no hop-by-hop fields and no `Expect`
 /// (the lb answers `100 Continue` itself).
 pub fn write_request_head(out: &mut Vec<u8>, buf: &[u8], head: &RequestHead, fwd: &Forwarding<'_>) {
-    use std::io::Write;
     out.extend_from_slice(head.method(buf));
     out.push(b' ');
     out.extend_from_slice(fwd.target);
@@ -763,7 +795,10 @@ pub fn write_request_head(out: &mut Vec<u8>, buf: &[u8], head: &RequestHead, fwd
     write_framing(out, head.framing());
     if let Some(client) = fwd.client {
         // RFC 7239 §6: IPv6 addresses and ports need the quoted form.
-        let _ = write!(out, "Forwarded: for=\"{client}\";proto={}", fwd.proto);
+        out.extend_from_slice(b"Forwarded: for=\"");
+        out.extend_from_slice(client.node.as_bytes());
+        out.extend_from_slice(b"\";proto=");
+        out.extend_from_slice(fwd.proto.as_bytes());
         // Bounded so the element fits in FORWARD_RESERVE (a DNS name is at most 253).
         if !fwd.host.is_empty() && fwd.host.len() <= 300 && fwd.host.iter().all(|b| b.is_ascii_graphic() && *b != b'"' && *b != b'\\') {
             out.extend_from_slice(b";host=\"");
@@ -772,7 +807,8 @@ pub fn write_request_head(out: &mut Vec<u8>, buf: &[u8], head: &RequestHead, fwd
         }
         out.extend_from_slice(b"\r\n");
         if fwd.x_forwarded {
-            let _ = write!(out, "X-Forwarded-For: {}\r\nX-Forwarded-Proto: {}\r\n", client.ip(), fwd.proto);
+            write_field(out, b"X-Forwarded-For", client.ip.as_bytes());
+            write_field(out, b"X-Forwarded-Proto", fwd.proto.as_bytes());
         }
     }
     out.extend_from_slice(b"\r\n");
@@ -816,10 +852,11 @@ pub enum Persist {
 /// a bodyless one (HEAD, 1xx, 204, 304) keeps its `Content-Length`, which
 /// then describes the representation, not this message (RFC 9110 §8.6).
 pub fn write_response_head(out: &mut Vec<u8>, buf: &[u8], head: &ResponseHead, client_version: Version, persist: Persist, dechunk: bool) {
-    use std::io::Write;
     // RFC 9110 §6.2: answer with the highest minor version we speak, even to
     // an HTTP/1.0 client; `client_version` only decides how persistence is said.
-    let _ = write!(out, "HTTP/1.1 {} ", head.status);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    write_decimal(out, u64::from(head.status));
+    out.push(b' ');
     out.extend_from_slice(&buf[head.reason.clone()]);
     out.extend_from_slice(b"\r\n");
     let framing = head.framing();
@@ -1308,7 +1345,7 @@ mod tests {
         let mut target = Vec::new();
         write_normalized_target(&mut target, origin_form(h.target(buf))).unwrap();
         let fwd = Forwarding {
-            client: Some("10.0.0.1:5".parse().unwrap()),
+            client: Some(&ClientAddr::new("10.0.0.1:5".parse().unwrap())),
             proto: "http",
             host,
             target: &target,

@@ -82,7 +82,8 @@ fn forward(input: &[u8], head: &RequestHead, client: Option<std::net::SocketAddr
     }
     let mut target = Vec::new();
     h1::write_normalized_target(&mut target, h1::origin_form(head.target(input))).ok()?;
-    let fwd = Forwarding { client, proto: "http", host, target: &target, keep_client_forwarded: false, x_forwarded: true };
+    let client = client.map(h1::ClientAddr::new);
+    let fwd = Forwarding { client: client.as_ref(), proto: "http", host, target: &target, keep_client_forwarded: false, x_forwarded: true };
     let mut out = Vec::new();
     h1::write_request_head(&mut out, input, head, &fwd);
     Some(out)

@@ -213,4 +213,27 @@ fn lost_after_sending(kind: InnerProtocol) {
     assert_eq!((status, body.as_slice()), (200, &b"hello\n"[..]), "h2c GET is retried");
 }
 
-on_both_tunnel_kinds!(queue_bounds_give_503, waiting_request_gets_the_next_free_tunnel, lost_after_sending);
+/// A worker's concurrency limit holds across cores, and a permit given back
+/// on one core reaches a request queued on the other: no waiter is left
+/// behind until its deadline (which would be a 503 here).
+fn a_permit_freed_on_one_core_reaches_a_waiter_on_another(kind: InnerProtocol) {
+    let lb = start_lb(2, |c| c.profile.queue_wait = Duration::from_secs(30));
+    let mut cfg = worker_config(&lb, "limited", 2);
+    cfg.meta.max_concurrency = Some(1);
+    cfg.protocols = vec![kind];
+    let _w = start_worker(cfg, || Responder::Delay(Duration::from_millis(50)));
+    let addr = lb.client_addr();
+    // Sixteen connections land on both cores (all on one: 1 in 2^15).
+    let threads: Vec<_> = (0..16).map(|_| std::thread::spawn(move || get(addr, "/").status)).collect();
+    let statuses: Vec<u16> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    let s = lb.status();
+    assert!(s.per_core.iter().all(|c| c.queued >= 1), "both cores queued requests: {:?}", s.per_core);
+}
+
+on_both_tunnel_kinds!(
+    queue_bounds_give_503,
+    waiting_request_gets_the_next_free_tunnel,
+    lost_after_sending,
+    a_permit_freed_on_one_core_reaches_a_waiter_on_another
+);

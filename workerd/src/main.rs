@@ -149,11 +149,9 @@ fn ptth_proto_driver(s: &str) -> Option<ptth_proto::rt::runtime::DriverChoice> {
     ptth_proto::rt::runtime::DriverChoice::parse(s)
 }
 
-/// A message for the operator before logging is set up (bad flags): to
-/// stderr, and never a panic if stderr is closed.
+/// A message for the operator before logging is set up (bad flags).
 fn complain(msg: std::fmt::Arguments<'_>) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "ptth-workerd: {msg}");
+    ptth_proto::rt::logging::complain("ptth-workerd", msg);
 }
 
 fn main() -> ExitCode {

@@ -68,33 +68,6 @@ fn authorize(cfg: &Config, req: &SetupRequest, peer: SocketAddr) -> Result<(), E
     }
 }
 
-/// At most one refusal line per second per core: refusals come from peers
-/// that are not (yet) authenticated, and must not let them flood the log.
-/// The next line that gets through says how many were left out.
-#[derive(Debug, Default)]
-pub(crate) struct RefusalLog {
-    last: std::cell::Cell<Option<Instant>>,
-    suppressed: std::cell::Cell<u64>,
-}
-
-impl RefusalLog {
-    const EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
-    /// Whether to log this refusal now, and how many were held back before it.
-    fn admit(&self, now: Instant) -> Option<u64> {
-        match self.last.get() {
-            Some(t) if now.saturating_duration_since(t) < Self::EVERY => {
-                self.suppressed.set(self.suppressed.get() + 1);
-                None
-            }
-            _ => {
-                self.last.set(Some(now));
-                Some(self.suppressed.replace(0))
-            }
-        }
-    }
-}
-
 async fn reject(core: &Core, stream: &mut TcpStream, e: &Error, peer: SocketAddr, worker: Option<&str>) {
     stats::add(&core.stats().setups_rejected, 1);
     let status = e.status().unwrap_or(400);
@@ -254,16 +227,6 @@ mod tests {
         assert!(authorize(&cfg, &setup_req(Claim::Any, Some("t")), far).is_ok());
         assert!(matches!(authorize(&cfg, &setup_req(Claim::Any, Some("u")), lo), Err(Error::Unauthorized(_))));
         assert!(matches!(authorize(&cfg, &setup_req(Claim::Any, None), lo), Err(Error::Unauthorized(_))));
-    }
-
-    #[test]
-    fn refusal_log_is_rate_limited() {
-        let log = RefusalLog::default();
-        let t = Instant::now();
-        assert_eq!(log.admit(t), Some(0));
-        assert_eq!(log.admit(t), None);
-        assert_eq!(log.admit(t + std::time::Duration::from_millis(500)), None);
-        assert_eq!(log.admit(t + std::time::Duration::from_millis(1000)), Some(2));
     }
 
     #[test]

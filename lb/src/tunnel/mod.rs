@@ -3,6 +3,7 @@
 //! - [`accept`]: the tunnel listener and the setup handshake (auth, policy,
 //!   placement on a core, `101`).
 //! - [`acquire`]: taking a lease for a request (pick, or wait in the queue).
+//! - [`permits`]: a worker's cross-core concurrency limit (plain data, unit-tested).
 //! - [`placement`]: the cross-core record of which core owns which tunnels.
 //! - [`pool`]: one core's tunnels, routing and leases.
 //! - [`queue`]: one core's wait queue (plain data, unit-tested).
@@ -10,6 +11,7 @@
 
 pub(crate) mod accept;
 pub(crate) mod acquire;
+pub(crate) mod permits;
 pub(crate) mod placement;
 pub(crate) mod pool;
 pub(crate) mod queue;

@@ -10,13 +10,11 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex, MutexGuard};
-
-use crossbeam_utils::CachePadded;
 
 use crate::error::Error;
 use crate::stats::WorkerCoreStats;
+use crate::tunnel::permits::Permits;
 use crate::tunnel::Meta;
 
 /// What a worker's tunnels share across cores.
@@ -27,7 +25,7 @@ pub(crate) struct WorkerEntry {
     pub(crate) meta: Arc<Meta>,
     /// In-flight requests across all cores, when the worker declared
     /// `Tunnel-Max-Concurrency` (its limit is per worker, not per core).
-    pub(crate) permits: Option<Arc<CachePadded<AtomicU32>>>,
+    pub(crate) permits: Option<Arc<Permits>>,
     pub(crate) stats: Vec<Arc<WorkerCoreStats>>,
 }
 
@@ -35,7 +33,7 @@ pub(crate) struct WorkerEntry {
 #[derive(Debug)]
 pub(crate) struct Placed {
     pub(crate) core: usize,
-    pub(crate) permits: Option<Arc<CachePadded<AtomicU32>>>,
+    pub(crate) permits: Option<Arc<Permits>>,
     pub(crate) stats: Arc<WorkerCoreStats>,
 }
 
@@ -123,7 +121,7 @@ impl Placement {
         }
         e.meta = meta.clone();
         if meta.max_concurrency.is_some() && e.permits.is_none() {
-            e.permits = Some(Arc::new(CachePadded::new(AtomicU32::new(0))));
+            e.permits = Some(Arc::new(Permits::default()));
         }
         let min = *e.per_core.iter().min().unwrap_or(&0);
         let core = if e.per_core[here] == min { here } else { e.per_core.iter().position(|&n| n == min).unwrap_or(here) };

@@ -5,22 +5,23 @@
 //! its idle tunnels; if every eligible tunnel is busy, wait in this core's
 //! bounded FIFO queue; a freed tunnel goes straight to the first waiter it can
 //! serve. Everything here is owned by one core: no locks, no atomics except a
-//! worker's cross-core concurrency permit when it declared a limit.
+//! worker's cross-core concurrency permit when it declared a limit
+//! (`tunnel::permits`).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_utils::CachePadded;
 use monoio::net::TcpStream;
 use ptth_proto::h1::ResponseHead;
 use ptth_proto::rt::io::ReadBuf;
 use ptth_proto::rt::FastRng;
 
+use crate::inbox::{CoreMsg, Inbox};
 use crate::stats::{self, WorkerCoreStats};
+use crate::tunnel::permits::{self, Permits};
 use crate::tunnel::placement::{PeerTicket, Placed, Placement};
 use crate::tunnel::queue::{Full, Reroute, WaitQueue, Waiter};
 use crate::tunnel::select::{power_of_two, Choice};
@@ -115,22 +116,15 @@ struct LocalWorker {
     /// does not turn into a burst of "no worker serves" 503s.
     empty_since: Option<Instant>,
     in_flight: u32,
-    permits: Option<Arc<CachePadded<AtomicU32>>>,
+    permits: Option<Arc<Permits>>,
     stats: Arc<WorkerCoreStats>,
 }
 
 impl LocalWorker {
     /// Takes a cross-core concurrency permit if the worker declared a limit.
-    fn try_permit(&self) -> bool {
+    fn try_permit(&self, core: usize) -> bool {
         match (&self.permits, self.meta.max_concurrency) {
-            (Some(p), Some(max)) => {
-                if p.fetch_add(1, Ordering::AcqRel) < max {
-                    true
-                } else {
-                    p.fetch_sub(1, Ordering::AcqRel);
-                    false
-                }
-            }
+            (Some(p), Some(max)) => p.try_take(core, max),
             _ => true,
         }
     }
@@ -138,12 +132,6 @@ impl LocalWorker {
     /// A free h1 tunnel or room on an h2 tunnel.
     fn has_room(&self) -> bool {
         !self.idle.is_empty() || self.h2.iter().any(|t| t.has_room())
-    }
-
-    fn release_permit(&self) {
-        if let Some(p) = &self.permits {
-            p.fetch_sub(1, Ordering::AcqRel);
-        }
     }
 }
 
@@ -161,6 +149,8 @@ pub(crate) enum Pick {
 pub(crate) struct Pool {
     core: usize,
     placement: Arc<Placement>,
+    /// Every core's inbox, to tell one that a permit it waits for is free.
+    inboxes: Arc<[Inbox]>,
     workers: Vec<Option<LocalWorker>>,
     queue: WaitQueue<Lease>,
     rng: FastRng,
@@ -170,10 +160,11 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    pub(crate) fn new(core: usize, placement: Arc<Placement>) -> Pool {
+    pub(crate) fn new(core: usize, placement: Arc<Placement>, inboxes: Arc<[Inbox]>) -> Pool {
         Pool {
             core,
             placement,
+            inboxes,
             workers: Vec::new(),
             queue: WaitQueue::default(),
             rng: FastRng::seeded(core as u64 + 1),
@@ -184,13 +175,7 @@ impl Pool {
     }
 
     /// The worker entry for a new tunnel, created if needed; counts the tunnel.
-    fn slot_for(
-        &mut self,
-        id: Arc<str>,
-        meta: Arc<Meta>,
-        permits: Option<Arc<CachePadded<AtomicU32>>>,
-        wstats: Arc<WorkerCoreStats>,
-    ) -> usize {
+    fn slot_for(&mut self, id: Arc<str>, meta: Arc<Meta>, permits: Option<Arc<Permits>>, wstats: Arc<WorkerCoreStats>) -> usize {
         let slot = match self.workers.iter().position(|w| w.as_ref().is_some_and(|w| w.id == id && w.meta == meta)) {
             Some(s) => {
                 if let Some(w) = self.workers[s].as_mut().filter(|w| w.tunnels == 0) {
@@ -363,7 +348,7 @@ impl Pool {
     fn take(&mut self, slot: usize) -> Option<Lease> {
         let w = self.workers[slot].as_mut()?;
         let h2 = w.h2.iter().filter(|t| t.has_room()).min_by_key(|t| t.in_flight.get()).cloned();
-        if (h2.is_none() && w.idle.is_empty()) || !w.try_permit() {
+        if (h2.is_none() && w.idle.is_empty()) || !w.try_permit(self.core) {
             return None;
         }
         let lease = match h2 {
@@ -386,15 +371,30 @@ impl Pool {
         self.give_back(lease, reusable);
     }
 
-    /// Undoes the in-flight accounting of a lease.
+    /// Undoes the in-flight accounting of a lease. A permit given back may
+    /// be what a request queued on another core waits for: those cores are
+    /// told (an owned message, only when one waits).
     fn settle(&mut self, slot: usize, count: bool) {
-        if let Some(w) = self.workers[slot].as_mut() {
-            w.in_flight -= 1;
-            stats::set32(&w.stats.in_flight, w.in_flight);
-            if count {
-                stats::add(&w.stats.requests, 1);
-            }
-            w.release_permit();
+        let Some(w) = self.workers[slot].as_mut() else { return };
+        w.in_flight -= 1;
+        stats::set32(&w.stats.in_flight, w.in_flight);
+        if count {
+            stats::add(&w.stats.requests, 1);
+        }
+        let Some(p) = &w.permits else { return };
+        let waiting = p.give_back();
+        for c in permits::cores(waiting, self.inboxes.len()).filter(|&c| c != self.core) {
+            self.inboxes[c].send(CoreMsg::Capacity { worker: w.id.clone() });
+        }
+    }
+
+    /// A permit of worker `id` was given back on another core: offer it to
+    /// the first request here that waits for that worker.
+    pub(crate) fn capacity_freed(&mut self, id: &str) {
+        let slots: Vec<usize> =
+            self.workers.iter().enumerate().filter(|(_, w)| w.as_ref().is_some_and(|w| &*w.id == id)).map(|(i, _)| i).collect();
+        for slot in slots {
+            self.offer_capacity(slot);
         }
     }
 

@@ -164,12 +164,14 @@ pub enum Duplex<U, E, D> {
 /// way. The one duplex loop of every protocol pair. Upload first: when both
 /// finish in one wakeup, the exchange completed cleanly ([`Duplex::Both`])
 /// and the connections stay reusable.
+///
+/// The caller pins both futures where they are made (`std::pin::pin!`):
+/// taking them by value would store each twice in this future's state, and
+/// the whole request path's state is copied as it is built.
 pub async fn duplex<U, E, D>(
-    up: impl std::future::Future<Output = Result<U, E>>,
-    down: impl std::future::Future<Output = D>,
+    mut up: std::pin::Pin<&mut impl std::future::Future<Output = Result<U, E>>>,
+    mut down: std::pin::Pin<&mut impl std::future::Future<Output = D>>,
 ) -> Duplex<U, E, D> {
-    let mut up = std::pin::pin!(up);
-    let mut down = std::pin::pin!(down);
     monoio::select! {
         biased;
         u = &mut up => match u {

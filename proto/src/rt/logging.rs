@@ -80,3 +80,52 @@ pub fn say(line: std::fmt::Arguments<'_>) {
     let _ = out.write_fmt(line);
     let _ = out.write_all(b"\n");
 }
+
+/// A message for the operator before logging is set up (bad flags): to
+/// stderr as `program: message`, never a panic if stderr is closed.
+pub fn complain(program: &str, msg: std::fmt::Arguments<'_>) {
+    let _ = writeln!(io::stderr(), "{program}: {msg}");
+}
+
+/// At most one line per second for a kind of event that peers can cause at
+/// will (refused tunnel setups come from peers that are not, or not yet,
+/// authenticated): they must not flood the log. The next line that gets
+/// through says how many were left out. One per core, so plain cells.
+#[derive(Debug, Default)]
+pub struct LogThrottle {
+    last: std::cell::Cell<Option<std::time::Instant>>,
+    suppressed: std::cell::Cell<u64>,
+}
+
+impl LogThrottle {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+    /// Whether to log the event now, and how many were held back before it.
+    pub fn admit(&self, now: std::time::Instant) -> Option<u64> {
+        match self.last.get() {
+            Some(t) if now.saturating_duration_since(t) < Self::EVERY => {
+                self.suppressed.set(self.suppressed.get() + 1);
+                None
+            }
+            _ => {
+                self.last.set(Some(now));
+                Some(self.suppressed.replace(0))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_lets_one_line_a_second_through() {
+        let log = LogThrottle::default();
+        let t = std::time::Instant::now();
+        assert_eq!(log.admit(t), Some(0));
+        assert_eq!(log.admit(t), None);
+        assert_eq!(log.admit(t + std::time::Duration::from_millis(500)), None);
+        assert_eq!(log.admit(t + std::time::Duration::from_millis(1000)), Some(2));
+    }
+}
