@@ -125,15 +125,16 @@ pub(crate) fn record(core: &Core, o: Outcome<'_>) {
         Outcome::Answered { status, err, client } => {
             s.count_status(status);
             if status >= 500 {
+                let (side, kind) = (err.side(), err.kind());
                 match client {
-                    Some(c) => tracing::warn!(client = %c, status, "{err}"),
-                    None => tracing::warn!(status, "{err}"),
+                    Some(c) => tracing::warn!(client = %c, status, %side, %kind, "{err}"),
+                    None => tracing::warn!(status, %side, %kind, "{err}"),
                 }
             }
         }
         Outcome::Retried { worker, attempt, why } => {
             stats::add(&s.retries, 1);
-            tracing::info!(worker = %worker, attempt, "request sent again after: {why}");
+            tracing::info!(worker = %worker, attempt, side = %why.side(), kind = %why.kind(), "request sent again after: {why}");
         }
     }
 }

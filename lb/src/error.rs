@@ -1,5 +1,9 @@
-//! The lb's one error type, and the one place that maps each error to the HTTP
-//! status a client or worker receives ([`Error::status`]).
+//! The lb's errors: [`StartupError`] for what stops it from starting, and
+//! [`Error`] for everything that happens to a request or a tunnel setup, with
+//! the one place that maps each to the HTTP status a client or worker
+//! receives ([`Error::status`]) and to which side failed and how
+//! ([`Error::side`], [`Error::kind`]: log fields, and what the failure model
+//! and the counters are told).
 
 use std::io;
 use std::net::SocketAddr;
@@ -9,16 +13,19 @@ use ptth_proto::{BodyError, HeadError, SetupError};
 
 use crate::config::ConfigError;
 
+/// Why the lb did not start; the CLI prints it and exits non-zero.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
-    // ---- startup ----
+pub enum StartupError {
     #[error("{0}")]
     Config(#[from] ConfigError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind { what: &'static str, addr: SocketAddr, source: io::Error },
     #[error("starting core {core}: {source}")]
     Runtime { core: usize, source: io::Error },
+}
 
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
     // ---- client side (downstream) ----
     #[error("{0}")]
     Head(#[from] HeadError),
@@ -78,6 +85,74 @@ pub enum TunnelFault {
     Unusable,
 }
 
+/// Which side of the lb an error came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client: its request, its connection.
+    Client,
+    /// A worker: its tunnel, its response, its setup.
+    Worker,
+    /// The lb itself: no route, load shed, shutting down.
+    Lb,
+}
+
+/// How something failed, whichever side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A deadline passed.
+    Timeout,
+    /// The connection or stream was reset or broke.
+    Reset,
+    /// The peer closed.
+    Closed,
+    /// Bytes that break the protocol (a bad head, bad framing).
+    Protocol,
+    /// Valid, but not something this lb does (CONNECT, for now).
+    Unsupported,
+    /// No worker serves the route.
+    NoRoute,
+    /// Refused: by policy or credentials, or by a worker that did not take
+    /// the request.
+    Refused,
+    /// Shed by the lb's own bounds (queue, tunnel caps, draining).
+    Shed,
+}
+
+impl Kind {
+    fn of_io(e: &io::Error) -> Kind {
+        match e.kind() {
+            io::ErrorKind::TimedOut => Kind::Timeout,
+            io::ErrorKind::UnexpectedEof => Kind::Closed,
+            _ => Kind::Reset,
+        }
+    }
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Side::Client => "client",
+            Side::Worker => "worker",
+            Side::Lb => "lb",
+        })
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Kind::Timeout => "timeout",
+            Kind::Reset => "reset",
+            Kind::Closed => "closed",
+            Kind::Protocol => "protocol",
+            Kind::Unsupported => "unsupported",
+            Kind::NoRoute => "no_route",
+            Kind::Refused => "refused",
+            Kind::Shed => "shed",
+        })
+    }
+}
+
 impl std::fmt::Display for TunnelFault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -105,8 +180,36 @@ impl Error {
             Error::Unauthorized(_) => 401,
             Error::Forbidden(_) => 403,
             Error::TooManyTunnels(_) => 429,
-            Error::ClientIo(_) | Error::Config(_) | Error::Bind { .. } | Error::Runtime { .. } => return None,
+            Error::ClientIo(_) => return None,
         })
+    }
+
+    /// Which side failed.
+    pub fn side(&self) -> Side {
+        match self {
+            Error::Head(_) | Error::ClientBody(_) | Error::ClientIo(_) | Error::HeaderTimeout(_) | Error::NotImplemented(_) => Side::Client,
+            Error::Tunnel { .. } | Error::BadResponse { .. } | Error::NotReplayable { .. } | Error::ResponseTimeout { .. } => Side::Worker,
+            Error::Setup(_) | Error::Unauthorized(_) | Error::Forbidden(_) => Side::Worker,
+            Error::NoRoute { .. } | Error::QueueFull | Error::QueueTimeout(_) | Error::TooManyTunnels(_) | Error::Draining => Side::Lb,
+        }
+    }
+
+    /// How it failed.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Error::Head(_) | Error::BadResponse { .. } | Error::Setup(_) => Kind::Protocol,
+            Error::ClientBody(BodyError::Truncated) => Kind::Closed,
+            Error::ClientBody(_) => Kind::Protocol,
+            Error::ClientIo(e) => Kind::of_io(e),
+            Error::HeaderTimeout(_) | Error::QueueTimeout(_) | Error::ResponseTimeout { .. } => Kind::Timeout,
+            Error::NotImplemented(_) => Kind::Unsupported,
+            Error::NoRoute { .. } => Kind::NoRoute,
+            Error::QueueFull | Error::TooManyTunnels(_) | Error::Draining => Kind::Shed,
+            Error::Tunnel { fault: TunnelFault::Closed, .. } => Kind::Closed,
+            Error::Tunnel { fault: TunnelFault::Io | TunnelFault::Stream, .. } => Kind::Reset,
+            Error::Tunnel { fault: TunnelFault::Unusable, .. } | Error::NotReplayable { .. } => Kind::Refused,
+            Error::Unauthorized(_) | Error::Forbidden(_) => Kind::Refused,
+        }
     }
 
     /// Whether the answer carries `Retry-After` (the condition is temporary).
@@ -127,5 +230,35 @@ mod tests {
         assert_eq!(Error::Unauthorized("x").status(), Some(401));
         assert_eq!(Error::ClientIo(io::Error::other("x")).status(), None);
         assert!(Error::TooManyTunnels("x".into()).is_retryable());
+    }
+
+    /// Side, kind and status of each kind of error, as one table.
+    #[test]
+    fn taxonomy() {
+        let w = || "w".to_string();
+        let tunnel = |fault| Error::Tunnel { worker: w(), fault, why: "x".into() };
+        let rows: Vec<(Error, Side, Kind, Option<u16>)> = vec![
+            (Error::Head(HeadError::RequestLineTooLong), Side::Client, Kind::Protocol, Some(414)),
+            (Error::ClientBody(BodyError::Truncated), Side::Client, Kind::Closed, Some(400)),
+            (Error::ClientIo(io::Error::from(io::ErrorKind::ConnectionReset)), Side::Client, Kind::Reset, None),
+            (Error::HeaderTimeout(Duration::ZERO), Side::Client, Kind::Timeout, Some(408)),
+            (Error::NotImplemented("CONNECT"), Side::Client, Kind::Unsupported, Some(501)),
+            (Error::NoRoute { host: "h".into(), path: "/".into() }, Side::Lb, Kind::NoRoute, Some(503)),
+            (Error::QueueFull, Side::Lb, Kind::Shed, Some(503)),
+            (Error::QueueTimeout(Duration::ZERO), Side::Lb, Kind::Timeout, Some(503)),
+            (tunnel(TunnelFault::Closed), Side::Worker, Kind::Closed, Some(502)),
+            (tunnel(TunnelFault::Io), Side::Worker, Kind::Reset, Some(502)),
+            (tunnel(TunnelFault::Stream), Side::Worker, Kind::Reset, Some(502)),
+            (tunnel(TunnelFault::Unusable), Side::Worker, Kind::Refused, Some(502)),
+            (Error::BadResponse { worker: w(), why: "x".into() }, Side::Worker, Kind::Protocol, Some(502)),
+            (Error::NotReplayable { worker: w(), why: "x".into() }, Side::Worker, Kind::Refused, Some(502)),
+            (Error::ResponseTimeout { worker: w(), after: Duration::ZERO }, Side::Worker, Kind::Timeout, Some(504)),
+            (Error::Unauthorized("x"), Side::Worker, Kind::Refused, Some(401)),
+            (Error::TooManyTunnels("x".into()), Side::Lb, Kind::Shed, Some(429)),
+            (Error::Draining, Side::Lb, Kind::Shed, Some(503)),
+        ];
+        for (e, side, kind, status) in rows {
+            assert_eq!((e.side(), e.kind(), e.status()), (side, kind, status), "{e}");
+        }
     }
 }

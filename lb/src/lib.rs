@@ -39,7 +39,7 @@ use std::time::Instant;
 use crossbeam_utils::CachePadded;
 
 pub use config::{Config, ConfigError, Profile};
-pub use error::Error;
+pub use error::{Error, StartupError};
 
 use crate::inbox::Inbox;
 use crate::stats::CoreStats;
@@ -130,7 +130,7 @@ pub fn resolve_cores(requested: usize) -> usize {
 
 /// Binds every listener, starts one thread per core and returns once all
 /// cores run.
-pub fn run(cfg: Config) -> Result<Lb, Error> {
+pub fn run(cfg: Config) -> Result<Lb, StartupError> {
     let cores = resolve_cores(cfg.profile.cores);
     let mut client_groups = Vec::new();
     for &a in &cfg.client_listen {
@@ -169,7 +169,7 @@ pub fn run(cfg: Config) -> Result<Lb, Error> {
     for (id, (clients, tunnel)) in per_core.into_iter().zip(tunnels).enumerate() {
         let listeners = wiring::CoreListeners { clients, tunnel, admin: if id == 0 { admin.take() } else { None } };
         let t = wiring::spawn(id, shared.clone(), listeners, stop.clone(), ready_tx.clone())
-            .map_err(|source| Error::Runtime { core: id, source })?;
+            .map_err(|source| StartupError::Runtime { core: id, source })?;
         threads.push(t);
     }
     drop(ready_tx);
@@ -182,7 +182,7 @@ pub fn run(cfg: Config) -> Result<Lb, Error> {
                 }
             }
             Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(Error::Runtime { core: 0, source: std::io::Error::other("a core thread died at start") }),
+            Err(_) => return Err(StartupError::Runtime { core: 0, source: std::io::Error::other("a core thread died at start") }),
         }
     }
     let _ = lb.shared.driver.set(lb.runtime.clone());

@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpListener};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::error::Error;
+use crate::error::StartupError;
 
 const BACKLOG: i32 = 4096;
 
@@ -25,8 +25,8 @@ fn socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<Socket> {
 /// Binds `n` SO_REUSEPORT listeners on `addr`. A port another process
 /// already holds is refused (SO_REUSEPORT would otherwise let us silently
 /// share its traffic), by first binding a probe without the option.
-pub(crate) fn bind_group(what: &'static str, addr: SocketAddr, n: usize) -> Result<Vec<TcpListener>, Error> {
-    let err = |source| Error::Bind { what, addr, source };
+pub(crate) fn bind_group(what: &'static str, addr: SocketAddr, n: usize) -> Result<Vec<TcpListener>, StartupError> {
+    let err = |source| StartupError::Bind { what, addr, source };
     if addr.port() != 0 {
         let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
         probe.set_reuse_address(true).map_err(err)?;
@@ -42,6 +42,6 @@ pub(crate) fn bind_group(what: &'static str, addr: SocketAddr, n: usize) -> Resu
 }
 
 /// Binds one ordinary listener (the admin listener: one core serves it).
-pub(crate) fn bind_one(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Error> {
-    socket(addr, false).map(TcpListener::from).map_err(|source| Error::Bind { what, addr, source })
+pub(crate) fn bind_one(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartupError> {
+    socket(addr, false).map(TcpListener::from).map_err(|source| StartupError::Bind { what, addr, source })
 }

@@ -16,7 +16,7 @@ use monoio::net::{TcpListener, TcpStream};
 use ptth_proto::rt::runtime::{pin_to, Runtime};
 use ptth_proto::rt::signal::Signal;
 
-use crate::error::Error;
+use crate::error::StartupError;
 use crate::inbox::CoreMsg;
 use crate::percore::{accept_each, spawn_killable, Core};
 use crate::stats;
@@ -42,14 +42,14 @@ pub(crate) fn spawn(
     shared: Arc<Shared>,
     listeners: CoreListeners,
     stop_flag: Arc<AtomicBool>,
-    ready: std::sync::mpsc::Sender<Result<String, Error>>,
+    ready: std::sync::mpsc::Sender<Result<String, StartupError>>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name(format!("ptth-lb-core-{id}")).spawn(move || {
         let pinned = if shared.cfg.profile.pin { pin_to(id) } else { None };
         let (mut rt, driver) = match Runtime::build(&shared.cfg.profile.runtime) {
             Ok(r) => r,
             Err(source) => {
-                let _ = ready.send(Err(Error::Runtime { core: id, source }));
+                let _ = ready.send(Err(StartupError::Runtime { core: id, source }));
                 return;
             }
         };

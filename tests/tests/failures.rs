@@ -35,9 +35,7 @@ fn worker_killed_mid_request_is_502_and_others_keep_serving() {
         c.send(b"POST /slow/x HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi");
         c.read_response(false)
     });
-    wait_until("the slow request is in flight", || {
-        status(&lb)["workers"].as_array().unwrap().iter().any(|w| w["id"] == "slow" && w["in_flight"] == 1)
-    });
+    wait_until("the slow request is in flight", || lb.status().workers.iter().any(|w| w.id == "slow" && w.in_flight == 1));
     slow.kill();
     let r = pending.join().unwrap();
     assert_eq!(r.status, 502, "{}", r.text());
@@ -46,7 +44,7 @@ fn worker_killed_mid_request_is_502_and_others_keep_serving() {
         assert_eq!(get(lb.client_addr(), "/").status, 200);
     }
     // The dead worker's tunnels are forgotten.
-    wait_until("the killed worker leaves /status", || !status(&lb)["workers"].as_array().unwrap().iter().any(|w| w["id"] == "slow"));
+    wait_until("the killed worker leaves /status", || !lb.status().workers.iter().any(|w| w.id == "slow"));
     assert_eq!(get(lb.client_addr(), "/slow/x").status, 200, "falls back to the / worker");
 }
 
@@ -58,15 +56,12 @@ fn idempotent_request_is_retried_on_another_worker() {
     let addr = lb.client_addr();
     let pending = std::thread::spawn(move || get(addr, "/r/1"));
     let mut busy = String::new();
-    wait_until("the request is in flight", || {
-        let s = status(&lb);
-        match s["workers"].as_array().unwrap().iter().find(|w| w["in_flight"] == 1) {
-            Some(w) => {
-                busy = w["id"].as_str().unwrap().to_string();
-                true
-            }
-            None => false,
+    wait_until("the request is in flight", || match lb.status().workers.into_iter().find(|w| w.in_flight == 1) {
+        Some(w) => {
+            busy = w.id;
+            true
         }
+        None => false,
     });
     let survivor = if busy == "a" {
         a.kill();
@@ -77,8 +72,7 @@ fn idempotent_request_is_retried_on_another_worker() {
     };
     let r = pending.join().unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
-    let s = status(&lb);
-    assert_eq!(s["per_core"][0]["retries"].as_u64(), Some(1));
+    assert_eq!(lb.status().per_core[0].retries, 1);
     drop(survivor);
 }
 
@@ -110,7 +104,7 @@ fn queue_bounds_give_503(kind: InnerProtocol) {
     let _w = start_worker(cfg, || Responder::Delay(Duration::from_millis(1000)));
     let addr = lb.client_addr();
     let first = std::thread::spawn(move || get(addr, "/"));
-    wait_until("the first request holds the tunnel", || status(&lb)["workers"][0]["in_flight"] == 1);
+    wait_until("the first request holds the tunnel", || lb.status().workers.first().is_some_and(|w| w.in_flight == 1));
     let r = get(lb.client_addr(), "/");
     assert_eq!(r.status, 503);
     assert!(r.header("retry-after").is_some());
@@ -121,7 +115,7 @@ fn queue_bounds_give_503(kind: InnerProtocol) {
     let _w = one_at_a_time(&lb, kind, Responder::Delay(Duration::from_millis(500)));
     let addr = lb.client_addr();
     let first = std::thread::spawn(move || get(addr, "/"));
-    wait_until("the first request holds the tunnel", || status(&lb)["workers"][0]["in_flight"] == 1);
+    wait_until("the first request holds the tunnel", || lb.status().workers.first().is_some_and(|w| w.in_flight == 1));
     let r = get(lb.client_addr(), "/");
     assert_eq!(r.status, 503);
     assert!(r.text().contains("too many requests are waiting"), "{}", r.text());
@@ -137,7 +131,7 @@ fn waiting_request_gets_the_next_free_tunnel(kind: InnerProtocol) {
     for t in threads {
         assert_eq!(t.join().unwrap().status, 200);
     }
-    assert!(status(&lb)["per_core"][0]["queued"].as_u64().unwrap() >= 1);
+    assert!(lb.status().per_core[0].queued >= 1);
 }
 
 #[test]
@@ -198,9 +192,7 @@ fn lost_after_sending(kind: InnerProtocol) {
             h2_request(&mut s, "GET", "/h2get", b"").await
         })
     });
-    wait_until("three requests are on the doomed worker", || {
-        status(&lb)["workers"].as_array().unwrap().iter().any(|w| w["id"] == "doomed" && w["in_flight"] == 3)
-    });
+    wait_until("three requests are on the doomed worker", || lb.status().workers.iter().any(|w| w.id == "doomed" && w.in_flight == 3));
     let mut good = worker_config(&lb, "good", 4);
     good.protocols = vec![kind];
     let _good = start_worker(good, || Responder::Hello);

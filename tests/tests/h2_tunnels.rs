@@ -100,9 +100,7 @@ fn rolling_restart_of_three_workers_loses_nothing() {
     let (ok, bad, errors) = load.finish();
     assert!(ok > 100, "the load ran ({ok} requests)");
     assert_eq!(bad, 0, "lost requests during the rolling restart: {errors:?}");
-    wait_until("only the new workers remain", || {
-        status(&lb)["workers"].as_array().unwrap().iter().all(|w| w["id"].as_str().unwrap().starts_with("gen1-"))
-    });
+    wait_until("only the new workers remain", || lb.status().workers.iter().all(|w| w.id.starts_with("gen1-")));
 }
 
 #[test]
@@ -119,8 +117,8 @@ fn unanswered_ping_closes_the_tunnel() {
     let mut buf = [0u8; 256];
     let n = t.read(&mut buf).unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 101"));
-    wait_until("the mute worker shows up", || status(&lb)["workers"].as_array().unwrap().len() == 1);
-    wait_until("the lb drops the tunnel that does not answer PINGs", || status(&lb)["workers"].as_array().unwrap().is_empty());
+    wait_until("the mute worker shows up", || lb.status().workers.len() == 1);
+    wait_until("the lb drops the tunnel that does not answer PINGs", || lb.status().workers.is_empty());
     // A live h2 worker on the same lb keeps its tunnel through many PINGs.
     let w = h2_worker(&lb, "alive", Responder::Hello);
     std::thread::sleep(Duration::from_millis(1200));
@@ -145,7 +143,7 @@ fn refused_streams_are_resent_when_their_body_is_held() {
             Verdict::Answer
         }
     });
-    wait_until("the scripted worker is routable", || status(&lb)["workers"].as_array().is_some_and(|w| !w.is_empty()));
+    wait_until("the scripted worker is routable", || !lb.status().workers.is_empty());
     let small = vec![b'x'; 12 * 1024];
     let mut c = Client::connect(lb.client_addr());
     c.send(format!("POST /small HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", small.len()).as_bytes());
@@ -168,7 +166,7 @@ fn refused_streams_are_resent_when_their_body_is_held() {
 fn a_reset_mid_body_is_not_a_complete_response() {
     let lb = start_lb(1, |_| {});
     let _w = scripted_h2_worker(lb.tunnel_addr, "cutter", |_| Verdict::Truncate);
-    wait_until("the scripted worker is routable", || status(&lb)["workers"].as_array().is_some_and(|w| !w.is_empty()));
+    wait_until("the scripted worker is routable", || !lb.status().workers.is_empty());
     let mut c = Client::connect(lb.client_addr());
     c.send(b"GET /cut HTTP/1.1\r\nHost: t\r\n\r\n");
     let r = c.read_response(false);

@@ -203,8 +203,8 @@ fn rapid_reset_costs_little_and_is_cut_off() {
     let addr = lb.client_addr();
     block_on(async move { assert_eq!(h2_request(&mut h2_connect(addr).await, "GET", "/", b"").await.0, 200) });
     assert!(t0.elapsed() < Duration::from_secs(5));
-    wait_until("reset streams stop their work", || status(&lb)["workers"][0]["in_flight"] == 0);
-    let forwarded = status(&lb)["workers"][0]["requests"].as_u64().unwrap();
+    wait_until("reset streams stop their work", || lb.status().workers.first().is_some_and(|w| w.in_flight == 0));
+    let forwarded = lb.status().workers[0].requests;
     assert!(forwarded < 5000, "every reset stream reached the worker ({forwarded})");
 }
 
@@ -225,10 +225,10 @@ fn clients_vanishing_mid_stream_leave_tunnels_alone() {
             }
             monoio::time::sleep(Duration::from_millis(100)).await;
         });
-        wait_until("abandoned streams settle", || status(&lb)["workers"][0]["in_flight"] == 0);
-        let before = status(&lb)["workers"][0]["tunnels_per_core"].clone();
+        wait_until("abandoned streams settle", || lb.status().workers.first().is_some_and(|w| w.in_flight == 0));
+        let before = lb.status().workers[0].tunnels_per_core.clone();
         std::thread::sleep(Duration::from_millis(700));
-        assert_eq!(status(&lb)["workers"][0]["tunnels_per_core"], before, "{inner:?}: tunnels dropped");
+        assert_eq!(lb.status().workers[0].tunnels_per_core, before, "{inner:?}: tunnels dropped");
         let addr = lb.client_addr();
         block_on(async move { assert_eq!(h2_request(&mut h2_connect(addr).await, "GET", "/", b"").await.0, 200) });
         // An idle h2c connection whose client went quiet does not hold the
@@ -342,7 +342,7 @@ fn oversized_header_list_is_refused() {
             _ => {}
         }
     }
-    assert_eq!(status(&lb)["workers"][0]["requests"], 0, "the oversized request never reached the worker");
+    assert_eq!(lb.status().workers[0].requests, 0, "the oversized request never reached the worker");
 }
 
 #[test]

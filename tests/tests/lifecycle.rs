@@ -13,7 +13,7 @@ fn lb_shutdown_finishes_requests_in_flight() {
     let addr = lb.client_addr();
     assert_eq!(get(lb.admin_addr.unwrap(), "/healthz").text(), "ok\n");
     let pending = std::thread::spawn(move || get(addr, "/"));
-    wait_until("the request is in flight", || status(&lb)["workers"][0]["in_flight"] == 1);
+    wait_until("the request is in flight", || lb.status().workers.first().is_some_and(|w| w.in_flight == 1));
     lb.shutdown();
     let r = pending.join().unwrap();
     assert_eq!(r.status, 200);
@@ -27,10 +27,10 @@ fn worker_stop_finishes_requests_in_flight() {
     let w = responder(&lb, "slow", Responder::Delay(Duration::from_millis(500)));
     let addr = lb.client_addr();
     let pending = std::thread::spawn(move || get(addr, "/"));
-    wait_until("the request is in flight", || status(&lb)["workers"][0]["in_flight"] == 1);
+    wait_until("the request is in flight", || lb.status().workers.first().is_some_and(|w| w.in_flight == 1));
     w.stop();
     assert_eq!(pending.join().unwrap().status, 200);
-    wait_until("the stopped worker leaves /status", || status(&lb)["workers"].as_array().unwrap().is_empty());
+    wait_until("the stopped worker leaves /status", || lb.status().workers.is_empty());
     assert_eq!(get(addr, "/").status, 503);
 }
 

@@ -5,8 +5,10 @@
 //! - [`acquire`]: taking a lease for a request (pick, or wait in the queue).
 //! - [`permits`]: a worker's cross-core concurrency limit (plain data, unit-tested).
 //! - [`placement`]: the cross-core record of which core owns which tunnels.
-//! - [`pool`]: one core's tunnels, routing and leases.
+//! - [`pool`]: one core's tunnels and the leases of them; asks routes,
+//!   select, queue and permits, and obeys.
 //! - [`queue`]: one core's wait queue (plain data, unit-tested).
+//! - [`routes`]: which workers serve a request (plain data, unit-tested).
 //! - [`select`]: weighted power of two choices (plain data, unit-tested).
 
 pub(crate) mod accept;
@@ -15,6 +17,7 @@ pub(crate) mod permits;
 pub(crate) mod placement;
 pub(crate) mod pool;
 pub(crate) mod queue;
+pub(crate) mod routes;
 pub(crate) mod select;
 
 use ptth_proto::setup::{Claim, WorkerMeta};

@@ -24,6 +24,7 @@ use crate::stats::{self, WorkerCoreStats};
 use crate::tunnel::permits::{self, Permits};
 use crate::tunnel::placement::{PeerTicket, Placed, Placement};
 use crate::tunnel::queue::{Full, Reroute, WaitQueue, Waiter};
+use crate::tunnel::routes;
 use crate::tunnel::select::{power_of_two, Choice};
 use crate::tunnel::Meta;
 
@@ -283,26 +284,15 @@ impl Pool {
         self.workers[slot].as_ref().map(|w| w.name.clone()).unwrap_or_else(|| Rc::from("?"))
     }
 
-    /// Fills `cand` with the workers that best match host and path.
+    /// Fills `cand` with the workers that best match host and path
+    /// (`tunnel::routes`), leaving out those gone longer than the grace.
     fn candidates(workers: &[Option<LocalWorker>], cand: &mut Vec<usize>, host: &[u8], path: &[u8]) {
-        cand.clear();
-        let mut best = None;
-        for (i, w) in workers.iter().enumerate() {
-            let Some(w) = w else { continue };
-            if w.tunnels == 0 && w.empty_since.is_some_and(|t| t.elapsed() >= RECONNECT_GRACE) {
-                continue;
-            }
-            let Some(s) = w.meta.specificity(host, path) else { continue };
-            match best {
-                Some(b) if s < b => {}
-                Some(b) if s == b => cand.push(i),
-                _ => {
-                    best = Some(s);
-                    cand.clear();
-                    cand.push(i);
-                }
-            }
-        }
+        let routable = workers.iter().enumerate().filter_map(|(i, w)| {
+            let w = w.as_ref()?;
+            let expired = w.tunnels == 0 && w.empty_since.is_some_and(|t| t.elapsed() >= RECONNECT_GRACE);
+            (!expired).then_some((i, &*w.meta))
+        });
+        routes::best_matches(routable, host, path, cand);
     }
 
     /// Picks a tunnel for a request, or says why it cannot now. `avoid`: a
