@@ -16,12 +16,10 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use bytes::Bytes;
-use monoio::io::IntoPollIo;
 use monoio::net::TcpStream;
 use ptth_proto::h1;
 use ptth_proto::rt::body::{AnySource, H2Source};
 use ptth_proto::rt::h2io::MAX_FRAME;
-use ptth_proto::rt::io::Prefixed;
 
 use crate::attempts::{self, Ended, Outcome};
 use crate::error::Error;
@@ -30,12 +28,6 @@ use crate::percore::{self, Core};
 
 /// The client connection preface of HTTP/2 (RFC 9113 §3.4).
 pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Serves an h2c connection whose first bytes (`buffered`) were already read.
-pub(crate) async fn serve_h2c(core: Rc<Core>, stream: TcpStream, buffered: Vec<u8>, peer: SocketAddr, migrated: bool) {
-    let Ok(io) = stream.into_poll_io() else { return };
-    serve(core, Prefixed::new(buffered, io), peer, migrated).await;
-}
 
 /// Serves HTTP/2 on any byte stream: cleartext here, TLS (ALPN `h2`) later.
 pub(crate) async fn serve<IO>(core: Rc<Core>, io: IO, peer: SocketAddr, migrated: bool)

@@ -1,9 +1,8 @@
-//! HTTP/2 tunnels at the lb: the setup's other half (client preface, the
-//! connection task with PING liveness) and one HTTP/1.1 client request sent
-//! as one h2 stream.
+//! HTTP/2 tunnels at the lb: the setup's other half (client preface and
+//! SETTINGS) and the connection task with PING liveness.
 //!
-//! Place in the request path: proxy (client side, HTTP/1.1) → **a stream on
-//! an h2 tunnel** → worker. The worker's SETTINGS_MAX_CONCURRENT_STREAMS
+//! Place in the request path: under every stream the exchange
+//! (`exchange::run`) opens on an h2 tunnel. The worker's SETTINGS_MAX_CONCURRENT_STREAMS
 //! bounds the streams per tunnel (checked in `tunnel::pool`); the first
 //! GOAWAY stops new streams on the tunnel, and streams the worker did not
 //! process (above its last stream id, or refused) are retried elsewhere

@@ -25,7 +25,6 @@ mod inbox;
 mod listen;
 mod percore;
 mod proxy;
-mod request;
 pub mod stats;
 mod tunnel;
 mod wiring;

@@ -4,9 +4,10 @@
 //! absolute-form authority, path) → forwarded head (hop-by-hop fields
 //! dropped, `Forwarded` added) → a tunnel from this core's pool (or wait in
 //! the bounded queue; or hand the connection to a core that has tunnels for
-//! the route) → `100 Continue` if asked → request head and body to the tunnel
-//! → response head (response deadline) → response to the client → tunnel back
-//! to the pool.
+//! the route) → `100 Continue` if asked → the attempts (`attempts::serve`),
+//! each an exchange on a lease (`exchange::run`) with this connection as the
+//! client side: its body as an `rt::body` source, its write half as the
+//! responder.
 //!
 //! Requests on a connection are handled one after another, so pipelined
 //! requests are answered in order. Bodies stream through the connection's read
@@ -19,11 +20,11 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use monoio::io::AsyncWriteRent;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, IntoPollIo, Split};
 use monoio::net::TcpStream;
 use ptth_proto::h1::{self, BodyDecoder, ClientAddr, Forwarding, Framing, Parsed, RequestHead, TargetForm, Version};
 use ptth_proto::rt::body::{AnySource, H1Source};
-use ptth_proto::rt::io::{split, write_all, ReadBuf, ReadHalf};
+use ptth_proto::rt::io::{split, write_all, Prefixed, ReadBuf, ReadHalf};
 
 use crate::attempts::{self, Ended, Outcome};
 use crate::error::Error;
@@ -31,13 +32,12 @@ use crate::exchange::{self, Ctx, Done, ReqHead, Responder};
 use crate::failure::Failure;
 use crate::inbox::CoreMsg;
 use crate::percore::{self, Core};
-use crate::request::ReqInfo;
 use crate::stats;
 use crate::tunnel::pool::Lease;
 
-struct Client {
-    /// `None` only while a request splits it into read and write halves.
-    stream: Option<TcpStream>,
+struct Client<S> {
+    /// `None` once the connection went elsewhere (h2c, another core).
+    stream: Option<S>,
     rb: ReadBuf,
     out: Vec<u8>,
     /// The forwarded request head, kept until the exchange succeeds so a
@@ -57,14 +57,53 @@ struct Client {
     migrated: bool,
 }
 
+/// What the attempts need to know about the current request once its head
+/// bytes are consumed.
+#[derive(Debug, Clone, Copy)]
+struct ReqInfo {
+    version: Version,
+    is_head: bool,
+    /// RFC 9110 §9.2.2 (for the failure model).
+    idempotent: bool,
+    /// The client asked to close after this request (or it is an upgrade).
+    close: bool,
+    expect_continue: bool,
+    framing: Framing,
+    /// Length of the host part of the route key.
+    host_len: usize,
+}
+
 enum Next {
     Continue,
     Close,
-    HandOff(usize),
+    /// Hand the connection to that core (it has tunnels for the route); the
+    /// error is the answer if the connection cannot move.
+    HandOff(usize, Error),
 }
 
-pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, buffered: Vec<u8>, migrated: bool) {
-    let _ = stream.set_nodelay(true);
+/// A client connection's byte stream: plain TCP today. A TLS stream
+/// implements the same, so the HTTP/1.1 path (and the exchange under it) is
+/// written once for both.
+pub(crate) trait ClientStream: AsyncReadRent + AsyncWriteRent + Split + Sized + 'static {
+    /// The stream as the h2 server drives it (poll-style I/O).
+    type Poll: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static;
+    fn into_poll(self) -> io::Result<Self::Poll>;
+    /// The socket for another core to adopt; the stream back when it cannot
+    /// move (state that lives on this core only).
+    fn detach(self) -> Result<std::net::TcpStream, Self>;
+}
+
+impl ClientStream for TcpStream {
+    type Poll = monoio::net::tcp::stream_poll::TcpStreamPoll;
+    fn into_poll(self) -> io::Result<Self::Poll> {
+        self.into_poll_io()
+    }
+    fn detach(self) -> Result<std::net::TcpStream, Self> {
+        Ok(percore::detach(self))
+    }
+}
+
+pub(crate) async fn serve<S: ClientStream>(core: Rc<Core>, stream: S, peer: SocketAddr, buffered: Vec<u8>, migrated: bool) {
     let p = &core.shared.cfg.profile;
     let mut c = Client {
         stream: Some(stream),
@@ -85,7 +124,8 @@ pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, b
         Sniff::H2 => {
             let Some(stream) = c.stream.take() else { return };
             let buffered = c.rb.take_unconsumed();
-            return crate::downstream_h2::serve_h2c(core, stream, buffered, peer, migrated).await;
+            let Ok(io) = stream.into_poll() else { return };
+            return crate::downstream_h2::serve(core, Prefixed::new(buffered, io), peer, migrated).await;
         }
         Sniff::Closed => return,
         Sniff::H1 => {}
@@ -102,11 +142,20 @@ pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, b
         match handle(&core, &mut c).await {
             Next::Continue => {}
             Next::Close => return,
-            Next::HandOff(to) => {
+            Next::HandOff(to, no_route) => {
                 let Some(stream) = c.stream.take() else { return };
-                stats::add(&core.stats().clients_handed_off, 1);
-                let buffered = c.rb.take_unconsumed();
-                percore::send_to(&core.shared, to, CoreMsg::Client { stream: percore::detach(stream), peer, buffered });
+                match stream.detach() {
+                    Ok(stream) => {
+                        stats::add(&core.stats().clients_handed_off, 1);
+                        let buffered = c.rb.take_unconsumed();
+                        percore::send_to(&core.shared, to, CoreMsg::Client { stream, peer, buffered });
+                    }
+                    // It cannot move: this core has no tunnel for the route.
+                    Err(stream) => {
+                        c.stream = Some(stream);
+                        send_error(&core, &mut c, &no_route, true).await;
+                    }
+                }
                 return;
             }
         }
@@ -121,7 +170,7 @@ enum Sniff {
 
 /// Reads until the first bytes tell HTTP/2's preface from an HTTP/1.1
 /// request line (they differ within the first few bytes for any real method).
-async fn sniff_preface(core: &Core, c: &mut Client) -> Sniff {
+async fn sniff_preface<S: ClientStream>(core: &Core, c: &mut Client<S>) -> Sniff {
     let preface = crate::downstream_h2::PREFACE;
     loop {
         let d = c.rb.data();
@@ -147,7 +196,7 @@ async fn sniff_preface(core: &Core, c: &mut Client) -> Sniff {
 
 /// Reads until a complete request head is buffered. `Ok(false)`: the
 /// connection ended or idled out between requests (nothing to answer).
-async fn read_head(core: &Core, c: &mut Client) -> Result<bool, Error> {
+async fn read_head<S: ClientStream>(core: &Core, c: &mut Client<S>) -> Result<bool, Error> {
     let p = &core.shared.cfg.profile;
     let mut started = (!c.rb.is_empty()).then(Instant::now);
     loop {
@@ -198,7 +247,7 @@ fn route_target<'b>(buf: &'b [u8], head: &RequestHead, target: &mut Vec<u8>) -> 
     Ok(host)
 }
 
-async fn handle(core: &Rc<Core>, c: &mut Client) -> Next {
+async fn handle<S: ClientStream>(core: &Rc<Core>, c: &mut Client<S>) -> Next {
     let data = c.rb.data();
     let head = &c.head;
     if head.form == TargetForm::Authority {
@@ -283,7 +332,7 @@ async fn handle(core: &Rc<Core>, c: &mut Client) -> Next {
             let (host, path) = c.key.split_at(info.host_len);
             if let (Error::NoRoute { .. }, false) = (&e, c.migrated) {
                 if let Some(to) = core.shared.placement.core_for(host, path, core.id) {
-                    return Next::HandOff(to);
+                    return Next::HandOff(to, e);
                 }
             }
             c.rb.consume(head_len);
@@ -309,14 +358,20 @@ async fn handle(core: &Rc<Core>, c: &mut Client) -> Next {
 /// One attempt of the current request on `lease`. A body already held whole
 /// in the read buffer is relayed from where it lies and consumed only once
 /// the exchange succeeded, so a failed attempt leaves it whole for the next.
-async fn attempt(x: &Ctx<'_>, c: &mut Client, lease: &mut Lease, dec: &mut BodyDecoder, info: &ReqInfo) -> Result<Done, Failure> {
+async fn attempt<S: ClientStream>(
+    x: &Ctx<'_>,
+    c: &mut Client<S>,
+    lease: &mut Lease,
+    dec: &mut BodyDecoder,
+    info: &ReqInfo,
+) -> Result<Done, Failure> {
     let io = x.core.shared.cfg.profile.io_timeout;
     let Some(stream) = c.stream.as_mut() else { return Err(Failure::client_gone()) };
     let (mut cr, cw) = split(stream);
     let resp = Responder::H1 { w: cw, out: &mut c.out, version: info.version, close: info.close };
     let head = ReqHead::H1 { fwd: &c.fwd, scratch: &mut c.scratch, chunked: info.framing == Framing::Chunked };
     if dec.is_done() {
-        return exchange::run(x, head, AnySource::<ReadHalf<'_, TcpStream>>::Empty, resp, lease).await;
+        return exchange::run(x, head, AnySource::<ReadHalf<'_, S>>::Empty, resp, lease).await;
     }
     let whole = {
         let mut probe = dec.clone();
@@ -325,7 +380,7 @@ async fn attempt(x: &Ctx<'_>, c: &mut Client, lease: &mut Lease, dec: &mut BodyD
     match whole {
         Some(n) => {
             let mut probe = dec.clone();
-            let body = AnySource::<ReadHalf<'_, TcpStream>>::Held(H1Source::held(&c.rb.data()[..n], &mut probe));
+            let body = AnySource::<ReadHalf<'_, S>>::Held(H1Source::held(&c.rb.data()[..n], &mut probe));
             let r = exchange::run(x, head, body, resp, lease).await;
             if r.is_ok() {
                 c.rb.consume(n);
@@ -341,7 +396,13 @@ async fn attempt(x: &Ctx<'_>, c: &mut Client, lease: &mut Lease, dec: &mut BodyD
 /// the request goes out, so it is held for replay if the attempt fails
 /// before the worker can have acted on it (profile `buffers.replay_max`). A
 /// larger body, or one that stops arriving, is left to stream as usual.
-async fn read_whole_if_small(c: &mut Client, dec: &BodyDecoder, framing: Framing, max: usize, wait: Duration) -> Result<(), Failure> {
+async fn read_whole_if_small<S: ClientStream>(
+    c: &mut Client<S>,
+    dec: &BodyDecoder,
+    framing: Framing,
+    max: usize,
+    wait: Duration,
+) -> Result<(), Failure> {
     match framing {
         Framing::Length(n) if n <= max as u64 => {}
         Framing::Chunked => {}
@@ -364,7 +425,7 @@ async fn read_whole_if_small(c: &mut Client, dec: &BodyDecoder, framing: Framing
     }
 }
 
-async fn write_client(core: &Core, c: &mut Client) -> io::Result<()> {
+async fn write_client<S: ClientStream>(core: &Core, c: &mut Client<S>) -> io::Result<()> {
     let Some(s) = c.stream.as_mut() else { return Err(io::Error::other("client stream missing")) };
     let (res, out) = write_all(s, std::mem::take(&mut c.out), core.shared.cfg.profile.io_timeout).await;
     c.out = out;
@@ -373,7 +434,7 @@ async fn write_client(core: &Core, c: &mut Client) -> io::Result<()> {
 
 /// Answers an error generated here (the one place client errors become
 /// responses; the status comes from [`Error::status`]).
-async fn send_error(core: &Core, c: &mut Client, e: &Error, close: bool) {
+async fn send_error<S: ClientStream>(core: &Core, c: &mut Client<S>, e: &Error, close: bool) {
     let Some(status) = e.status() else { return };
     attempts::record(core, Outcome::Answered { status, err: e, client: Some(c.peer) });
     let retry = core.shared.cfg.profile.retry_after_s.to_string();
@@ -400,7 +461,7 @@ const LINGER_BYTES: usize = 8 << 20;
 /// reset, which can destroy the response before the client reads it. So:
 /// half-close, then read and drop what still arrives, bounded in time and
 /// size, until the client closes its side.
-async fn linger(c: &mut Client) {
+async fn linger<S: ClientStream>(c: &mut Client<S>) {
     let Some(stream) = c.stream.as_mut() else { return };
     if stream.shutdown().await.is_err() {
         return;

@@ -127,6 +127,8 @@ pub(crate) fn spawn_client(core: &Rc<Core>, stream: TcpStream, peer: SocketAddr,
     spawn_killable(core, async move {
         c.active.set(c.active.get() + 1);
         stats::set_u64(&c.stats().active_clients, c.active.get());
+        // TCP_NODELAY on every relayed socket.
+        let _ = stream.set_nodelay(true);
         crate::proxy::serve(c.clone(), stream, peer, buffered, migrated).await;
         c.active.set(c.active.get() - 1);
         stats::set_u64(&c.stats().active_clients, c.active.get());
