@@ -97,6 +97,13 @@ pub trait Sink {
     async fn put(&mut self, piece: Piece<'_>) -> Result<(), Self::Error>;
     /// Writes out whatever is buffered.
     async fn flush(&mut self) -> Result<(), Self::Error>;
+    /// Before waiting on the source: writes what is buffered, except that a
+    /// message head alone may wait for its first payload, so the two leave
+    /// in one write (a response head and a DATA frame that arrive a moment
+    /// apart still reach the client as one segment).
+    async fn flush_before_wait(&mut self) -> Result<(), Self::Error> {
+        self.flush().await
+    }
 }
 
 /// Which end of a relay failed.
@@ -112,7 +119,7 @@ pub enum RelayError<S, K> {
 pub async fn relay<S: Source, K: Sink>(src: &mut S, sink: &mut K) -> Result<(), RelayError<S::Error, K::Error>> {
     loop {
         if !src.ready() {
-            sink.flush().await.map_err(RelayError::Sink)?;
+            sink.flush_before_wait().await.map_err(RelayError::Sink)?;
         }
         let piece = src.next().await.map_err(RelayError::Source)?;
         let end = matches!(piece, Piece::End | Piece::Trailers(_));
@@ -401,6 +408,13 @@ impl<W: AsyncWriteRent> Sink for H1Sink<'_, W> {
         Ok(())
     }
 
+    async fn flush_before_wait(&mut self) -> io::Result<()> {
+        if !self.wrote.get() && self.out.len() == self.head {
+            return Ok(());
+        }
+        self.flush().await
+    }
+
     async fn flush(&mut self) -> io::Result<()> {
         if self.out.is_empty() {
             return Ok(());
@@ -584,6 +598,12 @@ impl<W: AsyncWriteRent> Sink for AnySink<'_, W> {
         match self {
             AnySink::H1(s) => s.flush().await.map_err(Fault::Io),
             AnySink::H2(s) => s.flush().await.map_err(Fault::H2),
+        }
+    }
+    async fn flush_before_wait(&mut self) -> Result<(), Fault> {
+        match self {
+            AnySink::H1(s) => s.flush_before_wait().await.map_err(Fault::Io),
+            AnySink::H2(s) => s.flush_before_wait().await.map_err(Fault::H2),
         }
     }
 }
