@@ -148,8 +148,10 @@ pub(crate) async fn run<R: AsyncReadRent, W: AsyncWriteRent>(
         }
     };
     result.map_err(|mut f| {
-        // Whether it can go out again is a fact of the body, not of the tunnel.
-        if matches!(f.stage, Stage::NotSent | Stage::Sent) {
+        // Whether it can go out again is a fact of the body, not of the
+        // tunnel. Nothing sent means the source gave nothing up (a head that
+        // failed to go out whole was written alone), so the body is as it was.
+        if f.stage == Stage::Sent {
             f.body_held = held;
         }
         f
