@@ -554,3 +554,140 @@ impl Pool {
         self.give_back(lease, false);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Leases end to end through the pool, on loopback socket pairs (an h1
+    //! tunnel owns its stream); no worker, no I/O on them beyond the idle
+    //! check.
+    use super::*;
+    use crate::tunnel::placement::Placement;
+    use ptth_proto::setup::Claim;
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    struct Rig {
+        pool: Pool,
+        placement: Arc<Placement>,
+        stats: Vec<Arc<WorkerCoreStats>>,
+        /// The worker ends of the tunnels, kept open.
+        peers: Vec<std::net::TcpStream>,
+    }
+
+    fn rig() -> Rig {
+        let placement = Arc::new(Placement::new(1));
+        let inboxes: Arc<[Inbox]> = vec![Inbox::new()].into();
+        Rig { pool: Pool::new(0, placement.clone(), inboxes), placement, stats: Vec::new(), peers: Vec::new() }
+    }
+
+    impl Rig {
+        /// One h1 tunnel of worker `id` serving `routes`.
+        fn tunnel(&mut self, id: &str, routes: &[&str]) {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let ours = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            self.peers.push(l.accept().unwrap().0);
+            ours.set_nonblocking(true).unwrap();
+            let id: Arc<str> = id.into();
+            let meta = Arc::new(Meta {
+                claim: Claim::Any,
+                routes: routes.iter().map(|r| r.to_string()).collect(),
+                weight: 1,
+                max_concurrency: None,
+            });
+            let placed = self.placement.place(&id, &meta, 0, 100).unwrap();
+            self.stats.push(placed.stats.clone());
+            let ticket = self.placement.admit("127.0.0.1".parse().unwrap(), 100, 100).unwrap();
+            self.pool.add(id, meta, placed, ticket, TcpStream::from_std(ours).unwrap(), 4096);
+        }
+
+        fn pick(&mut self, path: &str) -> Pick {
+            self.pool.try_pick(b"h", path.as_bytes(), None)
+        }
+
+        fn in_flight(&self, i: usize) -> u32 {
+            self.stats[i].in_flight.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+
+    /// What a waiter has been handed, without waiting.
+    fn handed(w: &Rc<Waiter<Lease>>) -> Option<Option<Lease>> {
+        let mut f = std::pin::pin!(w.wait());
+        match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(v) => Some(v),
+            Poll::Pending => None,
+        }
+    }
+
+    fn on_runtime(f: impl FnOnce()) {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build().unwrap().block_on(async { f() });
+    }
+
+    #[test]
+    fn a_freed_tunnel_goes_to_the_first_waiter_it_can_serve() {
+        on_runtime(|| {
+            let mut r = rig();
+            r.tunnel("a", &["/a/"]);
+            r.tunnel("b", &["/b/"]);
+            let Pick::Got(a) = r.pick("/a/1") else { panic!("a has a free tunnel") };
+            let Pick::Got(b) = r.pick("/b/1") else { panic!("b has a free tunnel") };
+            assert!(matches!(r.pick("/a/2"), Pick::Busy));
+            assert!(matches!(r.pick("/c"), Pick::NoRoute));
+            // In order: a waiter for b's route, then two for a's.
+            let wb = r.pool.enqueue(b"h", b"/b/2", 8).unwrap();
+            let wa1 = r.pool.enqueue(b"h", b"/a/2", 8).unwrap();
+            let wa2 = r.pool.enqueue(b"h", b"/a/3", 8).unwrap();
+            assert_eq!((r.in_flight(0), r.in_flight(1)), (1, 1));
+            // a's tunnel skips b's waiter and goes to the first of a's.
+            r.pool.release(a, true);
+            assert!(handed(&wb).is_none());
+            let a = handed(&wa1).expect("handed").expect("a lease");
+            assert!(handed(&wa2).is_none());
+            assert_eq!(r.in_flight(0), 1, "handed over, still in flight");
+            r.pool.leave_queue(&wa1);
+            r.pool.release(a, true);
+            let a = handed(&wa2).expect("handed").expect("a lease");
+            r.pool.leave_queue(&wa2);
+            r.pool.release(b, true);
+            let b = handed(&wb).expect("handed").expect("b lease");
+            r.pool.leave_queue(&wb);
+            r.pool.release(a, true);
+            r.pool.release(b, true);
+            assert_eq!((r.in_flight(0), r.in_flight(1)), (0, 0));
+            let served = |i: usize| r.stats[i].requests.load(std::sync::atomic::Ordering::Relaxed);
+            assert_eq!((served(0), served(1)), (3, 2));
+        });
+    }
+
+    #[test]
+    fn a_waiter_that_leaves_gives_back_what_it_was_handed() {
+        on_runtime(|| {
+            let mut r = rig();
+            r.tunnel("a", &[]);
+            let Pick::Got(a) = r.pick("/") else { panic!("free tunnel") };
+            let w = r.pool.enqueue(b"h", b"/", 8).unwrap();
+            r.pool.release(a, true);
+            // Handed over, but the client went away before it looked.
+            r.pool.leave_queue(&w);
+            assert_eq!(r.in_flight(0), 0);
+            assert!(matches!(r.pick("/"), Pick::Got(_)), "the tunnel is free again");
+        });
+    }
+
+    #[test]
+    fn a_broken_or_discarded_lease_closes_its_tunnel_uncounted() {
+        on_runtime(|| {
+            let mut r = rig();
+            r.tunnel("a", &[]);
+            r.tunnel("a", &[]);
+            let Pick::Got(x) = r.pick("/") else { panic!("free tunnel") };
+            let Pick::Got(y) = r.pick("/") else { panic!("free tunnel") };
+            r.pool.release(x, false);
+            r.pool.discard(y);
+            assert_eq!(r.in_flight(0), 0);
+            assert_eq!(r.stats[0].requests.load(std::sync::atomic::Ordering::Relaxed), 1, "a discarded lease served nothing");
+            assert_eq!(r.stats[0].tunnels.load(std::sync::atomic::Ordering::Relaxed), 0);
+            assert!(r.placement.lock().get("a").is_none(), "its last tunnel gone, the worker leaves the placement");
+            assert!(matches!(r.pick("/"), Pick::Busy), "still routable within the reconnect grace");
+        });
+    }
+}
