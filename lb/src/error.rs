@@ -45,8 +45,13 @@ pub enum Error {
     QueueTimeout(Duration),
 
     // ---- tunnel side (upstream) ----
-    #[error("tunnel to worker {worker} failed ({fault}): {why}")]
-    Tunnel { worker: String, fault: TunnelFault, why: String },
+    #[error("tunnel to worker {worker} failed ({fault}): {cause}")]
+    Tunnel {
+        worker: String,
+        fault: TunnelFault,
+        #[source]
+        cause: Cause,
+    },
     #[error("worker {worker} sent an invalid response: {why}")]
     BadResponse { worker: String, why: String },
     #[error(
@@ -68,6 +73,33 @@ pub enum Error {
     TooManyTunnels(String),
     #[error("the lb is shutting down")]
     Draining,
+}
+
+/// The error underneath a tunnel failure, kept as it was raised.
+#[derive(Debug, thiserror::Error)]
+pub enum Cause {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("{0}")]
+    H2(#[from] h2::Error),
+    #[error("{0}")]
+    Body(#[from] BodyError),
+    /// No error value: a condition the lb found (a close, a head that does
+    /// not convert).
+    #[error("{0}")]
+    Text(String),
+}
+
+impl From<&str> for Cause {
+    fn from(s: &str) -> Cause {
+        Cause::Text(s.to_string())
+    }
+}
+
+impl From<String> for Cause {
+    fn from(s: String) -> Cause {
+        Cause::Text(s)
+    }
 }
 
 /// What went wrong on a tunnel (the worker's side), for logs and errors.
@@ -236,7 +268,7 @@ mod tests {
     #[test]
     fn taxonomy() {
         let w = || "w".to_string();
-        let tunnel = |fault| Error::Tunnel { worker: w(), fault, why: "x".into() };
+        let tunnel = |fault| Error::Tunnel { worker: w(), fault, cause: "x".into() };
         let rows: Vec<(Error, Side, Kind, Option<u16>)> = vec![
             (Error::Head(HeadError::RequestLineTooLong), Side::Client, Kind::Protocol, Some(414)),
             (Error::ClientBody(BodyError::Truncated), Side::Client, Kind::Closed, Some(400)),

@@ -23,7 +23,7 @@ use ptth_proto::rt::h2io;
 use ptth_proto::rt::io::{duplex, split, write_all, Duplex, ReadBuf, ReadHalf};
 use ptth_proto::BodyError;
 
-use crate::error::{Error, TunnelFault};
+use crate::error::{Cause, Error, TunnelFault};
 use crate::failure::{Failure, Stage};
 use crate::percore::{self, Core};
 use crate::tunnel::pool::Lease;
@@ -38,8 +38,8 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn tunnel_err(&self, fault: TunnelFault, why: impl ToString) -> Error {
-        Error::Tunnel { worker: self.worker.to_string(), fault, why: why.to_string() }
+    fn tunnel_err(&self, fault: TunnelFault, cause: impl Into<Cause>) -> Error {
+        Error::Tunnel { worker: self.worker.to_string(), fault, cause: cause.into() }
     }
     fn bad_response(&self, why: impl ToString) -> Failure {
         Failure::answered(Error::BadResponse { worker: self.worker.to_string(), why: why.to_string() })
@@ -208,7 +208,7 @@ fn upload_failed(x: &Ctx<'_>, e: RelayError<Fault, Fault>, before_head: bool, st
         // acted on the request.
         RelayError::Sink(Fault::Io(e)) if before_head => Failure::not_sent(x.tunnel_err(TunnelFault::Io, e)),
         RelayError::Sink(Fault::Io(e)) => Failure::sent(x.tunnel_err(TunnelFault::Io, e)),
-        RelayError::Sink(Fault::H2(e)) => stream_failed(x.tunnel_err(TunnelFault::Stream, &e), &e),
+        RelayError::Sink(Fault::H2(e)) => stream_failed(x, e),
         RelayError::Sink(Fault::Body(e)) => Failure::sent(x.tunnel_err(TunnelFault::Io, e)),
     }
 }
@@ -216,8 +216,10 @@ fn upload_failed(x: &Ctx<'_>, e: RelayError<Fault, Fault>, before_head: bool, st
 /// A stream that failed before its response head: refused by the worker
 /// (RFC 9113 §8.7: REFUSED_STREAM, or a GOAWAY covering the stream, means it
 /// did no work for it), or lost with the worker maybe having acted.
-fn stream_failed(err: Error, e: &h2::Error) -> Failure {
-    if e.reason() == Some(h2::Reason::REFUSED_STREAM) || e.is_go_away() {
+fn stream_failed(x: &Ctx<'_>, e: h2::Error) -> Failure {
+    let refused = e.reason() == Some(h2::Reason::REFUSED_STREAM) || e.is_go_away();
+    let err = x.tunnel_err(TunnelFault::Stream, e);
+    if refused {
         Failure::refused(err, false)
     } else {
         Failure::sent(err)
@@ -265,7 +267,7 @@ async fn download<W: AsyncWriteRent>(
             let Some(fut) = fut.take() else { return Err(x.bad_response("response awaited twice")) };
             let response = match monoio::time::timeout(p.response_timeout, fut).await {
                 Ok(Ok(r)) => r,
-                Ok(Err(e)) => return Err(stream_failed(x.tunnel_err(TunnelFault::Stream, &e), &e)),
+                Ok(Err(e)) => return Err(stream_failed(x, e)),
                 Err(_) => return Err(x.timed_out()),
             };
             let (parts, body) = response.into_parts();

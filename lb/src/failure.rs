@@ -99,8 +99,8 @@ impl Failure {
     /// why, rather than passing for an ordinary tunnel failure.
     pub(crate) fn into_answer(self, req: &Request) -> Error {
         if self.processed == Processed::Refused && !(req.bodyless || self.body_held) {
-            if let Error::Tunnel { worker, why, .. } = self.err {
-                return Error::NotReplayable { worker, why };
+            if let Error::Tunnel { worker, cause, .. } = self.err {
+                return Error::NotReplayable { worker, why: cause.to_string() };
             }
         }
         self.err
@@ -160,7 +160,7 @@ mod tests {
         let err = if timeout {
             Error::ResponseTimeout { worker: "w".into(), after: Duration::from_secs(1) }
         } else {
-            Error::Tunnel { worker: "w".into(), fault: TunnelFault::Stream, why: "closed".into() }
+            Error::Tunnel { worker: "w".into(), fault: TunnelFault::Stream, cause: "closed".into() }
         };
         Failure { err, stage, processed, body_held }
     }
@@ -212,7 +212,7 @@ mod tests {
         // it may have acted, so 502, never a second worker (h1 and h2c alike).
         assert_eq!(
             decide(
-                &Failure::sent(Error::Tunnel { worker: "w".into(), fault: TunnelFault::Stream, why: "reset".into() }),
+                &Failure::sent(Error::Tunnel { worker: "w".into(), fault: TunnelFault::Stream, cause: "reset".into() }),
                 &once(false, true)
             ),
             Decision::Answer
@@ -220,7 +220,7 @@ mod tests {
         // The same as a GET: sent again.
         assert_eq!(
             decide(
-                &Failure::sent(Error::Tunnel { worker: "w".into(), fault: TunnelFault::Stream, why: "reset".into() }),
+                &Failure::sent(Error::Tunnel { worker: "w".into(), fault: TunnelFault::Stream, cause: "reset".into() }),
                 &once(true, true)
             ),
             Decision::Retry
@@ -228,7 +228,7 @@ mod tests {
         // A POST refused by GOAWAY with its body held: sent again.
         assert_eq!(
             decide(
-                &Failure::refused(Error::Tunnel { worker: "w".into(), fault: TunnelFault::Stream, why: "goaway".into() }, true),
+                &Failure::refused(Error::Tunnel { worker: "w".into(), fault: TunnelFault::Stream, cause: "goaway".into() }, true),
                 &once(false, false)
             ),
             Decision::Retry
@@ -236,17 +236,17 @@ mod tests {
         // The same POST whose body had partly streamed: 502.
         assert_eq!(
             decide(
-                &Failure::refused(Error::Tunnel { worker: "w".into(), fault: TunnelFault::Stream, why: "goaway".into() }, false),
+                &Failure::refused(Error::Tunnel { worker: "w".into(), fault: TunnelFault::Stream, cause: "goaway".into() }, false),
                 &once(false, false)
             ),
             Decision::Answer
         );
-        let streamed = Failure::refused(Error::Tunnel { worker: "w".into(), fault: TunnelFault::Stream, why: "goaway".into() }, false);
+        let streamed = Failure::refused(Error::Tunnel { worker: "w".into(), fault: TunnelFault::Stream, cause: "goaway".into() }, false);
         assert!(matches!(streamed.into_answer(&once(false, false)), Error::NotReplayable { .. }));
         // Nothing sent (a draining tunnel refused the stream locally): any method.
         assert_eq!(
             decide(
-                &Failure::not_sent(Error::Tunnel { worker: "w".into(), fault: TunnelFault::Stream, why: "draining".into() }),
+                &Failure::not_sent(Error::Tunnel { worker: "w".into(), fault: TunnelFault::Stream, cause: "draining".into() }),
                 &once(false, false)
             ),
             Decision::Retry
