@@ -432,7 +432,7 @@ impl<W: AsyncWriteRent> Responder<'_, W> {
         started: &'s Cell<bool>,
     ) -> AnySink<'s, W> {
         match self {
-            Responder::H1 { w, out, .. } => AnySink::H1(H1Sink::new(w, out, start.chunked, io, started)),
+            Responder::H1 { w, out, .. } => AnySink::H1(H1Sink::new(w, out, start.chunked, io, started).holding_head()),
             Responder::H2 { .. } => match h2_out {
                 Some(s) => AnySink::H2(H2Sink::new(s, start.ended, started)),
                 None => unreachable!("start() set the h2 stream"),

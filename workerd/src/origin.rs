@@ -182,7 +182,7 @@ impl Sidecar {
         c.resp = Resp::Done;
         let io = c.cfg.io_timeout;
         let wrote = Cell::new(false);
-        let mut sink = H1Sink::new(&mut c.stream, &mut c.out, framing == h1::Framing::Chunked, io, &wrote);
+        let mut sink = H1Sink::new(&mut c.stream, &mut c.out, framing == h1::Framing::Chunked, io, &wrote).holding_head();
         relay(&mut H1Source::new(&mut oc.stream, &mut oc.rb, &mut dec, io), &mut sink).await.map_err(|e| {
             Error::Relay(match e {
                 RelayError::Source(e) => e.into(),

@@ -97,10 +97,9 @@ pub trait Sink {
     async fn put(&mut self, piece: Piece<'_>) -> Result<(), Self::Error>;
     /// Writes out whatever is buffered.
     async fn flush(&mut self) -> Result<(), Self::Error>;
-    /// Before waiting on the source: writes what is buffered, except that a
-    /// message head alone may wait for its first payload, so the two leave
-    /// in one write (a response head and a DATA frame that arrive a moment
-    /// apart still reach the client as one segment).
+    /// Before waiting on the source: writes what is buffered (a sink may
+    /// hold a response head alone back for its first payload, see
+    /// [`H1Sink::holding_head`]).
     async fn flush_before_wait(&mut self) -> Result<(), Self::Error> {
         self.flush().await
     }
@@ -368,6 +367,8 @@ pub struct H1Sink<'a, W> {
     /// deliver a whole head.
     head: usize,
     head_only_failed: bool,
+    /// See [`H1Sink::holding_head`].
+    hold_head: bool,
 }
 
 impl<'a, W: AsyncWriteRent> H1Sink<'a, W> {
@@ -375,7 +376,16 @@ impl<'a, W: AsyncWriteRent> H1Sink<'a, W> {
     /// head). `chunked`: payload goes in chunked coding.
     pub fn new(w: &'a mut W, out: &'a mut Vec<u8>, chunked: bool, deadline: Duration, wrote: &'a Cell<bool>) -> Self {
         let head = out.len();
-        H1Sink { w, out, chunked, deadline, wrote, head, head_only_failed: false }
+        H1Sink { w, out, chunked, deadline, wrote, head, head_only_failed: false, hold_head: false }
+    }
+
+    /// A response sink: its head waits for the first payload (or the end)
+    /// rather than leaving alone, so a head and a body that arrive a moment
+    /// apart still go out in one write. Request sinks do not hold theirs: a
+    /// worker may answer a request head before its body arrives.
+    pub fn holding_head(mut self) -> Self {
+        self.hold_head = true;
+        self
     }
 
     /// A write failed before anything went out whole, and it held the head
@@ -409,7 +419,7 @@ impl<W: AsyncWriteRent> Sink for H1Sink<'_, W> {
     }
 
     async fn flush_before_wait(&mut self) -> io::Result<()> {
-        if !self.wrote.get() && self.out.len() == self.head {
+        if self.hold_head && !self.wrote.get() && self.out.len() == self.head {
             return Ok(());
         }
         self.flush().await
@@ -678,6 +688,62 @@ mod tests {
         }
         assert_eq!(w, b"HEAD\r\n3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n");
         assert!(wrote.get());
+    }
+
+    /// A source whose first piece is not there yet when asked.
+    struct Late(u8);
+
+    impl Source for Late {
+        type Error = ();
+        fn ready(&mut self) -> bool {
+            self.0 > 0
+        }
+        async fn next(&mut self) -> Result<Piece<'_>, ()> {
+            self.0 += 1;
+            Ok(if self.0 == 1 { Piece::Data(b"body") } else { Piece::End })
+        }
+    }
+
+    /// The writes made to a sink that starts with a head, holding it or not.
+    fn writes(hold: bool) -> Vec<Vec<u8>> {
+        let mut calls = Calls(Vec::new());
+        let mut out = b"HEAD\r\n".to_vec();
+        let wrote = Cell::new(false);
+        {
+            let sink = H1Sink::new(&mut calls, &mut out, false, Duration::from_secs(1), &wrote);
+            let mut sink = if hold { sink.holding_head() } else { sink };
+            let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build().unwrap();
+            rt.block_on(async { relay(&mut Late(0), &mut sink).await.map_err(|_| ()).unwrap() });
+        }
+        calls.0
+    }
+
+    #[test]
+    fn a_response_head_waits_for_its_first_payload_a_request_head_does_not() {
+        assert_eq!(writes(true), [b"HEAD\r\nbody".to_vec()]);
+        assert_eq!(writes(false), [b"HEAD\r\n".to_vec(), b"body".to_vec()]);
+    }
+
+    /// A writer that keeps each write apart.
+    struct Calls(Vec<Vec<u8>>);
+
+    impl AsyncWriteRent for Calls {
+        async fn write<T: monoio::buf::IoBuf>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
+            // SAFETY: IoBuf promises `read_ptr` is valid for `bytes_init` bytes.
+            #[allow(unsafe_code)]
+            let s = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };
+            self.0.push(s.to_vec());
+            (Ok(s.len()), buf)
+        }
+        async fn writev<T: monoio::buf::IoVecBuf>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
+            (Ok(0), buf)
+        }
+        async fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+        async fn shutdown(&mut self) -> io::Result<()> {
+            Ok(())
+        }
     }
 
     /// An in-memory writer, one write call per flush.
