@@ -126,7 +126,7 @@ pub(crate) async fn run<R: AsyncReadRent, W: AsyncWriteRent>(
         Lease::H2(t) => {
             let req = match head {
                 ReqHead::H1 { fwd, scratch, .. } => request_from_h1(fwd, scratch),
-                ReqHead::H2 { parts } => request_from_h2(parts),
+                ReqHead::H2 { parts } => Ok(request_from_h2(parts)),
             };
             let req = req.map_err(|why| Failure::not_sent(x.tunnel_err(TunnelFault::Unusable, why)))?;
             let mut send = t.send.borrow().clone();
@@ -385,11 +385,7 @@ impl<W: AsyncWriteRent> Responder<'_, W> {
                         let chunked = !bodyless && !length && !empty && *version == Version::Http11;
                         let until_close = !bodyless && !length && !empty && *version == Version::Http10;
                         let client_close = *close || until_close || draining;
-                        out.extend_from_slice(b"HTTP/1.1 ");
-                        h1::write_decimal(out, u64::from(status));
-                        out.push(b' ');
-                        out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
-                        out.extend_from_slice(b"\r\n");
+                        h1::write_status_line(out, status, parts.status.canonical_reason().unwrap_or("").as_bytes());
                         h2io::write_h1_fields(out, &parts.headers);
                         if !bodyless && !length && empty {
                             out.extend_from_slice(b"Content-Length: 0\r\n");
@@ -397,11 +393,7 @@ impl<W: AsyncWriteRent> Responder<'_, W> {
                         if chunked {
                             out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
                         }
-                        match (client_close, *version) {
-                            (true, _) => out.extend_from_slice(b"Connection: close\r\n"),
-                            (false, Version::Http10) => out.extend_from_slice(b"Connection: keep-alive\r\n"),
-                            _ => {}
-                        }
+                        h1::write_persistence(out, if client_close { Persist::Close } else { Persist::KeepAlive }, *version);
                         out.extend_from_slice(b"\r\n");
                         Start { chunked, client_close, ended: false }
                     }
@@ -484,10 +476,10 @@ fn request_from_h1(fwd: &[u8], scratch: &mut RequestHead) -> Result<http::Reques
 }
 
 /// The h2 request for an h2 client's (already checked) request.
-fn request_from_h2(parts: &http::request::Parts) -> Result<http::Request<()>, String> {
+fn request_from_h2(parts: &http::request::Parts) -> http::Request<()> {
     let mut req = http::Request::new(());
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = parts.uri.clone();
     *req.headers_mut() = parts.headers.clone();
-    Ok(req)
+    req
 }

@@ -373,11 +373,7 @@ async fn attempt<S: ClientStream>(
     if dec.is_done() {
         return exchange::run(x, head, AnySource::<ReadHalf<'_, S>>::Empty, resp, lease).await;
     }
-    let whole = {
-        let mut probe = dec.clone();
-        probe.scan(c.rb.data()).ok().filter(|_| probe.is_done())
-    };
-    match whole {
+    match whole_body(dec, c.rb.data()).ok().flatten() {
         Some(n) => {
             let mut probe = dec.clone();
             let body = AnySource::<ReadHalf<'_, S>>::Held(H1Source::held(&c.rb.data()[..n], &mut probe));
@@ -390,6 +386,14 @@ async fn attempt<S: ClientStream>(
         }
         None => exchange::run(x, head, AnySource::H1(H1Source::new(&mut cr, &mut c.rb, dec, io)), resp, lease).await,
     }
+}
+
+/// The length of the whole body `dec` expects if `data` holds all of it;
+/// `None` while more is to come.
+fn whole_body(dec: &BodyDecoder, data: &[u8]) -> Result<Option<usize>, ptth_proto::BodyError> {
+    let mut probe = dec.clone();
+    let n = probe.scan(data)?;
+    Ok(probe.is_done().then_some(n))
 }
 
 /// Reads a small request body whole into the client's read buffer before
@@ -409,9 +413,8 @@ async fn read_whole_if_small<S: ClientStream>(
         _ => return Ok(()),
     }
     loop {
-        let mut probe = dec.clone();
-        match probe.scan(c.rb.data()) {
-            Ok(_) if !probe.is_done() && c.rb.data().len() < max => {}
+        match whole_body(dec, c.rb.data()) {
+            Ok(None) if c.rb.data().len() < max => {}
             // Whole, too big to hold, or invalid (the relay reports that).
             _ => return Ok(()),
         }

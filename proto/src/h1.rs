@@ -854,11 +854,7 @@ pub enum Persist {
 pub fn write_response_head(out: &mut Vec<u8>, buf: &[u8], head: &ResponseHead, client_version: Version, persist: Persist, dechunk: bool) {
     // RFC 9110 §6.2: answer with the highest minor version we speak, even to
     // an HTTP/1.0 client; `client_version` only decides how persistence is said.
-    out.extend_from_slice(b"HTTP/1.1 ");
-    write_decimal(out, u64::from(head.status));
-    out.push(b' ');
-    out.extend_from_slice(&buf[head.reason.clone()]);
-    out.extend_from_slice(b"\r\n");
+    write_status_line(out, head.status, &buf[head.reason.clone()]);
     let framing = head.framing();
     let reframe = framing != Framing::Empty;
     write_fields(out, buf, &head.fields, head.conn.extra_hop_fields, |n| {
@@ -868,12 +864,29 @@ pub fn write_response_head(out: &mut Vec<u8>, buf: &[u8], head: &ResponseHead, c
     if !(dechunk && framing == Framing::Chunked) {
         write_framing(out, framing);
     }
+    write_persistence(out, persist, client_version);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the status line; always HTTP/1.1 (RFC 9110 §6.2: the highest
+/// minor version we speak, whatever the client's).
+pub fn write_status_line(out: &mut Vec<u8>, status: u16, reason: &[u8]) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    write_decimal(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(reason);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the `Connection` field that says whether the connection persists,
+/// in the client's version's terms (RFC 9112 §9.3: HTTP/1.0 persists only
+/// when told).
+pub fn write_persistence(out: &mut Vec<u8>, persist: Persist, client_version: Version) {
     match (persist, client_version) {
         (Persist::Close, _) => out.extend_from_slice(b"Connection: close\r\n"),
         (Persist::KeepAlive, Version::Http10) => out.extend_from_slice(b"Connection: keep-alive\r\n"),
         (Persist::KeepAlive, Version::Http11) => {}
     }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Writes a complete small response generated locally (errors, admin pages).
@@ -887,7 +900,7 @@ pub fn write_simple_response(
     close: bool,
 ) {
     use std::io::Write;
-    let _ = write!(out, "HTTP/1.1 {status} {reason}\r\n");
+    write_status_line(out, status, reason.as_bytes());
     for (k, v) in extra {
         let _ = write!(out, "{k}: {v}\r\n");
     }

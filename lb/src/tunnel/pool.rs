@@ -381,10 +381,10 @@ impl Pool {
     /// A permit of worker `id` was given back on another core: offer it to
     /// the first request here that waits for that worker.
     pub(crate) fn capacity_freed(&mut self, id: &str) {
-        let slots: Vec<usize> =
-            self.workers.iter().enumerate().filter(|(_, w)| w.as_ref().is_some_and(|w| &*w.id == id)).map(|(i, _)| i).collect();
-        for slot in slots {
-            self.offer_capacity(slot);
+        for slot in 0..self.workers.len() {
+            if self.workers[slot].as_ref().is_some_and(|w| &*w.id == id) {
+                self.offer_capacity(slot);
+            }
         }
     }
 

@@ -678,14 +678,14 @@ mod tests {
         let mut dec = BodyDecoder::new(Framing::Chunked);
         let body = b"3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n";
         let mut src = H1Source::held(body, &mut dec);
-        let mut w: Vec<u8> = Vec::new();
+        let mut calls = Calls(Vec::new());
         let mut out = b"HEAD\r\n".to_vec();
         let wrote = Cell::new(false);
         {
-            let mut vw = VecWriter(&mut w);
-            let mut sink = H1Sink::new(&mut vw, &mut out, true, Duration::from_secs(1), &wrote);
+            let mut sink = H1Sink::new(&mut calls, &mut out, true, Duration::from_secs(1), &wrote);
             rt().block_on(relay(&mut src, &mut sink)).unwrap();
         }
+        let w = calls.0.concat();
         assert_eq!(w, b"HEAD\r\n3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n");
         assert!(wrote.get());
     }
@@ -733,28 +733,6 @@ mod tests {
             #[allow(unsafe_code)]
             let s = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };
             self.0.push(s.to_vec());
-            (Ok(s.len()), buf)
-        }
-        async fn writev<T: monoio::buf::IoVecBuf>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
-            (Ok(0), buf)
-        }
-        async fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-        async fn shutdown(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    /// An in-memory writer, one write call per flush.
-    struct VecWriter<'a>(&'a mut Vec<u8>);
-
-    impl AsyncWriteRent for VecWriter<'_> {
-        async fn write<T: monoio::buf::IoBuf>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
-            // SAFETY: IoBuf promises `read_ptr` is valid for `bytes_init` bytes.
-            #[allow(unsafe_code)]
-            let s = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };
-            self.0.extend_from_slice(s);
             (Ok(s.len()), buf)
         }
         async fn writev<T: monoio::buf::IoVecBuf>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
