@@ -46,6 +46,11 @@ pub(crate) struct H1Tunnel {
 pub(crate) struct H2Tunnel {
     pub(crate) send: RefCell<h2::client::SendRequest<Bytes>>,
     in_flight: Cell<u32>,
+    /// The stream limit as last read from h2 (the worker's
+    /// SETTINGS_MAX_CONCURRENT_STREAMS, capped): reading it takes h2's lock,
+    /// so choosing among a worker's tunnels compares against this copy and
+    /// only the chosen one is asked (`has_room`), which refreshes it.
+    max_streams: Cell<u32>,
     /// GOAWAY received (or the connection failed): no new streams.
     draining: Cell<bool>,
     /// The connection task ended.
@@ -75,7 +80,17 @@ impl H2Tunnel {
             self.draining.set(true);
             return false;
         }
-        (self.in_flight.get() as usize) < send.current_max_send_streams().min(H2_STREAMS_CAP)
+        let max = send.current_max_send_streams().min(H2_STREAMS_CAP) as u32;
+        self.max_streams.set(max);
+        self.in_flight.get() < max
+    }
+
+    /// `has_room` without h2's lock, from the last stream limit read: true
+    /// may be stale (a GOAWAY not yet seen, a lowered limit), so a lease is
+    /// only taken after `has_room` on the one chosen. A tunnel at its known
+    /// limit is asked afresh, so a raised limit is seen at once.
+    fn may_have_room(&self) -> bool {
+        !self.draining.get() && (self.in_flight.get() < self.max_streams.get() || self.has_room())
     }
 
     /// Marks the tunnel as taking no new streams (GOAWAY seen on a request).
@@ -132,7 +147,7 @@ impl LocalWorker {
 
     /// A free h1 tunnel or room on an h2 tunnel.
     fn has_room(&self) -> bool {
-        !self.idle.is_empty() || self.h2.iter().any(|t| t.has_room())
+        !self.idle.is_empty() || self.h2.iter().any(|t| t.may_have_room())
     }
 }
 
@@ -248,6 +263,7 @@ impl Pool {
         let t = Rc::new(H2Tunnel {
             send: RefCell::new(send),
             in_flight: Cell::new(0),
+            max_streams: Cell::new(0),
             draining: Cell::new(false),
             closed: Cell::new(false),
             slot,
@@ -337,7 +353,16 @@ impl Pool {
     /// idle h1 tunnel), accounting for it as in flight.
     fn take(&mut self, slot: usize) -> Option<Lease> {
         let w = self.workers[slot].as_mut()?;
-        let h2 = w.h2.iter().filter(|t| t.has_room()).min_by_key(|t| t.in_flight.get()).cloned();
+        // The least busy h2 tunnel that may have room, confirmed by h2; one
+        // that turns out full or gone away no longer `may_have_room`, so
+        // this ends.
+        let h2 = loop {
+            match w.h2.iter().filter(|t| t.may_have_room()).min_by_key(|t| t.in_flight.get()) {
+                Some(t) if t.has_room() => break Some(t.clone()),
+                Some(_) => continue,
+                None => break None,
+            }
+        };
         if (h2.is_none() && w.idle.is_empty()) || !w.try_permit(self.core) {
             return None;
         }
