@@ -138,9 +138,16 @@ pub(crate) async fn run<R: AsyncReadRent, W: AsyncWriteRent>(
                     return Err(Failure::not_sent(x.tunnel_err(TunnelFault::Unusable, e)));
                 }
             };
-            let mut sink: AnySink<'_, TcpStream> = AnySink::H2(H2Sink::new(&mut tx, !has_body, &sent));
             let mut reader = UpReader::H2 { resp: Some(fut) };
-            match exchange(x, &mut body, &mut sink, &mut reader, &mut resp, &started).await {
+            let r = if has_body {
+                let mut sink: AnySink<'_, TcpStream> = AnySink::H2(H2Sink::new(&mut tx, false, &sent));
+                exchange(x, &mut body, &mut sink, &mut reader, &mut resp, &started).await
+            } else {
+                // The HEADERS frame ended the stream: nothing goes up, only
+                // the answer is awaited (no duplex to poll).
+                download(x, &mut reader, &mut resp, &started).await.map(|d| (d, true)).map_err(Upload::Down)
+            };
+            match r {
                 Err(Upload::Failed(e)) => Err(upload_failed(x, e, false, started.get())),
                 Err(Upload::Down(f)) => Err(f),
                 Ok((done, _)) => Ok(done),

@@ -303,9 +303,19 @@ impl<'a> H2Source<'a> {
         }
     }
 
+    /// A payload; when its frame carried END_STREAM, the end is known now
+    /// (no trailers can follow), so it is handed out next without asking
+    /// h2 twice more.
+    fn data(&mut self, d: Bytes) -> Piece<'static> {
+        if self.body.is_end_stream() {
+            self.peeked = Some(Ok(Peeked::End));
+        }
+        Piece::Bytes(d)
+    }
+
     fn hand_out(&mut self, p: Peeked) -> Piece<'_> {
         match p {
-            Peeked::Data(d) => Piece::Bytes(d),
+            Peeked::Data(d) => self.data(d),
             Peeked::Trailers(t) => {
                 self.ended = true;
                 Piece::Trailers(Trailers::H2(t))
@@ -340,7 +350,7 @@ impl Source for H2Source<'_> {
         while let Some(d) = h2io::recv_data(self.body).await {
             let d = d?;
             if !d.is_empty() {
-                return Ok(Piece::Bytes(d));
+                return Ok(self.data(d));
             }
         }
         let p = match self.body.trailers().await? {
