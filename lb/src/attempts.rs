@@ -14,7 +14,7 @@ use crate::exchange::{Ctx, Done};
 use crate::failure::{self, Decision, Failure};
 use crate::percore::Core;
 use crate::stats;
-use crate::tunnel::acquire::acquire;
+use crate::tunnel::acquire::{acquire, For};
 use crate::tunnel::pool::Lease;
 
 /// How a request's attempts ended.
@@ -35,6 +35,9 @@ pub(crate) enum Ended {
 pub(crate) struct Request<'a> {
     pub(crate) host: &'a [u8],
     pub(crate) path: &'a [u8],
+    pub(crate) method: &'a [u8],
+    /// The client's RFC 9218 `Priority` urgency (it may lower its class's).
+    pub(crate) urgency: Option<u8>,
     pub(crate) idempotent: bool,
     pub(crate) bodyless: bool,
     pub(crate) is_head: bool,
@@ -51,8 +54,9 @@ pub(crate) async fn serve(
 ) -> Ended {
     let mut avoid = None;
     let mut retries = 0;
+    let want = For { host: req.host, path: req.path, method: req.method, urgency: req.urgency };
     loop {
-        let lease = match acquire(core, req.host, req.path, avoid).await {
+        let lease = match acquire(core, &want, avoid).await {
             Ok(l) => l,
             Err(e) if retries == 0 => return Ended::NoLease(e),
             Err(e) => return Ended::Answer(e),

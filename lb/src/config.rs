@@ -31,6 +31,8 @@ pub struct ConfigFile {
     pub tunnel: TunnelFile,
     #[serde(default)]
     pub forwarding: ForwardingFile,
+    #[serde(default)]
+    pub classes: ClassesFile,
     /// Path of a profile to load (the `--profile` flag wins).
     pub profile: Option<String>,
 }
@@ -72,6 +74,76 @@ pub struct ForwardingFile {
     pub trusted_proxies: Option<Vec<String>>,
     /// Also send `X-Forwarded-For` and `X-Forwarded-Proto` (default false).
     pub x_forwarded: Option<bool>,
+}
+
+/// `[classes]`: the most any worker may declare in `Tunnel-Classes`
+/// (docs/PROTOCOL.md §1); a setup declaring more is refused with 403.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassesFile {
+    /// Class names a worker may declare (`default` is always allowed);
+    /// absent: any name.
+    pub allowed: Option<Vec<String>>,
+    /// The most urgent level (RFC 9218 urgency, 0 most urgent to 7) a worker
+    /// may give a class (default 0: any).
+    pub most_urgent: Option<u8>,
+    /// The largest per-class limit a worker may declare (default 1000000).
+    pub max_limit: Option<u32>,
+}
+
+/// The validated `[classes]` section.
+#[derive(Debug, Clone)]
+pub struct ClassPolicy {
+    pub allowed: Option<Vec<String>>,
+    pub most_urgent: u8,
+    pub max_limit: u32,
+}
+
+impl ClassPolicy {
+    fn parse(f: ClassesFile) -> Result<ClassPolicy, ConfigError> {
+        if let Some(names) = &f.allowed {
+            for n in names {
+                if !ptth_proto::setup::is_class_name(n) {
+                    return Err(cerr(
+                        "classes.allowed",
+                        format!("{n:?} is not a class name (a lowercase letter or *, then lowercase letters, digits, _-.*; at most 32)"),
+                    ));
+                }
+            }
+        }
+        Ok(ClassPolicy {
+            allowed: f.allowed,
+            most_urgent: range("classes.most_urgent", Some(f.most_urgent.unwrap_or(0)), 0, ptth_proto::setup::LEAST_URGENT)?,
+            max_limit: range(
+                "classes.max_limit",
+                Some(f.max_limit.unwrap_or(ptth_proto::setup::MAX_CLASS_LIMIT)),
+                1,
+                ptth_proto::setup::MAX_CLASS_LIMIT,
+            )?,
+        })
+    }
+
+    /// What in `classes` exceeds the policy, said so the worker's operator
+    /// knows what to change.
+    pub fn check(&self, classes: &[ptth_proto::setup::ClassDecl]) -> Result<(), String> {
+        for c in classes {
+            if let Some(allowed) = &self.allowed {
+                if c.name != ptth_proto::setup::DEFAULT_CLASS && !allowed.contains(&c.name) {
+                    return Err(format!("class {:?} is not allowed here (allowed: {})", c.name, allowed.join(", ")));
+                }
+            }
+            if c.urgency < self.most_urgent {
+                return Err(format!(
+                    "class {}: urgency u={} is more urgent than this lb allows (u={} at most)",
+                    c.name, c.urgency, self.most_urgent
+                ));
+            }
+            if let Some(l) = c.limit.filter(|&l| l > self.max_limit) {
+                return Err(format!("class {}: limit {l} is above this lb's cap of {}", c.name, self.max_limit));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The validated `[forwarding]` section.
@@ -274,6 +346,7 @@ pub struct Config {
     pub max_tunnels_per_peer: u32,
     pub max_tunnels: u32,
     pub forwarding: ForwardingPolicy,
+    pub classes: ClassPolicy,
     pub profile: Profile,
     /// Print nothing but errors.
     pub quiet: bool,
@@ -426,6 +499,7 @@ impl Config {
             max_tunnels_per_peer: range("tunnel.max_tunnels_per_peer", Some(f.tunnel.max_tunnels_per_peer.unwrap_or(4096)), 1, 1 << 20)?,
             max_tunnels: range("tunnel.max_tunnels", Some(f.tunnel.max_tunnels.unwrap_or(16384)), 1, 1 << 24)?,
             forwarding: ForwardingPolicy::parse(f.forwarding)?,
+            classes: ClassPolicy::parse(f.classes)?,
             profile,
             quiet: false,
         })

@@ -113,9 +113,12 @@ async fn handle(
     // Decided once: after a failed attempt consumed the body, the stream
     // looks ended, but the request was not bodyless.
     let bodyless = body.is_end_stream();
+    let urgency = parts.headers.get(PRIORITY).and_then(|v| ptth_proto::sf::priority_urgency(v.as_bytes()));
     let req = attempts::Request {
         host: &host,
         path: h1::target_path(&target),
+        method: parts.method.as_str().as_bytes(),
+        urgency,
         idempotent: h1::is_idempotent_method(parts.method.as_str().as_bytes()),
         bodyless,
         is_head: parts.method == http::Method::HEAD,
@@ -147,6 +150,8 @@ async fn handle(
     }
 }
 
+/// RFC 9218 §5.
+const PRIORITY: http::HeaderName = http::HeaderName::from_static("priority");
 const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: http::HeaderName = http::HeaderName::from_static("x-forwarded-host");

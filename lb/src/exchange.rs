@@ -26,7 +26,7 @@ use ptth_proto::BodyError;
 use crate::error::{Cause, Error, TunnelFault};
 use crate::failure::{Failure, Stage};
 use crate::percore::{self, Core};
-use crate::tunnel::pool::Lease;
+use crate::tunnel::pool::{Lease, Leased};
 
 /// What the engine knows of the attempt besides the request itself.
 pub(crate) struct Ctx<'a> {
@@ -93,8 +93,8 @@ pub(crate) async fn run<R: AsyncReadRent, W: AsyncWriteRent>(
     let has_body = !matches!(body, AnySource::Empty);
     let started = Cell::new(false);
     let sent = Cell::new(false);
-    let result = match lease {
-        Lease::H1(t) => {
+    let result = match &mut lease.kind {
+        Leased::H1(t) => {
             t.out.clear();
             let chunked = match head {
                 ReqHead::H1 { fwd, chunked, .. } => {
@@ -123,7 +123,7 @@ pub(crate) async fn run<R: AsyncReadRent, W: AsyncWriteRent>(
                 }
             }
         }
-        Lease::H2(t) => {
+        Leased::H2(t) => {
             let req = match head {
                 ReqHead::H1 { fwd, scratch, .. } => request_from_h1(fwd, scratch),
                 ReqHead::H2 { parts } => Ok(request_from_h2(parts)),

@@ -69,8 +69,12 @@ struct ReqInfo {
     close: bool,
     expect_continue: bool,
     framing: Framing,
-    /// Length of the host part of the route key.
+    /// Lengths of the host and method parts of the route key (host, path,
+    /// method).
     host_len: usize,
+    method_len: usize,
+    /// The client's RFC 9218 `Priority` urgency.
+    urgency: Option<u8>,
 }
 
 enum Next {
@@ -267,6 +271,8 @@ async fn handle<S: ClientStream>(core: &Rc<Core>, c: &mut Client<S>) -> Next {
     c.key.clear();
     c.key.extend_from_slice(host);
     c.key.extend_from_slice(h1::target_path(&c.target));
+    let method = head.method(data);
+    c.key.extend_from_slice(method);
     let info = ReqInfo {
         version: head.version(),
         is_head: head.is_head(data),
@@ -278,6 +284,8 @@ async fn handle<S: ClientStream>(core: &Rc<Core>, c: &mut Client<S>) -> Next {
         expect_continue: head.expect_continue,
         framing: head.framing(),
         host_len: host.len(),
+        method_len: method.len(),
+        urgency: head.field(data, "priority").and_then(ptth_proto::sf::priority_urgency),
     };
     let policy = &core.shared.cfg.forwarding;
     let fwd = Forwarding {
@@ -301,8 +309,18 @@ async fn handle<S: ClientStream>(core: &Rc<Core>, c: &mut Client<S>) -> Next {
     }
 
     let key = std::mem::take(&mut c.key);
-    let (host, path) = key.split_at(info.host_len);
-    let req = attempts::Request { host, path, idempotent: info.idempotent, bodyless, is_head: info.is_head, migrated: c.migrated };
+    let (host, rest) = key.split_at(info.host_len);
+    let (path, method) = rest.split_at(rest.len() - info.method_len);
+    let req = attempts::Request {
+        host,
+        path,
+        method,
+        urgency: info.urgency,
+        idempotent: info.idempotent,
+        bodyless,
+        is_head: info.is_head,
+        migrated: c.migrated,
+    };
     let p = &core.shared.cfg.profile;
     let mut dec = BodyDecoder::new(info.framing);
     let mut first = true;

@@ -1000,7 +1000,7 @@ pub fn is_valid_field(name: &[u8], value: &[u8]) -> bool {
 }
 
 /// `tchar` of RFC 9110 §5.6.2.
-fn is_tchar(b: u8) -> bool {
+pub(crate) fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 

@@ -27,6 +27,7 @@ pub const FIELD_WORKER_ID: &str = "Tunnel-Worker-Id";
 pub const FIELD_ROUTES: &str = "Tunnel-Routes";
 pub const FIELD_WEIGHT: &str = "Tunnel-Weight";
 pub const FIELD_MAX_CONCURRENCY: &str = "Tunnel-Max-Concurrency";
+pub const FIELD_CLASSES: &str = "Tunnel-Classes";
 pub const FIELD_CORE: &str = "Tunnel-Core";
 pub const FIELD_CORES: &str = "Tunnel-Cores";
 
@@ -36,6 +37,11 @@ pub const MAX_ROUTE_LEN: usize = 1024;
 pub const MAX_ORIGINS: usize = 64;
 pub const MAX_WORKER_ID_LEN: usize = 128;
 pub const MAX_WEIGHT: u32 = 1000;
+pub const MAX_CLASSES: usize = 16;
+pub const MAX_CLASS_RULES: usize = 32;
+pub const MAX_CLASS_NAME_LEN: usize = 32;
+/// Largest class limit a worker can declare (the operator's cap may be lower).
+pub const MAX_CLASS_LIMIT: u32 = 1_000_000;
 
 /// Which upgrade token the worker used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,12 +178,162 @@ pub struct WorkerMeta {
     pub weight: u32,
     /// Requests this worker takes at once across all its tunnels and lb cores.
     pub max_concurrency: Option<u32>,
+    /// Request classes, in matching order (`Tunnel-Classes`).
+    pub classes: Vec<ClassDecl>,
 }
 
 impl Default for WorkerMeta {
     fn default() -> Self {
-        WorkerMeta { id: None, routes: Vec::new(), weight: 1, max_concurrency: None }
+        WorkerMeta { id: None, routes: Vec::new(), weight: 1, max_concurrency: None, classes: Vec::new() }
     }
+}
+
+/// The class of requests no declared class matches; a worker may declare it
+/// (without rules) to set its urgency or limit.
+pub const DEFAULT_CLASS: &str = "default";
+/// Urgency of a class that declares none (RFC 9218 §4.1's default).
+pub const DEFAULT_URGENCY: u8 = 3;
+/// Least urgent level (RFC 9218 §4.1: urgency is 0 to 7, 0 most urgent).
+pub const LEAST_URGENT: u8 = 7;
+
+/// A class of requests a worker declares: which requests belong to it, how
+/// urgent they are, and how many of them the worker runs at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassDecl {
+    /// An sf-key: lowercase letters, digits, `_-.*`, at most 32 characters.
+    pub name: String,
+    /// RFC 9218 urgency, 0 (most urgent) to 7.
+    pub urgency: u8,
+    /// Requests of this class the worker runs at once across all its tunnels
+    /// and lb cores; `None`: only the worker's overall limit applies.
+    pub limit: Option<u32>,
+    /// A request belongs to the class when any rule matches; empty only for
+    /// [`DEFAULT_CLASS`].
+    pub rules: Vec<ClassRule>,
+}
+
+/// `"METHOD /prefix"` or `"/prefix"` (any method).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassRule {
+    /// Compared case-sensitively (RFC 9110 §9.1).
+    pub method: Option<String>,
+    /// Compared against the start of the request's path, as route prefixes are.
+    pub prefix: String,
+}
+
+impl ClassRule {
+    pub fn matches(&self, method: &[u8], path: &[u8]) -> bool {
+        self.method.as_ref().is_none_or(|m| m.as_bytes() == method) && path.starts_with(self.prefix.as_bytes())
+    }
+}
+
+impl std::fmt::Display for ClassRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.method {
+            Some(m) => write!(f, "{m} {}", self.prefix),
+            None => f.write_str(&self.prefix),
+        }
+    }
+}
+
+/// An sf-key (RFC 9651 §3.1.2) of at most [`MAX_CLASS_NAME_LEN`] characters.
+pub fn is_class_name(n: &str) -> bool {
+    let b = n.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_CLASS_NAME_LEN
+        && (b[0].is_ascii_lowercase() || b[0] == b'*')
+        && b.iter().all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"_-.*".contains(&c))
+}
+
+/// The first declared class (in order) a request belongs to; `None`: the
+/// default class.
+pub fn classify(classes: &[ClassDecl], method: &[u8], path: &[u8]) -> Option<usize> {
+    classes.iter().position(|c| c.rules.iter().any(|r| r.matches(method, path)))
+}
+
+/// Parses a `Tunnel-Classes` value (an sf-dictionary, see docs/PROTOCOL.md):
+/// `heavy=("POST /report/" "GET /export/");u=6;limit=4, default;u=2`.
+/// The error says what to fix.
+pub fn parse_classes(v: &[u8]) -> Result<Vec<ClassDecl>, String> {
+    use crate::sf::ParamValue;
+    let members =
+        sf::parse_string_dictionary(v).ok_or("expected an sf-dictionary like heavy=(\"POST /report/\");u=6;limit=4, default;u=3")?;
+    if members.len() > MAX_CLASSES {
+        return Err(format!("more than {MAX_CLASSES} classes"));
+    }
+    let mut out = Vec::with_capacity(members.len());
+    for m in members {
+        let name = m.key;
+        if name.len() > MAX_CLASS_NAME_LEN {
+            return Err(format!("class {name:?}: names are at most {MAX_CLASS_NAME_LEN} characters"));
+        }
+        let mut c = ClassDecl { name, urgency: DEFAULT_URGENCY, limit: None, rules: Vec::new() };
+        for (k, v) in &m.params {
+            match (k.as_str(), *v) {
+                ("u", ParamValue::Integer(u)) if (0..=i64::from(LEAST_URGENT)).contains(&u) => c.urgency = u as u8,
+                ("u", _) => return Err(format!("class {}: u (urgency) is an integer from 0 to 7", c.name)),
+                ("limit", ParamValue::Integer(n)) if (1..=i64::from(MAX_CLASS_LIMIT)).contains(&n) => c.limit = Some(n as u32),
+                ("limit", _) => return Err(format!("class {}: limit is an integer from 1 to {MAX_CLASS_LIMIT}", c.name)),
+                (other, _) => return Err(format!("class {}: unknown parameter {other:?} (known: u, limit)", c.name)),
+            }
+        }
+        let rules = m.strings.unwrap_or_default();
+        if c.name == DEFAULT_CLASS {
+            if !rules.is_empty() {
+                return Err(format!("class {DEFAULT_CLASS} takes what no other class matches: declare it without rules (default;u=3)"));
+            }
+        } else if rules.is_empty() {
+            return Err(format!("class {}: list at least one rule, e.g. {}=(\"POST /report/\")", c.name, c.name));
+        }
+        if rules.len() > MAX_CLASS_RULES {
+            return Err(format!("class {}: more than {MAX_CLASS_RULES} rules", c.name));
+        }
+        for r in rules {
+            c.rules.push(parse_rule(&r).map_err(|why| format!("class {}: rule {r:?}: {why}", c.name))?);
+        }
+        out.push(c);
+    }
+    Ok(out)
+}
+
+fn parse_rule(r: &str) -> Result<ClassRule, &'static str> {
+    let (method, prefix) = match r.split_once(' ') {
+        Some((m, p)) => (Some(m), p),
+        None => (None, r),
+    };
+    if let Some(m) = method {
+        // RFC 9110 §9.1: a method is a token.
+        if m.is_empty() || !m.bytes().all(crate::h1::is_tchar) {
+            return Err("expected \"METHOD /prefix\" or \"/prefix\"");
+        }
+    }
+    if !prefix.starts_with('/') || prefix.contains(' ') || prefix.len() > MAX_ROUTE_LEN {
+        return Err("the path prefix starts with '/', has no spaces and is at most 1024 bytes");
+    }
+    Ok(ClassRule { method: method.map(str::to_string), prefix: prefix.to_string() })
+}
+
+/// Serializes classes as a `Tunnel-Classes` value (the inverse of
+/// [`parse_classes`]).
+pub fn write_classes(classes: &[ClassDecl]) -> String {
+    let mut s = String::new();
+    for (i, c) in classes.iter().enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        s.push_str(&c.name);
+        if !c.rules.is_empty() {
+            s.push_str("=(");
+            let rules: Vec<String> = c.rules.iter().filter_map(|r| sf::string(&r.to_string())).collect();
+            s.push_str(&rules.join(" "));
+            s.push(')');
+        }
+        let _ = write!(s, ";u={}", c.urgency);
+        if let Some(l) = c.limit {
+            let _ = write!(s, ";limit={l}");
+        }
+    }
+    s
 }
 
 /// A parsed setup request.
@@ -327,6 +483,9 @@ fn parse_meta(buf: &[u8], head: &RequestHead) -> Result<WorkerMeta, SetupError> 
             .filter(|w| (1..=i64::from(MAX_WEIGHT)).contains(w))
             .ok_or_else(|| bad(FIELD_WEIGHT, "expected an integer from 1 to 1000"))? as u32;
     }
+    if let Some(v) = combined_list(buf, head, FIELD_CLASSES) {
+        meta.classes = parse_classes(&v).map_err(|why| bad(FIELD_CLASSES, &why))?;
+    }
     if let Some(v) = single(buf, head, FIELD_MAX_CONCURRENCY)? {
         meta.max_concurrency = Some(
             sf::parse_integer(trim(v))
@@ -406,6 +565,9 @@ pub fn write_setup_request(out: &mut Vec<u8>, p: &SetupParams<'_>) {
     let _ = write!(s, "{FIELD_WEIGHT}: {}\r\n", p.meta.weight);
     if let Some(m) = p.meta.max_concurrency {
         let _ = write!(s, "{FIELD_MAX_CONCURRENCY}: {m}\r\n");
+    }
+    if !p.meta.classes.is_empty() {
+        let _ = write!(s, "{FIELD_CLASSES}: {}\r\n", write_classes(&p.meta.classes));
     }
     s.push_str("\r\n");
     out.extend_from_slice(s.as_bytes());
@@ -506,7 +668,14 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let meta = WorkerMeta { id: Some("w-1".into()), routes: vec!["/api/".into(), "/img/".into()], weight: 3, max_concurrency: Some(8) };
+        let classes = parse_classes(br#"heavy=("POST /report/" "/export/");u=6;limit=4, default;u=2"#).unwrap();
+        let meta = WorkerMeta {
+            id: Some("w-1".into()),
+            routes: vec!["/api/".into(), "/img/".into()],
+            weight: 3,
+            max_concurrency: Some(8),
+            classes,
+        };
         let claim = Claim::Origins(vec![Origin::parse("https://API.example.com").unwrap(), Origin::parse("http://b.test:8080").unwrap()]);
         let mut out = Vec::new();
         write_setup_request(
@@ -546,6 +715,47 @@ mod tests {
         for (req, status) in cases {
             assert_eq!(setup(&req).unwrap_err().status(), status, "{req}");
         }
+    }
+
+    #[test]
+    fn classes_parse_match_and_say_what_is_wrong() {
+        let c = parse_classes(br#"heavy=("POST /report/" "/export/");u=6;limit=4, api=("/api/");u=1, default;limit=100"#).unwrap();
+        assert_eq!(c.len(), 3);
+        assert_eq!((c[0].name.as_str(), c[0].urgency, c[0].limit), ("heavy", 6, Some(4)));
+        assert_eq!(c[0].rules[0], ClassRule { method: Some("POST".into()), prefix: "/report/".into() });
+        assert_eq!(c[0].rules[1], ClassRule { method: None, prefix: "/export/".into() });
+        assert_eq!((c[1].urgency, c[1].limit), (1, None));
+        assert_eq!((c[2].name.as_str(), c[2].urgency, c[2].limit), ("default", DEFAULT_URGENCY, Some(100)));
+        // First matching class in declaration order; nothing matching: default.
+        assert_eq!(classify(&c, b"POST", b"/report/q1"), Some(0));
+        assert_eq!(classify(&c, b"GET", b"/report/q1"), None);
+        assert_eq!(classify(&c, b"GET", b"/export/all"), Some(0));
+        assert_eq!(classify(&c, b"post", b"/report/q1"), None, "methods are case-sensitive (RFC 9110 §9.1)");
+        assert_eq!(classify(&c, b"GET", b"/api/x"), Some(1));
+        assert_eq!(parse_classes(write_classes(&c).as_bytes()).unwrap(), c);
+        for (bad, says) in [
+            (&br#"heavy"#[..], "at least one rule"),
+            (br#"heavy=()"#, "at least one rule"),
+            (br#"default=("/x")"#, "without rules"),
+            (br#"heavy=("/r/");u=8"#, "0 to 7"),
+            (br#"heavy=("/r/");u=-1"#, "0 to 7"),
+            (br#"heavy=("/r/");limit=0"#, "1 to 1000000"),
+            (br#"heavy=("/r/");limt=4"#, "unknown parameter \"limt\""),
+            (br#"heavy=("report/")"#, "starts with '/'"),
+            (br#"heavy=("PO(ST /r/")"#, "METHOD /prefix"),
+            (br#"Heavy=("/r/")"#, "sf-dictionary"),
+            (br#"a-very-long-class-name-that-goes-on-and-on=("/r/")"#, "at most 32"),
+        ] {
+            let e = parse_classes(bad).unwrap_err();
+            assert!(e.contains(says), "{}: {e}", String::from_utf8_lossy(bad));
+        }
+        // In a setup: the field's lines join (a Dictionary, RFC 9651 §4.2); an error names the field.
+        let head = "GET /.well-known/ptth/*/ HTTP/1.1\r\nHost: lb\r\nConnection: Upgrade\r\nUpgrade: ptth\r\nALPN: h2\r\n";
+        let r = setup(&format!("{head}Tunnel-Classes: heavy=(\"/r/\");limit=2\r\nTunnel-Classes: default;u=1\r\n\r\n")).unwrap();
+        assert_eq!(r.meta.classes.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["heavy", "default"]);
+        let e = setup(&format!("{head}Tunnel-Classes: heavy=(\"/r/\");u=9\r\n\r\n")).unwrap_err();
+        assert_eq!(e.status(), 400);
+        assert!(e.to_string().contains("Tunnel-Classes"), "{e}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USAGE: &str = "usage: ptth-workerd --lb ADDR [--lb ADDR]... (--origin URL | --respond SPEC)
          [--claim ORIGIN]... [--route PREFIX]... [--id ID] [--token TOKEN]
-         [--tunnels-per-core N] [--max-concurrency N] [--weight N]
+         [--tunnels-per-core N] [--max-concurrency N] [--weight N] [--class DECL]...
          [--inner h2,http/1.1] [--max-streams N] [--stream-window BYTES]
          [--connection-window BYTES] [--threads N] [--pin]
          [--driver auto|uring|legacy] [--log-format text|json] [--verbose] [--quiet]
@@ -27,6 +27,8 @@ const USAGE: &str = "usage: ptth-workerd --lb ADDR [--lb ADDR]... (--origin URL 
   --tunnels-per-core N   tunnels kept on each lb core (default 8)
   --max-concurrency N    requests at once across all tunnels and lb cores
   --weight N             relative share of requests, 1..1000 (default 1)
+  --class DECL           a request class (repeat), as in Tunnel-Classes (docs/PROTOCOL.md):
+                         'heavy=(\"POST /report/\");u=6;limit=4' or 'default;u=3'
   --inner LIST           inner protocols to offer, in order (default h2,http/1.1)
   --max-streams N        concurrent streams per h2 tunnel (default 256)
   --stream-window BYTES  h2 stream flow-control window (default 1048576)
@@ -97,6 +99,19 @@ fn parse(args: Vec<String>) -> Result<(Config, Mode, LogFormat), String> {
             "--tunnels-per-core" => cfg.tunnels_per_core = int(value()?, 1, 1024)? as u32,
             "--max-concurrency" => cfg.meta.max_concurrency = Some(int(value()?, 1, 1_000_000)? as u32),
             "--weight" => cfg.meta.weight = int(value()?, 1, 1000)? as u32,
+            "--class" => {
+                let v = value()?;
+                let decl = ptth_proto::setup::parse_classes(v.as_bytes()).map_err(|e| format!("--class {v:?}: {e}"))?;
+                for c in decl {
+                    if cfg.meta.classes.iter().any(|x| x.name == c.name) {
+                        return Err(format!("--class: class {} is declared twice", c.name));
+                    }
+                    cfg.meta.classes.push(c);
+                }
+                if cfg.meta.classes.len() > ptth_proto::setup::MAX_CLASSES {
+                    return Err(format!("--class: at most {} classes", ptth_proto::setup::MAX_CLASSES));
+                }
+            }
             "--threads" => cfg.threads = int(value()?, 1, 1024)? as usize,
             "--max-streams" => cfg.max_streams = int(value()?, 1, 1_000_000)? as u32,
             "--stream-window" => cfg.windows.stream = int(value()?, 65_535, i32::MAX as u64)? as u32,
@@ -240,5 +255,19 @@ mod tests {
             let e = parse(args(bad)).unwrap_err();
             assert!(e.contains(needle), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn class_flags() {
+        let with = |extra: &[&str]| {
+            args("--lb 127.0.0.1:7000 --respond hello").into_iter().chain(extra.iter().map(|s| s.to_string())).collect::<Vec<_>>()
+        };
+        let (cfg, _, _) = parse(with(&["--class", r#"heavy=("POST /report/");u=6;limit=4"#, "--class", "default;u=2"])).unwrap();
+        let got: Vec<_> = cfg.meta.classes.iter().map(|c| (c.name.as_str(), c.urgency, c.limit)).collect();
+        assert_eq!(got, [("heavy", 6, Some(4)), ("default", 2, None)]);
+        let e = parse(with(&["--class", r#"heavy=("/r/");u=9"#])).unwrap_err();
+        assert!(e.contains("--class") && e.contains("0 to 7"), "{e}");
+        let e = parse(with(&["--class", "default", "--class", "default"])).unwrap_err();
+        assert!(e.contains("declared twice"), "{e}");
     }
 }

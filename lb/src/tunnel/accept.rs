@@ -57,15 +57,19 @@ fn authorize(cfg: &Config, req: &SetupRequest, peer: SocketAddr) -> Result<(), E
         None => return Err(Error::Forbidden("no token is configured on this lb: only loopback workers are accepted".into())),
     }
     match (&cfg.origins, &req.claim) {
-        (OriginPolicy::Any, _) => Ok(()),
+        (OriginPolicy::Any, _) => {}
         (OriginPolicy::Only(_), Claim::Any) => {
-            Err(Error::Forbidden("claiming every origin (*) is not allowed here; claim specific origins".into()))
+            return Err(Error::Forbidden("claiming every origin (*) is not allowed here; claim specific origins".into()))
         }
-        (OriginPolicy::Only(allowed), Claim::Origins(list)) => match list.iter().find(|o| !allowed.contains(o)) {
-            Some(o) => Err(Error::Forbidden(format!("origin {o} is not allowed for this worker"))),
-            None => Ok(()),
-        },
+        (OriginPolicy::Only(allowed), Claim::Origins(list)) => {
+            if let Some(o) = list.iter().find(|o| !allowed.contains(o)) {
+                return Err(Error::Forbidden(format!("origin {o} is not allowed for this worker")));
+            }
+        }
     }
+    // A worker declares its classes; the operator's caps bound what it may
+    // claim (nothing a worker says may exceed what it was granted).
+    cfg.classes.check(&req.meta.classes).map_err(Error::Forbidden)
 }
 
 async fn reject(core: &Core, stream: &mut TcpStream, e: &Error, peer: SocketAddr, worker: Option<&str>) {
@@ -227,6 +231,33 @@ mod tests {
         assert!(authorize(&cfg, &setup_req(Claim::Any, Some("t")), far).is_ok());
         assert!(matches!(authorize(&cfg, &setup_req(Claim::Any, Some("u")), lo), Err(Error::Unauthorized(_))));
         assert!(matches!(authorize(&cfg, &setup_req(Claim::Any, None), lo), Err(Error::Unauthorized(_))));
+    }
+
+    #[test]
+    fn class_declarations_within_the_operators_caps() {
+        let mut cfg = Config::ephemeral();
+        let lo: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let with = |classes: &[u8]| {
+            let mut r = setup_req(Claim::Any, None);
+            r.meta.classes = ptth_proto::setup::parse_classes(classes).unwrap();
+            r
+        };
+        let heavy = with(br#"heavy=("POST /report/");u=1;limit=50, default;u=0"#);
+        assert!(authorize(&cfg, &heavy, lo).is_ok(), "no caps configured: anything the protocol allows");
+        cfg.classes.allowed = Some(vec!["light".into()]);
+        let refused = |r: &SetupRequest, cfg: &Config| match authorize(cfg, r, lo) {
+            Err(Error::Forbidden(why)) => why,
+            other => panic!("expected 403, got {other:?}"),
+        };
+        assert!(refused(&heavy, &cfg).contains("class \"heavy\" is not allowed here (allowed: light)"));
+        cfg.classes.allowed = Some(vec!["heavy".into()]);
+        cfg.classes.most_urgent = 2;
+        assert!(refused(&heavy, &cfg).contains("class heavy: urgency u=1 is more urgent than this lb allows (u=2 at most)"));
+        cfg.classes.most_urgent = 0;
+        cfg.classes.max_limit = 10;
+        assert!(refused(&heavy, &cfg).contains("class heavy: limit 50 is above this lb's cap of 10"));
+        cfg.classes.max_limit = 50;
+        assert!(authorize(&cfg, &heavy, lo).is_ok());
     }
 
     #[test]

@@ -10,15 +10,27 @@ use crate::config::Profile;
 use crate::error::Error;
 use crate::percore::Core;
 use crate::stats;
-use crate::tunnel::pool::{Lease, Pick, Pool};
+use crate::tunnel::pool::{Lease, Leased, Pick, Pool};
 use crate::tunnel::queue::Waiter;
 
+/// What a lease is taken for.
+pub(crate) struct For<'a> {
+    pub(crate) host: &'a [u8],
+    pub(crate) path: &'a [u8],
+    /// With the path, what finds the request's class on a worker.
+    pub(crate) method: &'a [u8],
+    /// The client's RFC 9218 `Priority` urgency, if it sent one.
+    pub(crate) urgency: Option<u8>,
+}
+
 /// Takes a tunnel for this route from the core's pool, waiting in the bounded
-/// queue when every eligible tunnel is busy.
-pub(crate) async fn acquire(core: &Rc<Core>, host: &[u8], path: &[u8], avoid: Option<usize>) -> Result<Lease, Error> {
+/// queue when every eligible tunnel is busy (or the request's class is at
+/// its limit on every worker).
+pub(crate) async fn acquire(core: &Rc<Core>, req: &For<'_>, avoid: Option<usize>) -> Result<Lease, Error> {
     let p = &core.shared.cfg.profile;
+    let (host, path) = (req.host, req.path);
     loop {
-        let pick = core.pool.borrow_mut().try_pick(host, path, avoid);
+        let pick = core.pool.borrow_mut().try_pick(host, path, req.method, avoid);
         let t = match pick {
             Pick::Got(t) => t,
             Pick::NoRoute => {
@@ -27,12 +39,12 @@ pub(crate) async fn acquire(core: &Rc<Core>, host: &[u8], path: &[u8], avoid: Op
                     path: String::from_utf8_lossy(path).into_owned(),
                 })
             }
-            Pick::Busy => wait_for_tunnel(core, host, path, p).await?,
+            Pick::Busy => wait_for_tunnel(core, req, p).await?,
         };
         // An idle tunnel may have been closed by its worker, or hold bytes
         // it sent unasked (which would be read as this request's response):
         // check every time before trusting it with a request.
-        if let Lease::H1(h1t) = &t {
+        if let Leased::H1(h1t) = &t.kind {
             if Pool::is_stale(h1t) {
                 core.pool.borrow_mut().discard(t);
                 continue;
@@ -42,8 +54,9 @@ pub(crate) async fn acquire(core: &Rc<Core>, host: &[u8], path: &[u8], avoid: Op
     }
 }
 
-async fn wait_for_tunnel(core: &Rc<Core>, host: &[u8], path: &[u8], p: &Profile) -> Result<Lease, Error> {
-    let w = core.pool.borrow_mut().enqueue(host, path, p.queue_max).map_err(|_| Error::QueueFull)?;
+async fn wait_for_tunnel(core: &Rc<Core>, req: &For<'_>, p: &Profile) -> Result<Lease, Error> {
+    let (host, path) = (req.host, req.path);
+    let w = core.pool.borrow_mut().enqueue(host, path, req.method, req.urgency, p.queue_max).map_err(|_| Error::QueueFull)?;
     stats::add(&core.stats().queued, 1);
     // Leaves the queue however the wait ends, the client's going away
     // (this future dropped) included.

@@ -20,7 +20,7 @@ pub(crate) mod queue;
 pub(crate) mod routes;
 pub(crate) mod select;
 
-use ptth_proto::setup::{Claim, WorkerMeta};
+use ptth_proto::setup::{Claim, ClassDecl, WorkerMeta, DEFAULT_CLASS, DEFAULT_URGENCY};
 
 /// What a worker declared, as routing uses it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,11 +29,33 @@ pub(crate) struct Meta {
     pub(crate) routes: Vec<String>,
     pub(crate) weight: u32,
     pub(crate) max_concurrency: Option<u32>,
+    /// Declared request classes (`Tunnel-Classes`), in matching order.
+    pub(crate) classes: Vec<ClassDecl>,
 }
 
 impl Meta {
     pub(crate) fn new(claim: Claim, m: &WorkerMeta) -> Meta {
-        Meta { claim, routes: m.routes.clone(), weight: m.weight.max(1), max_concurrency: m.max_concurrency }
+        Meta { claim, routes: m.routes.clone(), weight: m.weight.max(1), max_concurrency: m.max_concurrency, classes: m.classes.clone() }
+    }
+
+    /// The declared class a request belongs to on this worker: the first
+    /// whose rules match, else the declared `default`; `None` when neither
+    /// (no class limit, default urgency).
+    pub(crate) fn class_of(&self, method: &[u8], path: &[u8]) -> Option<usize> {
+        if self.classes.is_empty() {
+            return None;
+        }
+        ptth_proto::setup::classify(&self.classes, method, path).or_else(|| self.classes.iter().position(|c| c.name == DEFAULT_CLASS))
+    }
+
+    /// The urgency of `class` (RFC 9218 §4.1).
+    pub(crate) fn urgency(&self, class: Option<usize>) -> u8 {
+        class.map_or(DEFAULT_URGENCY, |i| self.classes[i].urgency)
+    }
+
+    /// The limit of `class`, if it declared one.
+    pub(crate) fn class_limit(&self, class: Option<usize>) -> Option<u32> {
+        class.and_then(|i| self.classes[i].limit)
     }
 
     /// How well this worker matches a request: `None` if it does not serve
@@ -59,7 +81,7 @@ mod tests {
 
     #[test]
     fn specificity_orders_host_then_prefix() {
-        let any = Meta { claim: Claim::Any, routes: vec![], weight: 1, max_concurrency: None };
+        let any = Meta { claim: Claim::Any, routes: vec![], weight: 1, max_concurrency: None, classes: vec![] };
         let api = Meta { routes: vec!["/api/".into(), "/".into()], ..any.clone() };
         let host = Meta { claim: Claim::Origins(vec![Origin::parse("https://a.example").unwrap()]), ..any.clone() };
         assert_eq!(any.specificity(b"x", b"/api/1"), Some((false, 0)));
@@ -68,5 +90,20 @@ mod tests {
         assert_eq!(host.specificity(b"a.example:8080", b"/"), Some((true, 0)));
         assert_eq!(host.specificity(b"b.example", b"/"), None);
         assert!(host.specificity(b"a.example", b"/") > api.specificity(b"a.example", b"/api/"));
+    }
+
+    #[test]
+    fn classes_of_requests() {
+        let classes = ptth_proto::setup::parse_classes(br#"heavy=("POST /report/");u=6;limit=4, default;u=2;limit=9"#).unwrap();
+        let m = Meta { claim: Claim::Any, routes: vec![], weight: 1, max_concurrency: None, classes };
+        assert_eq!(m.class_of(b"POST", b"/report/1"), Some(0));
+        assert_eq!((m.urgency(Some(0)), m.class_limit(Some(0))), (6, Some(4)));
+        // Anything else is the declared default class.
+        assert_eq!(m.class_of(b"GET", b"/report/1"), Some(1));
+        assert_eq!((m.urgency(Some(1)), m.class_limit(Some(1))), (2, Some(9)));
+        // No default declared: no class, default urgency, no class limit.
+        let m = Meta { classes: m.classes[..1].to_vec(), ..m };
+        assert_eq!(m.class_of(b"GET", b"/"), None);
+        assert_eq!((m.urgency(None), m.class_limit(None)), (DEFAULT_URGENCY, None));
     }
 }

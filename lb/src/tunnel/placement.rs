@@ -26,6 +26,9 @@ pub(crate) struct WorkerEntry {
     /// In-flight requests across all cores, when the worker declared
     /// `Tunnel-Max-Concurrency` (its limit is per worker, not per core).
     pub(crate) permits: Option<Arc<Permits>>,
+    /// In-flight requests of each class that declared a limit, across all
+    /// cores, by class name.
+    pub(crate) class_permits: HashMap<String, Arc<Permits>>,
     pub(crate) stats: Vec<Arc<WorkerCoreStats>>,
 }
 
@@ -34,6 +37,9 @@ pub(crate) struct WorkerEntry {
 pub(crate) struct Placed {
     pub(crate) core: usize,
     pub(crate) permits: Option<Arc<Permits>>,
+    /// One per class of the tunnel's `Meta::classes`, in order: the shared
+    /// counter of a class that declared a limit.
+    pub(crate) class_permits: Vec<Option<Arc<Permits>>>,
     pub(crate) stats: Arc<WorkerCoreStats>,
 }
 
@@ -113,6 +119,7 @@ impl Placement {
             per_core: vec![0; cores],
             meta: meta.clone(),
             permits: None,
+            class_permits: HashMap::new(),
             stats: (0..cores).map(|_| Arc::new(WorkerCoreStats::default())).collect(),
         });
         let total: u32 = e.per_core.iter().sum();
@@ -123,10 +130,14 @@ impl Placement {
         if meta.max_concurrency.is_some() && e.permits.is_none() {
             e.permits = Some(Arc::new(Permits::default()));
         }
+        // A class's counter is shared by every tunnel of the worker that
+        // declares the class, whatever core it lands on.
+        let class_permits =
+            meta.classes.iter().map(|c| c.limit.map(|_| e.class_permits.entry(c.name.clone()).or_default().clone())).collect();
         let min = *e.per_core.iter().min().unwrap_or(&0);
         let core = if e.per_core[here] == min { here } else { e.per_core.iter().position(|&n| n == min).unwrap_or(here) };
         e.per_core[core] += 1;
-        Ok(Placed { core, permits: e.permits.clone(), stats: e.stats[core].clone() })
+        Ok(Placed { core, permits: e.permits.clone(), class_permits, stats: e.stats[core].clone() })
     }
 
     /// A tunnel of `id` on `core` ended (or its setup failed after placement).
@@ -163,7 +174,7 @@ mod tests {
     use ptth_proto::setup::Claim;
 
     fn meta() -> Arc<Meta> {
-        Arc::new(Meta { claim: Claim::Any, routes: vec![], weight: 1, max_concurrency: None })
+        Arc::new(Meta { claim: Claim::Any, routes: vec![], weight: 1, max_concurrency: None, classes: vec![] })
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::inbox::{CoreMsg, Inbox};
 use crate::stats::{self, WorkerCoreStats};
 use crate::tunnel::permits::{self, Permits};
 use crate::tunnel::placement::{PeerTicket, Placed, Placement};
-use crate::tunnel::queue::{Full, Reroute, WaitQueue, Waiter};
+use crate::tunnel::queue::{Full, Reroute, WaitQueue, Waiter, Want};
 use crate::tunnel::routes;
 use crate::tunnel::select::{power_of_two, Choice};
 use crate::tunnel::Meta;
@@ -99,22 +99,43 @@ impl H2Tunnel {
     }
 }
 
-/// A tunnel lent to one request: an h1 tunnel whole, or a stream slot on an
-/// h2 tunnel. Not boxed: a lease moves a few times per request, a box would
-/// allocate on every one.
+/// A tunnel lent to one request, with the class it counts against. Not
+/// boxed: a lease moves a few times per request, a box would allocate on
+/// every one.
+pub(crate) struct Lease {
+    pub(crate) kind: Leased,
+    /// The request's class on the worker (index in its `Meta::classes`).
+    class: Option<u8>,
+}
+
+/// An h1 tunnel whole, or a stream slot on an h2 tunnel.
 #[allow(clippy::large_enum_variant)]
-pub(crate) enum Lease {
+pub(crate) enum Leased {
     H1(H1Tunnel),
     H2(Rc<H2Tunnel>),
 }
 
-impl Lease {
-    pub(crate) fn slot(&self) -> usize {
+impl Leased {
+    fn slot(&self) -> usize {
         match self {
-            Lease::H1(t) => t.slot,
-            Lease::H2(t) => t.slot,
+            Leased::H1(t) => t.slot,
+            Leased::H2(t) => t.slot,
         }
     }
+}
+
+impl Lease {
+    pub(crate) fn slot(&self) -> usize {
+        self.kind.slot()
+    }
+}
+
+/// Why [`Pool::take`] lent nothing.
+enum NoTake {
+    /// The worker has no free tunnel, stream slot or permit of its own.
+    Room,
+    /// The request's class is at its limit (another class may still fit).
+    Class,
 }
 
 struct LocalWorker {
@@ -133,16 +154,17 @@ struct LocalWorker {
     empty_since: Option<Instant>,
     in_flight: u32,
     permits: Option<Arc<Permits>>,
+    /// Per class of `meta.classes`: the cross-core counter of a class that
+    /// declared a limit.
+    class_permits: Vec<Option<Arc<Permits>>>,
     stats: Arc<WorkerCoreStats>,
 }
 
 impl LocalWorker {
-    /// Takes a cross-core concurrency permit if the worker declared a limit.
-    fn try_permit(&self, core: usize) -> bool {
-        match (&self.permits, self.meta.max_concurrency) {
-            (Some(p), Some(max)) => p.try_take(core, max),
-            _ => true,
-        }
+    /// The counter and limit of `class`, when it declared one.
+    fn class_permit(&self, class: Option<usize>) -> Option<(&Permits, u32)> {
+        let i = class?;
+        Some((self.class_permits.get(i)?.as_deref()?, self.meta.class_limit(Some(i))?))
     }
 
     /// A free h1 tunnel or room on an h2 tunnel.
@@ -191,12 +213,14 @@ impl Pool {
     }
 
     /// The worker entry for a new tunnel, created if needed; counts the tunnel.
-    fn slot_for(&mut self, id: Arc<str>, meta: Arc<Meta>, permits: Option<Arc<Permits>>, wstats: Arc<WorkerCoreStats>) -> usize {
+    fn slot_for(&mut self, id: Arc<str>, meta: Arc<Meta>, placed: Placed) -> usize {
+        let Placed { permits, class_permits, stats: wstats, .. } = placed;
         let slot = match self.workers.iter().position(|w| w.as_ref().is_some_and(|w| w.id == id && w.meta == meta)) {
             Some(s) => {
                 if let Some(w) = self.workers[s].as_mut().filter(|w| w.tunnels == 0) {
                     // Back within the grace: the placement entry may be new.
                     w.permits = permits;
+                    w.class_permits = class_permits;
                     w.stats = wstats;
                 }
                 s
@@ -213,6 +237,7 @@ impl Pool {
                     empty_since: None,
                     in_flight: 0,
                     permits,
+                    class_permits,
                     stats: wstats,
                 };
                 match self.workers.iter().position(Option::is_none) {
@@ -236,7 +261,7 @@ impl Pool {
 
     /// Registers a freshly set-up HTTP/1.1 tunnel and offers it to the queue.
     pub(crate) fn add(&mut self, id: Arc<str>, meta: Arc<Meta>, placed: Placed, ticket: PeerTicket, stream: TcpStream, tunnel_read: usize) {
-        let slot = self.slot_for(id, meta, placed.permits, placed.stats);
+        let slot = self.slot_for(id, meta, placed);
         let t = H1Tunnel {
             stream,
             rb: ReadBuf::with_capacity(tunnel_read),
@@ -246,7 +271,7 @@ impl Pool {
             idle_since: Instant::now(),
             _ticket: ticket,
         };
-        self.offer(Lease::H1(t));
+        self.offer(Leased::H1(t));
     }
 
     /// Registers an HTTP/2 tunnel; its connection task reports its end with
@@ -259,7 +284,7 @@ impl Pool {
         ticket: PeerTicket,
         send: h2::client::SendRequest<Bytes>,
     ) -> Rc<H2Tunnel> {
-        let slot = self.slot_for(id, meta, placed.permits, placed.stats);
+        let slot = self.slot_for(id, meta, placed);
         let t = Rc::new(H2Tunnel {
             send: RefCell::new(send),
             in_flight: Cell::new(0),
@@ -314,7 +339,7 @@ impl Pool {
     /// Picks a tunnel for a request, or says why it cannot now. `avoid`: a
     /// worker whose tunnel just failed this request, used only if no other
     /// worker has a free tunnel.
-    pub(crate) fn try_pick(&mut self, host: &[u8], path: &[u8], avoid: Option<usize>) -> Pick {
+    pub(crate) fn try_pick(&mut self, host: &[u8], path: &[u8], method: &[u8], avoid: Option<usize>) -> Pick {
         Self::candidates(&self.workers, &mut self.cand, host, path);
         if self.cand.is_empty() {
             return Pick::NoRoute;
@@ -341,7 +366,7 @@ impl Pool {
             }
             let Some(pick) = power_of_two(&self.choices, &mut self.rng) else { break };
             let slot = self.avail[pick];
-            if let Some(t) = self.take(slot) {
+            if let Ok(t) = self.take(slot, method, path) {
                 return Pick::Got(t);
             }
             self.avail.swap_remove(pick);
@@ -350,9 +375,11 @@ impl Pool {
     }
 
     /// Lends a tunnel of `slot` (the least busy h2 tunnel with room, else an
-    /// idle h1 tunnel), accounting for it as in flight.
-    fn take(&mut self, slot: usize) -> Option<Lease> {
-        let w = self.workers[slot].as_mut()?;
+    /// idle h1 tunnel) to a request of `method` and `path`, accounting for
+    /// it as in flight, if the worker's and the request's class's cross-core
+    /// limits allow.
+    fn take(&mut self, slot: usize, method: &[u8], path: &[u8]) -> Result<Lease, NoTake> {
+        let w = self.workers[slot].as_ref().ok_or(NoTake::Room)?;
         // The least busy h2 tunnel that may have room, confirmed by h2; one
         // that turns out full or gone away no longer `may_have_room`, so
         // this ends.
@@ -363,43 +390,80 @@ impl Pool {
                 None => break None,
             }
         };
-        if (h2.is_none() && w.idle.is_empty()) || !w.try_permit(self.core) {
-            return None;
+        if h2.is_none() && w.idle.is_empty() {
+            return Err(NoTake::Room);
         }
-        let lease = match h2 {
+        let class = w.meta.class_of(method, path);
+        self.take_permits(slot, class)?;
+        let w = self.workers[slot].as_mut().ok_or(NoTake::Room)?;
+        let kind = match h2 {
             Some(t) => {
                 t.in_flight.set(t.in_flight.get() + 1);
-                Lease::H2(t)
+                Leased::H2(t)
             }
-            None => Lease::H1(w.idle.pop()?),
+            None => Leased::H1(w.idle.pop().ok_or(NoTake::Room)?),
         };
         w.in_flight += 1;
         stats::set32(&w.stats.in_flight, w.in_flight);
-        Some(lease)
+        Ok(Lease { kind, class: class.map(|c| c as u8) })
+    }
+
+    /// Takes the worker's cross-core permit and the class's, both or none.
+    fn take_permits(&self, slot: usize, class: Option<usize>) -> Result<(), NoTake> {
+        let Some(w) = self.workers[slot].as_ref() else { return Err(NoTake::Room) };
+        let worker = match (&w.permits, w.meta.max_concurrency) {
+            (Some(p), Some(max)) => {
+                if !p.try_take(self.core, max) {
+                    return Err(NoTake::Room);
+                }
+                Some(&**p)
+            }
+            _ => None,
+        };
+        if let Some((p, max)) = w.class_permit(class) {
+            if !p.try_take(self.core, max) {
+                if let Some(p) = worker {
+                    self.give_permit(p, &w.id);
+                }
+                return Err(NoTake::Class);
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives a permit back; cores waiting for one of `id`'s are told (an
+    /// owned message, only when one waits).
+    fn give_permit(&self, p: &Permits, id: &Arc<str>) {
+        let waiting = p.give_back();
+        for c in permits::cores(waiting, self.inboxes.len()).filter(|&c| c != self.core) {
+            self.inboxes[c].send(CoreMsg::Capacity { worker: id.clone() });
+        }
     }
 
     /// A request is done with its tunnel. A reusable h1 tunnel goes to the
     /// first waiter it can serve, else back to the idle list; a broken one
     /// closes. An h2 stream slot frees room for a waiter.
     pub(crate) fn release(&mut self, lease: Lease, reusable: bool) {
-        self.settle(lease.slot(), true);
-        self.give_back(lease, reusable);
+        self.settle(&lease, true);
+        self.give_back(lease.kind, reusable);
     }
 
     /// Undoes the in-flight accounting of a lease. A permit given back may
     /// be what a request queued on another core waits for: those cores are
     /// told (an owned message, only when one waits).
-    fn settle(&mut self, slot: usize, count: bool) {
-        let Some(w) = self.workers[slot].as_mut() else { return };
+    fn settle(&mut self, lease: &Lease, count: bool) {
+        let Some(w) = self.workers[lease.slot()].as_mut() else { return };
         w.in_flight -= 1;
         stats::set32(&w.stats.in_flight, w.in_flight);
         if count {
             stats::add(&w.stats.requests, 1);
         }
-        let Some(p) = &w.permits else { return };
-        let waiting = p.give_back();
-        for c in permits::cores(waiting, self.inboxes.len()).filter(|&c| c != self.core) {
-            self.inboxes[c].send(CoreMsg::Capacity { worker: w.id.clone() });
+        let w = self.workers[lease.slot()].as_ref().expect("present above");
+        if let Some(p) = &w.permits {
+            self.give_permit(p, &w.id);
+        }
+        if let Some((p, _)) = w.class_permit(lease.class.map(usize::from)) {
+            self.give_permit(p, &w.id);
         }
     }
 
@@ -413,15 +477,15 @@ impl Pool {
         }
     }
 
-    fn give_back(&mut self, lease: Lease, reusable: bool) {
-        let slot = lease.slot();
-        match lease {
-            Lease::H1(t) if reusable => self.offer(Lease::H1(t)),
-            Lease::H1(t) => {
+    fn give_back(&mut self, kind: Leased, reusable: bool) {
+        let slot = kind.slot();
+        match kind {
+            Leased::H1(t) if reusable => self.offer(Leased::H1(t)),
+            Leased::H1(t) => {
                 drop(t);
                 self.closed(slot);
             }
-            Lease::H2(t) => {
+            Leased::H2(t) => {
                 // A failed stream says nothing about its tunnel: connection
                 // failures show in `has_room` (poll_ready) and in the end of
                 // the connection task.
@@ -438,21 +502,57 @@ impl Pool {
     /// Room freed on worker `slot` (an idle h1 tunnel or an h2 stream slot):
     /// lend it to the first waiter it can serve.
     fn offer_capacity(&mut self, slot: usize) {
-        let (workers, cand) = (&self.workers, &mut self.cand);
-        let Some(i) = self.queue.first(|w| {
-            Self::candidates(workers, cand, &w.host, &w.path);
-            cand.contains(&slot)
-        }) else {
+        if self.queue.is_empty() {
             return;
-        };
-        if let Some(lease) = self.take(slot) {
-            self.queue.hand(i, lease);
         }
+        let mut queue = std::mem::take(&mut self.queue);
+        // Most urgent first; a waiter whose class is at its limit lets the
+        // room go to the next one; once the worker itself has no room left,
+        // nobody else can use it.
+        let mut room = true;
+        queue.offer(|w| {
+            if !room {
+                return None;
+            }
+            Self::candidates(&self.workers, &mut self.cand, &w.host, &w.path);
+            if !self.cand.contains(&slot) {
+                return None;
+            }
+            match self.take(slot, &w.method, &w.path) {
+                Ok(lease) => Some(lease),
+                Err(NoTake::Class) => None,
+                Err(NoTake::Room) => {
+                    room = false;
+                    None
+                }
+            }
+        });
+        self.queue = queue;
     }
 
-    /// Puts a request in this core's wait queue (bounded by `max`).
-    pub(crate) fn enqueue(&mut self, host: &[u8], path: &[u8], max: usize) -> Result<Rc<Waiter<Lease>>, Full> {
-        self.queue.enqueue(host, path, max)
+    /// Puts a request in this core's wait queue (bounded by `max`), at the
+    /// urgency of its class on the workers that serve it (the most urgent of
+    /// them), lowered to `client_urgency` if the client asked for less
+    /// (RFC 9218 `Priority`: a client may lower its request's priority,
+    /// never raise it above its class's).
+    pub(crate) fn enqueue(
+        &mut self,
+        host: &[u8],
+        path: &[u8],
+        method: &[u8],
+        client_urgency: Option<u8>,
+        max: usize,
+    ) -> Result<Rc<Waiter<Lease>>, Full> {
+        Self::candidates(&self.workers, &mut self.cand, host, path);
+        let class_urgency = self
+            .cand
+            .iter()
+            .filter_map(|&i| self.workers[i].as_ref())
+            .map(|w| w.meta.urgency(w.meta.class_of(method, path)))
+            .min()
+            .unwrap_or(ptth_proto::setup::DEFAULT_URGENCY);
+        let urgency = class_urgency.max(client_urgency.unwrap_or(0));
+        self.queue.enqueue(&Want { host, path, method, urgency }, max)
     }
 
     /// A wait ended, however: the waiter leaves the queue, and a lease handed
@@ -466,9 +566,9 @@ impl Pool {
     /// Parks a free h1 tunnel (or notes a freed h2 stream slot), then lends
     /// the room to the first waiter it can serve: one scan of the queue for
     /// both kinds of tunnel.
-    fn offer(&mut self, lease: Lease) {
-        let slot = lease.slot();
-        if let Lease::H1(mut t) = lease {
+    fn offer(&mut self, kind: Leased) {
+        let slot = kind.slot();
+        if let Leased::H1(mut t) = kind {
             t.idle_since = Instant::now();
             if let Some(w) = self.workers[slot].as_mut() {
                 w.idle.push(t);
@@ -509,7 +609,7 @@ impl Pool {
     /// route, or tells it none does.
     fn reroute_waiters(&mut self) {
         let mut queue = std::mem::take(&mut self.queue);
-        queue.reroute(|w| match self.try_pick(&w.host, &w.path, None) {
+        queue.reroute(|w| match self.try_pick(&w.host, &w.path, &w.method, None) {
             Pick::Busy => Reroute::Wait,
             Pick::Got(lease) => Reroute::Give(lease),
             Pick::NoRoute => Reroute::NoRoute,
@@ -575,8 +675,8 @@ impl Pool {
     /// Gives back a lease whose tunnel turned out unusable before the request
     /// was sent on it (no request counted).
     pub(crate) fn discard(&mut self, lease: Lease) {
-        self.settle(lease.slot(), false);
-        self.give_back(lease, false);
+        self.settle(&lease, false);
+        self.give_back(lease.kind, false);
     }
 }
 
@@ -608,6 +708,12 @@ mod tests {
     impl Rig {
         /// One h1 tunnel of worker `id` serving `routes`.
         fn tunnel(&mut self, id: &str, routes: &[&str]) {
+            self.tunnel_with(id, routes, b"");
+        }
+
+        /// One h1 tunnel of worker `id` serving `routes`, declaring `classes`
+        /// (a `Tunnel-Classes` value).
+        fn tunnel_with(&mut self, id: &str, routes: &[&str], classes: &[u8]) {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let ours = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
             self.peers.push(l.accept().unwrap().0);
@@ -618,15 +724,26 @@ mod tests {
                 routes: routes.iter().map(|r| r.to_string()).collect(),
                 weight: 1,
                 max_concurrency: None,
+                classes: ptth_proto::setup::parse_classes(classes).unwrap(),
             });
             let placed = self.placement.place(&id, &meta, 0, 100).unwrap();
-            self.stats.push(placed.stats.clone());
+            if self.stats.iter().all(|s| !Arc::ptr_eq(s, &placed.stats)) {
+                self.stats.push(placed.stats.clone());
+            }
             let ticket = self.placement.admit("127.0.0.1".parse().unwrap(), 100, 100).unwrap();
             self.pool.add(id, meta, placed, ticket, TcpStream::from_std(ours).unwrap(), 4096);
         }
 
         fn pick(&mut self, path: &str) -> Pick {
-            self.pool.try_pick(b"h", path.as_bytes(), None)
+            self.pick_m("GET", path)
+        }
+
+        fn pick_m(&mut self, method: &str, path: &str) -> Pick {
+            self.pool.try_pick(b"h", path.as_bytes(), method.as_bytes(), None)
+        }
+
+        fn enqueue(&mut self, method: &str, path: &str, client_urgency: Option<u8>) -> Rc<Waiter<Lease>> {
+            self.pool.enqueue(b"h", path.as_bytes(), method.as_bytes(), client_urgency, 8).unwrap()
         }
 
         fn in_flight(&self, i: usize) -> u32 {
@@ -658,9 +775,9 @@ mod tests {
             assert!(matches!(r.pick("/a/2"), Pick::Busy));
             assert!(matches!(r.pick("/c"), Pick::NoRoute));
             // In order: a waiter for b's route, then two for a's.
-            let wb = r.pool.enqueue(b"h", b"/b/2", 8).unwrap();
-            let wa1 = r.pool.enqueue(b"h", b"/a/2", 8).unwrap();
-            let wa2 = r.pool.enqueue(b"h", b"/a/3", 8).unwrap();
+            let wb = r.enqueue("GET", "/b/2", None);
+            let wa1 = r.enqueue("GET", "/a/2", None);
+            let wa2 = r.enqueue("GET", "/a/3", None);
             assert_eq!((r.in_flight(0), r.in_flight(1)), (1, 1));
             // a's tunnel skips b's waiter and goes to the first of a's.
             r.pool.release(a, true);
@@ -689,7 +806,7 @@ mod tests {
             let mut r = rig();
             r.tunnel("a", &[]);
             let Pick::Got(a) = r.pick("/") else { panic!("free tunnel") };
-            let w = r.pool.enqueue(b"h", b"/", 8).unwrap();
+            let w = r.enqueue("GET", "/", None);
             r.pool.release(a, true);
             // Handed over, but the client went away before it looked.
             r.pool.leave_queue(&w);
@@ -713,6 +830,56 @@ mod tests {
             assert_eq!(r.stats[0].tunnels.load(std::sync::atomic::Ordering::Relaxed), 0);
             assert!(r.placement.lock().get("a").is_none(), "its last tunnel gone, the worker leaves the placement");
             assert!(matches!(r.pick("/"), Pick::Busy), "still routable within the reconnect grace");
+        });
+    }
+
+    #[test]
+    fn a_class_at_its_limit_waits_while_other_classes_go_ahead() {
+        on_runtime(|| {
+            let mut r = rig();
+            let classes = br#"heavy=("POST /report/");u=6;limit=1, default;u=2"#;
+            for _ in 0..3 {
+                r.tunnel_with("w", &[], classes);
+            }
+            let Pick::Got(h1) = r.pick_m("POST", "/report/1") else { panic!("heavy has a slot") };
+            // The class is at its limit though tunnels are free...
+            assert!(matches!(r.pick_m("POST", "/report/2"), Pick::Busy));
+            // ...and the default class is not held up by it.
+            let Pick::Got(l1) = r.pick_m("GET", "/report/1") else { panic!("default class goes ahead") };
+            let Pick::Got(l2) = r.pick("/x") else { panic!("default class goes ahead") };
+            assert_eq!(r.in_flight(0), 3);
+            // Queued: a heavy request (u=6), then a default one (u=2) that
+            // outranks it, and one whose client lowered it to u=7.
+            let heavy = r.enqueue("POST", "/report/2", None);
+            let light = r.enqueue("GET", "/", None);
+            let lowered = r.enqueue("GET", "/", Some(7));
+            // A client cannot raise its request above its class (u=6).
+            let raised = r.enqueue("POST", "/report/3", Some(0));
+            // A default-class request ends: its tunnel goes to the most urgent
+            // waiter it can serve (the default one; heavy is still at its limit).
+            r.pool.release(l1, true);
+            assert!(handed(&heavy).is_none());
+            let got = handed(&light).expect("handed").expect("a lease");
+            r.pool.leave_queue(&light);
+            // The heavy request ends: the freed class permit and tunnel go
+            // to the oldest heavy waiter, ahead of the lowered request.
+            r.pool.release(h1, true);
+            let h2 = handed(&heavy).expect("handed").expect("a lease");
+            r.pool.leave_queue(&heavy);
+            assert!(handed(&lowered).is_none() && handed(&raised).is_none());
+            // Heavy is at its limit again: the next room goes to the lowered
+            // default request even though a heavy one waits with u=6 < 7.
+            r.pool.release(l2, true);
+            assert!(handed(&raised).is_none());
+            let l3 = handed(&lowered).expect("handed").expect("a lease");
+            r.pool.leave_queue(&lowered);
+            r.pool.release(h2, true);
+            let h3 = handed(&raised).expect("handed").expect("a lease");
+            r.pool.leave_queue(&raised);
+            for l in [got, l3, h3] {
+                r.pool.release(l, true);
+            }
+            assert_eq!(r.in_flight(0), 0);
         });
     }
 }

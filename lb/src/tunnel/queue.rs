@@ -1,13 +1,14 @@
 //! One core's wait queue: requests that found every tunnel able to serve
-//! their route busy wait here, first come first served, until a tunnel (or
-//! an h2 stream slot) frees, their deadline passes, or no worker serves the
-//! route any more.
+//! them busy (or their class at its limit) wait here until a tunnel, an h2
+//! stream slot or a class permit frees, their deadline passes, or no worker
+//! serves the route any more. Strict priority between urgencies (RFC 9218
+//! §4.1: 0 most urgent), first come first served within one.
 //!
 //! Plain data, generic over what is handed out (a pool lease in the lb, a
-//! number in the tests): the pool asks which waiter a freed slot can serve
-//! ([`WaitQueue::first`]) and hands the lease over; the request path awaits
-//! [`Waiter::wait`] under its deadline and cancels its place however the
-//! wait ends. Nothing here touches a socket.
+//! number in the tests): when room frees, the pool offers it to the waiters
+//! in priority order ([`WaitQueue::offer`]), and the first one it can serve
+//! gets it; the request path awaits [`Waiter::wait`] under its deadline and
+//! cancels its place however the wait ends. Nothing here touches a socket.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -20,6 +21,10 @@ use std::task::{Context, Poll, Waker};
 pub(crate) struct Waiter<T> {
     pub(crate) host: Box<[u8]>,
     pub(crate) path: Box<[u8]>,
+    /// The method, to find the request's class on the worker offering room.
+    pub(crate) method: Box<[u8]>,
+    /// RFC 9218 urgency, 0 (most urgent) to 7: its queue level.
+    pub(crate) urgency: u8,
     got: RefCell<Option<T>>,
     /// No worker serves the route any more: stop waiting.
     no_route: Cell<bool>,
@@ -73,36 +78,55 @@ pub(crate) enum Reroute<T> {
     NoRoute,
 }
 
-/// FIFO of waiters, bounded in length.
+/// Urgency levels (RFC 9218 §4.1: 0 to 7).
+const LEVELS: usize = 8;
+
+/// Waiters by urgency, FIFO within each; bounded in total length.
 pub(crate) struct WaitQueue<T> {
-    waiters: VecDeque<Rc<Waiter<T>>>,
+    levels: [VecDeque<Rc<Waiter<T>>>; LEVELS],
+    len: usize,
 }
 
 impl<T> Default for WaitQueue<T> {
     fn default() -> Self {
-        WaitQueue { waiters: VecDeque::new() }
+        WaitQueue { levels: Default::default(), len: 0 }
     }
+}
+
+/// What a request waits for, as the queue keeps it.
+pub(crate) struct Want<'a> {
+    pub(crate) host: &'a [u8],
+    pub(crate) path: &'a [u8],
+    pub(crate) method: &'a [u8],
+    pub(crate) urgency: u8,
 }
 
 impl<T> WaitQueue<T> {
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.waiters.len()
+        self.len
     }
 
-    /// Adds a waiter at the back, unless `max` already wait.
-    pub(crate) fn enqueue(&mut self, host: &[u8], path: &[u8], max: usize) -> Result<Rc<Waiter<T>>, Full> {
-        if self.waiters.len() >= max {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Adds a waiter at the back of its urgency level, unless `max` already wait.
+    pub(crate) fn enqueue(&mut self, want: &Want<'_>, max: usize) -> Result<Rc<Waiter<T>>, Full> {
+        if self.len >= max {
             return Err(Full);
         }
         let w = Rc::new(Waiter {
-            host: host.into(),
-            path: path.into(),
+            host: want.host.into(),
+            path: want.path.into(),
+            method: want.method.into(),
+            urgency: want.urgency.min(LEVELS as u8 - 1),
             got: RefCell::new(None),
             no_route: Cell::new(false),
             waker: RefCell::new(None),
         });
-        self.waiters.push_back(w.clone());
+        self.levels[usize::from(w.urgency)].push_back(w.clone());
+        self.len += 1;
         Ok(w)
     }
 
@@ -110,40 +134,55 @@ impl<T> WaitQueue<T> {
     /// client went away). Returns what was handed to it but not yet taken,
     /// which the caller gives back.
     pub(crate) fn cancel(&mut self, w: &Rc<Waiter<T>>) -> Option<T> {
-        if let Some(i) = self.waiters.iter().position(|x| Rc::ptr_eq(x, w)) {
-            self.waiters.remove(i);
+        let level = &mut self.levels[usize::from(w.urgency)];
+        if let Some(i) = level.iter().position(|x| Rc::ptr_eq(x, w)) {
+            level.remove(i);
+            self.len -= 1;
         }
         w.got.borrow_mut().take()
     }
 
-    /// Room freed: the oldest waiter it can serve (`serves`), if any.
-    pub(crate) fn first(&self, serves: impl FnMut(&Waiter<T>) -> bool) -> Option<usize> {
-        self.waiters.iter().map(|w| &**w).position(serves)
-    }
-
-    /// Hands `t` to the waiter at `i` (from [`WaitQueue::first`]), takes it
-    /// out of the queue and wakes it.
-    pub(crate) fn hand(&mut self, i: usize, t: T) {
-        let w = self.waiters.remove(i).expect("index from first()");
-        *w.got.borrow_mut() = Some(t);
-        w.wake();
-    }
-
-    /// The workers changed (one left): each waiter, oldest first, is asked
-    /// again where its route stands.
-    pub(crate) fn reroute(&mut self, mut decide: impl FnMut(&Waiter<T>) -> Reroute<T>) {
-        let mut i = 0;
-        while i < self.waiters.len() {
-            match decide(&self.waiters[i]) {
-                Reroute::Wait => {
-                    i += 1;
-                    continue;
+    /// Room freed: offers it to each waiter in priority order (most urgent
+    /// level first, oldest first within it) until `give` serves one, which
+    /// leaves the queue and is woken. A waiter `give` cannot serve (another
+    /// route, or its class at its limit) keeps its place. Returns whether
+    /// one was served.
+    pub(crate) fn offer(&mut self, mut give: impl FnMut(&Waiter<T>) -> Option<T>) -> bool {
+        if self.len == 0 {
+            return false;
+        }
+        for level in &mut self.levels {
+            for i in 0..level.len() {
+                if let Some(t) = give(&level[i]) {
+                    let w = level.remove(i).expect("index in range");
+                    self.len -= 1;
+                    *w.got.borrow_mut() = Some(t);
+                    w.wake();
+                    return true;
                 }
-                Reroute::Give(t) => *self.waiters[i].got.borrow_mut() = Some(t),
-                Reroute::NoRoute => self.waiters[i].no_route.set(true),
             }
-            let w = self.waiters.remove(i).expect("index in range");
-            w.wake();
+        }
+        false
+    }
+
+    /// The workers changed (one left): each waiter, most urgent and oldest
+    /// first, is asked again where its route stands.
+    pub(crate) fn reroute(&mut self, mut decide: impl FnMut(&Waiter<T>) -> Reroute<T>) {
+        for level in &mut self.levels {
+            let mut i = 0;
+            while i < level.len() {
+                match decide(&level[i]) {
+                    Reroute::Wait => {
+                        i += 1;
+                        continue;
+                    }
+                    Reroute::Give(t) => *level[i].got.borrow_mut() = Some(t),
+                    Reroute::NoRoute => level[i].no_route.set(true),
+                }
+                let w = level.remove(i).expect("index in range");
+                self.len -= 1;
+                w.wake();
+            }
         }
     }
 }
@@ -170,18 +209,21 @@ mod tests {
         f.as_mut().poll(&mut cx)
     }
 
+    fn want(path: &[u8], urgency: u8) -> Want<'_> {
+        Want { host: b"h", path, method: b"GET", urgency }
+    }
+
     #[test]
     fn fifo_bounded_and_woken() {
         let mut q = WaitQueue::<u32>::default();
         let wakes = Arc::new(Count(AtomicUsize::new(0)));
-        let a = q.enqueue(b"h", b"/a", 2).unwrap();
-        let b = q.enqueue(b"h", b"/b", 2).unwrap();
-        assert_eq!(q.enqueue(b"h", b"/c", 2).err(), Some(Full));
+        let a = q.enqueue(&want(b"/a", 3), 2).unwrap();
+        let b = q.enqueue(&want(b"/b", 3), 2).unwrap();
+        assert_eq!(q.enqueue(&want(b"/c", 0), 2).err(), Some(Full), "the bound is on all levels together");
         assert_eq!(poll(&a, &wakes), Poll::Pending);
         assert_eq!(poll(&b, &wakes), Poll::Pending);
         // A slot that serves both goes to the oldest.
-        let i = q.first(|_| true).unwrap();
-        q.hand(i, 7);
+        assert!(q.offer(|_| Some(7)));
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
         assert_eq!(poll(&a, &wakes), Poll::Ready(Some(7)));
         assert_eq!(poll(&b, &wakes), Poll::Pending);
@@ -189,37 +231,55 @@ mod tests {
     }
 
     #[test]
+    fn strict_priority_between_levels_fifo_within() {
+        let mut q = WaitQueue::<u32>::default();
+        let order = [(b"/l1".as_slice(), 5), (b"/u1", 1), (b"/l2", 5), (b"/d1", 3), (b"/u2", 1), (b"/any", 9)];
+        let ws: Vec<_> = order.iter().map(|&(p, u)| q.enqueue(&want(p, u), 16).unwrap()).collect();
+        assert_eq!(ws[5].urgency, 7, "past 7 is the least urgent level");
+        let mut served = Vec::new();
+        while q.offer(|w| {
+            served.push(String::from_utf8_lossy(&w.path).into_owned());
+            Some(0)
+        }) {}
+        assert_eq!(served, ["/u1", "/u2", "/d1", "/l1", "/l2", "/any"]);
+        assert!(q.is_empty());
+    }
+
+    #[test]
     fn offer_skips_waiters_the_slot_cannot_serve() {
         let mut q = WaitQueue::<u32>::default();
-        let a = q.enqueue(b"h", b"/a", 8).unwrap();
-        let b = q.enqueue(b"h", b"/b", 8).unwrap();
-        let i = q.first(|w| &*w.path == b"/b").unwrap();
-        q.hand(i, 1);
+        let a = q.enqueue(&want(b"/a", 0), 8).unwrap();
+        let b = q.enqueue(&want(b"/b", 7), 8).unwrap();
+        // The most urgent waiter cannot use this room (its class is at its
+        // limit, or another route): the next one can, and gets it.
+        assert!(q.offer(|w| (&*w.path == b"/b").then_some(1)));
         assert_eq!(q.cancel(&b), Some(1), "handed to /b");
         assert_eq!(q.cancel(&a), None, "/a still had nothing");
         assert_eq!(q.len(), 0);
         // No waiter it can serve: nobody is chosen.
-        let _c = q.enqueue(b"h", b"/c", 8).unwrap();
-        assert_eq!(q.first(|_| false), None);
+        let _c = q.enqueue(&want(b"/c", 3), 8).unwrap();
+        assert!(!q.offer(|_| None));
+        assert_eq!(q.len(), 1);
     }
 
     #[test]
     fn cancel_returns_what_arrived_at_the_last_moment() {
         let mut q = WaitQueue::<u32>::default();
-        let a = q.enqueue(b"h", b"/", 8).unwrap();
-        q.hand(q.first(|_| true).unwrap(), 9);
+        let a = q.enqueue(&want(b"/", 2), 8).unwrap();
+        assert!(q.offer(|_| Some(9)));
         // The client went away before its task ran: the lease comes back.
         assert_eq!(q.cancel(&a), Some(9));
         assert_eq!(q.cancel(&a), None);
+        assert_eq!(q.len(), 0);
     }
 
     #[test]
     fn reroute_gives_room_or_ends_the_wait() {
         let mut q = WaitQueue::<u32>::default();
         let wakes = Arc::new(Count(AtomicUsize::new(0)));
-        let a = q.enqueue(b"h", b"/gone", 8).unwrap();
-        let b = q.enqueue(b"h", b"/moved", 8).unwrap();
-        let c = q.enqueue(b"h", b"/busy", 8).unwrap();
+        let a = q.enqueue(&want(b"/gone", 3), 8).unwrap();
+        let b = q.enqueue(&want(b"/moved", 0), 8).unwrap();
+        let c = q.enqueue(&want(b"/busy", 3), 8).unwrap();
         for w in [&a, &b, &c] {
             assert_eq!(poll(w, &wakes), Poll::Pending);
         }

@@ -37,7 +37,7 @@ mod tests {
     fn meta(origins: &[&str], routes: &[&str]) -> Meta {
         let claim =
             if origins.is_empty() { Claim::Any } else { Claim::Origins(origins.iter().map(|o| Origin::parse(o).unwrap()).collect()) };
-        Meta { claim, routes: routes.iter().map(|r| r.to_string()).collect(), weight: 1, max_concurrency: None }
+        Meta { claim, routes: routes.iter().map(|r| r.to_string()).collect(), weight: 1, max_concurrency: None, classes: vec![] }
     }
 
     fn route(table: &[Meta], host: &str, path: &str) -> Vec<usize> {

@@ -1,0 +1,135 @@
+//! Worker-declared request classes (docs/PROTOCOL.md §1.1): a class's limit
+//! holds across the lb's cores while other classes go ahead, and the
+//! operator's caps refuse a declaration above them.
+
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use ptth_tests::*;
+use ptth_workerd::{Exchange, Handler, InnerProtocol};
+
+/// What the worker saw, counted by itself.
+#[derive(Default)]
+struct Seen {
+    heavy_now: AtomicU32,
+    heavy_peak: AtomicU32,
+    heavy_done: AtomicU32,
+    /// Heavy requests finished when each light one arrived.
+    light_at: Mutex<Vec<u32>>,
+}
+
+/// `POST /report/…` is heavy (it takes `HEAVY_TIME`); anything else answers
+/// at once. The first heavy request says so on `started`.
+struct Counting {
+    seen: Arc<Seen>,
+    started: Mutex<Option<mpsc::Sender<()>>>,
+}
+
+const HEAVY_TIME: Duration = Duration::from_millis(60);
+
+impl Handler for Counting {
+    async fn handle(&self, ex: &mut Exchange<'_>) -> Result<(), ptth_workerd::Error> {
+        let s = &self.seen;
+        if ex.method() == "POST" && ex.target().starts_with("/report/") {
+            let now = s.heavy_now.fetch_add(1, Ordering::SeqCst) + 1;
+            s.heavy_peak.fetch_max(now, Ordering::SeqCst);
+            if let Some(tx) = self.started.lock().unwrap().take() {
+                let _ = tx.send(());
+            }
+            monoio::time::sleep(HEAVY_TIME).await;
+            s.heavy_now.fetch_sub(1, Ordering::SeqCst);
+            s.heavy_done.fetch_add(1, Ordering::SeqCst);
+        } else {
+            s.light_at.lock().unwrap().push(s.heavy_done.load(Ordering::SeqCst));
+        }
+        ex.respond(200, &[("content-type", "text/plain")], b"ok\n").await
+    }
+}
+
+fn post(addr: std::net::SocketAddr, path: &str) -> u16 {
+    let mut c = Client::connect(addr);
+    c.send(format!("POST {path} HTTP/1.1\r\nHost: test\r\nContent-Length: 2\r\n\r\nhi").as_bytes());
+    c.read_response(false).status
+}
+
+/// Twelve heavy requests against a limit of 2 on a 2-core lb: the worker
+/// never runs more than 2 at once, reaches 2 (no slot left idle while one
+/// waits), and light requests sent while heavy ones queue are served at once
+/// instead of behind them.
+fn a_class_limit_holds_across_cores_while_other_classes_go_ahead(kind: InnerProtocol) {
+    let lb = start_lb(2, |c| c.profile.queue_wait = Duration::from_secs(30));
+    let mut cfg = worker_config(&lb, "classy", 2);
+    cfg.protocols = vec![kind];
+    cfg.meta.classes = ptth_proto::setup::parse_classes(br#"heavy=("POST /report/");u=6;limit=2"#).unwrap();
+    let seen = Arc::new(Seen::default());
+    let (tx, started) = mpsc::channel();
+    let started_tx = Mutex::new(Some(tx));
+    let s = seen.clone();
+    let _w = start_worker(cfg, move || Counting { seen: s.clone(), started: Mutex::new(started_tx.lock().unwrap().take()) });
+    let addr = lb.client_addr();
+    // Connections land on both cores (all on one: 1 in 2^11).
+    let heavy: Vec<_> = (0..12).map(|i| std::thread::spawn(move || post(addr, &format!("/report/{i}")))).collect();
+    started.recv_timeout(STEP).expect("a heavy request reached the worker");
+    let light: Vec<_> = (0..8).map(|_| std::thread::spawn(move || get(addr, "/page").status)).collect();
+    let light: Vec<u16> = light.into_iter().map(|t| t.join().unwrap()).collect();
+    let heavy: Vec<u16> = heavy.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(heavy.iter().chain(&light).all(|&s| s == 200), "heavy {heavy:?} light {light:?}");
+    let peak = seen.heavy_peak.load(Ordering::SeqCst);
+    assert_eq!(peak, 2, "the class limit is never exceeded, and reached");
+    let at = seen.light_at.lock().unwrap().clone();
+    assert_eq!(at.len(), 8);
+    assert!(at.iter().all(|&done| done < 12), "light requests did not wait for the heavy queue to drain: {at:?}");
+    let s = lb.status();
+    assert!(s.per_core.iter().all(|c| c.queued >= 1), "both cores queued heavy requests: {:?}", s.per_core);
+}
+
+on_both_tunnel_kinds!(a_class_limit_holds_across_cores_while_other_classes_go_ahead);
+
+/// A setup request declaring `classes`, raw, as a third-party worker sends it.
+fn setup_with_classes(lb: &ptth_lb::Lb, classes: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(lb.tunnel_addr).unwrap();
+    s.set_read_timeout(Some(STEP)).unwrap();
+    let req = format!(
+        "GET /.well-known/ptth/*/ HTTP/1.1\r\nHost: lb\r\nConnection: Upgrade\r\nUpgrade: ptth\r\nALPN: http%2F1.1\r\n\
+         Tunnel-Worker-Id: \"capped\"\r\nTunnel-Classes: {classes}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    // A refusal closes the connection; a 101 leaves it open (stop at its head).
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") || !got.starts_with(b"HTTP/1.1 101") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text)
+}
+
+#[test]
+fn declarations_above_the_operators_caps_are_refused_naming_them() {
+    let lb = start_lb(1, |c| {
+        c.classes.allowed = Some(vec!["heavy".into()]);
+        c.classes.most_urgent = 2;
+        c.classes.max_limit = 8;
+    });
+    for (classes, says) in [
+        (r#"heavy=("POST /r/");limit=50"#, "class heavy: limit 50 is above this lb's cap of 8"),
+        (r#"heavy=("POST /r/");u=1"#, "class heavy: urgency u=1 is more urgent than this lb allows (u=2 at most)"),
+        (r#"admin=("/admin/")"#, "class \"admin\" is not allowed here (allowed: heavy)"),
+    ] {
+        let (status, text) = setup_with_classes(&lb, classes);
+        assert_eq!(status, 403, "{classes}: {text}");
+        assert!(text.contains(says), "{classes}: {text}");
+    }
+    // Malformed is 400, naming the field; within the caps is accepted.
+    let (status, text) = setup_with_classes(&lb, r#"heavy=("POST /r/");limt=4"#);
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("Tunnel-Classes") && text.contains("limt"), "{text}");
+    let (status, text) = setup_with_classes(&lb, r#"heavy=("POST /r/");u=6;limit=8, default;u=3"#);
+    assert_eq!(status, 101, "{text}");
+}
