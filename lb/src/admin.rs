@@ -127,6 +127,27 @@ pub struct WorkerStatus {
     pub in_flight_per_core: Vec<u32>,
     pub in_flight: u32,
     pub requests: u64,
+    /// The classes it declared (`Tunnel-Classes`), in matching order.
+    #[serde(default)]
+    pub classes: Vec<ClassStatus>,
+    /// Some core keeps it out of selection now (outlier detection).
+    #[serde(default)]
+    pub ejected: bool,
+    /// Times cores ejected it.
+    #[serde(default)]
+    pub ejections: u64,
+}
+
+/// One declared class of a worker.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ClassStatus {
+    pub name: String,
+    /// RFC 9218 urgency, 0 (most urgent) to 7.
+    pub urgency: u8,
+    pub rules: Vec<String>,
+    pub limit: Option<u32>,
+    /// Requests of the class running now, across cores (classes with a limit).
+    pub in_flight: Option<u32>,
 }
 
 /// Reads the counters and the placement table into a [`Status`].
@@ -153,6 +174,7 @@ pub(crate) fn status(shared: &Shared) -> Status {
             setups_rejected: get(&s.setups_rejected),
         })
         .collect();
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |t| t.as_millis() as u64);
     let workers = {
         let map = shared.placement.lock();
         let mut list: Vec<_> = map.iter().collect();
@@ -173,6 +195,21 @@ pub(crate) fn status(shared: &Shared) -> Status {
                     in_flight: in_flight_per_core.iter().sum(),
                     in_flight_per_core,
                     requests: e.stats.iter().map(|s| get(&s.requests)).sum(),
+                    ejected: e.stats.iter().any(|s| get(&s.ejected_until_ms) > now_ms),
+                    ejections: e.stats.iter().map(|s| get(&s.ejections)).sum(),
+                    classes: e
+                        .meta
+                        .classes
+                        .iter()
+                        .map(|c| ClassStatus {
+                            name: c.name.clone(),
+                            urgency: c.urgency,
+                            rules: c.rules.iter().map(|r| r.to_string()).collect(),
+                            limit: c.limit,
+                            // A take that fails counts for an instant: never show more than the limit.
+                            in_flight: c.limit.and_then(|l| e.class_permits.get(&c.name).map(|p| p.in_use().min(l))),
+                        })
+                        .collect(),
                 }
             })
             .collect()

@@ -9,12 +9,13 @@
 
 use std::rc::Rc;
 
-use crate::error::Error;
+use crate::error::{Error, Side};
 use crate::exchange::{Ctx, Done};
 use crate::failure::{self, Decision, Failure};
 use crate::percore::Core;
 use crate::stats;
 use crate::tunnel::acquire::{acquire, For};
+use crate::tunnel::health::Verdict;
 use crate::tunnel::pool::Lease;
 
 /// How a request's attempts ended.
@@ -79,13 +80,25 @@ pub(crate) async fn serve(
         let lease = held.lease.take().expect("the lease is held until here");
         let f = match result {
             Ok(done) => {
-                core.pool.borrow_mut().release(lease, done.reusable);
+                let mut pool = core.pool.borrow_mut();
+                // A worker relaying its origin's failure (or its own) is failing.
+                match done.status {
+                    502..=504 => pool.judge(slot, Verdict::Failed, &format_args!("it answered {}", done.status)),
+                    _ => pool.judge(slot, Verdict::Ok, &""),
+                }
+                pool.release(lease, done.reusable);
+                drop(pool);
                 record(core, Outcome::Served { status: done.status, migrated: req.migrated });
                 return Ended::Served(done);
             }
             Err(f) => f,
         };
-        core.pool.borrow_mut().release(lease, false);
+        let mut pool = core.pool.borrow_mut();
+        if f.err.side() == Side::Worker {
+            pool.judge(slot, Verdict::Failed, &f.err);
+        }
+        pool.release(lease, f.tunnel_reusable);
+        drop(pool);
         let facts = failure::Request { idempotent: req.idempotent, bodyless: req.bodyless, retries };
         match failure::decide(&f, &facts) {
             Decision::Abort => return Ended::Abort,

@@ -33,6 +33,8 @@ pub struct ConfigFile {
     pub forwarding: ForwardingFile,
     #[serde(default)]
     pub classes: ClassesFile,
+    #[serde(default)]
+    pub routes: RoutesFile,
     /// Path of a profile to load (the `--profile` flag wins).
     pub profile: Option<String>,
 }
@@ -89,6 +91,27 @@ pub struct ClassesFile {
     pub most_urgent: Option<u8>,
     /// The largest per-class limit a worker may declare (default 1000000).
     pub max_limit: Option<u32>,
+}
+
+/// The profile's `[health]`: outlier detection (`tunnel/health.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthPolicy {
+    /// Failed attempts in a row that eject a worker (0: never eject).
+    pub consecutive_failures: u32,
+    /// How long the first ejection lasts; each further one in a row doubles
+    /// it, up to `max_ejection`.
+    pub ejection: Duration,
+    pub max_ejection: Duration,
+}
+
+/// `[routes]`: path prefixes only the workers claiming them may serve.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutesFile {
+    /// Prefixes (any host) that never fall through to a worker serving a
+    /// shorter prefix: with no worker claiming one connected, its requests
+    /// get 503 + Retry-After. E.g. ["/admin/"].
+    pub reserved: Option<Vec<String>>,
 }
 
 /// The validated `[classes]` section.
@@ -219,6 +242,8 @@ pub struct ProfileFile {
     pub timeouts: TimeoutsFile,
     #[serde(default)]
     pub h2: H2File,
+    #[serde(default)]
+    pub health: HealthFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -259,6 +284,14 @@ pub struct LimitsFile {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct HealthFile {
+    pub consecutive_failures: Option<u32>,
+    pub ejection_ms: Option<u64>,
+    pub max_ejection_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct QueueFile {
     pub max_waiting: Option<usize>,
     pub max_wait_ms: Option<u64>,
@@ -274,6 +307,7 @@ pub struct TimeoutsFile {
     pub io_ms: Option<u64>,
     pub handshake_ms: Option<u64>,
     pub drain_ms: Option<u64>,
+    pub route_hold_ms: Option<u64>,
 }
 
 macro_rules! overlay {
@@ -289,8 +323,9 @@ impl ProfileFile {
         overlay!(self.buffers, top.buffers, client_read, tunnel_read, replay_max);
         overlay!(self.limits, top.limits, max_request_line, max_head, max_headers);
         overlay!(self.queue, top.queue, max_waiting, max_wait_ms, retry_after_s);
-        overlay!(self.timeouts, top.timeouts, header_ms, keepalive_ms, response_ms, io_ms, handshake_ms, drain_ms);
+        overlay!(self.timeouts, top.timeouts, header_ms, keepalive_ms, response_ms, io_ms, handshake_ms, drain_ms, route_hold_ms);
         overlay!(self.h2, top.h2, max_streams, stream_window, connection_window, ping_ms, ping_timeout_ms);
+        overlay!(self.health, top.health, consecutive_failures, ejection_ms, max_ejection_ms);
         self
     }
 }
@@ -324,6 +359,9 @@ pub struct Profile {
     pub io_timeout: Duration,
     pub handshake_timeout: Duration,
     pub drain_timeout: Duration,
+    /// How long a departed worker's path prefixes stay reserved.
+    pub route_hold: Duration,
+    pub health: HealthPolicy,
     /// SETTINGS_MAX_CONCURRENT_STREAMS offered to h2 clients.
     pub h2_max_streams: u32,
     /// Flow-control windows on h2 connections (clients and tunnels).
@@ -347,6 +385,8 @@ pub struct Config {
     pub max_tunnels: u32,
     pub forwarding: ForwardingPolicy,
     pub classes: ClassPolicy,
+    /// `[routes] reserved`: prefixes reserved for good.
+    pub reserved_routes: Vec<String>,
     pub profile: Profile,
     /// Print nothing but errors.
     pub quiet: bool,
@@ -431,6 +471,12 @@ impl TryFrom<ProfileFile> for Profile {
             io_timeout: ms("timeouts.io_ms", f.timeouts.io_ms)?,
             handshake_timeout: ms("timeouts.handshake_ms", f.timeouts.handshake_ms)?,
             drain_timeout: ms("timeouts.drain_ms", f.timeouts.drain_ms)?,
+            route_hold: ms("timeouts.route_hold_ms", f.timeouts.route_hold_ms)?,
+            health: HealthPolicy {
+                consecutive_failures: range("health.consecutive_failures", f.health.consecutive_failures, 0, 1_000_000)?,
+                ejection: ms("health.ejection_ms", f.health.ejection_ms)?,
+                max_ejection: ms("health.max_ejection_ms", f.health.max_ejection_ms)?,
+            },
             h2_max_streams: range("h2.max_streams", f.h2.max_streams, 1, 65536)?,
             // RFC 9113 §6.9.1: windows are at most 2^31-1; below 64 KiB they stall.
             h2_windows: ptth_proto::rt::h2io::Windows {
@@ -500,6 +546,14 @@ impl Config {
             max_tunnels: range("tunnel.max_tunnels", Some(f.tunnel.max_tunnels.unwrap_or(16384)), 1, 1 << 24)?,
             forwarding: ForwardingPolicy::parse(f.forwarding)?,
             classes: ClassPolicy::parse(f.classes)?,
+            reserved_routes: {
+                let list = f.routes.reserved.unwrap_or_default();
+                if let Some(r) = list.iter().find(|r| !r.starts_with('/') || r.contains(' ') || r.len() > ptth_proto::setup::MAX_ROUTE_LEN)
+                {
+                    return Err(cerr("routes.reserved", format!("{r:?}: each is a path prefix starting with '/', without spaces")));
+                }
+                list
+            },
             profile,
             quiet: false,
         })
@@ -532,9 +586,11 @@ mod tests {
         assert!(f.queue.max_waiting.is_some() && f.queue.max_wait_ms.is_some() && f.queue.retry_after_s.is_some());
         let t = &f.timeouts;
         assert!(t.header_ms.is_some() && t.keepalive_ms.is_some() && t.response_ms.is_some());
-        assert!(t.io_ms.is_some() && t.handshake_ms.is_some() && t.drain_ms.is_some());
+        assert!(t.io_ms.is_some() && t.handshake_ms.is_some() && t.drain_ms.is_some() && t.route_hold_ms.is_some());
         assert!(f.h2.max_streams.is_some() && f.h2.ping_ms.is_some() && f.h2.ping_timeout_ms.is_some());
         assert!(f.h2.stream_window.is_some() && f.h2.connection_window.is_some());
+        let h = &f.health;
+        assert!(h.consecutive_failures.is_some() && h.ejection_ms.is_some() && h.max_ejection_ms.is_some());
         Profile::try_from(f).unwrap();
     }
 

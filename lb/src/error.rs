@@ -39,6 +39,10 @@ pub enum Error {
     NotImplemented(&'static str),
     #[error("no worker serves host {host:?} path {path:?}")]
     NoRoute { host: String, path: String },
+    /// The path's best route is a prefix kept for workers not connected now
+    /// (`timeouts.route_hold_ms` after they left, or `[routes] reserved`).
+    #[error("the workers serving path {path:?} are not connected; its route is reserved for them")]
+    Reserved { path: String },
     #[error("too many requests are waiting for a tunnel")]
     QueueFull,
     #[error("no tunnel became free within {0:?}")]
@@ -59,6 +63,10 @@ pub enum Error {
          again (HTTP/1.1 request bodies up to buffers.replay_max bytes are held for that)"
     )]
     NotReplayable { worker: String, why: String },
+    /// The worker answered without passing the request on (its origin was
+    /// unreachable), and said so with `Tunnel-Unprocessed`.
+    #[error("worker {worker} could not pass the request on (it answered {status} with Tunnel-Unprocessed)")]
+    Unprocessed { worker: String, status: u16 },
     #[error("worker {worker} sent no response head within {after:?}")]
     ResponseTimeout { worker: String, after: Duration },
 
@@ -205,8 +213,8 @@ impl Error {
             Error::ClientBody(_) => 400,
             Error::NotImplemented(_) => 501,
             Error::HeaderTimeout(_) => 408,
-            Error::NoRoute { .. } | Error::QueueFull | Error::QueueTimeout(_) | Error::Draining => 503,
-            Error::Tunnel { .. } | Error::BadResponse { .. } | Error::NotReplayable { .. } => 502,
+            Error::NoRoute { .. } | Error::Reserved { .. } | Error::QueueFull | Error::QueueTimeout(_) | Error::Draining => 503,
+            Error::Tunnel { .. } | Error::BadResponse { .. } | Error::NotReplayable { .. } | Error::Unprocessed { .. } => 502,
             Error::ResponseTimeout { .. } => 504,
             Error::Setup(s) => s.status(),
             Error::Unauthorized(_) => 401,
@@ -220,9 +228,18 @@ impl Error {
     pub fn side(&self) -> Side {
         match self {
             Error::Head(_) | Error::ClientBody(_) | Error::ClientIo(_) | Error::HeaderTimeout(_) | Error::NotImplemented(_) => Side::Client,
-            Error::Tunnel { .. } | Error::BadResponse { .. } | Error::NotReplayable { .. } | Error::ResponseTimeout { .. } => Side::Worker,
+            Error::Tunnel { .. }
+            | Error::BadResponse { .. }
+            | Error::NotReplayable { .. }
+            | Error::Unprocessed { .. }
+            | Error::ResponseTimeout { .. } => Side::Worker,
             Error::Setup(_) | Error::Unauthorized(_) | Error::Forbidden(_) => Side::Worker,
-            Error::NoRoute { .. } | Error::QueueFull | Error::QueueTimeout(_) | Error::TooManyTunnels(_) | Error::Draining => Side::Lb,
+            Error::NoRoute { .. }
+            | Error::Reserved { .. }
+            | Error::QueueFull
+            | Error::QueueTimeout(_)
+            | Error::TooManyTunnels(_)
+            | Error::Draining => Side::Lb,
         }
     }
 
@@ -235,18 +252,26 @@ impl Error {
             Error::ClientIo(e) => Kind::of_io(e),
             Error::HeaderTimeout(_) | Error::QueueTimeout(_) | Error::ResponseTimeout { .. } => Kind::Timeout,
             Error::NotImplemented(_) => Kind::Unsupported,
-            Error::NoRoute { .. } => Kind::NoRoute,
+            Error::NoRoute { .. } | Error::Reserved { .. } => Kind::NoRoute,
             Error::QueueFull | Error::TooManyTunnels(_) | Error::Draining => Kind::Shed,
             Error::Tunnel { fault: TunnelFault::Closed, .. } => Kind::Closed,
             Error::Tunnel { fault: TunnelFault::Io | TunnelFault::Stream, .. } => Kind::Reset,
-            Error::Tunnel { fault: TunnelFault::Unusable, .. } | Error::NotReplayable { .. } => Kind::Refused,
+            Error::Tunnel { fault: TunnelFault::Unusable, .. } | Error::NotReplayable { .. } | Error::Unprocessed { .. } => Kind::Refused,
             Error::Unauthorized(_) | Error::Forbidden(_) => Kind::Refused,
         }
     }
 
     /// Whether the answer carries `Retry-After` (the condition is temporary).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::NoRoute { .. } | Error::QueueFull | Error::QueueTimeout(_) | Error::Draining | Error::TooManyTunnels(_))
+        matches!(
+            self,
+            Error::NoRoute { .. }
+                | Error::Reserved { .. }
+                | Error::QueueFull
+                | Error::QueueTimeout(_)
+                | Error::Draining
+                | Error::TooManyTunnels(_)
+        )
     }
 }
 
@@ -276,6 +301,7 @@ mod tests {
             (Error::HeaderTimeout(Duration::ZERO), Side::Client, Kind::Timeout, Some(408)),
             (Error::NotImplemented("CONNECT"), Side::Client, Kind::Unsupported, Some(501)),
             (Error::NoRoute { host: "h".into(), path: "/".into() }, Side::Lb, Kind::NoRoute, Some(503)),
+            (Error::Reserved { path: "/admin/".into() }, Side::Lb, Kind::NoRoute, Some(503)),
             (Error::QueueFull, Side::Lb, Kind::Shed, Some(503)),
             (Error::QueueTimeout(Duration::ZERO), Side::Lb, Kind::Timeout, Some(503)),
             (tunnel(TunnelFault::Closed), Side::Worker, Kind::Closed, Some(502)),
@@ -284,6 +310,7 @@ mod tests {
             (tunnel(TunnelFault::Unusable), Side::Worker, Kind::Refused, Some(502)),
             (Error::BadResponse { worker: w(), why: "x".into() }, Side::Worker, Kind::Protocol, Some(502)),
             (Error::NotReplayable { worker: w(), why: "x".into() }, Side::Worker, Kind::Refused, Some(502)),
+            (Error::Unprocessed { worker: w(), status: 502 }, Side::Worker, Kind::Refused, Some(502)),
             (Error::ResponseTimeout { worker: w(), after: Duration::ZERO }, Side::Worker, Kind::Timeout, Some(504)),
             (Error::Unauthorized("x"), Side::Worker, Kind::Refused, Some(401)),
             (Error::TooManyTunnels("x".into()), Side::Lb, Kind::Shed, Some(429)),

@@ -21,7 +21,7 @@ use ptth_proto::h1::{self, BodyDecoder, Framing, Parsed, Persist, RequestHead, R
 use ptth_proto::rt::body::{relay, AnySink, AnySource, Fault, H1Sink, H1Source, H2Sink, H2Source, RelayError};
 use ptth_proto::rt::h2io;
 use ptth_proto::rt::io::{duplex, split, write_all, Duplex, ReadBuf, ReadHalf};
-use ptth_proto::BodyError;
+use ptth_proto::{setup, BodyError};
 
 use crate::error::{Cause, Error, TunnelFault};
 use crate::failure::{Failure, Stage};
@@ -43,6 +43,9 @@ impl Ctx<'_> {
     }
     fn bad_response(&self, why: impl ToString) -> Failure {
         Failure::answered(Error::BadResponse { worker: self.worker.to_string(), why: why.to_string() })
+    }
+    fn unprocessed(&self, status: u16) -> Error {
+        Error::Unprocessed { worker: self.worker.to_string(), status }
     }
     fn timed_out(&self) -> Failure {
         Failure::sent(Error::ResponseTimeout { worker: self.worker.to_string(), after: self.core.shared.cfg.profile.response_timeout })
@@ -196,7 +199,11 @@ async fn exchange<R: AsyncReadRent, W: AsyncWriteRent, K: AsyncWriteRent>(
         Duplex::UploadFailed(e) => Err(Upload::Failed(e)),
         // The worker answered before it read the whole body: the rest of the
         // body is abandoned, so neither connection carries another message.
-        Duplex::AnsweredEarly(d) => d.map(|d| (Done { client_close: true, ..d }, false)).map_err(Upload::Down),
+        Duplex::AnsweredEarly(d) => d.map(|d| (Done { client_close: true, ..d }, false)).map_err(|mut f| {
+            // Part of the body may still be unsent: the tunnel is not clean.
+            f.tunnel_reusable = false;
+            Upload::Down(f)
+        }),
     }
 }
 
@@ -263,6 +270,20 @@ async fn download<W: AsyncWriteRent>(
         UpReader::H1 { r, rb, head } => {
             h1_head(x, r, rb, head, resp, started).await?;
             let framing = head.framing();
+            if setup::says_unprocessed(head.status, head.field(rb.data(), setup::FIELD_UNPROCESSED)) {
+                // Its short answer is read whole when it is already here, so
+                // the tunnel stays usable; otherwise the tunnel closes.
+                let body = match framing {
+                    Framing::Length(n) => usize::try_from(n).ok().filter(|&n| head.len + n <= rb.data().len()),
+                    Framing::Empty => Some(0),
+                    _ => None,
+                };
+                if let Some(n) = body {
+                    rb.consume(head.len + n);
+                }
+                let clean = body.is_some() && !head.conn.close && rb.is_empty();
+                return Err(Failure::unprocessed(x.unprocessed(head.status), clean));
+            }
             dec = BodyDecoder::new(framing);
             let start = resp.start(x, RespHead::H1 { buf: rb.data(), head }, dec.is_done(), &mut h2_out, started)?;
             rb.consume(head.len);
@@ -279,6 +300,9 @@ async fn download<W: AsyncWriteRent>(
             };
             let (parts, body) = response.into_parts();
             let status = parts.status.as_u16();
+            if setup::says_unprocessed(status, parts.headers.get(setup::FIELD_UNPROCESSED).map(|v| v.as_bytes())) {
+                return Err(Failure::unprocessed(x.unprocessed(status), true));
+            }
             let empty = body.is_end_stream();
             let start = resp.start(x, RespHead::H2(parts), empty, &mut h2_out, started)?;
             let src = if empty { AnySource::Empty } else { AnySource::H2(H2Source::new(h2_body.insert(body))) };

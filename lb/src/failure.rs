@@ -53,25 +53,34 @@ pub(crate) struct Failure {
     /// The request body is still held whole (kept for replay), so the
     /// request can be sent again as it was.
     pub(crate) body_held: bool,
+    /// The tunnel is clean (the worker's whole answer was read) and can
+    /// carry another request.
+    pub(crate) tunnel_reusable: bool,
 }
 
 impl Failure {
     /// The request never reached the tunnel.
     pub(crate) fn not_sent(err: Error) -> Failure {
-        Failure { err, stage: Stage::NotSent, processed: Processed::No, body_held: true }
+        Failure { err, stage: Stage::NotSent, processed: Processed::No, body_held: true, tunnel_reusable: false }
     }
     /// The request went out and nothing came back: the worker may have acted.
     pub(crate) fn sent(err: Error) -> Failure {
-        Failure { err, stage: Stage::Sent, processed: Processed::Unknown, body_held: false }
+        Failure { err, stage: Stage::Sent, processed: Processed::Unknown, body_held: false, tunnel_reusable: false }
     }
     /// The worker said it did not process the request; `body_held`: it can
     /// go out again whole.
     pub(crate) fn refused(err: Error, body_held: bool) -> Failure {
-        Failure { err, stage: Stage::Sent, processed: Processed::Refused, body_held }
+        Failure { err, stage: Stage::Sent, processed: Processed::Refused, body_held, tunnel_reusable: false }
+    }
+    /// The worker answered that it did not pass the request on
+    /// (`Tunnel-Unprocessed`): as refused; `tunnel_reusable` when its whole
+    /// answer was read.
+    pub(crate) fn unprocessed(err: Error, tunnel_reusable: bool) -> Failure {
+        Failure { tunnel_reusable, ..Failure::refused(err, false) }
     }
     /// The worker answered, invalidly or partly; the client has nothing yet.
     pub(crate) fn answered(err: Error) -> Failure {
-        Failure { err, stage: Stage::Answered, processed: Processed::Unknown, body_held: false }
+        Failure { err, stage: Stage::Answered, processed: Processed::Unknown, body_held: false, tunnel_reusable: false }
     }
     /// The tunnel closed or broke while waiting for the response head:
     /// nothing came back yet (`nothing_yet`: the worker may have acted), or
@@ -85,7 +94,7 @@ impl Failure {
     }
     /// The client must be closed: its response was under way, or it failed.
     pub(crate) fn relayed(err: Error) -> Failure {
-        Failure { err, stage: Stage::Relayed, processed: Processed::Unknown, body_held: false }
+        Failure { err, stage: Stage::Relayed, processed: Processed::Unknown, body_held: false, tunnel_reusable: false }
     }
     /// The client went away (its connection is gone or unusable).
     pub(crate) fn client_gone() -> Failure {
@@ -162,7 +171,7 @@ mod tests {
         } else {
             Error::Tunnel { worker: "w".into(), fault: TunnelFault::Stream, cause: "closed".into() }
         };
-        Failure { err, stage, processed, body_held }
+        Failure { err, stage, processed, body_held, tunnel_reusable: false }
     }
 
     /// Every combination of the facts, against the rule written out plainly.

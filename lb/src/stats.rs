@@ -74,6 +74,11 @@ pub struct WorkerCoreStats {
     pub tunnels: AtomicU32,
     pub in_flight: AtomicU32,
     pub requests: AtomicU64,
+    /// Times this core ejected the worker (outlier detection).
+    pub ejections: AtomicU64,
+    /// Until when this core keeps it out of selection, in ms since the Unix
+    /// epoch (0: never ejected).
+    pub ejected_until_ms: AtomicU64,
 }
 
 #[inline]

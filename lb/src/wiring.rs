@@ -65,7 +65,11 @@ pub(crate) fn spawn(
 async fn run(id: usize, shared: Arc<Shared>, listeners: CoreListeners, stop_flag: Arc<AtomicBool>) {
     let core = Rc::new(Core {
         id,
-        pool: RefCell::new(Pool::new(id, shared.placement.clone(), shared.inboxes.clone())),
+        pool: RefCell::new(
+            Pool::new(id, shared.placement.clone(), shared.inboxes.clone())
+                .with_reserved(&shared.cfg.reserved_routes, shared.cfg.profile.route_hold)
+                .with_health(shared.cfg.profile.health),
+        ),
         shared: shared.clone(),
         stop: Signal::new(),
         kill: Signal::new(),

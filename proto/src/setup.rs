@@ -29,6 +29,16 @@ pub const FIELD_WEIGHT: &str = "Tunnel-Weight";
 pub const FIELD_MAX_CONCURRENCY: &str = "Tunnel-Max-Concurrency";
 pub const FIELD_CLASSES: &str = "Tunnel-Classes";
 pub const FIELD_CORE: &str = "Tunnel-Core";
+/// On a 5xx response (worker → lb): `?1` when the worker did not pass the
+/// request on (its origin was unreachable), so the lb may send it to
+/// another worker (docs/PROTOCOL.md §5).
+pub const FIELD_UNPROCESSED: &str = "Tunnel-Unprocessed";
+
+/// Whether a worker's response says it did not act on the request: a 5xx
+/// with `Tunnel-Unprocessed: ?1`.
+pub fn says_unprocessed(status: u16, field: Option<&[u8]>) -> bool {
+    (500..600).contains(&status) && field.is_some_and(sf::is_true)
+}
 pub const FIELD_CORES: &str = "Tunnel-Cores";
 
 /// Bounds on what a worker may declare.

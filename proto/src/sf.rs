@@ -280,6 +280,12 @@ pub fn parse_string_list(v: &[u8]) -> Option<Vec<String>> {
     }
 }
 
+/// Whether an Item is the sf-boolean true (`?1`), with optional parameters.
+pub fn is_true(v: &[u8]) -> bool {
+    let v = trim_sp(v);
+    v.starts_with(b"?1") && skip_params(&v[2..]).is_some_and(|r| r.is_empty())
+}
+
 /// Serializes an sf-string; `None` when `s` has characters it cannot carry.
 pub fn string(s: &str) -> Option<String> {
     let mut out = String::with_capacity(s.len() + 2);

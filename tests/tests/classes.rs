@@ -83,6 +83,11 @@ fn a_class_limit_holds_across_cores_while_other_classes_go_ahead(kind: InnerProt
     assert!(at.iter().all(|&done| done < 12), "light requests did not wait for the heavy queue to drain: {at:?}");
     let s = lb.status();
     assert!(s.per_core.iter().all(|c| c.queued >= 1), "both cores queued heavy requests: {:?}", s.per_core);
+    let classes = &s.workers[0].classes;
+    assert_eq!(classes.len(), 1);
+    let c = &classes[0];
+    assert_eq!((c.name.as_str(), c.urgency, c.limit, c.rules.clone()), ("heavy", 6, Some(2), vec!["POST /report/".to_string()]));
+    assert_eq!(c.in_flight, Some(0), "every permit given back");
 }
 
 on_both_tunnel_kinds!(a_class_limit_holds_across_cores_while_other_classes_go_ahead);

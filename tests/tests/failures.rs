@@ -43,9 +43,16 @@ fn worker_killed_mid_request_is_502_and_others_keep_serving() {
     for _ in 0..20 {
         assert_eq!(get(lb.client_addr(), "/").status, 200);
     }
-    // The dead worker's tunnels are forgotten.
+    // The dead worker's tunnels are forgotten...
     wait_until("the killed worker leaves /status", || !lb.status().workers.iter().any(|w| w.id == "slow"));
-    assert_eq!(get(lb.client_addr(), "/slow/x").status, 200, "falls back to the / worker");
+    // ...but its prefix does not fall through to the catch-all worker
+    // (timeouts.route_hold_ms): a /admin/ pool must not leak to a / one.
+    wait_until("the reconnect grace has passed", || get(lb.client_addr(), "/slow/x").status == 503);
+    let r = get(lb.client_addr(), "/slow/y");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(r.text().contains("reserved"), "{}", r.text());
+    assert_eq!(get(lb.client_addr(), "/other").status, 200, "the rest is served");
 }
 
 #[test]

@@ -59,6 +59,60 @@ impl Error {
     }
 }
 
+impl Error {
+    /// The body of the error response a client gets: what failed, never
+    /// where (an origin's address or a socket error stays in the worker's
+    /// log, see [`Error::log_answered`]).
+    pub fn client_body(&self) -> String {
+        let what = match self {
+            // About the request itself: the client may know.
+            Error::Head(e) => return format!("{e}\n"),
+            Error::Body(e) => return format!("request body: {e}\n"),
+            Error::Origin { kind: OriginFailure::Connect, .. } => "the origin is unreachable",
+            Error::Origin { kind: OriginFailure::Timeout, .. } => "the origin did not answer in time",
+            Error::Origin { kind: OriginFailure::Closed, .. } => "the origin closed the connection",
+            Error::Origin { kind: OriginFailure::Protocol, .. } => "the origin sent an invalid response",
+            _ => "the worker failed to handle the request",
+        };
+        format!("{what}\n")
+    }
+
+    /// Whether nothing of the request went past the worker (its origin
+    /// could not be reached): said to the lb with `Tunnel-Unprocessed: ?1`,
+    /// so the request may go to another worker (docs/PROTOCOL.md §5).
+    pub fn unprocessed(&self) -> bool {
+        matches!(self, Error::Origin { kind: OriginFailure::Connect, .. })
+    }
+
+    /// The fields of the error response the worker answers with.
+    pub fn answer_fields(&self) -> &'static [(&'static str, &'static str)] {
+        const PLAIN: &[(&str, &str)] = &[("Content-Type", "text/plain")];
+        const UNPROCESSED: &[(&str, &str)] = &[("Content-Type", "text/plain"), (ptth_proto::setup::FIELD_UNPROCESSED, "?1")];
+        if self.unprocessed() {
+            UNPROCESSED
+        } else {
+            PLAIN
+        }
+    }
+
+    /// Logs an error the worker answered a request with (its detail, which
+    /// the client's body leaves out), at most one line a second per thread
+    /// so that a dead origin does not flood the log.
+    pub fn log_answered(&self) {
+        thread_local! {
+            static THROTTLE: ptth_proto::rt::logging::LogThrottle = ptth_proto::rt::logging::LogThrottle::default();
+        }
+        if matches!(self, Error::Head(_) | Error::Body(_)) {
+            return;
+        }
+        THROTTLE.with(|t| {
+            if let Some(suppressed) = t.admit(std::time::Instant::now()) {
+                tracing::warn!(status = self.status(), suppressed, "answered a request with an error: {self}");
+            }
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,5 +124,16 @@ mod tests {
         for k in [OriginFailure::Connect, OriginFailure::Closed, OriginFailure::Protocol] {
             assert_eq!(e(k).status(), 502, "{k:?}");
         }
+    }
+
+    #[test]
+    fn client_bodies_name_no_internal_address() {
+        for kind in [OriginFailure::Connect, OriginFailure::Timeout, OriginFailure::Closed, OriginFailure::Protocol] {
+            let e = Error::Origin { origin: "10.1.2.3:8080".into(), kind, why: "connect: Connection refused (os error 111)".into() };
+            let body = e.client_body();
+            assert!(body.starts_with("the origin ") && !body.contains("10.1.2.3") && !body.contains("os error"), "{body}");
+        }
+        let io = Error::Io(std::io::Error::other("reading 127.0.0.1:9: reset"));
+        assert!(!io.client_body().contains("127.0.0.1"), "{}", io.client_body());
     }
 }

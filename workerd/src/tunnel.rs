@@ -213,8 +213,8 @@ pub(crate) async fn serve<H: Handler>(mut c: Conn, handler: &H, stop: &Signal) -
             }
             (Err(e), Resp::Pending) => {
                 c.close_after |= matches!(e, Error::Io(_) | Error::Relay(_));
-                let body = format!("{e}\n");
-                c.respond(e.status(), &[("Content-Type", "text/plain")], body.as_bytes()).await?;
+                e.log_answered();
+                c.respond(e.status(), e.answer_fields(), e.client_body().as_bytes()).await?;
             }
             (Err(e), _) => return Err(e),
         }

@@ -220,8 +220,8 @@ async fn finish_stream(x: &mut H2Exchange, r: Result<(), Error>) {
             let _ = x.respond(500, &[("content-type", "text/plain")], b"handler returned without a response\n").await;
         }
         (Err(e), Resp::Pending) => {
-            let body = format!("{e}\n");
-            let _ = x.respond(e.status(), &[("content-type", "text/plain")], body.as_bytes()).await;
+            e.log_answered();
+            let _ = x.respond(e.status(), e.answer_fields(), e.client_body().as_bytes()).await;
         }
         (Err(_), _) => {
             if let Some(s) = &mut x.out {

@@ -39,6 +39,7 @@ pub(crate) async fn acquire(core: &Rc<Core>, req: &For<'_>, avoid: Option<usize>
                     path: String::from_utf8_lossy(path).into_owned(),
                 })
             }
+            Pick::Reserved => return Err(Error::Reserved { path: String::from_utf8_lossy(path).into_owned() }),
             Pick::Busy => wait_for_tunnel(core, req, p).await?,
         };
         // An idle tunnel may have been closed by its worker, or hold bytes

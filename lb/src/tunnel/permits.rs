@@ -53,8 +53,9 @@ impl Permits {
         self.waiting.swap(0, Ordering::SeqCst)
     }
 
-    #[cfg(test)]
-    fn in_use(&self) -> u32 {
+    /// Permits taken now (for `/status`; a moment's view, not for decisions:
+    /// a failed take counts for an instant).
+    pub(crate) fn in_use(&self) -> u32 {
         self.in_use.load(Ordering::Relaxed)
     }
 }

@@ -21,6 +21,7 @@ use ptth_proto::rt::FastRng;
 
 use crate::inbox::{CoreMsg, Inbox};
 use crate::stats::{self, WorkerCoreStats};
+use crate::tunnel::health::{self, Health, Verdict};
 use crate::tunnel::permits::{self, Permits};
 use crate::tunnel::placement::{PeerTicket, Placed, Placement};
 use crate::tunnel::queue::{Full, Reroute, WaitQueue, Waiter, Want};
@@ -158,6 +159,7 @@ struct LocalWorker {
     /// declared a limit.
     class_permits: Vec<Option<Arc<Permits>>>,
     stats: Arc<WorkerCoreStats>,
+    health: Health,
 }
 
 impl LocalWorker {
@@ -182,6 +184,18 @@ pub(crate) enum Pick {
     Busy,
     /// No worker on this core serves it.
     NoRoute,
+    /// The best route for it is a prefix reserved for workers that are not
+    /// connected (they left within `timeouts.route_hold_ms`, or the operator
+    /// reserved it): it must not fall through to a shorter prefix.
+    Reserved,
+}
+
+/// A path prefix kept for the workers that claimed it.
+struct Reservation {
+    /// The claim and routes of the worker that held it.
+    meta: Arc<Meta>,
+    /// `None`: reserved by the operator, for good.
+    until: Option<Instant>,
 }
 
 pub(crate) struct Pool {
@@ -195,6 +209,9 @@ pub(crate) struct Pool {
     cand: Vec<usize>,
     avail: Vec<usize>,
     choices: Vec<Choice>,
+    reserved: Vec<Reservation>,
+    route_hold: Duration,
+    health: health::Policy,
 }
 
 impl Pool {
@@ -209,7 +226,60 @@ impl Pool {
             cand: Vec::new(),
             avail: Vec::new(),
             choices: Vec::new(),
+            reserved: Vec::new(),
+            route_hold: Duration::ZERO,
+            health: health::Policy { consecutive_failures: 0, ejection: Duration::ZERO, max_ejection: Duration::ZERO },
         }
+    }
+
+    /// Outlier detection's thresholds (the profile's `[health]`).
+    pub(crate) fn with_health(mut self, p: health::Policy) -> Pool {
+        self.health = p;
+        self
+    }
+
+    /// What an attempt on a lease of `slot` says about its worker. Logs an
+    /// ejection (rare: once per backoff period at most).
+    pub(crate) fn judge(&mut self, slot: usize, v: Verdict, why: &dyn std::fmt::Display) {
+        let p = self.health;
+        let Some(w) = self.workers[slot].as_mut() else { return };
+        if let Some(d) = w.health.record(v, Instant::now(), &p) {
+            stats::add(&w.stats.ejections, 1);
+            let until = std::time::SystemTime::now() + d;
+            let ms = until.duration_since(std::time::UNIX_EPOCH).map_or(0, |t| t.as_millis() as u64);
+            stats::set_u64(&w.stats.ejected_until_ms, ms);
+            tracing::warn!(worker = %w.name, core = self.core, for_ms = d.as_millis() as u64, "worker ejected after {} failed attempts in a row; last: {why}", p.consecutive_failures);
+        }
+    }
+
+    /// Prefixes the operator reserved (any host), and how long a departed
+    /// worker's prefixes stay reserved.
+    pub(crate) fn with_reserved(mut self, prefixes: &[String], hold: Duration) -> Pool {
+        self.route_hold = hold;
+        for p in prefixes {
+            let meta =
+                Meta { claim: ptth_proto::setup::Claim::Any, routes: vec![p.clone()], weight: 1, max_concurrency: None, classes: vec![] };
+            self.reserved.push(Reservation { meta: Arc::new(meta), until: None });
+        }
+        self
+    }
+
+    /// Whether a reservation matches the request better than the workers
+    /// that would serve it (`cand`, all equally good).
+    fn reserved_beats(&self, host: &[u8], path: &[u8]) -> bool {
+        let now = Instant::now();
+        let best_live = self.cand.first().and_then(|&i| self.workers[i].as_ref()).and_then(|w| w.meta.specificity(host, path));
+        // A worker past its reconnect grace but not yet swept out holds its
+        // prefixes as a reservation would.
+        let hold = !self.route_hold.is_zero();
+        let gone = self.workers.iter().flatten().filter(|w| hold && w.tunnels == 0 && w.empty_since.is_some()).map(|w| &*w.meta);
+        self.reserved
+            .iter()
+            .filter(|r| r.until.is_none_or(|u| now < u))
+            .map(|r| &*r.meta)
+            .chain(gone)
+            .filter_map(|m| m.specificity(host, path))
+            .any(|s| best_live.is_none_or(|b| s > b))
     }
 
     /// The worker entry for a new tunnel, created if needed; counts the tunnel.
@@ -239,6 +309,7 @@ impl Pool {
                     permits,
                     class_permits,
                     stats: wstats,
+                    health: Health::default(),
                 };
                 match self.workers.iter().position(Option::is_none) {
                     Some(s) => {
@@ -334,6 +405,16 @@ impl Pool {
             (!expired).then_some((i, &*w.meta))
         });
         routes::best_matches(routable, host, path, cand);
+        // Ejected workers sit out, among those that match best only (a
+        // route never falls through to a less specific worker), and never
+        // all of them: the last ones of a route keep serving it.
+        let ejected = |i: &usize, now| workers[*i].as_ref().is_some_and(|w| w.health.ejected(now));
+        if cand.len() > 1 && cand.iter().any(|&i| workers[i].as_ref().is_some_and(|w| w.health.ever_ejected())) {
+            let now = Instant::now();
+            if cand.iter().any(|i| !ejected(i, now)) {
+                cand.retain(|i| !ejected(i, now));
+            }
+        }
     }
 
     /// Picks a tunnel for a request, or says why it cannot now. `avoid`: a
@@ -341,6 +422,10 @@ impl Pool {
     /// worker has a free tunnel.
     pub(crate) fn try_pick(&mut self, host: &[u8], path: &[u8], method: &[u8], avoid: Option<usize>) -> Pick {
         Self::candidates(&self.workers, &mut self.cand, host, path);
+        let some_gone = self.workers.iter().flatten().any(|w| w.tunnels == 0);
+        if (some_gone || !self.reserved.is_empty()) && self.reserved_beats(host, path) {
+            return Pick::Reserved;
+        }
         if self.cand.is_empty() {
             return Pick::NoRoute;
         }
@@ -594,9 +679,15 @@ impl Pool {
     /// re-routes the requests that were waiting for them.
     fn expire_empty(&mut self) {
         let mut expired = false;
+        let now = Instant::now();
+        self.reserved.retain(|r| r.until.is_none_or(|u| now < u));
         for w in self.workers.iter_mut() {
             if w.as_ref().is_some_and(|x| x.tunnels == 0 && x.empty_since.is_some_and(|t| t.elapsed() >= RECONNECT_GRACE)) {
-                *w = None;
+                // Its path prefixes stay its own for a while: their requests
+                // get 503 rather than a catch-all worker.
+                if let Some(gone) = w.take().filter(|g| !g.meta.routes.is_empty() && !self.route_hold.is_zero()) {
+                    self.reserved.push(Reservation { meta: gone.meta, until: Some(now + self.route_hold) });
+                }
                 expired = true;
             }
         }
@@ -612,7 +703,7 @@ impl Pool {
         queue.reroute(|w| match self.try_pick(&w.host, &w.path, &w.method, None) {
             Pick::Busy => Reroute::Wait,
             Pick::Got(lease) => Reroute::Give(lease),
-            Pick::NoRoute => Reroute::NoRoute,
+            Pick::NoRoute | Pick::Reserved => Reroute::NoRoute,
         });
         self.queue = queue;
     }
@@ -880,6 +971,68 @@ mod tests {
                 r.pool.release(l, true);
             }
             assert_eq!(r.in_flight(0), 0);
+        });
+    }
+
+    #[test]
+    fn a_departed_workers_prefix_does_not_fall_through_to_a_catch_all() {
+        on_runtime(|| {
+            let mut r = rig();
+            r.pool =
+                Pool::new(0, r.placement.clone(), vec![Inbox::new()].into()).with_reserved(&["/admin/".into()], Duration::from_secs(30));
+            // Nobody serves /admin/ yet: the operator's reservation holds.
+            r.tunnel("all", &[]);
+            assert!(matches!(r.pick("/admin/users"), Pick::Reserved));
+            assert!(matches!(r.pick("/"), Pick::Got(_)), "other paths are served");
+            r.tunnel("slow", &["/slow/"]);
+            let Pick::Got(t) = r.pick("/slow/1") else { panic!("slow serves its prefix") };
+            r.pool.release(t, false);
+            // Its last tunnel closed; within the reconnect grace its requests wait.
+            assert!(matches!(r.pick("/slow/2"), Pick::Busy));
+            // Past the grace it is forgotten, and its prefix stays reserved.
+            let slot = r.pool.workers.iter().position(|w| w.as_ref().is_some_and(|w| &*w.id == "slow")).unwrap();
+            r.pool.workers[slot].as_mut().unwrap().empty_since = Some(Instant::now() - RECONNECT_GRACE);
+            r.pool.expire_empty();
+            assert!(matches!(r.pick("/slow/3"), Pick::Reserved), "not the catch-all");
+            // A worker claiming it again takes it back.
+            r.tunnel("slow2", &["/slow/"]);
+            assert!(matches!(r.pick("/slow/4"), Pick::Got(_)));
+            // The hold ends: the catch-all serves what nobody claims.
+            r.pool.reserved.iter_mut().filter(|x| x.until.is_some()).for_each(|x| x.until = Some(Instant::now()));
+            r.pool.expire_empty();
+            assert!(r.pool.reserved.iter().all(|x| x.until.is_none()), "only the operator's reservation is left");
+        });
+    }
+
+    #[test]
+    fn an_ejected_worker_sits_out_unless_it_is_the_last_of_its_route() {
+        on_runtime(|| {
+            let mut r = rig();
+            let policy =
+                health::Policy { consecutive_failures: 3, ejection: Duration::from_secs(60), max_ejection: Duration::from_secs(60) };
+            r.pool = Pool::new(0, r.placement.clone(), vec![Inbox::new()].into()).with_health(policy);
+            for _ in 0..4 {
+                r.tunnel("sick", &[]);
+                r.tunnel("well", &[]);
+            }
+            r.tunnel("only", &["/only/"]);
+            let slot = |r: &Rig, id: &str| r.pool.workers.iter().position(|w| w.as_ref().is_some_and(|w| &*w.id == id)).unwrap();
+            let (sick, only) = (slot(&r, "sick"), slot(&r, "only"));
+            for s in [sick, only] {
+                for _ in 0..3 {
+                    r.pool.judge(s, Verdict::Failed, &"it answered 502");
+                }
+            }
+            for _ in 0..8 {
+                let Pick::Got(l) = r.pick("/") else { panic!("well has tunnels") };
+                assert_ne!(l.slot(), sick, "an ejected worker is not chosen while another serves the route");
+                r.pool.release(l, true);
+            }
+            let Pick::Got(l) = r.pick("/only/x") else { panic!("the last worker of a route keeps serving it") };
+            assert_eq!(l.slot(), only);
+            r.pool.release(l, true);
+            let ejections = |i: usize| r.stats[i].ejections.load(std::sync::atomic::Ordering::Relaxed);
+            assert_eq!((ejections(0), ejections(1), ejections(2)), (1, 0, 1));
         });
     }
 }

@@ -1,0 +1,134 @@
+//! Outlier detection: a worker whose attempts keep failing is taken out of
+//! selection for a while, so least-loaded routing does not feed a broken
+//! worker (a sidecar whose origin is down answers fast, so it looks least
+//! loaded). Envoy's consecutive-errors outlier detection is the model.
+//!
+//! Per worker, per core, plain data: the pool reports each attempt's
+//! outcome ([`Health::record`]) and asks [`Health::ejected`] when it
+//! chooses; the tests below drive it with explicit instants. Each core
+//! judges from what it sees itself, so no state is shared across cores.
+
+use std::time::{Duration, Instant};
+
+pub(crate) use crate::config::HealthPolicy as Policy;
+
+/// One worker's record on one core.
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    failures: u32,
+    /// Ejections since the worker last succeeded.
+    ejections: u32,
+    until: Option<Instant>,
+}
+
+/// What an attempt says about its worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// A response from the worker's application.
+    Ok,
+    /// The worker failed: its tunnel broke or timed out, it answered with an
+    /// invalid response, or with 502/503/504 (its origin is down).
+    Failed,
+}
+
+impl Health {
+    /// Whether the worker is out of selection at `now`.
+    pub(crate) fn ejected(&self, now: Instant) -> bool {
+        self.until.is_some_and(|u| now < u)
+    }
+
+    /// Records one attempt. Returns how long the worker is ejected for when
+    /// this failure ejects it.
+    pub(crate) fn record(&mut self, v: Verdict, now: Instant, p: &Policy) -> Option<Duration> {
+        match v {
+            Verdict::Ok => {
+                self.failures = 0;
+                self.ejections = 0;
+                None
+            }
+            // Failures of requests already on their way when it was ejected
+            // say nothing new.
+            Verdict::Failed if self.ejected(now) => None,
+            Verdict::Failed => {
+                self.failures += 1;
+                if p.consecutive_failures == 0 || self.failures < p.consecutive_failures {
+                    return None;
+                }
+                let grow = 1u32.checked_shl(self.ejections.min(16)).unwrap_or(u32::MAX);
+                let d = p.ejection.saturating_mul(grow).min(p.max_ejection);
+                self.until = Some(now + d);
+                self.ejections += 1;
+                self.failures = 0;
+                Some(d)
+            }
+        }
+    }
+
+    /// Whether it was ever ejected (a check with no clock read, so that
+    /// selection asks the clock only when an ejection may be on).
+    pub(crate) fn ever_ejected(&self) -> bool {
+        self.until.is_some()
+    }
+
+    /// When the current ejection ends, if one is on.
+    #[cfg(test)]
+    fn until(&self, now: Instant) -> Option<Instant> {
+        self.until.filter(|&u| now < u)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: Policy = Policy { consecutive_failures: 3, ejection: Duration::from_secs(1), max_ejection: Duration::from_secs(5) };
+
+    #[test]
+    fn consecutive_failures_eject_for_a_growing_time() {
+        let t0 = Instant::now();
+        let mut h = Health::default();
+        assert_eq!(h.record(Verdict::Failed, t0, &P), None);
+        assert_eq!(h.record(Verdict::Failed, t0, &P), None);
+        assert_eq!(h.record(Verdict::Failed, t0, &P), Some(Duration::from_secs(1)));
+        assert!(h.ejected(t0) && !h.ejected(t0 + Duration::from_secs(1)));
+        // Failures while ejected (requests already on their way) neither
+        // extend it nor count towards the next one.
+        assert_eq!(h.record(Verdict::Failed, t0, &P), None);
+        // Back, and failing again: twice as long, then capped.
+        let t1 = t0 + Duration::from_secs(1);
+        for _ in 0..2 {
+            assert_eq!(h.record(Verdict::Failed, t1, &P), None);
+        }
+        assert_eq!(h.record(Verdict::Failed, t1, &P), Some(Duration::from_secs(2)));
+        let t2 = t1 + Duration::from_secs(2);
+        for t in [t2, t2 + Duration::from_secs(4)] {
+            h.record(Verdict::Failed, t, &P);
+            h.record(Verdict::Failed, t, &P);
+            h.record(Verdict::Failed, t, &P);
+        }
+        assert_eq!(h.until(t2 + Duration::from_secs(4)), Some(t2 + Duration::from_secs(9)), "capped at 5 s");
+    }
+
+    #[test]
+    fn a_success_resets_the_count_and_the_backoff() {
+        let t0 = Instant::now();
+        let mut h = Health::default();
+        h.record(Verdict::Failed, t0, &P);
+        h.record(Verdict::Failed, t0, &P);
+        h.record(Verdict::Ok, t0, &P);
+        assert_eq!(h.record(Verdict::Failed, t0, &P), None, "the run of failures starts again");
+        h.record(Verdict::Failed, t0, &P);
+        assert_eq!(h.record(Verdict::Failed, t0, &P), Some(Duration::from_secs(1)));
+        let t1 = t0 + Duration::from_secs(1);
+        h.record(Verdict::Ok, t1, &P);
+        for _ in 0..2 {
+            h.record(Verdict::Failed, t1, &P);
+        }
+        assert_eq!(h.record(Verdict::Failed, t1, &P), Some(Duration::from_secs(1)), "back to the first ejection time");
+        let never = Policy { consecutive_failures: 0, ..P };
+        let mut h = Health::default();
+        for _ in 0..100 {
+            assert_eq!(h.record(Verdict::Failed, t0, &never), None);
+        }
+    }
+}
