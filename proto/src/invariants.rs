@@ -166,8 +166,9 @@ pub fn setup_bounds(input: &[u8]) {
     }
 }
 
-/// Structured Field parsers never panic; an sf-string they accept
-/// serializes back to something they parse to the same value.
+/// Structured Field parsers never panic; an sf-string, a list or a class
+/// declaration they accept serializes back to something they parse to the
+/// same value.
 pub fn sf_round_trip(input: &[u8]) {
     if let Some(s) = crate::sf::parse_string(input) {
         let back = crate::sf::string(&s).expect("a parsed sf-string serializes");
@@ -177,6 +178,18 @@ pub fn sf_round_trip(input: &[u8]) {
     if let Some(list) = crate::sf::parse_string_list(input) {
         let joined: Vec<String> = list.iter().map(|s| crate::sf::string(s).expect("serializes")).collect();
         assert_eq!(crate::sf::parse_string_list(joined.join(", ").as_bytes()), Some(list));
+    }
+    let _ = crate::sf::parse_string_dictionary(input);
+    let _ = crate::sf::is_true(input);
+    if let Some(u) = crate::sf::priority_urgency(input) {
+        assert!(u <= 7);
+    }
+    // A class declaration the lb accepts is written back as one it reads
+    // the same (workerd writes what its flags parsed).
+    if let Ok(classes) = crate::setup::parse_classes(input) {
+        assert!(classes.len() <= crate::setup::MAX_CLASSES);
+        let back = crate::setup::write_classes(&classes);
+        assert_eq!(crate::setup::parse_classes(back.as_bytes()), Ok(classes), "{back}");
     }
 }
 

@@ -37,31 +37,30 @@ impl Health {
         self.until.is_some_and(|u| now < u)
     }
 
-    /// Records one attempt. Returns how long the worker is ejected for when
-    /// this failure ejects it.
-    pub(crate) fn record(&mut self, v: Verdict, now: Instant, p: &Policy) -> Option<Duration> {
-        match v {
-            Verdict::Ok => {
-                self.failures = 0;
-                self.ejections = 0;
-                None
-            }
-            // Failures of requests already on their way when it was ejected
-            // say nothing new.
-            Verdict::Failed if self.ejected(now) => None,
-            Verdict::Failed => {
-                self.failures += 1;
-                if p.consecutive_failures == 0 || self.failures < p.consecutive_failures {
-                    return None;
-                }
-                let grow = 1u32.checked_shl(self.ejections.min(16)).unwrap_or(u32::MAX);
-                let d = p.ejection.saturating_mul(grow).min(p.max_ejection);
-                self.until = Some(now + d);
-                self.ejections += 1;
-                self.failures = 0;
-                Some(d)
-            }
+    /// Records one attempt (`now` is needed for a failure only). Returns how
+    /// long the worker is ejected for when this failure ejects it.
+    pub(crate) fn record(&mut self, v: Verdict, now: Option<Instant>, p: &Policy) -> Option<Duration> {
+        if v == Verdict::Ok {
+            self.failures = 0;
+            self.ejections = 0;
+            return None;
         }
+        let now = now.unwrap_or_else(Instant::now);
+        // Failures of requests already on their way when it was ejected say
+        // nothing new.
+        if self.ejected(now) {
+            return None;
+        }
+        self.failures += 1;
+        if p.consecutive_failures == 0 || self.failures < p.consecutive_failures {
+            return None;
+        }
+        let grow = 1u32.checked_shl(self.ejections.min(16)).unwrap_or(u32::MAX);
+        let d = p.ejection.saturating_mul(grow).min(p.max_ejection);
+        self.until = Some(now + d);
+        self.ejections += 1;
+        self.failures = 0;
+        Some(d)
     }
 
     /// Whether it was ever ejected (a check with no clock read, so that
@@ -87,24 +86,24 @@ mod tests {
     fn consecutive_failures_eject_for_a_growing_time() {
         let t0 = Instant::now();
         let mut h = Health::default();
-        assert_eq!(h.record(Verdict::Failed, t0, &P), None);
-        assert_eq!(h.record(Verdict::Failed, t0, &P), None);
-        assert_eq!(h.record(Verdict::Failed, t0, &P), Some(Duration::from_secs(1)));
+        assert_eq!(h.record(Verdict::Failed, Some(t0), &P), None);
+        assert_eq!(h.record(Verdict::Failed, Some(t0), &P), None);
+        assert_eq!(h.record(Verdict::Failed, Some(t0), &P), Some(Duration::from_secs(1)));
         assert!(h.ejected(t0) && !h.ejected(t0 + Duration::from_secs(1)));
         // Failures while ejected (requests already on their way) neither
         // extend it nor count towards the next one.
-        assert_eq!(h.record(Verdict::Failed, t0, &P), None);
+        assert_eq!(h.record(Verdict::Failed, Some(t0), &P), None);
         // Back, and failing again: twice as long, then capped.
         let t1 = t0 + Duration::from_secs(1);
         for _ in 0..2 {
-            assert_eq!(h.record(Verdict::Failed, t1, &P), None);
+            assert_eq!(h.record(Verdict::Failed, Some(t1), &P), None);
         }
-        assert_eq!(h.record(Verdict::Failed, t1, &P), Some(Duration::from_secs(2)));
+        assert_eq!(h.record(Verdict::Failed, Some(t1), &P), Some(Duration::from_secs(2)));
         let t2 = t1 + Duration::from_secs(2);
         for t in [t2, t2 + Duration::from_secs(4)] {
-            h.record(Verdict::Failed, t, &P);
-            h.record(Verdict::Failed, t, &P);
-            h.record(Verdict::Failed, t, &P);
+            h.record(Verdict::Failed, Some(t), &P);
+            h.record(Verdict::Failed, Some(t), &P);
+            h.record(Verdict::Failed, Some(t), &P);
         }
         assert_eq!(h.until(t2 + Duration::from_secs(4)), Some(t2 + Duration::from_secs(9)), "capped at 5 s");
     }
@@ -113,22 +112,22 @@ mod tests {
     fn a_success_resets_the_count_and_the_backoff() {
         let t0 = Instant::now();
         let mut h = Health::default();
-        h.record(Verdict::Failed, t0, &P);
-        h.record(Verdict::Failed, t0, &P);
-        h.record(Verdict::Ok, t0, &P);
-        assert_eq!(h.record(Verdict::Failed, t0, &P), None, "the run of failures starts again");
-        h.record(Verdict::Failed, t0, &P);
-        assert_eq!(h.record(Verdict::Failed, t0, &P), Some(Duration::from_secs(1)));
+        h.record(Verdict::Failed, Some(t0), &P);
+        h.record(Verdict::Failed, Some(t0), &P);
+        h.record(Verdict::Ok, Some(t0), &P);
+        assert_eq!(h.record(Verdict::Failed, Some(t0), &P), None, "the run of failures starts again");
+        h.record(Verdict::Failed, Some(t0), &P);
+        assert_eq!(h.record(Verdict::Failed, Some(t0), &P), Some(Duration::from_secs(1)));
         let t1 = t0 + Duration::from_secs(1);
-        h.record(Verdict::Ok, t1, &P);
+        h.record(Verdict::Ok, Some(t1), &P);
         for _ in 0..2 {
-            h.record(Verdict::Failed, t1, &P);
+            h.record(Verdict::Failed, Some(t1), &P);
         }
-        assert_eq!(h.record(Verdict::Failed, t1, &P), Some(Duration::from_secs(1)), "back to the first ejection time");
+        assert_eq!(h.record(Verdict::Failed, Some(t1), &P), Some(Duration::from_secs(1)), "back to the first ejection time");
         let never = Policy { consecutive_failures: 0, ..P };
         let mut h = Health::default();
         for _ in 0..100 {
-            assert_eq!(h.record(Verdict::Failed, t0, &never), None);
+            assert_eq!(h.record(Verdict::Failed, Some(t0), &never), None);
         }
     }
 }

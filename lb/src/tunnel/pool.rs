@@ -243,7 +243,12 @@ impl Pool {
     pub(crate) fn judge(&mut self, slot: usize, v: Verdict, why: &dyn std::fmt::Display) {
         let p = self.health;
         let Some(w) = self.workers[slot].as_mut() else { return };
-        if let Some(d) = w.health.record(v, Instant::now(), &p) {
+        // A success needs no clock read (it is the common case, per request).
+        let now = match v {
+            Verdict::Ok => None,
+            Verdict::Failed => Some(Instant::now()),
+        };
+        if let Some(d) = w.health.record(v, now, &p) {
             stats::add(&w.stats.ejections, 1);
             let until = std::time::SystemTime::now() + d;
             let ms = until.duration_since(std::time::UNIX_EPOCH).map_or(0, |t| t.as_millis() as u64);
