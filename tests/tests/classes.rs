@@ -81,7 +81,8 @@ fn a_class_limit_holds_across_cores_while_other_classes_go_ahead(kind: InnerProt
     let at = seen.light_at.lock().unwrap().clone();
     assert_eq!(at.len(), 8);
     assert!(at.iter().all(|&done| done < 12), "light requests did not wait for the heavy queue to drain: {at:?}");
-    let s = lb.status();
+    // Permits go back once each response is written: wait for the last one.
+    let s = settled_status(&lb, "every heavy permit given back", |s| s.workers[0].classes.iter().all(|c| c.in_flight == Some(0)));
     assert!(s.per_core.iter().all(|c| c.queued >= 1), "both cores queued heavy requests: {:?}", s.per_core);
     let classes = &s.workers[0].classes;
     assert_eq!(classes.len(), 1);

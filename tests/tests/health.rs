@@ -31,7 +31,10 @@ fn a_worker_whose_origin_is_down_is_ejected_and_its_requests_go_elsewhere() {
     // it can go elsewhere too, whatever its method.
     c.send(b"POST /form HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\n\r\nhello");
     assert_eq!(c.read_response(false).status, 200);
-    let s = lb.status();
+    // Counted once each response is written: wait for the last one.
+    let s = settled_status(&lb, "the healthy worker's count includes the last request", |s| {
+        s.workers.iter().any(|w| w.id == "up" && w.requests >= 41)
+    });
     let w = |id: &str| s.workers.iter().find(|w| w.id == id).unwrap_or_else(|| panic!("{id} in {:?}", s.workers)).clone();
     assert!(w("down").ejected && w("down").ejections >= 1, "{:?}", w("down"));
     assert!(!w("up").ejected);
