@@ -34,11 +34,8 @@ pub(crate) enum Ended {
 
 /// What a request's attempts need to know about it.
 pub(crate) struct Request<'a> {
-    pub(crate) host: &'a [u8],
-    pub(crate) path: &'a [u8],
-    pub(crate) method: &'a [u8],
-    /// The client's RFC 9218 `Priority` urgency (it may lower its class's).
-    pub(crate) urgency: Option<u8>,
+    /// What a lease is taken for: route, method, the client's urgency.
+    pub(crate) to: For<'a>,
     pub(crate) idempotent: bool,
     pub(crate) bodyless: bool,
     pub(crate) is_head: bool,
@@ -55,9 +52,8 @@ pub(crate) async fn serve(
 ) -> Ended {
     let mut avoid = None;
     let mut retries = 0;
-    let want = For { host: req.host, path: req.path, method: req.method, urgency: req.urgency };
     loop {
-        let lease = match acquire(core, &want, avoid).await {
+        let lease = match acquire(core, &req.to, avoid).await {
             Ok(l) => l,
             Err(e) if retries == 0 => return Ended::NoLease(e),
             Err(e) => return Ended::Answer(e),

@@ -548,8 +548,7 @@ impl Config {
             classes: ClassPolicy::parse(f.classes)?,
             reserved_routes: {
                 let list = f.routes.reserved.unwrap_or_default();
-                if let Some(r) = list.iter().find(|r| !r.starts_with('/') || r.contains(' ') || r.len() > ptth_proto::setup::MAX_ROUTE_LEN)
-                {
+                if let Some(r) = list.iter().find(|r| !ptth_proto::setup::is_route_prefix(r)) {
                     return Err(cerr("routes.reserved", format!("{r:?}: each is a path prefix starting with '/', without spaces")));
                 }
                 list

@@ -25,6 +25,7 @@ use crate::attempts::{self, Ended, Outcome};
 use crate::error::Error;
 use crate::exchange::{self, ReqHead, Responder};
 use crate::percore::{self, Core};
+use crate::tunnel::acquire::For;
 
 /// The client connection preface of HTTP/2 (RFC 9113 §3.4).
 pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -115,10 +116,7 @@ async fn handle(
     let bodyless = body.is_end_stream();
     let urgency = parts.headers.get(PRIORITY).and_then(|v| ptth_proto::sf::priority_urgency(v.as_bytes()));
     let req = attempts::Request {
-        host: &host,
-        path: h1::target_path(&target),
-        method: parts.method.as_str().as_bytes(),
-        urgency,
+        to: For { host: &host, path: h1::target_path(&target), method: parts.method.as_str().as_bytes(), urgency },
         idempotent: h1::is_idempotent_method(parts.method.as_str().as_bytes()),
         bodyless,
         is_head: parts.method == http::Method::HEAD,

@@ -33,6 +33,7 @@ use crate::failure::Failure;
 use crate::inbox::CoreMsg;
 use crate::percore::{self, Core};
 use crate::stats;
+use crate::tunnel::acquire::For;
 use crate::tunnel::pool::Lease;
 
 struct Client<S> {
@@ -312,10 +313,7 @@ async fn handle<S: ClientStream>(core: &Rc<Core>, c: &mut Client<S>) -> Next {
     let (host, rest) = key.split_at(info.host_len);
     let (path, method) = rest.split_at(rest.len() - info.method_len);
     let req = attempts::Request {
-        host,
-        path,
-        method,
-        urgency: info.urgency,
+        to: For { host, path, method, urgency: info.urgency },
         idempotent: info.idempotent,
         bodyless,
         is_head: info.is_head,

@@ -246,6 +246,12 @@ impl std::fmt::Display for ClassRule {
     }
 }
 
+/// A path prefix as `Tunnel-Routes`, class rules and the lb's reserved
+/// routes take it: starts with `/`, no spaces, at most [`MAX_ROUTE_LEN`] bytes.
+pub fn is_route_prefix(p: &str) -> bool {
+    p.starts_with('/') && !p.contains(' ') && p.len() <= MAX_ROUTE_LEN
+}
+
 /// An sf-key (RFC 9651 §3.1.2) of at most [`MAX_CLASS_NAME_LEN`] characters.
 pub fn is_class_name(n: &str) -> bool {
     let b = n.as_bytes();
@@ -317,7 +323,7 @@ fn parse_rule(r: &str) -> Result<ClassRule, &'static str> {
             return Err("expected \"METHOD /prefix\" or \"/prefix\"");
         }
     }
-    if !prefix.starts_with('/') || prefix.contains(' ') || prefix.len() > MAX_ROUTE_LEN {
+    if !is_route_prefix(prefix) {
         return Err("the path prefix starts with '/', has no spaces and is at most 1024 bytes");
     }
     Ok(ClassRule { method: method.map(str::to_string), prefix: prefix.to_string() })
@@ -482,7 +488,7 @@ fn parse_meta(buf: &[u8], head: &RequestHead) -> Result<WorkerMeta, SetupError> 
             return Err(bad(FIELD_ROUTES, "more than 64 routes"));
         }
         for r in &routes {
-            if !r.starts_with('/') || r.len() > MAX_ROUTE_LEN || r.contains(' ') {
+            if !is_route_prefix(r) {
                 return Err(bad(FIELD_ROUTES, "each route is a path prefix starting with '/', without spaces, at most 1024 bytes"));
             }
         }

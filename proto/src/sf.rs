@@ -30,7 +30,7 @@ fn trim_sp(mut v: &[u8]) -> &[u8] {
 /// Skips `*( ";" *SP key [ "=" bare-item ] )` (RFC 9651 §3.1.2), returning
 /// what follows; `None` when a parameter is malformed.
 fn skip_params(v: &[u8]) -> Option<&[u8]> {
-    parse_params(v).map(|(_, rest)| rest)
+    walk_params(v, |_, _| {})
 }
 
 /// A parameter's value as far as our fields use them: an sf-integer, or
@@ -48,8 +48,22 @@ pub type Params = Vec<(String, ParamValue)>;
 
 /// Parses `*( ";" *SP key [ "=" bare-item ] )` (RFC 9651 §3.1.2) into its
 /// keys and values, returning what follows; `None` when malformed.
-fn parse_params(mut v: &[u8]) -> Option<(Params, &[u8])> {
-    let mut out = Vec::new();
+fn parse_params(v: &[u8]) -> Option<(Params, &[u8])> {
+    let mut out: Params = Vec::new();
+    let rest = walk_params(v, |key, value| {
+        // A repeated key keeps its place and takes the later value (§4.2.3.2).
+        match out.iter_mut().find(|(k, _)| k.as_bytes() == key) {
+            Some(slot) => slot.1 = value,
+            None => out.push((String::from_utf8_lossy(key).into_owned(), value)),
+        }
+    })?;
+    Some((out, rest))
+}
+
+/// Walks parameters, handing each key and value to `each` without
+/// allocating (what `Priority` parsing per request and the Items' ignored
+/// parameters need); returns what follows.
+fn walk_params(mut v: &[u8], mut each: impl FnMut(&[u8], ParamValue)) -> Option<&[u8]> {
     while let Some(rest) = v.strip_prefix(b";") {
         let rest = rest.iter().position(|&b| b != b' ').map_or(&rest[rest.len()..], |i| &rest[i..]);
         let (key, after) = parse_key(rest)?;
@@ -66,23 +80,19 @@ fn parse_params(mut v: &[u8]) -> Option<(Params, &[u8])> {
             }
             None => ParamValue::True,
         };
-        // A repeated key keeps its place and takes the later value (§4.2.3.2).
-        match out.iter_mut().find(|(k, _): &&mut (String, ParamValue)| *k == key) {
-            Some(slot) => slot.1 = value,
-            None => out.push((key, value)),
-        }
+        each(key, value);
     }
-    Some((out, v))
+    Some(v)
 }
 
 /// `key = ( lcalpha / "*" ) *( lcalpha / DIGIT / "_" / "-" / "." / "*" )`.
-fn parse_key(v: &[u8]) -> Option<(String, &[u8])> {
+fn parse_key(v: &[u8]) -> Option<(&[u8], &[u8])> {
     let first = *v.first()?;
     if !(first.is_ascii_lowercase() || first == b'*') {
         return None;
     }
     let end = v.iter().position(|&b| !(b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.*".contains(&b))).unwrap_or(v.len());
-    Some((String::from_utf8_lossy(&v[..end]).into_owned(), &v[end..]))
+    Some(v.split_at(end))
 }
 
 /// One member of a Dictionary (RFC 9651 §3.2) as [`parse_string_dictionary`]
@@ -117,7 +127,7 @@ pub fn parse_string_dictionary(v: &[u8]) -> Option<Vec<Member>> {
             None => (None, r),
         };
         let (params, r) = parse_params(r)?;
-        let m = Member { key, strings, params };
+        let m = Member { key: String::from_utf8_lossy(key).into_owned(), strings, params };
         match out.iter_mut().find(|x| x.key == m.key) {
             Some(slot) => *slot = m,
             None => out.push(m),
@@ -173,7 +183,7 @@ pub fn priority_urgency(v: &[u8]) -> Option<u8> {
             None => (None, r),
         };
         let r = crate::h1::trim(skip_params(r)?);
-        if key == "u" {
+        if key == b"u" {
             // A repeated key takes the later value (RFC 9651 §4.2.2).
             u = value.and_then(parse_integer);
         }

@@ -272,19 +272,19 @@ impl Pool {
     /// Whether a reservation matches the request better than the workers
     /// that would serve it (`cand`, all equally good).
     fn reserved_beats(&self, host: &[u8], path: &[u8]) -> bool {
-        let now = Instant::now();
-        let best_live = self.cand.first().and_then(|&i| self.workers[i].as_ref()).and_then(|w| w.meta.specificity(host, path));
-        // A worker past its reconnect grace but not yet swept out holds its
-        // prefixes as a reservation would.
+        // A worker with no tunnel left (redialing, or past its reconnect
+        // grace and not yet swept out) holds its prefixes as a reservation
+        // would; within the grace it is also a candidate, so it never beats
+        // itself. The clock is read only for a reservation that ends.
         let hold = !self.route_hold.is_zero();
-        let gone = self.workers.iter().flatten().filter(|w| hold && w.tunnels == 0 && w.empty_since.is_some()).map(|w| &*w.meta);
-        self.reserved
-            .iter()
-            .filter(|r| r.until.is_none_or(|u| now < u))
-            .map(|r| &*r.meta)
-            .chain(gone)
-            .filter_map(|m| m.specificity(host, path))
-            .any(|s| best_live.is_none_or(|b| s > b))
+        let gone = self.workers.iter().flatten().filter(|w| hold && w.tunnels == 0).map(|w| &*w.meta);
+        let kept = self.reserved.iter().filter(|r| r.until.is_none_or(|u| Instant::now() < u)).map(|r| &*r.meta);
+        let mut held = kept.chain(gone).filter_map(|m| m.specificity(host, path)).peekable();
+        if held.peek().is_none() {
+            return false;
+        }
+        let best_live = self.cand.first().and_then(|&i| self.workers[i].as_ref()).and_then(|w| w.meta.specificity(host, path));
+        held.any(|s| best_live.is_none_or(|b| s > b))
     }
 
     /// The worker entry for a new tunnel, created if needed; counts the tunnel.
@@ -427,8 +427,7 @@ impl Pool {
     /// worker has a free tunnel.
     pub(crate) fn try_pick(&mut self, host: &[u8], path: &[u8], method: &[u8], avoid: Option<usize>) -> Pick {
         Self::candidates(&self.workers, &mut self.cand, host, path);
-        let some_gone = self.workers.iter().flatten().any(|w| w.tunnels == 0);
-        if (some_gone || !self.reserved.is_empty()) && self.reserved_beats(host, path) {
+        if self.reserved_beats(host, path) {
             return Pick::Reserved;
         }
         if self.cand.is_empty() {
@@ -796,9 +795,14 @@ mod tests {
     }
 
     fn rig() -> Rig {
+        rig_with(|p| p)
+    }
+
+    /// A rig whose pool `configure` sets up (reservations, health).
+    fn rig_with(configure: impl FnOnce(Pool) -> Pool) -> Rig {
         let placement = Arc::new(Placement::new(1));
         let inboxes: Arc<[Inbox]> = vec![Inbox::new()].into();
-        Rig { pool: Pool::new(0, placement.clone(), inboxes), placement, stats: Vec::new(), peers: Vec::new() }
+        Rig { pool: configure(Pool::new(0, placement.clone(), inboxes)), placement, stats: Vec::new(), peers: Vec::new() }
     }
 
     impl Rig {
@@ -982,9 +986,7 @@ mod tests {
     #[test]
     fn a_departed_workers_prefix_does_not_fall_through_to_a_catch_all() {
         on_runtime(|| {
-            let mut r = rig();
-            r.pool =
-                Pool::new(0, r.placement.clone(), vec![Inbox::new()].into()).with_reserved(&["/admin/".into()], Duration::from_secs(30));
+            let mut r = rig_with(|p| p.with_reserved(&["/admin/".into()], Duration::from_secs(30)));
             // Nobody serves /admin/ yet: the operator's reservation holds.
             r.tunnel("all", &[]);
             assert!(matches!(r.pick("/admin/users"), Pick::Reserved));
@@ -1012,10 +1014,9 @@ mod tests {
     #[test]
     fn an_ejected_worker_sits_out_unless_it_is_the_last_of_its_route() {
         on_runtime(|| {
-            let mut r = rig();
             let policy =
                 health::Policy { consecutive_failures: 3, ejection: Duration::from_secs(60), max_ejection: Duration::from_secs(60) };
-            r.pool = Pool::new(0, r.placement.clone(), vec![Inbox::new()].into()).with_health(policy);
+            let mut r = rig_with(|p| p.with_health(policy));
             for _ in 0..4 {
                 r.tunnel("sick", &[]);
                 r.tunnel("well", &[]);
