@@ -14,6 +14,7 @@
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use monoio::net::TcpStream;
@@ -51,9 +52,13 @@ where
         Ok(Ok(c)) => c,
         _ => return,
     };
-    let active = Rc::new(Cell::new(0u32));
+    let activity = Rc::new(Activity { active: Cell::new(0), idle_since: Cell::new(Instant::now()) });
     // Formatted once for every stream's forwarding fields.
     let addr = Rc::new(h1::ClientAddr::new(peer));
+    // Made once for the connection, not once per stream: each would register
+    // a waker slot or a timer for every request.
+    let mut stop = core.stop.wait();
+    let mut idle = std::pin::pin!(monoio::time::sleep(p.keepalive_timeout));
     let mut draining = false;
     loop {
         let next = if draining {
@@ -62,21 +67,29 @@ where
             // closes even if it never answers (a dead peer must not hold the drain).
             monoio::select! {
                 n = conn.accept() => n,
-                _ = monoio::time::sleep(std::time::Duration::from_millis(500)), if active.get() == 0 => return,
+                _ = monoio::time::sleep(Duration::from_millis(500)), if activity.active.get() == 0 => return,
             }
         } else {
             monoio::select! {
+                biased;
                 n = conn.accept() => n,
-                _ = core.stop.wait() => {
+                _ = &mut stop => {
                     conn.graceful_shutdown();
                     draining = true;
                     continue;
                 }
-                _ = monoio::time::sleep(p.keepalive_timeout) => {
-                    if active.get() == 0 {
-                        // Idle past the keep-alive deadline: say goodbye.
-                        conn.graceful_shutdown();
-                        draining = true;
+                _ = idle.as_mut() => {
+                    // The timer runs from the last time the connection went
+                    // idle; it fires early when streams kept it busy since.
+                    let now = Instant::now();
+                    match activity.idle_for(now) {
+                        Some(d) if d >= p.keepalive_timeout => {
+                            // Idle past the keep-alive deadline: say goodbye.
+                            conn.graceful_shutdown();
+                            draining = true;
+                        }
+                        Some(d) => idle.as_mut().reset((now + (p.keepalive_timeout - d)).into()),
+                        None => idle.as_mut().reset((now + p.keepalive_timeout).into()),
                     }
                     continue;
                 }
@@ -86,12 +99,35 @@ where
             Some(Ok(pair)) => pair,
             _ => return,
         };
-        active.set(active.get() + 1);
-        let (c, a, addr) = (core.clone(), active.clone(), addr.clone());
+        activity.active.set(activity.active.get() + 1);
+        let (c, a, addr) = (core.clone(), activity.clone(), addr.clone());
         percore::spawn_killable(&core, async move {
             handle(&c, req, respond, peer, &addr, migrated).await;
-            a.set(a.get() - 1);
+            a.ended();
         });
+    }
+}
+
+/// The streams of one connection in flight, for the keep-alive deadline.
+struct Activity {
+    active: Cell<u32>,
+    /// When `active` last fell to zero (one clock read per idle spell, not
+    /// per stream).
+    idle_since: Cell<Instant>,
+}
+
+impl Activity {
+    fn ended(&self) {
+        let n = self.active.get() - 1;
+        self.active.set(n);
+        if n == 0 {
+            self.idle_since.set(Instant::now());
+        }
+    }
+
+    /// How long the connection has been idle; `None` while a stream runs.
+    fn idle_for(&self, now: Instant) -> Option<Duration> {
+        (self.active.get() == 0).then(|| now.saturating_duration_since(self.idle_since.get()))
     }
 }
 
@@ -122,13 +158,15 @@ async fn handle(
         is_head: parts.method == http::Method::HEAD,
         migrated,
     };
-    let work = attempts::serve(core, &req, async |x, lease| {
+    // Pinned where it is made: moved into the `select!` below, it would be
+    // held twice in this stream's task.
+    let mut work = std::pin::pin!(attempts::serve(core, &req, async |x, lease| {
         let src: AnySource<'_, TcpStream> = if bodyless { AnySource::Empty } else { AnySource::H2(H2Source::new(&mut body)) };
         let resp: Responder<'_, TcpStream> = Responder::H2 { respond: &respond };
         // In one heap block: kept inline, the exchange's state (about 4.8 KB)
         // would be copied into every stream's task as it is spawned.
         Box::pin(exchange::run(x, ReqHead::H2 { parts: &parts }, src, resp, lease)).await
-    });
+    }));
     // A client that resets its stream stops the work for it at once, so
     // streams opened and reset in a loop cost no more than their frames.
     // (Once the response head is sent, h2 answers poll_reset with an error;
@@ -140,7 +178,7 @@ async fn handle(
     });
     let ended = monoio::select! {
         biased;
-        e = work => e,
+        e = work.as_mut() => e,
         _ = reset => return,
     };
     match ended {

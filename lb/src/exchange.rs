@@ -270,7 +270,7 @@ async fn download<W: AsyncWriteRent>(
         UpReader::H1 { r, rb, head } => {
             h1_head(x, r, rb, head, resp, started).await?;
             let framing = head.framing();
-            if setup::says_unprocessed(head.status, head.field(rb.data(), setup::FIELD_UNPROCESSED)) {
+            if setup::says_unprocessed(head.status, || head.field(rb.data(), setup::FIELD_UNPROCESSED)) {
                 // Its short answer is read whole when it is already here, so
                 // the tunnel stays usable; otherwise the tunnel closes.
                 let body = match framing {
@@ -300,7 +300,7 @@ async fn download<W: AsyncWriteRent>(
             };
             let (parts, body) = response.into_parts();
             let status = parts.status.as_u16();
-            if setup::says_unprocessed(status, parts.headers.get(setup::FIELD_UNPROCESSED).map(|v| v.as_bytes())) {
+            if setup::says_unprocessed(status, || parts.headers.get(setup::FIELD_UNPROCESSED).map(|v| v.as_bytes())) {
                 return Err(Failure::unprocessed(x.unprocessed(status), true));
             }
             let empty = body.is_end_stream();

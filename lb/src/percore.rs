@@ -4,15 +4,18 @@
 //! the modules that serve requests, so they can all import this.
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use monoio::net::{TcpListener, TcpStream};
 use ptth_proto::rt::logging::LogThrottle;
-use ptth_proto::rt::signal::Signal;
+use ptth_proto::rt::signal::{Signal, Wait};
 
 use crate::inbox::CoreMsg;
 use crate::stats::CoreStats;
@@ -66,14 +69,33 @@ pub(crate) async fn accept_each(
 
 /// Spawns a task on this core that ends when its work does or when the core
 /// is killed, whichever comes first (so its sockets close at shutdown).
-pub(crate) fn spawn_killable(core: &Core, work: impl std::future::Future<Output = ()> + 'static) {
-    let kill = core.kill.clone();
-    monoio::spawn(async move {
-        monoio::select! {
-            _ = work => {},
-            _ = kill.wait() => {},
+pub(crate) fn spawn_killable(core: &Core, work: impl Future<Output = ()> + 'static) {
+    monoio::spawn(Killable { kill: core.kill.wait(), work });
+}
+
+/// `work` until `kill` fires. A hand-written future rather than a `select!`
+/// in an `async` block: that block would hold `work` twice (the captured
+/// value and the one moved into the select), doubling every spawned task's
+/// size and the bytes copied to spawn it, once per h2c stream.
+struct Killable<F> {
+    kill: Wait,
+    work: F,
+}
+
+impl<F: Future<Output = ()>> Future for Killable<F> {
+    type Output = ();
+    #[allow(unsafe_code)]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // SAFETY: `work` is structurally pinned: it is never moved out of
+        // `Killable`, which has no `Drop` of its own and is `Unpin` only if
+        // `F` is; `kill` is `Unpin` and not pinned.
+        let this = unsafe { self.get_unchecked_mut() };
+        if Pin::new(&mut this.kill).poll(cx).is_ready() {
+            return Poll::Ready(());
         }
-    });
+        // SAFETY: as above, `work` stays where it is until `Killable` drops.
+        unsafe { Pin::new_unchecked(&mut this.work) }.poll(cx)
+    }
 }
 
 /// Detaches a socket from this core so another core can adopt it. The caller

@@ -25,6 +25,7 @@ use monoio::net::TcpStream;
 use ptth_proto::h1::{self, BodyDecoder, ClientAddr, Forwarding, Framing, Parsed, RequestHead, TargetForm, Version};
 use ptth_proto::rt::body::{AnySource, H1Source};
 use ptth_proto::rt::io::{split, write_all, Prefixed, ReadBuf, ReadHalf};
+use ptth_proto::rt::signal::Wait;
 
 use crate::attempts::{self, Ended, Outcome};
 use crate::error::Error;
@@ -56,6 +57,9 @@ struct Client<S> {
     addr: ClientAddr,
     /// Handed over from another core: requests here are not core-local.
     migrated: bool,
+    /// The core's graceful stop, awaited between requests: one waiter for
+    /// the connection's life, not one per request.
+    stop: Wait,
 }
 
 /// What the attempts need to know about the current request once its head
@@ -122,6 +126,7 @@ pub(crate) async fn serve<S: ClientStream>(core: Rc<Core>, stream: S, peer: Sock
         peer,
         addr: ClientAddr::new(peer),
         migrated,
+        stop: core.stop.wait(),
     };
     // One port serves HTTP/1.1 and h2c: a connection that opens with the
     // HTTP/2 preface (RFC 9113 §3.4) goes to the h2 server.
@@ -190,7 +195,7 @@ async fn sniff_preface<S: ClientStream>(core: &Core, c: &mut Client<S>) -> Sniff
         let wait = if d.is_empty() { core.shared.cfg.profile.keepalive_timeout } else { core.shared.cfg.profile.header_timeout };
         let r = monoio::select! {
             r = c.rb.fill(stream, wait) => r,
-            _ = core.stop.wait() => return Sniff::Closed,
+            _ = &mut c.stop => return Sniff::Closed,
         };
         match r {
             Ok(0) | Err(_) => return Sniff::Closed,
@@ -218,7 +223,7 @@ async fn read_head<S: ClientStream>(core: &Core, c: &mut Client<S>) -> Result<bo
         let Some(stream) = c.stream.as_mut() else { return Ok(false) };
         let r = monoio::select! {
             r = c.rb.fill(stream, wait) => r,
-            _ = core.stop.wait(), if idle => return Ok(false),
+            _ = &mut c.stop, if idle => return Ok(false),
         };
         match r {
             Ok(0) => return Ok(false),

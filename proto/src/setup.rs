@@ -35,9 +35,10 @@ pub const FIELD_CORE: &str = "Tunnel-Core";
 pub const FIELD_UNPROCESSED: &str = "Tunnel-Unprocessed";
 
 /// Whether a worker's response says it did not act on the request: a 5xx
-/// with `Tunnel-Unprocessed: ?1`.
-pub fn says_unprocessed(status: u16, field: Option<&[u8]>) -> bool {
-    (500..600).contains(&status) && field.is_some_and(sf::is_true)
+/// with `Tunnel-Unprocessed: ?1`. `field` looks the field up, only for a 5xx
+/// (every response passes here; few are 5xx).
+pub fn says_unprocessed<'a>(status: u16, field: impl FnOnce() -> Option<&'a [u8]>) -> bool {
+    (500..600).contains(&status) && field().is_some_and(sf::is_true)
 }
 pub const FIELD_CORES: &str = "Tunnel-Cores";
 

@@ -383,3 +383,32 @@ fn request_trailers_cross_both_tunnel_kinds() {
         });
     }
 }
+
+/// The keep-alive deadline counts from when the connection went idle: a
+/// stream that outlasts it does not shorten the idle time that follows, and
+/// an idle connection does get its GOAWAY and close.
+#[test]
+fn keepalive_counts_from_the_last_stream() {
+    let keepalive = Duration::from_millis(300);
+    let lb = start_lb(1, |c| c.profile.keepalive_timeout = keepalive);
+    // Longer than the deadline: the connection is busy past it.
+    let _w = worker(&lb, InnerProtocol::H2, Responder::Delay(Duration::from_millis(500)));
+    let addr = lb.client_addr();
+    block_on(async move {
+        use monoio::io::IntoPollIo;
+        let s = monoio::net::TcpStream::connect(addr).await.expect("connect");
+        let (send, conn) = h2::client::handshake(s.into_poll_io().expect("poll io")).await.expect("h2 handshake");
+        let closed = monoio::spawn(async move {
+            let _ = conn.await;
+            std::time::Instant::now()
+        });
+        let mut send = send;
+        let (status, _, _) = h2_request(&mut send, "GET", "/", b"").await;
+        assert_eq!(status, 200);
+        let ended = std::time::Instant::now();
+        let closed = monoio::time::timeout(Duration::from_secs(5), closed).await.expect("an idle connection closes");
+        let idle = closed.saturating_duration_since(ended);
+        // The lb ended the stream a moment before the client saw it end.
+        assert!(idle >= keepalive - Duration::from_millis(50), "closed after {idle:?} idle, deadline {keepalive:?}");
+    });
+}

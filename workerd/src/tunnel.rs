@@ -12,7 +12,7 @@ use std::time::Duration;
 use monoio::net::TcpStream;
 use ptth_proto::h1::{self, BodyDecoder, Framing, Parsed, RequestHead};
 use ptth_proto::rt::io::{write_all, ReadBuf};
-use ptth_proto::rt::signal::Signal;
+use ptth_proto::rt::signal::{Signal, Wait};
 
 use crate::config::Config;
 use crate::error::Error;
@@ -98,7 +98,7 @@ impl Conn {
     }
 
     /// Waits for the next request head. `Ok(false)`: the tunnel ended cleanly.
-    async fn next_request(&mut self, stop: &Signal) -> Result<bool, Error> {
+    async fn next_request(&mut self, stop: &mut Wait) -> Result<bool, Error> {
         loop {
             match h1::parse_request(self.rb.data(), &self.cfg.limits, &mut self.head) {
                 Ok(Parsed::Complete) => return Ok(true),
@@ -109,7 +109,7 @@ impl Conn {
             let deadline = if idle { IDLE_WAIT } else { self.cfg.io_timeout };
             let n = monoio::select! {
                 r = self.rb.fill(&mut self.stream, deadline) => r,
-                _ = stop.wait(), if idle => return Ok(false),
+                _ = &mut *stop, if idle => return Ok(false),
             };
             match n {
                 Ok(0) if idle => return Ok(false),
@@ -183,8 +183,10 @@ fn check_fields(fields: &[(&str, &str)]) -> Result<(), Error> {
 
 /// Serves requests on an established tunnel until it ends.
 pub(crate) async fn serve<H: Handler>(mut c: Conn, handler: &H, stop: &Signal) -> Result<Ended, Error> {
+    // One waiter for the tunnel's life, not one per request.
+    let mut stopped = stop.wait();
     loop {
-        match c.next_request(stop).await {
+        match c.next_request(&mut stopped).await {
             Ok(true) => {}
             Ok(false) => return Ok(Ended::Closed),
             Err(Error::Head(e)) => {

@@ -177,13 +177,16 @@ pub(crate) async fn serve<H: Handler>(
         Err(_) => return Err(Error::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "h2 preface timed out"))),
     };
     let mut draining = false;
+    // One waiter for the tunnel's life, not one per stream.
+    let mut stopped = stop.wait();
     loop {
         let next = if draining {
             conn.accept().await
         } else {
             monoio::select! {
+                biased;
                 n = conn.accept() => n,
-                _ = stop.wait() => {
+                _ = &mut stopped => {
                     conn.graceful_shutdown();
                     draining = true;
                     continue;

@@ -73,13 +73,16 @@ pub struct Wait {
 
 impl Future for Wait {
     type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.sig.is_fired() {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let inner = &*this.sig.0;
+        if inner.fired.get() {
             return Poll::Ready(());
         }
-        let inner = self.sig.0.clone();
         let mut slots = inner.slots.borrow_mut();
-        match self.slot {
+        match this.slot {
+            // Re-polled by the same task (every poll of a killable task): no
+            // waker clone.
             Some(i) => match &mut slots[i] {
                 Some(w) if w.will_wake(cx.waker()) => {}
                 s => *s = Some(cx.waker().clone()),
@@ -95,7 +98,7 @@ impl Future for Wait {
                         slots.len() - 1
                     }
                 };
-                self.slot = Some(i);
+                this.slot = Some(i);
             }
         }
         Poll::Pending
