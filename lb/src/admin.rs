@@ -77,6 +77,29 @@ pub struct Status {
     pub requests: Totals,
     pub per_core: Vec<CoreStatus>,
     pub workers: Vec<WorkerStatus>,
+    /// Each request class's queue, over all workers declaring it and all
+    /// cores (`default`: requests no declared class matches).
+    #[serde(default)]
+    pub classes: Vec<ClassQueueStatus>,
+}
+
+/// One class's queue.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ClassQueueStatus {
+    pub name: String,
+    /// Requests waiting now.
+    pub waiting: u32,
+    /// How long the oldest of them has waited (as of each core's last
+    /// sweep, every 500 ms); `None` when none waits.
+    pub oldest_wait_ms: Option<u64>,
+    /// Requests that waited, since start.
+    pub queued: u64,
+    /// 503s because the class's queue (or a core's) was full.
+    pub shed_full: u64,
+    /// 503s because the wait passed the class's `wait` (or `queue.max_wait_ms`).
+    pub shed_timeout: u64,
+    /// Requests whose client went away while they waited.
+    pub abandoned: u64,
 }
 
 /// Responses over all cores.
@@ -214,6 +237,24 @@ pub(crate) fn status(shared: &Shared) -> Status {
             })
             .collect()
     };
+    let classes = shared
+        .placement
+        .classes
+        .all()
+        .iter()
+        .map(|q| {
+            let t = q.totals();
+            ClassQueueStatus {
+                name: q.name.to_string(),
+                waiting: t.waiting,
+                oldest_wait_ms: t.oldest_since_ms.filter(|_| t.waiting > 0).map(|since| now_ms.saturating_sub(since)),
+                queued: t.queued,
+                shed_full: t.shed_full,
+                shed_timeout: t.shed_timeout,
+                abandoned: t.abandoned,
+            }
+        })
+        .collect();
     Status {
         cores: shared.cores,
         runtime: shared.driver.get().cloned().unwrap_or_default(),
@@ -226,6 +267,7 @@ pub(crate) fn status(shared: &Shared) -> Status {
         },
         per_core,
         workers,
+        classes,
     }
 }
 

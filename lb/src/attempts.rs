@@ -44,17 +44,20 @@ pub(crate) struct Request<'a> {
 }
 
 /// Runs `attempt` on leases until the request is served or
-/// [`failure::decide`] says to stop.
-pub(crate) async fn serve(
+/// [`failure::decide`] says to stop. `gone` watches for the client leaving
+/// while the request waits for a lease (it ends the request at once).
+pub(crate) async fn serve<G: std::future::Future<Output = ()>>(
     core: &Rc<Core>,
     req: &Request<'_>,
+    gone: impl Fn() -> G,
     mut attempt: impl AsyncFnMut(&Ctx<'_>, &mut Lease) -> Result<Done, Failure>,
 ) -> Ended {
     let mut avoid = None;
     let mut retries = 0;
     loop {
-        let lease = match acquire(core, &req.to, avoid).await {
+        let lease = match acquire(core, &req.to, avoid, gone()).await {
             Ok(l) => l,
+            Err(Error::ClientGone) => return Ended::Abort,
             Err(e) if retries == 0 => return Ended::NoLease(e),
             Err(e) => return Ended::Answer(e),
         };

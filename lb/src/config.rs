@@ -147,8 +147,9 @@ impl ClassPolicy {
     }
 
     /// What in `classes` exceeds the policy, said so the worker's operator
-    /// knows what to change.
-    pub fn check(&self, classes: &[ptth_proto::setup::ClassDecl]) -> Result<(), String> {
+    /// knows what to change. `max_wait`: the profile's `queue.max_wait_ms`,
+    /// which a class's `wait` may shorten, never lengthen.
+    pub fn check(&self, classes: &[ptth_proto::setup::ClassDecl], max_wait: std::time::Duration) -> Result<(), String> {
         for c in classes {
             if let Some(allowed) = &self.allowed {
                 if c.name != ptth_proto::setup::DEFAULT_CLASS && !allowed.contains(&c.name) {
@@ -163,6 +164,13 @@ impl ClassPolicy {
             }
             if let Some(l) = c.limit.filter(|&l| l > self.max_limit) {
                 return Err(format!("class {}: limit {l} is above this lb's cap of {}", c.name, self.max_limit));
+            }
+            if let Some(w) = c.wait_ms.filter(|&w| u128::from(w) > max_wait.as_millis()) {
+                return Err(format!(
+                    "class {}: wait={w} ms is longer than this lb lets a request wait (queue.max_wait_ms = {})",
+                    c.name,
+                    max_wait.as_millis()
+                ));
             }
         }
         Ok(())

@@ -160,7 +160,9 @@ async fn handle(
     };
     // Pinned where it is made: moved into the `select!` below, it would be
     // held twice in this stream's task.
-    let mut work = std::pin::pin!(attempts::serve(core, &req, async |x, lease| {
+    // A client leaving resets its stream: the reset watch below ends the
+    // work, queue wait included.
+    let mut work = std::pin::pin!(attempts::serve(core, &req, std::future::pending, async |x, lease| {
         let src: AnySource<'_, TcpStream> = if bodyless { AnySource::Empty } else { AnySource::H2(H2Source::new(&mut body)) };
         let resp: Responder<'_, TcpStream> = Responder::H2 { respond: &respond };
         // In one heap block: kept inline, the exchange's state (about 4.8 KB)

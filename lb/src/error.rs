@@ -33,6 +33,8 @@ pub enum Error {
     ClientBody(BodyError),
     #[error("client connection: {0}")]
     ClientIo(io::Error),
+    #[error("the client went away while its request waited")]
+    ClientGone,
     #[error("the request head did not arrive within {0:?}")]
     HeaderTimeout(Duration),
     #[error("{0} is not supported by this lb")]
@@ -43,10 +45,11 @@ pub enum Error {
     /// (`timeouts.route_hold_ms` after they left, or `[routes] reserved`).
     #[error("the workers serving path {path:?} are not connected; its route is reserved for them")]
     Reserved { path: String },
-    #[error("too many requests are waiting for a tunnel")]
-    QueueFull,
-    #[error("no tunnel became free within {0:?}")]
-    QueueTimeout(Duration),
+    /// The request's class's queue (or this core's) has no room.
+    #[error("too many requests of class {class} are waiting for a tunnel ({why})")]
+    QueueFull { class: Box<str>, why: String },
+    #[error("no tunnel became free for class {class} within {after:?}")]
+    QueueTimeout { class: Box<str>, after: Duration },
 
     // ---- tunnel side (upstream) ----
     #[error("tunnel to worker {worker} failed ({fault}): {cause}")]
@@ -213,21 +216,26 @@ impl Error {
             Error::ClientBody(_) => 400,
             Error::NotImplemented(_) => 501,
             Error::HeaderTimeout(_) => 408,
-            Error::NoRoute { .. } | Error::Reserved { .. } | Error::QueueFull | Error::QueueTimeout(_) | Error::Draining => 503,
+            Error::NoRoute { .. } | Error::Reserved { .. } | Error::QueueFull { .. } | Error::QueueTimeout { .. } | Error::Draining => 503,
             Error::Tunnel { .. } | Error::BadResponse { .. } | Error::NotReplayable { .. } | Error::Unprocessed { .. } => 502,
             Error::ResponseTimeout { .. } => 504,
             Error::Setup(s) => s.status(),
             Error::Unauthorized(_) => 401,
             Error::Forbidden(_) => 403,
             Error::TooManyTunnels(_) => 429,
-            Error::ClientIo(_) => return None,
+            Error::ClientIo(_) | Error::ClientGone => return None,
         })
     }
 
     /// Which side failed.
     pub fn side(&self) -> Side {
         match self {
-            Error::Head(_) | Error::ClientBody(_) | Error::ClientIo(_) | Error::HeaderTimeout(_) | Error::NotImplemented(_) => Side::Client,
+            Error::Head(_)
+            | Error::ClientBody(_)
+            | Error::ClientIo(_)
+            | Error::ClientGone
+            | Error::HeaderTimeout(_)
+            | Error::NotImplemented(_) => Side::Client,
             Error::Tunnel { .. }
             | Error::BadResponse { .. }
             | Error::NotReplayable { .. }
@@ -236,8 +244,8 @@ impl Error {
             Error::Setup(_) | Error::Unauthorized(_) | Error::Forbidden(_) => Side::Worker,
             Error::NoRoute { .. }
             | Error::Reserved { .. }
-            | Error::QueueFull
-            | Error::QueueTimeout(_)
+            | Error::QueueFull { .. }
+            | Error::QueueTimeout { .. }
             | Error::TooManyTunnels(_)
             | Error::Draining => Side::Lb,
         }
@@ -250,10 +258,11 @@ impl Error {
             Error::ClientBody(BodyError::Truncated) => Kind::Closed,
             Error::ClientBody(_) => Kind::Protocol,
             Error::ClientIo(e) => Kind::of_io(e),
-            Error::HeaderTimeout(_) | Error::QueueTimeout(_) | Error::ResponseTimeout { .. } => Kind::Timeout,
+            Error::ClientGone => Kind::Closed,
+            Error::HeaderTimeout(_) | Error::QueueTimeout { .. } | Error::ResponseTimeout { .. } => Kind::Timeout,
             Error::NotImplemented(_) => Kind::Unsupported,
             Error::NoRoute { .. } | Error::Reserved { .. } => Kind::NoRoute,
-            Error::QueueFull | Error::TooManyTunnels(_) | Error::Draining => Kind::Shed,
+            Error::QueueFull { .. } | Error::TooManyTunnels(_) | Error::Draining => Kind::Shed,
             Error::Tunnel { fault: TunnelFault::Closed, .. } => Kind::Closed,
             Error::Tunnel { fault: TunnelFault::Io | TunnelFault::Stream, .. } => Kind::Reset,
             Error::Tunnel { fault: TunnelFault::Unusable, .. } | Error::NotReplayable { .. } | Error::Unprocessed { .. } => Kind::Refused,
@@ -267,8 +276,8 @@ impl Error {
             self,
             Error::NoRoute { .. }
                 | Error::Reserved { .. }
-                | Error::QueueFull
-                | Error::QueueTimeout(_)
+                | Error::QueueFull { .. }
+                | Error::QueueTimeout { .. }
                 | Error::Draining
                 | Error::TooManyTunnels(_)
         )
@@ -282,7 +291,7 @@ mod tests {
     #[test]
     fn statuses() {
         assert_eq!(Error::Head(HeadError::RequestLineTooLong).status(), Some(414));
-        assert_eq!(Error::QueueFull.status(), Some(503));
+        assert_eq!(Error::QueueFull { class: "default".into(), why: String::new() }.status(), Some(503));
         assert_eq!(Error::ResponseTimeout { worker: "w".into(), after: Duration::ZERO }.status(), Some(504));
         assert_eq!(Error::Unauthorized("x").status(), Some(401));
         assert_eq!(Error::ClientIo(io::Error::other("x")).status(), None);
@@ -298,12 +307,13 @@ mod tests {
             (Error::Head(HeadError::RequestLineTooLong), Side::Client, Kind::Protocol, Some(414)),
             (Error::ClientBody(BodyError::Truncated), Side::Client, Kind::Closed, Some(400)),
             (Error::ClientIo(io::Error::from(io::ErrorKind::ConnectionReset)), Side::Client, Kind::Reset, None),
+            (Error::ClientGone, Side::Client, Kind::Closed, None),
             (Error::HeaderTimeout(Duration::ZERO), Side::Client, Kind::Timeout, Some(408)),
             (Error::NotImplemented("CONNECT"), Side::Client, Kind::Unsupported, Some(501)),
             (Error::NoRoute { host: "h".into(), path: "/".into() }, Side::Lb, Kind::NoRoute, Some(503)),
             (Error::Reserved { path: "/admin/".into() }, Side::Lb, Kind::NoRoute, Some(503)),
-            (Error::QueueFull, Side::Lb, Kind::Shed, Some(503)),
-            (Error::QueueTimeout(Duration::ZERO), Side::Lb, Kind::Timeout, Some(503)),
+            (Error::QueueFull { class: "c".into(), why: String::new() }, Side::Lb, Kind::Shed, Some(503)),
+            (Error::QueueTimeout { class: "c".into(), after: Duration::ZERO }, Side::Lb, Kind::Timeout, Some(503)),
             (tunnel(TunnelFault::Closed), Side::Worker, Kind::Closed, Some(502)),
             (tunnel(TunnelFault::Io), Side::Worker, Kind::Reset, Some(502)),
             (tunnel(TunnelFault::Stream), Side::Worker, Kind::Reset, Some(502)),

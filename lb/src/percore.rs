@@ -98,15 +98,25 @@ impl<F: Future<Output = ()>> Future for Killable<F> {
     }
 }
 
-/// Detaches a socket from this core so another core can adopt it. The caller
-/// guarantees no operation is in flight on it (monoio panics otherwise).
+/// Detaches a socket from this core so another core can adopt it: a
+/// duplicate of its descriptor goes, and this core's handle closes once no
+/// operation holds it any more. (Taking the descriptor itself panics in
+/// monoio while an operation still holds it, such as the poll that watched
+/// a queued client, cancelled an instant ago.) `Err` gives the stream back
+/// when the descriptor cannot be duplicated (out of descriptors).
 #[allow(unsafe_code)]
-pub(crate) fn detach(stream: TcpStream) -> std::net::TcpStream {
-    use std::os::fd::{FromRawFd, IntoRawFd};
-    let fd = stream.into_raw_fd();
-    // SAFETY: `into_raw_fd` gave up monoio's ownership of `fd`, so this is the
-    // only owner; it is an open TCP socket.
-    unsafe { std::net::TcpStream::from_raw_fd(fd) }
+pub(crate) fn detach(stream: TcpStream) -> Result<std::net::TcpStream, TcpStream> {
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    // SAFETY: the descriptor belongs to `stream`, which is alive (borrowed)
+    // for the whole call, so it is open.
+    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    match fd.try_clone_to_owned() {
+        Ok(dup) => Ok(std::net::TcpStream::from(dup)),
+        Err(e) => {
+            tracing::warn!("handing a connection to another core: {e}");
+            Err(stream)
+        }
+    }
 }
 
 /// Sends a message to core `to`.

@@ -15,6 +15,7 @@
 //! When a request body is still arriving, the body upload and the response
 //! download run concurrently, so a worker may answer before reading it all.
 
+use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -97,6 +98,9 @@ pub(crate) trait ClientStream: AsyncReadRent + AsyncWriteRent + Split + Sized + 
     /// The stream as the h2 server drives it (poll-style I/O).
     type Poll: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static;
     fn into_poll(self) -> io::Result<Self::Poll>;
+    /// Resolves when the client closes or resets the connection while it
+    /// sends nothing (its request waits in the queue).
+    fn gone(&self) -> impl std::future::Future<Output = ()> + '_;
     /// The socket for another core to adopt; the stream back when it cannot
     /// move (state that lives on this core only).
     fn detach(self) -> Result<std::net::TcpStream, Self>;
@@ -107,8 +111,11 @@ impl ClientStream for TcpStream {
     fn into_poll(self) -> io::Result<Self::Poll> {
         self.into_poll_io()
     }
+    fn gone(&self) -> impl std::future::Future<Output = ()> + '_ {
+        ptth_proto::rt::io::peer_gone(self)
+    }
     fn detach(self) -> Result<std::net::TcpStream, Self> {
-        Ok(percore::detach(self))
+        percore::detach(self)
     }
 }
 
@@ -327,7 +334,24 @@ async fn handle<S: ClientStream>(core: &Rc<Core>, c: &mut Client<S>) -> Next {
     let p = &core.shared.cfg.profile;
     let mut dec = BodyDecoder::new(info.framing);
     let mut first = true;
-    let ended = attempts::serve(core, &req, async |x, lease| {
+    // The attempts and the watch for a client that leaves while its request
+    // waits take turns with the connection: the watch runs only inside the
+    // queue wait, before an attempt starts.
+    let client = RefCell::new(&mut *c);
+    #[allow(clippy::await_holding_refcell_ref)]
+    let gone = || async {
+        // Held while the request waits for a lease, never while an attempt runs.
+        let c = client.borrow();
+        match c.stream.as_ref() {
+            Some(s) => s.gone().await,
+            None => std::future::pending().await,
+        }
+    };
+    #[allow(clippy::await_holding_refcell_ref)]
+    let ended = attempts::serve(core, &req, gone, async |x, lease| {
+        // Held for the attempt; the queue watch above is over by then.
+        let mut c = client.borrow_mut();
+        let c = &mut **c;
         if first {
             first = false;
             c.rb.consume(head_len);

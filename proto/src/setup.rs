@@ -53,6 +53,12 @@ pub const MAX_CLASS_RULES: usize = 32;
 pub const MAX_CLASS_NAME_LEN: usize = 32;
 /// Largest class limit a worker can declare (the operator's cap may be lower).
 pub const MAX_CLASS_LIMIT: u32 = 1_000_000;
+/// Largest class queue bound a worker can declare (the lb's own bound on
+/// waiting requests applies as well).
+pub const MAX_CLASS_QUEUE: u32 = 1 << 20;
+/// Longest class wait a worker can declare, in milliseconds (the lb refuses
+/// one above its `queue.max_wait_ms`).
+pub const MAX_CLASS_WAIT_MS: u32 = 3_600_000;
 
 /// Which upgrade token the worker used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,6 +224,12 @@ pub struct ClassDecl {
     /// Requests of this class the worker runs at once across all its tunnels
     /// and lb cores; `None`: only the worker's overall limit applies.
     pub limit: Option<u32>,
+    /// Requests of this class that may wait for room at once, over all lb
+    /// cores (`queue=`; 0: never wait); `None`: only the lb's own bound.
+    pub queue: Option<u32>,
+    /// The longest a request of this class waits for room, in milliseconds
+    /// (`wait=`); `None`: the lb's `queue.max_wait_ms`.
+    pub wait_ms: Option<u32>,
     /// A request belongs to the class when any rule matches; empty only for
     /// [`DEFAULT_CLASS`].
     pub rules: Vec<ClassRule>,
@@ -284,14 +296,18 @@ pub fn parse_classes(v: &[u8]) -> Result<Vec<ClassDecl>, String> {
         if name.len() > MAX_CLASS_NAME_LEN {
             return Err(format!("class {name:?}: names are at most {MAX_CLASS_NAME_LEN} characters"));
         }
-        let mut c = ClassDecl { name, urgency: DEFAULT_URGENCY, limit: None, rules: Vec::new() };
+        let mut c = ClassDecl { name, urgency: DEFAULT_URGENCY, limit: None, queue: None, wait_ms: None, rules: Vec::new() };
         for (k, v) in &m.params {
             match (k.as_str(), *v) {
                 ("u", ParamValue::Integer(u)) if (0..=i64::from(LEAST_URGENT)).contains(&u) => c.urgency = u as u8,
                 ("u", _) => return Err(format!("class {}: u (urgency) is an integer from 0 to 7", c.name)),
                 ("limit", ParamValue::Integer(n)) if (1..=i64::from(MAX_CLASS_LIMIT)).contains(&n) => c.limit = Some(n as u32),
                 ("limit", _) => return Err(format!("class {}: limit is an integer from 1 to {MAX_CLASS_LIMIT}", c.name)),
-                (other, _) => return Err(format!("class {}: unknown parameter {other:?} (known: u, limit)", c.name)),
+                ("queue", ParamValue::Integer(n)) if (0..=i64::from(MAX_CLASS_QUEUE)).contains(&n) => c.queue = Some(n as u32),
+                ("queue", _) => return Err(format!("class {}: queue is an integer from 0 to {MAX_CLASS_QUEUE}", c.name)),
+                ("wait", ParamValue::Integer(n)) if (0..=i64::from(MAX_CLASS_WAIT_MS)).contains(&n) => c.wait_ms = Some(n as u32),
+                ("wait", _) => return Err(format!("class {}: wait is an integer from 0 to {MAX_CLASS_WAIT_MS} (milliseconds)", c.name)),
+                (other, _) => return Err(format!("class {}: unknown parameter {other:?} (known: u, limit, queue, wait)", c.name)),
             }
         }
         let rules = m.strings.unwrap_or_default();
@@ -348,6 +364,12 @@ pub fn write_classes(classes: &[ClassDecl]) -> String {
         let _ = write!(s, ";u={}", c.urgency);
         if let Some(l) = c.limit {
             let _ = write!(s, ";limit={l}");
+        }
+        if let Some(q) = c.queue {
+            let _ = write!(s, ";queue={q}");
+        }
+        if let Some(w) = c.wait_ms {
+            let _ = write!(s, ";wait={w}");
         }
     }
     s
@@ -736,9 +758,15 @@ mod tests {
 
     #[test]
     fn classes_parse_match_and_say_what_is_wrong() {
-        let c = parse_classes(br#"heavy=("POST /report/" "/export/");u=6;limit=4, api=("/api/");u=1, default;limit=100"#).unwrap();
+        let c = parse_classes(
+            br#"heavy=("POST /report/" "/export/");u=6;limit=4;queue=20;wait=2000, api=("/api/");u=1, default;limit=100;queue=0"#,
+        )
+        .unwrap();
         assert_eq!(c.len(), 3);
         assert_eq!((c[0].name.as_str(), c[0].urgency, c[0].limit), ("heavy", 6, Some(4)));
+        assert_eq!((c[0].queue, c[0].wait_ms), (Some(20), Some(2000)));
+        assert_eq!((c[1].queue, c[1].wait_ms), (None, None));
+        assert_eq!(c[2].queue, Some(0), "queue=0: never wait");
         assert_eq!(c[0].rules[0], ClassRule { method: Some("POST".into()), prefix: "/report/".into() });
         assert_eq!(c[0].rules[1], ClassRule { method: None, prefix: "/export/".into() });
         assert_eq!((c[1].urgency, c[1].limit), (1, None));
@@ -758,6 +786,9 @@ mod tests {
             (br#"heavy=("/r/");u=-1"#, "0 to 7"),
             (br#"heavy=("/r/");limit=0"#, "1 to 1000000"),
             (br#"heavy=("/r/");limt=4"#, "unknown parameter \"limt\""),
+            (br#"heavy=("/r/");queue=-1"#, "queue is an integer from 0"),
+            (br#"heavy=("/r/");wait=?1"#, "wait is an integer from 0 to 3600000"),
+            (br#"heavy=("/r/");wait=3600001"#, "(milliseconds)"),
             (br#"heavy=("report/")"#, "starts with '/'"),
             (br#"heavy=("PO(ST /r/")"#, "METHOD /prefix"),
             (br#"Heavy=("/r/")"#, "sf-dictionary"),

@@ -91,7 +91,88 @@ fn a_class_limit_holds_across_cores_while_other_classes_go_ahead(kind: InnerProt
     assert_eq!(c.in_flight, Some(0), "every permit given back");
 }
 
-on_both_tunnel_kinds!(a_class_limit_holds_across_cores_while_other_classes_go_ahead);
+/// Heavy requests (`POST /report/`) wait until the gate opens; the worker
+/// counts those it received.
+struct Gated {
+    open: Arc<std::sync::atomic::AtomicBool>,
+    received: Arc<AtomicU32>,
+}
+
+impl Handler for Gated {
+    async fn handle(&self, ex: &mut Exchange<'_>) -> Result<(), ptth_workerd::Error> {
+        if ex.method() == "POST" && ex.target().starts_with("/report/") {
+            self.received.fetch_add(1, Ordering::SeqCst);
+            while !self.open.load(Ordering::SeqCst) {
+                monoio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        ex.respond(200, &[("content-type", "text/plain")], b"ok\n").await
+    }
+}
+
+/// A heavy request sent on its own connection, its response not read yet.
+fn send_heavy(addr: std::net::SocketAddr, path: &str) -> Client {
+    let mut c = Client::connect(addr);
+    c.send(format!("POST {path} HTTP/1.1\r\nHost: test\r\nContent-Length: 2\r\n\r\nhi").as_bytes());
+    c
+}
+
+fn heavy_queue(s: &ptth_lb::admin::Status) -> ptth_lb::admin::ClassQueueStatus {
+    s.classes.iter().find(|c| c.name == "heavy").cloned().expect("the heavy class is listed")
+}
+
+/// A class's queue (docs/PROTOCOL.md §1.1 `queue=` and `wait=`): as many as
+/// it declared wait, over both cores, and the next is shed at once with a 503
+/// and Retry-After naming the class; a waiter whose client leaves is gone
+/// from the queue at once and never reaches the worker; a wait longer than
+/// the class's `wait` is a 503 too; `/status` counts each.
+fn a_class_queue_sheds_past_its_bounds_and_forgets_clients_that_leave(kind: InnerProtocol) {
+    let lb = start_lb(2, |c| c.profile.queue_wait = Duration::from_secs(30));
+    let mut cfg = worker_config(&lb, "gated", 2);
+    cfg.protocols = vec![kind];
+    cfg.meta.classes = ptth_proto::setup::parse_classes(br#"heavy=("POST /report/");u=6;limit=1;queue=2;wait=1500"#).unwrap();
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let received = Arc::new(AtomicU32::new(0));
+    let (o, r) = (open.clone(), received.clone());
+    let _w = start_worker(cfg, move || Gated { open: o.clone(), received: r.clone() });
+    let addr = lb.client_addr();
+    let mut running = send_heavy(addr, "/report/0");
+    wait_until("the first heavy request reached the worker", || received.load(Ordering::SeqCst) == 1);
+    let mut a = send_heavy(addr, "/report/1");
+    let b = send_heavy(addr, "/report/2");
+    settled_status(&lb, "two heavy requests wait", |s| heavy_queue(s).waiting == 2);
+    let mut shed = send_heavy(addr, "/report/3");
+    let r = shed.read_response(false);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+    assert!(r.text().contains("too many requests of class heavy are waiting for a tunnel (the class allows 2 waiting)"), "{}", r.text());
+    // A client that leaves takes its request out of the queue at once.
+    drop(b);
+    let s = settled_status(&lb, "the request of the client that left is gone", |s| heavy_queue(s).waiting == 1);
+    let q = heavy_queue(&s);
+    assert_eq!((q.queued, q.shed_full, q.abandoned), (2, 1, 1), "{q:?}");
+    assert!(q.oldest_wait_ms.is_some() || q.waiting == 0, "{q:?}");
+    open.store(true, Ordering::SeqCst);
+    assert_eq!(running.read_response(false).status, 200);
+    assert_eq!(a.read_response(false).status, 200);
+    assert_eq!(received.load(Ordering::SeqCst), 2, "the abandoned request never reached the worker");
+    // Past the class's wait (1.5 s, under the lb's 30 s): 503.
+    open.store(false, Ordering::SeqCst);
+    let mut running = send_heavy(addr, "/report/4");
+    wait_until("the next heavy request reached the worker", || received.load(Ordering::SeqCst) == 3);
+    let r = send_heavy(addr, "/report/5").read_response(false);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("no tunnel became free for class heavy within 1.5s"), "{}", r.text());
+    open.store(true, Ordering::SeqCst);
+    assert_eq!(running.read_response(false).status, 200);
+    let q = heavy_queue(&settled_status(&lb, "nothing waits", |s| heavy_queue(s).waiting == 0));
+    assert_eq!((q.queued, q.shed_timeout, q.oldest_wait_ms), (3, 1, None), "{q:?}");
+}
+
+on_both_tunnel_kinds!(
+    a_class_limit_holds_across_cores_while_other_classes_go_ahead,
+    a_class_queue_sheds_past_its_bounds_and_forgets_clients_that_leave
+);
 
 /// A setup request declaring `classes`, raw, as a third-party worker sends it.
 fn setup_with_classes(lb: &ptth_lb::Lb, classes: &str) -> (u16, String) {

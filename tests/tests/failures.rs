@@ -115,7 +115,7 @@ fn queue_bounds_give_503(kind: InnerProtocol) {
     let r = get(lb.client_addr(), "/");
     assert_eq!(r.status, 503);
     assert!(r.header("retry-after").is_some());
-    assert!(r.text().contains("no tunnel became free"), "{}", r.text());
+    assert!(r.text().contains("no tunnel became free for class default within 200ms"), "{}", r.text());
     assert_eq!(first.join().unwrap().status, 200);
 
     let lb = start_lb(1, |c| c.profile.queue_max = 0);
@@ -125,7 +125,11 @@ fn queue_bounds_give_503(kind: InnerProtocol) {
     wait_until("the first request holds the tunnel", || lb.status().workers.first().is_some_and(|w| w.in_flight == 1));
     let r = get(lb.client_addr(), "/");
     assert_eq!(r.status, 503);
-    assert!(r.text().contains("too many requests are waiting"), "{}", r.text());
+    assert!(
+        r.text().contains("too many requests of class default are waiting for a tunnel (queue.max_waiting = 0 on this core)"),
+        "{}",
+        r.text()
+    );
     assert_eq!(first.join().unwrap().status, 200);
 }
 

@@ -47,16 +47,32 @@ impl Rig {
     /// Sends `raw` on a new connection; returns every byte until the lb closes.
     fn raw_exchange(&self, raw: &[u8]) -> Vec<u8> {
         let mut s = std::net::TcpStream::connect(self.lb.client_addr()).unwrap();
-        s.set_read_timeout(Some(STEP)).unwrap();
         s.write_all(raw).unwrap_or_else(|e| panic!("sending {:?}: {e}", String::from_utf8_lossy(&raw[..raw.len().min(60)])));
-        // Done sending: a lingering close ends at this FIN, not its deadline.
-        let _ = s.shutdown(std::net::Shutdown::Write);
+        // Done sending: a lingering close ends at this client's FIN, not at
+        // its deadline. The FIN goes once the answer starts (or the lb is
+        // silent a while, for a request only a FIN completes), not before:
+        // a request still waiting for a tunnel (one the last case broke is
+        // being redialed) would be taken for one whose client left.
+        s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        let mut half_closed = false;
+        let half_close = |s: &mut std::net::TcpStream, done: &mut bool| {
+            if !std::mem::replace(done, true) {
+                let _ = s.shutdown(std::net::Shutdown::Write);
+                s.set_read_timeout(Some(STEP)).unwrap();
+            }
+        };
         let mut got = Vec::new();
         let mut chunk = [0u8; 65536];
         loop {
             match s.read(&mut chunk) {
                 Ok(0) => return got,
-                Ok(n) => got.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    got.extend_from_slice(&chunk[..n]);
+                    half_close(&mut s, &mut half_closed);
+                }
+                Err(e) if !half_closed && matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    half_close(&mut s, &mut half_closed)
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
                 Err(e) => panic!("reading the answer to {:?}: {e}", String::from_utf8_lossy(&raw[..raw.len().min(60)])),

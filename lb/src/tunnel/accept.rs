@@ -69,7 +69,7 @@ fn authorize(cfg: &Config, req: &SetupRequest, peer: SocketAddr) -> Result<(), E
     }
     // A worker declares its classes; the operator's caps bound what it may
     // claim (nothing a worker says may exceed what it was granted).
-    cfg.classes.check(&req.meta.classes).map_err(Error::Forbidden)
+    cfg.classes.check(&req.meta.classes, cfg.profile.queue_wait).map_err(Error::Forbidden)
 }
 
 async fn reject(core: &Core, stream: &mut TcpStream, e: &Error, peer: SocketAddr, worker: Option<&str>) {
@@ -149,8 +149,11 @@ async fn setup(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
     if to == core.id {
         finish(core, stream, id, meta, setup).await;
     } else {
-        // No operation is in flight on the stream: the last read completed.
-        percore::send_to(&core.shared, to, CoreMsg::Tunnel { stream: percore::detach(stream), id, meta, setup });
+        match percore::detach(stream) {
+            Ok(stream) => percore::send_to(&core.shared, to, CoreMsg::Tunnel { stream, id, meta, setup }),
+            // The worker redials.
+            Err(_) => core.shared.placement.release(&id, to),
+        }
     }
 }
 
@@ -258,6 +261,11 @@ mod tests {
         assert!(refused(&heavy, &cfg).contains("class heavy: limit 50 is above this lb's cap of 10"));
         cfg.classes.max_limit = 50;
         assert!(authorize(&cfg, &heavy, lo).is_ok());
+        // A class may shorten the lb's queue wait, never lengthen it.
+        cfg.profile.queue_wait = std::time::Duration::from_millis(2000);
+        assert!(authorize(&cfg, &with(br#"heavy=("/r/");wait=2000;queue=10"#), lo).is_ok());
+        assert!(refused(&with(br#"heavy=("/r/");wait=2001"#), &cfg)
+            .contains("class heavy: wait=2001 ms is longer than this lb lets a request wait (queue.max_wait_ms = 2000)"));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::Error;
 use crate::stats::WorkerCoreStats;
+use crate::tunnel::class_queue::{ClassQueue, Registry};
 use crate::tunnel::permits::Permits;
 use crate::tunnel::Meta;
 
@@ -40,6 +41,9 @@ pub(crate) struct Placed {
     /// One per class of the tunnel's `Meta::classes`, in order: the shared
     /// counter of a class that declared a limit.
     pub(crate) class_permits: Vec<Option<Arc<Permits>>>,
+    /// One per class of the tunnel's `Meta::classes`, in order: its queue's
+    /// shared counts (by class name, over every worker declaring it).
+    pub(crate) class_queues: Vec<Arc<ClassQueue>>,
     pub(crate) stats: Arc<WorkerCoreStats>,
 }
 
@@ -48,6 +52,8 @@ pub(crate) struct Placement {
     cores: usize,
     workers: Mutex<HashMap<Arc<str>, WorkerEntry>>,
     peers: Arc<PeerCounts>,
+    /// Every request class's queue counts, by name.
+    pub(crate) classes: Registry,
 }
 
 /// Tunnels held per peer IP address and in all, against the operator's caps
@@ -88,7 +94,7 @@ impl Drop for PeerTicket {
 
 impl Placement {
     pub(crate) fn new(cores: usize) -> Placement {
-        Placement { cores, workers: Mutex::new(HashMap::new()), peers: Arc::default() }
+        Placement { cores, workers: Mutex::new(HashMap::new()), peers: Arc::default(), classes: Registry::new(cores) }
     }
 
     /// Counts one more tunnel from `ip`, or refuses it (429) past a cap.
@@ -134,10 +140,11 @@ impl Placement {
         // declares the class, whatever core it lands on.
         let class_permits =
             meta.classes.iter().map(|c| c.limit.map(|_| e.class_permits.entry(c.name.clone()).or_default().clone())).collect();
+        let class_queues = meta.classes.iter().map(|c| self.classes.get(&c.name)).collect();
         let min = *e.per_core.iter().min().unwrap_or(&0);
         let core = if e.per_core[here] == min { here } else { e.per_core.iter().position(|&n| n == min).unwrap_or(here) };
         e.per_core[core] += 1;
-        Ok(Placed { core, permits: e.permits.clone(), class_permits, stats: e.stats[core].clone() })
+        Ok(Placed { core, permits: e.permits.clone(), class_permits, class_queues, stats: e.stats[core].clone() })
     }
 
     /// A tunnel of `id` on `core` ended (or its setup failed after placement).

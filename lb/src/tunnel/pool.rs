@@ -21,6 +21,7 @@ use ptth_proto::rt::FastRng;
 
 use crate::inbox::{CoreMsg, Inbox};
 use crate::stats::{self, WorkerCoreStats};
+use crate::tunnel::class_queue::ClassQueue;
 use crate::tunnel::health::{self, Health, Verdict};
 use crate::tunnel::permits::{self, Permits};
 use crate::tunnel::placement::{PeerTicket, Placed, Placement};
@@ -158,6 +159,8 @@ struct LocalWorker {
     /// Per class of `meta.classes`: the cross-core counter of a class that
     /// declared a limit.
     class_permits: Vec<Option<Arc<Permits>>>,
+    /// Per class of `meta.classes`: its queue's shared counts.
+    class_queues: Vec<Arc<ClassQueue>>,
     stats: Arc<WorkerCoreStats>,
     health: Health,
 }
@@ -173,6 +176,11 @@ impl LocalWorker {
     fn has_room(&self) -> bool {
         !self.idle.is_empty() || self.h2.iter().any(|t| t.may_have_room())
     }
+}
+
+/// Milliseconds since the Unix epoch (as `/status` shows times).
+fn epoch_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Outcome of [`Pool::try_pick`]. Not boxed: it lives for one call and the
@@ -212,12 +220,35 @@ pub(crate) struct Pool {
     reserved: Vec<Reservation>,
     route_hold: Duration,
     health: health::Policy,
+    /// The queue of requests no declared class matches.
+    default_queue: Arc<ClassQueue>,
+    /// Classes whose oldest waiter this core last published (the sweep
+    /// clears those it no longer holds).
+    published_oldest: Vec<Arc<ClassQueue>>,
+}
+
+/// A request now waiting in this core's queue.
+pub(crate) struct Queued {
+    pub(crate) waiter: Rc<Waiter<Lease>>,
+    /// How long it may wait: its class's `wait`, at most `queue.max_wait_ms`.
+    pub(crate) wait: Duration,
+}
+
+/// Why a request could not wait: 503.
+#[derive(Debug)]
+pub(crate) enum Shed {
+    /// Its class already has as many waiting as it declared (`queue=`), over all cores.
+    ClassFull { class: Arc<ClassQueue>, bound: u32 },
+    /// This core's queue is at `queue.max_waiting`.
+    CoreFull { class: Arc<ClassQueue>, max: usize },
 }
 
 impl Pool {
     pub(crate) fn new(core: usize, placement: Arc<Placement>, inboxes: Arc<[Inbox]>) -> Pool {
         Pool {
             core,
+            default_queue: placement.classes.get(ptth_proto::setup::DEFAULT_CLASS),
+            published_oldest: Vec::new(),
             placement,
             inboxes,
             workers: Vec::new(),
@@ -250,9 +281,7 @@ impl Pool {
         };
         if let Some(d) = w.health.record(v, now, &p) {
             stats::add(&w.stats.ejections, 1);
-            let until = std::time::SystemTime::now() + d;
-            let ms = until.duration_since(std::time::UNIX_EPOCH).map_or(0, |t| t.as_millis() as u64);
-            stats::set_u64(&w.stats.ejected_until_ms, ms);
+            stats::set_u64(&w.stats.ejected_until_ms, epoch_ms(std::time::SystemTime::now() + d));
             tracing::warn!(worker = %w.name, core = self.core, for_ms = d.as_millis() as u64, "worker ejected after {} failed attempts in a row; last: {why}", p.consecutive_failures);
         }
     }
@@ -289,13 +318,14 @@ impl Pool {
 
     /// The worker entry for a new tunnel, created if needed; counts the tunnel.
     fn slot_for(&mut self, id: Arc<str>, meta: Arc<Meta>, placed: Placed) -> usize {
-        let Placed { permits, class_permits, stats: wstats, .. } = placed;
+        let Placed { permits, class_permits, class_queues, stats: wstats, .. } = placed;
         let slot = match self.workers.iter().position(|w| w.as_ref().is_some_and(|w| w.id == id && w.meta == meta)) {
             Some(s) => {
                 if let Some(w) = self.workers[s].as_mut().filter(|w| w.tunnels == 0) {
                     // Back within the grace: the placement entry may be new.
                     w.permits = permits;
                     w.class_permits = class_permits;
+                    w.class_queues = class_queues;
                     w.stats = wstats;
                 }
                 s
@@ -313,6 +343,7 @@ impl Pool {
                     in_flight: 0,
                     permits,
                     class_permits,
+                    class_queues,
                     stats: wstats,
                     health: Health::default(),
                 };
@@ -619,11 +650,14 @@ impl Pool {
         self.queue = queue;
     }
 
-    /// Puts a request in this core's wait queue (bounded by `max`), at the
-    /// urgency of its class on the workers that serve it (the most urgent of
-    /// them), lowered to `client_urgency` if the client asked for less
-    /// (RFC 9218 `Priority`: a client may lower its request's priority,
-    /// never raise it above its class's).
+    /// Puts a request in this core's wait queue, in its class's queue, at
+    /// the urgency of its class on the workers that serve it, lowered to
+    /// `client_urgency` if the client asked for less (RFC 9218 `Priority`: a
+    /// client may lower its request's priority, never raise it above its
+    /// class's). Where those workers put the request in different classes,
+    /// the most urgent class decides (urgency, `queue`, `wait`). Bounded by
+    /// the class's `queue` over all cores and by `max` on this core; waits at
+    /// most the class's `wait`, and never longer than `max_wait`.
     pub(crate) fn enqueue(
         &mut self,
         host: &[u8],
@@ -631,17 +665,66 @@ impl Pool {
         method: &[u8],
         client_urgency: Option<u8>,
         max: usize,
-    ) -> Result<Rc<Waiter<Lease>>, Full> {
+        max_wait: Duration,
+    ) -> Result<Queued, Shed> {
         Self::candidates(&self.workers, &mut self.cand, host, path);
-        let class_urgency = self
-            .cand
-            .iter()
-            .filter_map(|&i| self.workers[i].as_ref())
-            .map(|w| w.meta.urgency(w.meta.class_of(method, path)))
-            .min()
-            .unwrap_or(ptth_proto::setup::DEFAULT_URGENCY);
-        let urgency = class_urgency.max(client_urgency.unwrap_or(0));
-        self.queue.enqueue(&Want { host, path, method, urgency }, max)
+        let mut best: Option<(u8, &LocalWorker, Option<usize>)> = None;
+        for w in self.cand.iter().filter_map(|&i| self.workers[i].as_ref()) {
+            let class = w.meta.class_of(method, path);
+            let u = w.meta.urgency(class);
+            if best.is_none_or(|(b, _, _)| u < b) {
+                best = Some((u, w, class));
+            }
+        }
+        let (urgency, decl, class) = match best {
+            Some((u, w, Some(i))) => (u, Some(&w.meta.classes[i]), w.class_queues.get(i).unwrap_or(&self.default_queue).clone()),
+            Some((u, _, None)) => (u, None, self.default_queue.clone()),
+            None => (ptth_proto::setup::DEFAULT_URGENCY, None, self.default_queue.clone()),
+        };
+        let here = class.core(self.core);
+        let bound = decl.and_then(|d| d.queue);
+        let Some(ticket) = class.try_enter(bound) else {
+            stats::add(&here.shed_full, 1);
+            return Err(Shed::ClassFull { class, bound: bound.unwrap_or(0) });
+        };
+        let wait = decl.and_then(|d| d.wait_ms).map_or(max_wait, |ms| Duration::from_millis(ms.into()).min(max_wait));
+        let urgency = urgency.max(client_urgency.unwrap_or(0));
+        match self.queue.enqueue(&Want { host, path, method, urgency }, max, Some(ticket)) {
+            Ok(waiter) => {
+                stats::add(&here.queued, 1);
+                if stats::get(&here.oldest_since_ms) == 0 {
+                    stats::set_u64(&here.oldest_since_ms, epoch_ms(std::time::SystemTime::now()));
+                    self.published_oldest.push(class);
+                }
+                Ok(Queued { waiter, wait })
+            }
+            Err(Full) => {
+                stats::add(&here.shed_full, 1);
+                Err(Shed::CoreFull { class, max })
+            }
+        }
+    }
+
+    /// Publishes, per class, when this core's oldest waiter started waiting
+    /// (for `/status`); classes with none here now read 0.
+    fn publish_oldest(&mut self) {
+        let now = (Instant::now(), std::time::SystemTime::now());
+        let mut oldest: Vec<(Arc<ClassQueue>, Instant)> = Vec::new();
+        self.queue.each(|w| {
+            let Some(q) = w.ticket.as_ref().map(|t| t.class()) else { return };
+            match oldest.iter_mut().find(|(c, _)| Arc::ptr_eq(c, q)) {
+                Some((_, since)) => *since = (*since).min(w.since),
+                None => oldest.push((q.clone(), w.since)),
+            }
+        });
+        for q in self.published_oldest.drain(..) {
+            stats::set_u64(&q.core(self.core).oldest_since_ms, 0);
+        }
+        for (q, since) in oldest {
+            let at = now.1.checked_sub(now.0.saturating_duration_since(since)).unwrap_or(now.1);
+            stats::set_u64(&q.core(self.core).oldest_since_ms, epoch_ms(at).max(1));
+            self.published_oldest.push(q);
+        }
     }
 
     /// A wait ended, however: the waiter leaves the queue, and a lease handed
@@ -716,6 +799,7 @@ impl Pool {
     /// counting them. Tunnels idle for less than `min_idle` are left alone.
     pub(crate) fn sweep(&mut self, min_idle: Duration) {
         self.expire_empty();
+        self.publish_oldest();
         let now = Instant::now();
         let mut dead = Vec::new();
         for (slot, w) in self.workers.iter_mut().enumerate() {
@@ -843,7 +927,11 @@ mod tests {
         }
 
         fn enqueue(&mut self, method: &str, path: &str, client_urgency: Option<u8>) -> Rc<Waiter<Lease>> {
-            self.pool.enqueue(b"h", path.as_bytes(), method.as_bytes(), client_urgency, 8).unwrap()
+            self.try_enqueue(method, path, client_urgency).unwrap().waiter
+        }
+
+        fn try_enqueue(&mut self, method: &str, path: &str, client_urgency: Option<u8>) -> Result<Queued, Shed> {
+            self.pool.enqueue(b"h", path.as_bytes(), method.as_bytes(), client_urgency, 8, Duration::from_secs(5))
         }
 
         fn in_flight(&self, i: usize) -> u32 {
@@ -980,6 +1068,43 @@ mod tests {
                 r.pool.release(l, true);
             }
             assert_eq!(r.in_flight(0), 0);
+        });
+    }
+
+    #[test]
+    fn a_class_queue_is_bounded_and_waits_as_declared() {
+        on_runtime(|| {
+            let mut r = rig();
+            let classes = br#"heavy=("POST /report/");u=6;limit=1;queue=2;wait=800, default;queue=0"#;
+            r.tunnel_with("w", &[], classes);
+            r.tunnel_with("w", &[], classes);
+            let Pick::Got(running) = r.pick_m("POST", "/report/0") else { panic!("the first heavy request runs") };
+            // Two may wait, over all cores; the third is shed.
+            let a = r.try_enqueue("POST", "/report/1", None).unwrap();
+            assert_eq!(a.wait, Duration::from_millis(800), "the class's wait, under queue.max_wait_ms");
+            let b = r.try_enqueue("POST", "/report/2", None).unwrap();
+            assert!(matches!(r.try_enqueue("POST", "/report/3", None), Err(Shed::ClassFull { bound: 2, .. })));
+            // queue=0 on the default class: its requests never wait.
+            assert!(matches!(r.try_enqueue("GET", "/x", None), Err(Shed::ClassFull { bound: 0, ref class }) if &*class.name == "default"));
+            let heavy = r.placement.classes.get("heavy");
+            let t = heavy.totals();
+            assert_eq!((t.waiting, t.queued, t.shed_full), (2, 2, 1));
+            // A place freed (this waiter left) lets the next one in.
+            r.pool.leave_queue(&a.waiter);
+            drop(a);
+            assert_eq!(heavy.waiting(), 1);
+            let c = r.try_enqueue("POST", "/report/3", None).unwrap();
+            // The oldest waiter's start is published at the sweep.
+            r.pool.sweep(Duration::from_secs(60));
+            assert!(heavy.totals().oldest_since_ms.is_some());
+            r.pool.release(running, true);
+            assert!(handed(&b.waiter).is_some_and(|l| l.is_some()), "the freed permit goes to the oldest waiter");
+            for q in [b, c] {
+                r.pool.leave_queue(&q.waiter);
+            }
+            assert_eq!(heavy.waiting(), 0);
+            r.pool.sweep(Duration::from_secs(60));
+            assert_eq!(heavy.totals().oldest_since_ms, None, "nobody waits here now");
         });
     }
 

@@ -16,6 +16,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use crate::tunnel::class_queue::Ticket;
 
 /// A request waiting for room on its route.
 pub(crate) struct Waiter<T> {
@@ -25,6 +28,10 @@ pub(crate) struct Waiter<T> {
     pub(crate) method: Box<[u8]>,
     /// RFC 9218 urgency, 0 (most urgent) to 7: its queue level.
     pub(crate) urgency: u8,
+    /// When it started waiting.
+    pub(crate) since: Instant,
+    /// Its place in its class's queue, given back when the waiter goes.
+    pub(crate) ticket: Option<Ticket>,
     got: RefCell<Option<T>>,
     /// No worker serves the route any more: stop waiting.
     no_route: Cell<bool>,
@@ -111,8 +118,9 @@ impl<T> WaitQueue<T> {
         self.len == 0
     }
 
-    /// Adds a waiter at the back of its urgency level, unless `max` already wait.
-    pub(crate) fn enqueue(&mut self, want: &Want<'_>, max: usize) -> Result<Rc<Waiter<T>>, Full> {
+    /// Adds a waiter at the back of its urgency level, unless `max` already
+    /// wait (its `ticket` is then given back).
+    pub(crate) fn enqueue(&mut self, want: &Want<'_>, max: usize, ticket: Option<Ticket>) -> Result<Rc<Waiter<T>>, Full> {
         if self.len >= max {
             return Err(Full);
         }
@@ -121,6 +129,8 @@ impl<T> WaitQueue<T> {
             path: want.path.into(),
             method: want.method.into(),
             urgency: want.urgency.min(LEVELS as u8 - 1),
+            since: Instant::now(),
+            ticket,
             got: RefCell::new(None),
             no_route: Cell::new(false),
             waker: RefCell::new(None),
@@ -140,6 +150,11 @@ impl<T> WaitQueue<T> {
             self.len -= 1;
         }
         w.got.borrow_mut().take()
+    }
+
+    /// Every waiter, most urgent first.
+    pub(crate) fn each(&self, f: impl FnMut(&Waiter<T>)) {
+        self.levels.iter().flatten().map(|w| &**w).for_each(f);
     }
 
     /// Room freed: offers it to each waiter in priority order (most urgent
@@ -217,9 +232,9 @@ mod tests {
     fn fifo_bounded_and_woken() {
         let mut q = WaitQueue::<u32>::default();
         let wakes = Arc::new(Count(AtomicUsize::new(0)));
-        let a = q.enqueue(&want(b"/a", 3), 2).unwrap();
-        let b = q.enqueue(&want(b"/b", 3), 2).unwrap();
-        assert_eq!(q.enqueue(&want(b"/c", 0), 2).err(), Some(Full), "the bound is on all levels together");
+        let a = q.enqueue(&want(b"/a", 3), 2, None).unwrap();
+        let b = q.enqueue(&want(b"/b", 3), 2, None).unwrap();
+        assert_eq!(q.enqueue(&want(b"/c", 0), 2, None).err(), Some(Full), "the bound is on all levels together");
         assert_eq!(poll(&a, &wakes), Poll::Pending);
         assert_eq!(poll(&b, &wakes), Poll::Pending);
         // A slot that serves both goes to the oldest.
@@ -234,7 +249,7 @@ mod tests {
     fn strict_priority_between_levels_fifo_within() {
         let mut q = WaitQueue::<u32>::default();
         let order = [(b"/l1".as_slice(), 5), (b"/u1", 1), (b"/l2", 5), (b"/d1", 3), (b"/u2", 1), (b"/any", 9)];
-        let ws: Vec<_> = order.iter().map(|&(p, u)| q.enqueue(&want(p, u), 16).unwrap()).collect();
+        let ws: Vec<_> = order.iter().map(|&(p, u)| q.enqueue(&want(p, u), 16, None).unwrap()).collect();
         assert_eq!(ws[5].urgency, 7, "past 7 is the least urgent level");
         let mut served = Vec::new();
         while q.offer(|w| {
@@ -248,8 +263,8 @@ mod tests {
     #[test]
     fn offer_skips_waiters_the_slot_cannot_serve() {
         let mut q = WaitQueue::<u32>::default();
-        let a = q.enqueue(&want(b"/a", 0), 8).unwrap();
-        let b = q.enqueue(&want(b"/b", 7), 8).unwrap();
+        let a = q.enqueue(&want(b"/a", 0), 8, None).unwrap();
+        let b = q.enqueue(&want(b"/b", 7), 8, None).unwrap();
         // The most urgent waiter cannot use this room (its class is at its
         // limit, or another route): the next one can, and gets it.
         assert!(q.offer(|w| (&*w.path == b"/b").then_some(1)));
@@ -257,7 +272,7 @@ mod tests {
         assert_eq!(q.cancel(&a), None, "/a still had nothing");
         assert_eq!(q.len(), 0);
         // No waiter it can serve: nobody is chosen.
-        let _c = q.enqueue(&want(b"/c", 3), 8).unwrap();
+        let _c = q.enqueue(&want(b"/c", 3), 8, None).unwrap();
         assert!(!q.offer(|_| None));
         assert_eq!(q.len(), 1);
     }
@@ -265,7 +280,7 @@ mod tests {
     #[test]
     fn cancel_returns_what_arrived_at_the_last_moment() {
         let mut q = WaitQueue::<u32>::default();
-        let a = q.enqueue(&want(b"/", 2), 8).unwrap();
+        let a = q.enqueue(&want(b"/", 2), 8, None).unwrap();
         assert!(q.offer(|_| Some(9)));
         // The client went away before its task ran: the lease comes back.
         assert_eq!(q.cancel(&a), Some(9));
@@ -277,9 +292,9 @@ mod tests {
     fn reroute_gives_room_or_ends_the_wait() {
         let mut q = WaitQueue::<u32>::default();
         let wakes = Arc::new(Count(AtomicUsize::new(0)));
-        let a = q.enqueue(&want(b"/gone", 3), 8).unwrap();
-        let b = q.enqueue(&want(b"/moved", 0), 8).unwrap();
-        let c = q.enqueue(&want(b"/busy", 3), 8).unwrap();
+        let a = q.enqueue(&want(b"/gone", 3), 8, None).unwrap();
+        let b = q.enqueue(&want(b"/moved", 0), 8, None).unwrap();
+        let c = q.enqueue(&want(b"/busy", 3), 8, None).unwrap();
         for w in [&a, &b, &c] {
             assert_eq!(poll(w, &wakes), Poll::Pending);
         }

@@ -115,22 +115,57 @@ impl ReadBuf {
 /// a HEAD, 204 or 304, a rogue worker's unsolicited response) would otherwise
 /// be read as the next request's response and served to another client, so
 /// the lb checks every idle tunnel and the sidecar every idle origin
-/// connection before reuse. A non-blocking `MSG_PEEK`: one syscall, no data
-/// consumed.
-#[allow(unsafe_code)]
+/// connection before reuse.
 pub fn idle_conn_unusable(s: &impl std::os::fd::AsRawFd) -> bool {
+    peer_state(s) != PeerState::Quiet
+}
+
+/// What a peer left in a socket, seen without taking anything from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerState {
+    /// Nothing to read, and still open.
+    Quiet,
+    /// Bytes wait to be read.
+    Data,
+    /// The peer closed or reset the connection.
+    Closed,
+}
+
+/// A non-blocking `MSG_PEEK` of one byte: one syscall, no data consumed.
+#[allow(unsafe_code)]
+pub fn peer_state(s: &impl std::os::fd::AsRawFd) -> PeerState {
     let mut byte = [0u8; 1];
     // SAFETY: the fd belongs to `s`, which is borrowed for the whole call, so
     // it stays open; `byte` is a live one-byte buffer and we pass its length.
     // MSG_PEEK leaves data in the socket; MSG_DONTWAIT keeps the call from
     // blocking even though io_uring-accepted sockets are in blocking mode.
     let n = unsafe { libc::recv(s.as_raw_fd(), byte.as_mut_ptr().cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        return !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted);
+    match n {
+        0 => PeerState::Closed,
+        n if n > 0 => PeerState::Data,
+        _ => match io::Error::last_os_error().kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => PeerState::Quiet,
+            _ => PeerState::Closed,
+        },
     }
-    // 0: the peer closed; > 0: unsolicited bytes.
-    true
+}
+
+/// Resolves when the peer of an otherwise idle connection closes or resets
+/// it (io_uring poll, no data taken). Bytes from the peer mean it is still
+/// there: from then on this never resolves (it cannot see a close behind
+/// data it must not consume).
+pub async fn peer_gone(s: &monoio::net::TcpStream) {
+    loop {
+        // Not relaxed: the legacy driver confirms readiness with poll(2).
+        if s.readable(false).await.is_err() {
+            return;
+        }
+        match peer_state(s) {
+            PeerState::Closed => return,
+            PeerState::Data => return std::future::pending().await,
+            PeerState::Quiet => {}
+        }
+    }
 }
 
 /// Writes all of `buf` within `deadline`; hands the buffer back for reuse
