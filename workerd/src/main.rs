@@ -28,7 +28,7 @@ const USAGE: &str = "usage: ptth-workerd --lb ADDR [--lb ADDR]... (--origin URL 
   --max-concurrency N    requests at once across all tunnels and lb cores
   --weight N             relative share of requests, 1..1000 (default 1)
   --class DECL           a request class (repeat), as in Tunnel-Classes (docs/PROTOCOL.md):
-                         'heavy=(\"POST /report/\");u=6;limit=4' or 'default;u=3'
+                         'heavy=(\"POST /report/\");u=6;limit=4;queue=100;wait=2000' or 'default;u=3'
   --inner LIST           inner protocols to offer, in order (default h2,http/1.1)
   --max-streams N        concurrent streams per h2 tunnel (default 256)
   --stream-window BYTES  h2 stream flow-control window (default 1048576)
