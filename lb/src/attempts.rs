@@ -66,7 +66,8 @@ pub(crate) async fn serve<G: std::future::Future<Output = ()>>(
         // The lease goes back to the pool however the attempt ends, this
         // future being dropped (client reset, core killed) included.
         let mut held = Held { core, lease: Some(lease) };
-        let x = Ctx { core, worker: &worker, is_head: req.is_head };
+        let x = Ctx { core, worker: &worker, is_head: req.is_head, head_at: std::cell::Cell::new(None) };
+        let sent_at = std::time::Instant::now();
         // The attempt's state (the exchange and its duplex, about 4.8 KB)
         // stays inline here: an HTTP/1.1 connection builds it in place once
         // per request, and a heap block would cost an allocation on top of
@@ -84,6 +85,9 @@ pub(crate) async fn serve<G: std::future::Future<Output = ()>>(
                 match done.status {
                     502..=504 => pool.judge(slot, Verdict::Failed, &format_args!("it answered {}", done.status)),
                     _ => pool.judge(slot, Verdict::Ok, &""),
+                }
+                if let Some(at) = x.head_at.get() {
+                    pool.observe_latency(slot, at.saturating_duration_since(sent_at));
                 }
                 pool.release(lease, done.reusable);
                 drop(pool);

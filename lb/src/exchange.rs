@@ -35,6 +35,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) worker: &'a str,
     /// The request is a HEAD: its response has no body whatever it says.
     pub(crate) is_head: bool,
+    /// When the worker's response head arrived (for selection's latency).
+    pub(crate) head_at: Cell<Option<Instant>>,
 }
 
 impl Ctx<'_> {
@@ -269,6 +271,7 @@ async fn download<W: AsyncWriteRent>(
     let (status, reusable, start, mut src) = match reader {
         UpReader::H1 { r, rb, head } => {
             h1_head(x, r, rb, head, resp, started).await?;
+            x.head_at.set(Some(Instant::now()));
             let framing = head.framing();
             if setup::says_unprocessed(head.status, || head.field(rb.data(), setup::FIELD_UNPROCESSED)) {
                 // Its short answer is read whole when it is already here, so
@@ -298,6 +301,7 @@ async fn download<W: AsyncWriteRent>(
                 Ok(Err(e)) => return Err(stream_failed(x, e)),
                 Err(_) => return Err(x.timed_out()),
             };
+            x.head_at.set(Some(Instant::now()));
             let (parts, body) = response.into_parts();
             let status = parts.status.as_u16();
             if setup::says_unprocessed(status, || parts.headers.get(setup::FIELD_UNPROCESSED).map(|v| v.as_bytes())) {

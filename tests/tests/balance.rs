@@ -61,6 +61,41 @@ fn three_workers_share_evenly() {
     }
 }
 
+/// Takes `delay` for each request, then answers with its own name.
+#[derive(Clone)]
+struct Slow(String, std::time::Duration);
+
+impl Handler for Slow {
+    async fn handle(&self, ex: &mut Exchange<'_>) -> Result<(), ptth_workerd::Error> {
+        monoio::time::sleep(self.1).await;
+        ex.respond(200, &[], self.0.as_bytes()).await
+    }
+}
+
+/// A worker 10 times slower than another gets proportionally less: the fast
+/// one takes at least 80 % of the requests, at low and at higher
+/// concurrency (selection weighs in-flight requests by each worker's recent
+/// response time, and breaks idle ties toward the clearly faster one).
+#[test]
+fn a_slow_worker_gets_proportionally_less() {
+    use std::time::Duration;
+    for conns in [1, 8] {
+        let lb = start_lb(1, |_| {});
+        let worker = |id: &str, delay| {
+            let mut cfg = worker_config(&lb, id, 8);
+            cfg.tunnels_per_core = 8;
+            let name = id.to_string();
+            start_worker(cfg, move || Slow(name.clone(), delay))
+        };
+        let _slow = worker("slow", Duration::from_millis(20));
+        let _fast = worker("fast", Duration::from_millis(2));
+        let n = 200 * conns.min(2);
+        let counts = tally(lb.client_addr(), conns, n, "t", "/");
+        let fast = counts.get("fast").copied().unwrap_or(0);
+        assert!(fast * 100 >= n * 80, "{conns} connections: fast got {fast} of {n}: {counts:?}");
+    }
+}
+
 #[test]
 fn weights_bias_the_share() {
     let lb = start_lb(1, |_| {});

@@ -27,7 +27,7 @@ use crate::tunnel::permits::{self, Permits};
 use crate::tunnel::placement::{PeerTicket, Placed, Placement};
 use crate::tunnel::queue::{Full, Reroute, WaitQueue, Waiter, Want};
 use crate::tunnel::routes;
-use crate::tunnel::select::{power_of_two, Choice};
+use crate::tunnel::select::{power_of_two, Choice, Latency};
 use crate::tunnel::Meta;
 
 /// An established HTTP/1.1 tunnel with its reusable buffers.
@@ -163,6 +163,8 @@ struct LocalWorker {
     class_queues: Vec<Arc<ClassQueue>>,
     stats: Arc<WorkerCoreStats>,
     health: Health,
+    /// Its recent time to a response head, as this core saw it.
+    latency: Latency,
 }
 
 impl LocalWorker {
@@ -286,6 +288,14 @@ impl Pool {
         }
     }
 
+    /// How long worker `slot` took to start answering a request (for
+    /// selection: a slower worker gets proportionally less).
+    pub(crate) fn observe_latency(&mut self, slot: usize, took: Duration) {
+        if let Some(w) = self.workers[slot].as_mut() {
+            w.latency.observe(took);
+        }
+    }
+
     /// Prefixes the operator reserved (any host), and how long a departed
     /// worker's prefixes stay reserved.
     pub(crate) fn with_reserved(mut self, prefixes: &[String], hold: Duration) -> Pool {
@@ -346,6 +356,7 @@ impl Pool {
                     class_queues,
                     stats: wstats,
                     health: Health::default(),
+                    latency: Latency::default(),
                 };
                 match self.workers.iter().position(Option::is_none) {
                     Some(s) => {
@@ -482,7 +493,7 @@ impl Pool {
             self.choices.clear();
             for &i in &self.avail {
                 let w = self.workers[i].as_ref().expect("candidate exists");
-                self.choices.push(Choice { weight: w.meta.weight, in_flight: w.in_flight });
+                self.choices.push(Choice { weight: w.meta.weight, in_flight: w.in_flight, latency_us: w.latency.micros() });
             }
             let Some(pick) = power_of_two(&self.choices, &mut self.rng) else { break };
             let slot = self.avail[pick];

@@ -1,9 +1,12 @@
 //! Choosing which worker takes a request, among those that serve its route
-//! and have room: weighted power of two choices (Mitzenmacher). Two
-//! candidates are drawn in proportion to their weight; the one with fewer
-//! requests in flight per unit of weight wins, ties to the first draw. Idle
-//! workers thus share requests by weight, loaded ones by load, and a worker
-//! that slows down (its in-flight count grows) gets proportionally less.
+//! and have room: weighted power of two choices (Mitzenmacher), aware of
+//! latency. Two candidates are drawn in proportion to their weight; the one
+//! whose requests in flight, times its recent response time, per unit of
+//! weight is lower wins. When that ties (both idle), a candidate clearly
+//! faster than the other (under a quarter of its response time) wins; otherwise the
+//! first draw does. So idle, equally fast workers share requests by weight,
+//! loaded ones by load, and a worker that slows down gets proportionally
+//! less, even at low concurrency where in-flight counts alone mostly tie.
 //!
 //! Plain data: the pool builds the [`Choice`]s and obeys the answer; the
 //! tests below check the distribution without sockets.
@@ -17,12 +20,18 @@ pub(crate) struct Choice {
     pub(crate) weight: u32,
     /// Requests in flight on the worker (this core's count).
     pub(crate) in_flight: u32,
+    /// Its recent time to a response head, microseconds (a moving average,
+    /// [`Latency`]); 0 while unknown.
+    pub(crate) latency_us: u32,
 }
 
 impl Choice {
-    /// In-flight requests per unit of weight, scaled to stay integral.
-    fn load(self) -> u64 {
-        u64::from(self.in_flight) * 1_000_000 / u64::from(self.weight.max(1))
+    /// In-flight requests times response time per unit of weight. An
+    /// unknown latency counts as `known` (the other's), so a new worker is
+    /// neither shunned nor flooded.
+    fn load(self, known: u32) -> u64 {
+        let lat = if self.latency_us == 0 { known } else { self.latency_us };
+        u64::from(self.in_flight) * u64::from(lat.max(1)) * 1_000 / u64::from(self.weight.max(1))
     }
 }
 
@@ -31,7 +40,11 @@ impl Choice {
 pub(crate) fn power_of_two(choices: &[Choice], rng: &mut FastRng) -> Option<usize> {
     let a = draw(choices, None, rng)?;
     let Some(b) = draw(choices, Some(a), rng) else { return Some(a) };
-    Some(if choices[b].load() < choices[a].load() { b } else { a })
+    let (ca, cb) = (choices[a], choices[b]);
+    let known = |c: Choice, other: Choice| if c.latency_us == 0 { other.latency_us } else { c.latency_us };
+    let (la, lb) = (ca.load(known(ca, cb)), cb.load(known(cb, ca)));
+    let b_clearly_faster = cb.latency_us != 0 && ca.latency_us != 0 && u64::from(cb.latency_us) * 4 < u64::from(ca.latency_us);
+    Some(if lb < la || (lb == la && b_clearly_faster) { b } else { a })
 }
 
 /// An index drawn in proportion to weight, other than `not`.
@@ -52,6 +65,22 @@ fn draw(choices: &[Choice], not: Option<usize>, rng: &mut FastRng) -> Option<usi
     None
 }
 
+/// A worker's recent time to a response head on one core: an exponentially
+/// weighted moving average (each sample counts 1/5), in microseconds.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Latency(u32);
+
+impl Latency {
+    pub(crate) fn observe(&mut self, took: std::time::Duration) {
+        let sample = u32::try_from(took.as_micros()).unwrap_or(u32::MAX).max(1);
+        self.0 = if self.0 == 0 { sample } else { ((u64::from(self.0) * 4 + u64::from(sample)) / 5) as u32 };
+    }
+
+    pub(crate) fn micros(self) -> u32 {
+        self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,7 +96,7 @@ mod tests {
 
     #[test]
     fn idle_workers_share_by_weight() {
-        let idle = |weight| Choice { weight, in_flight: 0 };
+        let idle = |weight| Choice { weight, in_flight: 0, latency_us: 0 };
         let s = shares(&[idle(1), idle(3)], 100_000);
         assert!((s[0] - 0.25).abs() < 0.02 && (s[1] - 0.75).abs() < 0.02, "{s:?}");
         let s = shares(&[idle(1), idle(1), idle(2)], 100_000);
@@ -78,17 +107,51 @@ mod tests {
     fn a_loaded_worker_gets_less() {
         // Equal weights, one with requests piling up: it wins only when it
         // is drawn twice, which two distinct draws never do.
-        let s = shares(&[Choice { weight: 1, in_flight: 8 }, Choice { weight: 1, in_flight: 0 }], 10_000);
+        let c = |weight, in_flight| Choice { weight, in_flight, latency_us: 0 };
+        let s = shares(&[c(1, 8), c(1, 0)], 10_000);
         assert_eq!(s[0], 0.0, "{s:?}");
         // Load is per unit of weight: 4 in flight at weight 4 equals 1 at weight 1.
-        let s = shares(&[Choice { weight: 4, in_flight: 4 }, Choice { weight: 1, in_flight: 2 }], 10_000);
+        let s = shares(&[c(4, 4), c(1, 2)], 10_000);
         assert_eq!(s[1], 0.0, "{s:?}");
+    }
+
+    #[test]
+    fn a_slow_worker_gets_less_even_when_idle() {
+        let c = |in_flight, latency_us| Choice { weight: 1, in_flight, latency_us };
+        // Both idle: the clearly faster one wins every pair.
+        let s = shares(&[c(0, 10_000), c(0, 1_000)], 10_000);
+        assert_eq!(s[0], 0.0, "{s:?}");
+        // Within 4x of each other (the jitter of equally fast workers): shared
+        // as if equal.
+        let s = shares(&[c(0, 3_500), c(0, 1_000)], 100_000);
+        assert!((s[0] - 0.5).abs() < 0.02, "{s:?}");
+        // Loaded: in flight times latency. 1 request on a 10x slower worker
+        // weighs more than 5 on the fast one.
+        let s = shares(&[c(1, 10_000), c(5, 1_000)], 10_000);
+        assert_eq!(s[0], 0.0, "{s:?}");
+        let s = shares(&[c(1, 10_000), c(11, 1_000)], 10_000);
+        assert_eq!(s[1], 0.0, "{s:?}");
+        // Unknown latency: judged by in-flight counts alone.
+        let s = shares(&[c(2, 0), c(1, 5_000)], 10_000);
+        assert_eq!(s[0], 0.0, "{s:?}");
+    }
+
+    #[test]
+    fn latency_is_a_moving_average() {
+        let mut l = Latency::default();
+        assert_eq!(l.micros(), 0, "unknown until a sample");
+        l.observe(std::time::Duration::from_millis(10));
+        assert_eq!(l.micros(), 10_000);
+        for _ in 0..30 {
+            l.observe(std::time::Duration::from_millis(1));
+        }
+        assert!((1_000..1_010).contains(&l.micros()), "{}", l.micros());
     }
 
     #[test]
     fn one_or_none() {
         let mut rng = FastRng::seeded(1);
         assert_eq!(power_of_two(&[], &mut rng), None);
-        assert_eq!(power_of_two(&[Choice { weight: 5, in_flight: 100 }], &mut rng), Some(0));
+        assert_eq!(power_of_two(&[Choice { weight: 5, in_flight: 100, latency_us: 0 }], &mut rng), Some(0));
     }
 }
