@@ -14,17 +14,22 @@
 //! the processes and their threads). Rounds are interleaved so drift on a
 //! noisy host hits every target alike; the medians are compared.
 
+mod loadgen;
+mod mixed;
+mod origin;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: ptth-bench h1-wrk|h2-h2load [--duration SECS] [--connections N] [--streams N] [--threads N] [--rounds N]
+const USAGE: &str = "usage: ptth-bench h1-wrk|h2-h2load|mixed [--duration SECS] [--connections N] [--streams N] [--threads N] [--rounds N]
                      [--tunnels-per-core N] [--h2-tunnels-per-core N] [--workerd-threads N] [--lb-cores N] [--only ptth,ptth-h1,nginx,haproxy]
                      [--baseline DIR --baseline-label REV] [--out DIR]
 Run from the repository root after `cargo build --release` (bench/run.sh does both).
 --baseline DIR adds ptth@base and ptth-h1@base: the same setups with DIR/ptth-lb and
-DIR/ptth-workerd (another commit's binaries), interleaved in the same rounds.";
+DIR/ptth-workerd (another commit's binaries), interleaved in the same rounds.
+`ptth-bench mixed --help`: the heavy-flood scenario's own flags.";
 
 /// What drives the load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,8 +91,8 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             o.scenario = Scenario::H2Load;
             o.connections = 8;
         }
-        Some(other) => return Err(format!("unknown scenario {other:?}; available: h1-wrk, h2-h2load")),
-        None => return Err("name a scenario: h1-wrk or h2-h2load".into()),
+        Some(other) => return Err(format!("unknown scenario {other:?}; available: h1-wrk, h2-h2load, mixed")),
+        None => return Err("name a scenario: h1-wrk, h2-h2load or mixed".into()),
     }
     while let Some(flag) = it.next() {
         let v = it.next().ok_or_else(|| format!("{flag}: missing value"))?;
@@ -129,16 +134,16 @@ fn parse(args: &[String]) -> Result<Opts, String> {
 /// Ports used on 127.0.0.1. Fixed because the external servers need them in
 /// their configs; each is checked free before use.
 const ORIGIN: u16 = 18080;
-const NGINX: u16 = 18081;
-const HAPROXY: u16 = 18082;
-const PTTH: u16 = 18083;
-const PTTH_TUNNEL: u16 = 17000;
+pub(crate) const NGINX: u16 = 18081;
+pub(crate) const HAPROXY: u16 = 18082;
+pub(crate) const PTTH: u16 = 18083;
+pub(crate) const PTTH_TUNNEL: u16 = 17000;
 
-fn port_free(port: u16) -> bool {
+pub(crate) fn port_free(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-fn wait_port(port: u16) -> Result<(), String> {
+pub(crate) fn wait_port(port: u16) -> Result<(), String> {
     let until = Instant::now() + Duration::from_secs(10);
     while Instant::now() < until {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -150,9 +155,9 @@ fn wait_port(port: u16) -> Result<(), String> {
 }
 
 /// A started process tree; killed on drop.
-struct Proc {
+pub(crate) struct Proc {
     name: &'static str,
-    child: Child,
+    pub(crate) child: Child,
 }
 
 impl Drop for Proc {
@@ -171,14 +176,14 @@ impl Drop for Proc {
     }
 }
 
-fn spawn(name: &'static str, cmd: &mut Command) -> Result<Proc, String> {
+pub(crate) fn spawn(name: &'static str, cmd: &mut Command) -> Result<Proc, String> {
     let child =
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| format!("starting {name}: {e}"))?;
     Ok(Proc { name, child })
 }
 
 /// CPU seconds used so far by `pid` and all its descendants.
-fn cpu_seconds(pid: u32) -> f64 {
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     let tick = 100.0; // USER_HZ on Linux
     let mut total = 0u64;
     let mut stack = vec![pid];
@@ -303,7 +308,7 @@ struct Target {
     note: String,
 }
 
-fn nginx_conf(dir: &Path, name: &str, body: &str, workers: &str) -> Result<PathBuf, String> {
+pub(crate) fn nginx_conf(dir: &Path, name: &str, body: &str, workers: &str) -> Result<PathBuf, String> {
     let d = dir.join(name);
     std::fs::create_dir_all(d.join("logs")).map_err(|e| e.to_string())?;
     let conf = format!(
@@ -448,12 +453,23 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn sh(cmd: &str) -> String {
+pub(crate) fn sh(cmd: &str) -> String {
     Command::new("sh").arg("-c").arg(cmd).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "mixed") {
+        if args.iter().any(|a| a == "--help") {
+            println!("{}", mixed::USAGE);
+            return;
+        }
+        if let Err(e) = mixed::run(&args[1..]) {
+            eprintln!("ptth-bench mixed: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if args.is_empty() || args.iter().any(|a| a == "--help") {
         println!("{USAGE}");
         return;
