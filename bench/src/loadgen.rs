@@ -6,7 +6,8 @@
 //!
 //! Each class has a pool of keep-alive connections, one thread each; thread
 //! `k` of `n` owns the arrivals `k`, `k + n`, `k + 2n`, … of its class's
-//! schedule. Latencies go into hdrhistogram histograms (microseconds), one
+//! schedule; its connection opens before the schedule starts. Latencies go
+//! into hdrhistogram histograms (microseconds), one
 //! for the whole run and one per second of it, merged over the threads.
 
 use std::io::{Read, Write};
@@ -51,7 +52,9 @@ fn histogram() -> Histogram<u64> {
 
 /// Sends `classes` to `addr` for `duration`; returns what each saw.
 pub(crate) fn run(addr: SocketAddr, host: &str, classes: &[ClassLoad], duration: Duration) -> Vec<ClassResult> {
-    let start = Instant::now() + Duration::from_millis(100);
+    // Every connection opens before the first arrival is due (keep-alive
+    // clients already connected), so the start is not a connection storm.
+    let start = Instant::now() + Duration::from_millis(500);
     let secs = duration.as_secs().max(1) as usize;
     std::thread::scope(|s| {
         let runs: Vec<_> = classes
@@ -110,7 +113,7 @@ fn one_connection(
     };
     let request = format!("GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ptth-bench\r\n\r\n", c.path);
     let interval = Duration::from_secs_f64(1.0 / c.rate);
-    let mut conn: Option<Conn> = None;
+    let mut conn: Option<Conn> = Conn::open(addr).ok();
     let mut i = k as u64;
     loop {
         let due = start + interval.mul_f64(i as f64);

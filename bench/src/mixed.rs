@@ -286,6 +286,11 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             );
         }
         eprintln!("  heavy at once per backend: {peaks:?}; memory {} MiB", rss / 1024);
+        if let Some(l) = flood.iter().find(|r| r.name == "light") {
+            let per: Vec<String> = l.per_second.iter().map(|h| format!("{:.1}", ms(h, 0.99))).collect();
+            eprintln!("  light p99 per second of the flood, ms: {}", per.join(" "));
+            eprintln!("  light p90 {:.2} p95 {:.2} p99.9 {:.2} ms", ms(&l.latency, 0.9), ms(&l.latency, 0.95), ms(&l.latency, 0.999));
+        }
         outcomes.push(Outcome { name: sys.name.clone(), note: sys.note.clone(), idle, flood, peaks, rss_kib: rss, cpu_s });
         drop(sys);
         std::thread::sleep(Duration::from_millis(500));
