@@ -93,15 +93,7 @@ pub(crate) fn run(addr: SocketAddr, host: &str, classes: &[ClassLoad], duration:
     })
 }
 
-fn one_connection(
-    addr: SocketAddr,
-    host: &str,
-    c: &ClassLoad,
-    k: usize,
-    start: Instant,
-    duration: Duration,
-    secs: usize,
-) -> ClassResult {
+fn one_connection(addr: SocketAddr, host: &str, c: &ClassLoad, k: usize, start: Instant, duration: Duration, secs: usize) -> ClassResult {
     let mut r = ClassResult {
         name: c.name,
         latency: histogram(),

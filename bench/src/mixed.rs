@@ -155,11 +155,8 @@ fn start(name: &str, dir: &Path, backends: &[SocketAddr], cores: u32) -> Result<
             } else {
                 ""
             };
-            let servers: String = backends
-                .iter()
-                .enumerate()
-                .map(|(i, b)| format!("  server s{} {b} maxconn {HEAVY_LIMIT} maxqueue 50\n", i + 1))
-                .collect();
+            let servers: String =
+                backends.iter().enumerate().map(|(i, b)| format!("  server s{} {b} maxconn {HEAVY_LIMIT} maxqueue 50\n", i + 1)).collect();
             let conf = format!(
                 "global\n  nbthread {cores}\n  cpu-map auto:1/1-{cores} 0-{last}\n  maxconn 4096\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  timeout queue 2s\n  http-reuse always\nfrontend f\n  bind 127.0.0.1:{HAPROXY}\n{prio}  default_backend b\nbackend b\n  balance leastconn\n{servers}",
                 last = cores - 1
@@ -190,7 +187,9 @@ fn start(name: &str, dir: &Path, backends: &[SocketAddr], cores: u32) -> Result<
                 name: name.into(),
                 port: NGINX,
                 procs: vec![p],
-                note: format!("{cores} workers, proxy_pass to both backends, keepalive 64, no concurrency limit (no queue in open source nginx)"),
+                note: format!(
+                    "{cores} workers, proxy_pass to both backends, keepalive 64, no concurrency limit (no queue in open source nginx)"
+                ),
             })
         }
         other => Err(format!("unknown system {other:?}")),
@@ -216,7 +215,8 @@ struct Outcome {
     flood: Vec<ClassResult>,
     /// Most heavy requests each backend ran at once during the flood.
     peaks: Vec<u32>,
-    rss_kib: u64,
+    /// Resident memory of the proxy processes before and after the flood.
+    rss_kib: (u64, u64),
     cpu_s: f64,
 }
 
@@ -269,6 +269,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         origin.reset();
         let pids: Vec<u32> = sys.procs.iter().map(|p| p.child.id()).collect();
         let cpu0: f64 = pids.iter().map(|&p| cpu_seconds(p)).sum();
+        let rss_before: u64 = pids.iter().map(|&p| rss_kib(p)).sum();
         let flood = loadgen::run(addr, "bench", &[light.clone(), heavy.clone()], Duration::from_secs(o.duration));
         let cpu_s = pids.iter().map(|&p| cpu_seconds(p)).sum::<f64>() - cpu0;
         let rss = pids.iter().map(|&p| rss_kib(p)).sum();
@@ -285,13 +286,13 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
                 ms(&r.latency, 0.99)
             );
         }
-        eprintln!("  heavy at once per backend: {peaks:?}; memory {} MiB", rss / 1024);
+        eprintln!("  heavy at once per backend: {peaks:?}; memory {} → {} MiB", rss_before / 1024, rss / 1024);
         if let Some(l) = flood.iter().find(|r| r.name == "light") {
             let per: Vec<String> = l.per_second.iter().map(|h| format!("{:.1}", ms(h, 0.99))).collect();
             eprintln!("  light p99 per second of the flood, ms: {}", per.join(" "));
             eprintln!("  light p90 {:.2} p95 {:.2} p99.9 {:.2} ms", ms(&l.latency, 0.9), ms(&l.latency, 0.95), ms(&l.latency, 0.999));
         }
-        outcomes.push(Outcome { name: sys.name.clone(), note: sys.note.clone(), idle, flood, peaks, rss_kib: rss, cpu_s });
+        outcomes.push(Outcome { name: sys.name.clone(), note: sys.note.clone(), idle, flood, peaks, rss_kib: (rss_before, rss), cpu_s });
         drop(sys);
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -331,14 +332,20 @@ fn report(o: &Opts, cpus: u32, outcomes: &[Outcome]) -> Result<(), String> {
     }
     let _ = writeln!(
         md,
-        "\n| system | phase | class | ok/s | p50 ms | p99 ms | p99.9 ms | max ms | 503 (shed) | errors | heavy at once per backend | memory MiB | CPU s |"
+        "\n| system | phase | class | ok/s | p50 ms | p99 ms | p99.9 ms | max ms | 503 (shed) | errors | heavy at once per backend | memory MiB, before → after the flood | CPU s, flood |"
     );
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for out in outcomes {
         for (phase, list, secs) in [("idle", &out.idle, o.idle_duration), ("flood", &out.flood, o.duration)] {
             for r in list.iter() {
                 let extra = if phase == "flood" && r.name == "heavy" {
-                    format!("{:?} | {:.0} | {:.1}", out.peaks, out.rss_kib as f64 / 1024.0, out.cpu_s)
+                    format!(
+                        "{:?} | {:.0} → {:.0} | {:.1}",
+                        out.peaks,
+                        out.rss_kib.0 as f64 / 1024.0,
+                        out.rss_kib.1 as f64 / 1024.0,
+                        out.cpu_s
+                    )
                 } else {
                     " | | ".to_string()
                 };
@@ -382,7 +389,8 @@ fn report(o: &Opts, cpus: u32, outcomes: &[Outcome]) -> Result<(), String> {
         );
         if let Some(h) = outcomes.iter().find(|x| x.name == "haproxy-prio") {
             let hp = light_p99(h, true);
-            let _ = writeln!(md, "- light p99 under the flood {flood:.2} ms ≤ HAProxy with priority classes ({hp:.2} ms): {}", ok(flood <= hp));
+            let _ =
+                writeln!(md, "- light p99 under the flood {flood:.2} ms ≤ HAProxy with priority classes ({hp:.2} ms): {}", ok(flood <= hp));
         }
     }
     let svg = svg(outcomes, o.duration);
@@ -422,12 +430,7 @@ fn svg(outcomes: &[Outcome], secs: u64) -> String {
             yy + 4.0
         );
     }
-    let _ = write!(
-        s,
-        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">seconds into the flood</text>"#,
-        left + plot_w / 2.0,
-        h - 12.0
-    );
+    let _ = write!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">seconds into the flood</text>"#, left + plot_w / 2.0, h - 12.0);
     for (i, out) in outcomes.iter().enumerate() {
         let color = colors[i % colors.len()];
         for r in &out.flood {
