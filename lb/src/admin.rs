@@ -159,6 +159,10 @@ pub struct WorkerStatus {
     /// Times cores ejected it.
     #[serde(default)]
     pub ejections: u64,
+    /// It withdrew itself (its origin is unavailable) and some core keeps
+    /// it out now.
+    #[serde(default)]
+    pub withdrawn: bool,
 }
 
 /// One declared class of a worker.
@@ -220,6 +224,7 @@ pub(crate) fn status(shared: &Shared) -> Status {
                     requests: e.stats.iter().map(|s| get(&s.requests)).sum(),
                     ejected: e.stats.iter().any(|s| get(&s.ejected_until_ms) > now_ms),
                     ejections: e.stats.iter().map(|s| get(&s.ejections)).sum(),
+                    withdrawn: e.stats.iter().any(|s| get(&s.withdrawn_until_ms) > now_ms),
                     classes: e
                         .meta
                         .classes

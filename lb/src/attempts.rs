@@ -97,15 +97,27 @@ pub(crate) async fn serve<G: std::future::Future<Output = ()>>(
             Err(f) => f,
         };
         let mut pool = core.pool.borrow_mut();
-        if f.err.side() == Side::Worker {
+        // A worker that withdrew itself (503 + Tunnel-Unprocessed +
+        // Retry-After) is out for that long; it did not fail.
+        let withdrew = match &f.err {
+            Error::Unprocessed { retry_after: Some(d), .. } => {
+                pool.withdraw(slot, *d);
+                true
+            }
+            _ => false,
+        };
+        if f.err.side() == Side::Worker && !withdrew {
             pool.judge(slot, Verdict::Failed, &f.err);
         }
         pool.release(lease, f.tunnel_reusable);
+        // Sent again only where another worker can take it.
+        let elsewhere = !withdrew || pool.another_serves(req.to.host, req.to.path, slot);
         drop(pool);
         let facts = failure::Request { idempotent: req.idempotent, bodyless: req.bodyless, retries };
         match failure::decide(&f, &facts) {
             Decision::Abort => return Ended::Abort,
             Decision::Answer => return Ended::Answer(f.into_answer(&facts)),
+            Decision::Retry if !elsewhere => return Ended::Answer(f.into_answer(&facts)),
             Decision::Retry => {
                 retries += 1;
                 avoid = Some(slot);

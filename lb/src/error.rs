@@ -68,8 +68,9 @@ pub enum Error {
     NotReplayable { worker: String, why: String },
     /// The worker answered without passing the request on (its origin was
     /// unreachable), and said so with `Tunnel-Unprocessed`.
+    /// `retry_after`: it also said when to come back (it withdrew itself).
     #[error("worker {worker} could not pass the request on (it answered {status} with Tunnel-Unprocessed)")]
-    Unprocessed { worker: String, status: u16 },
+    Unprocessed { worker: String, status: u16, retry_after: Option<Duration> },
     #[error("worker {worker} sent no response head within {after:?}")]
     ResponseTimeout { worker: String, after: Duration },
 
@@ -217,6 +218,9 @@ impl Error {
             Error::NotImplemented(_) => 501,
             Error::HeaderTimeout(_) => 408,
             Error::NoRoute { .. } | Error::Reserved { .. } | Error::QueueFull { .. } | Error::QueueTimeout { .. } | Error::Draining => 503,
+            // A worker that withdrew (its origin is down, it said when to
+            // come back) is unavailable, not broken.
+            Error::Unprocessed { status: 503, retry_after: Some(_), .. } => 503,
             Error::Tunnel { .. } | Error::BadResponse { .. } | Error::NotReplayable { .. } | Error::Unprocessed { .. } => 502,
             Error::ResponseTimeout { .. } => 504,
             Error::Setup(s) => s.status(),
@@ -280,6 +284,7 @@ impl Error {
                 | Error::QueueTimeout { .. }
                 | Error::Draining
                 | Error::TooManyTunnels(_)
+                | Error::Unprocessed { status: 503, retry_after: Some(_), .. }
         )
     }
 }
@@ -320,7 +325,13 @@ mod tests {
             (tunnel(TunnelFault::Unusable), Side::Worker, Kind::Refused, Some(502)),
             (Error::BadResponse { worker: w(), why: "x".into() }, Side::Worker, Kind::Protocol, Some(502)),
             (Error::NotReplayable { worker: w(), why: "x".into() }, Side::Worker, Kind::Refused, Some(502)),
-            (Error::Unprocessed { worker: w(), status: 502 }, Side::Worker, Kind::Refused, Some(502)),
+            (Error::Unprocessed { worker: w(), status: 502, retry_after: None }, Side::Worker, Kind::Refused, Some(502)),
+            (
+                Error::Unprocessed { worker: w(), status: 503, retry_after: Some(Duration::from_secs(1)) },
+                Side::Worker,
+                Kind::Refused,
+                Some(503),
+            ),
             (Error::ResponseTimeout { worker: w(), after: Duration::ZERO }, Side::Worker, Kind::Timeout, Some(504)),
             (Error::Unauthorized("x"), Side::Worker, Kind::Refused, Some(401)),
             (Error::TooManyTunnels("x".into()), Side::Lb, Kind::Shed, Some(429)),

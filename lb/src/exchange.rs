@@ -46,8 +46,14 @@ impl Ctx<'_> {
     fn bad_response(&self, why: impl ToString) -> Failure {
         Failure::answered(Error::BadResponse { worker: self.worker.to_string(), why: why.to_string() })
     }
-    fn unprocessed(&self, status: u16) -> Error {
-        Error::Unprocessed { worker: self.worker.to_string(), status }
+    /// `retry_after`: the response's `Retry-After` field (RFC 9110 §10.2.3,
+    /// delay-seconds; a date is not honoured), its withdrawal time.
+    fn unprocessed(&self, status: u16, retry_after: Option<&[u8]>) -> Error {
+        let retry_after = retry_after
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(std::time::Duration::from_secs);
+        Error::Unprocessed { worker: self.worker.to_string(), status, retry_after }
     }
     fn timed_out(&self) -> Failure {
         Failure::sent(Error::ResponseTimeout { worker: self.worker.to_string(), after: self.core.shared.cfg.profile.response_timeout })
@@ -274,6 +280,8 @@ async fn download<W: AsyncWriteRent>(
             x.head_at.set(Some(Instant::now()));
             let framing = head.framing();
             if setup::says_unprocessed(head.status, || head.field(rb.data(), setup::FIELD_UNPROCESSED)) {
+                // Read before the head is consumed: the field lies in it.
+                let err = x.unprocessed(head.status, head.field(rb.data(), "retry-after"));
                 // Its short answer is read whole when it is already here, so
                 // the tunnel stays usable; otherwise the tunnel closes.
                 let body = match framing {
@@ -285,7 +293,7 @@ async fn download<W: AsyncWriteRent>(
                     rb.consume(head.len + n);
                 }
                 let clean = body.is_some() && !head.conn.close && rb.is_empty();
-                return Err(Failure::unprocessed(x.unprocessed(head.status), clean));
+                return Err(Failure::unprocessed(err, clean));
             }
             dec = BodyDecoder::new(framing);
             let start = resp.start(x, RespHead::H1 { buf: rb.data(), head }, dec.is_done(), &mut h2_out, started)?;
@@ -305,7 +313,8 @@ async fn download<W: AsyncWriteRent>(
             let (parts, body) = response.into_parts();
             let status = parts.status.as_u16();
             if setup::says_unprocessed(status, || parts.headers.get(setup::FIELD_UNPROCESSED).map(|v| v.as_bytes())) {
-                return Err(Failure::unprocessed(x.unprocessed(status), true));
+                let retry_after = parts.headers.get(http::header::RETRY_AFTER).map(|v| v.as_bytes());
+                return Err(Failure::unprocessed(x.unprocessed(status, retry_after), true));
             }
             let empty = body.is_end_stream();
             let start = resp.start(x, RespHead::H2(parts), empty, &mut h2_out, started)?;

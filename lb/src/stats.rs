@@ -79,6 +79,9 @@ pub struct WorkerCoreStats {
     /// Until when this core keeps it out of selection, in ms since the Unix
     /// epoch (0: never ejected).
     pub ejected_until_ms: AtomicU64,
+    /// Until when the worker withdrew itself on this core (its
+    /// `Retry-After`), ms since the Unix epoch (0: never).
+    pub withdrawn_until_ms: AtomicU64,
 }
 
 #[inline]

@@ -43,6 +43,9 @@ pub enum OriginFailure {
     Closed,
     /// The origin's response was invalid (head, framing, a 101 nobody asked for).
     Protocol,
+    /// Its health check says it is down: the request is not tried (503, the
+    /// worker withdraws until the check passes again).
+    Down,
 }
 
 impl Error {
@@ -53,6 +56,7 @@ impl Error {
             Error::Head(h) => h.status(),
             Error::Body(_) => 400,
             Error::Origin { kind: OriginFailure::Timeout, .. } => 504,
+            Error::Origin { kind: OriginFailure::Down, .. } => 503,
             Error::Origin { .. } => 502,
             _ => 500,
         }
@@ -72,6 +76,7 @@ impl Error {
             Error::Origin { kind: OriginFailure::Timeout, .. } => "the origin did not answer in time",
             Error::Origin { kind: OriginFailure::Closed, .. } => "the origin closed the connection",
             Error::Origin { kind: OriginFailure::Protocol, .. } => "the origin sent an invalid response",
+            Error::Origin { kind: OriginFailure::Down, .. } => "the origin is unavailable",
             _ => "the worker failed to handle the request",
         };
         format!("{what}\n")
@@ -81,17 +86,21 @@ impl Error {
     /// could not be reached): said to the lb with `Tunnel-Unprocessed: ?1`,
     /// so the request may go to another worker (docs/PROTOCOL.md §5).
     pub fn unprocessed(&self) -> bool {
-        matches!(self, Error::Origin { kind: OriginFailure::Connect, .. })
+        matches!(self, Error::Origin { kind: OriginFailure::Connect | OriginFailure::Down, .. })
     }
 
     /// The fields of the error response the worker answers with.
     pub fn answer_fields(&self) -> &'static [(&'static str, &'static str)] {
         const PLAIN: &[(&str, &str)] = &[("Content-Type", "text/plain")];
         const UNPROCESSED: &[(&str, &str)] = &[("Content-Type", "text/plain"), (ptth_proto::setup::FIELD_UNPROCESSED, "?1")];
-        if self.unprocessed() {
-            UNPROCESSED
-        } else {
-            PLAIN
+        // Withdrawn: the lb keeps it out of selection this long (the health
+        // check runs more often; the lb looks again after it).
+        const WITHDRAWN: &[(&str, &str)] =
+            &[("Content-Type", "text/plain"), (ptth_proto::setup::FIELD_UNPROCESSED, "?1"), ("Retry-After", "1")];
+        match self {
+            Error::Origin { kind: OriginFailure::Down, .. } => WITHDRAWN,
+            e if e.unprocessed() => UNPROCESSED,
+            _ => PLAIN,
         }
     }
 
@@ -124,11 +133,17 @@ mod tests {
         for k in [OriginFailure::Connect, OriginFailure::Closed, OriginFailure::Protocol] {
             assert_eq!(e(k).status(), 502, "{k:?}");
         }
+        // Down by its health check: the worker withdraws, saying for how long.
+        let down = e(OriginFailure::Down);
+        assert_eq!(down.status(), 503);
+        assert!(down.unprocessed());
+        assert!(down.answer_fields().contains(&("Retry-After", "1")));
+        assert!(!e(OriginFailure::Connect).answer_fields().iter().any(|(n, _)| *n == "Retry-After"));
     }
 
     #[test]
     fn client_bodies_name_no_internal_address() {
-        for kind in [OriginFailure::Connect, OriginFailure::Timeout, OriginFailure::Closed, OriginFailure::Protocol] {
+        for kind in [OriginFailure::Connect, OriginFailure::Timeout, OriginFailure::Closed, OriginFailure::Protocol, OriginFailure::Down] {
             let e = Error::Origin { origin: "10.1.2.3:8080".into(), kind, why: "connect: Connection refused (os error 111)".into() };
             let body = e.client_body();
             assert!(body.starts_with("the origin ") && !body.contains("10.1.2.3") && !body.contains("os error"), "{body}");

@@ -34,7 +34,7 @@ use ptth_proto::rt::signal::Signal;
 pub use config::Config;
 pub use dial::{Coverage, LbState};
 pub use error::{Error, OriginFailure};
-pub use origin::{OriginAddr, Sidecar};
+pub use origin::{OriginAddr, OriginCheck, OriginHealth, Sidecar};
 pub use ptth_proto::setup::{Claim, InnerProtocol, Origin, WorkerMeta};
 pub use respond::Responder;
 pub use tunnel::{Exchange, Handler};

@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use ptth_proto::rt::logging::{self, say, LogFormat};
-use ptth_workerd::{Claim, Config, Exchange, Handler, Origin, OriginAddr, Responder, Sidecar};
+use ptth_workerd::{Claim, Config, Exchange, Handler, Origin, OriginAddr, OriginCheck, OriginHealth, Responder, Sidecar};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -15,10 +15,14 @@ const USAGE: &str = "usage: ptth-workerd --lb ADDR [--lb ADDR]... (--origin URL 
          [--tunnels-per-core N] [--max-concurrency N] [--weight N] [--class DECL]...
          [--inner h2,http/1.1] [--max-streams N] [--stream-window BYTES]
          [--connection-window BYTES] [--threads N] [--pin]
+         [--origin-health PATH] [--origin-check-ms N]
          [--driver auto|uring|legacy] [--log-format text|json] [--verbose] [--quiet]
 
   --lb ADDR              lb tunnel listener, host:port (repeat for several lbs)
   --origin URL           forward requests to this HTTP/1.1 origin (http://host:port)
+  --origin-health PATH   check the origin with GET PATH (2xx/3xx = up); default: a TCP connect
+  --origin-check-ms N    time between checks (default 1000; 0: no check). While a check fails
+                         the worker withdraws (503 + Retry-After, its tunnels stay up)
   --respond SPEC         built-in responder: hello | echo | delay=MS
   --claim ORIGIN         origin served, e.g. https://app.example (repeat); none = any Host
   --route PREFIX         path prefix served, e.g. /api/ (repeat); none = every path
@@ -58,7 +62,8 @@ impl Handler for App {
 #[derive(Clone, Debug)]
 enum Mode {
     Respond(Responder),
-    Origin(OriginAddr),
+    /// The origin, and how to check it (`None`: never withdraw).
+    Origin(OriginAddr, Option<OriginCheck>),
 }
 
 fn parse(args: Vec<String>) -> Result<(Config, Mode, LogFormat), String> {
@@ -66,6 +71,7 @@ fn parse(args: Vec<String>) -> Result<(Config, Mode, LogFormat), String> {
     let mut log_format = LogFormat::Text;
     let mut mode = None;
     let mut claims = Vec::new();
+    let (mut health_path, mut check_ms) = (None, 1000u64);
     let mut it = args.into_iter();
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag}: missing value"));
@@ -78,7 +84,15 @@ fn parse(args: Vec<String>) -> Result<(Config, Mode, LogFormat), String> {
         match flag.as_str() {
             "--lb" => cfg.lbs.push(value()?),
             "--origin" | "--respond" if mode.is_some() => return Err(format!("{flag}: give exactly one of --origin and --respond")),
-            "--origin" => mode = Some(Mode::Origin(OriginAddr::parse(&value()?)?)),
+            "--origin" => mode = Some(Mode::Origin(OriginAddr::parse(&value()?)?, None)),
+            "--origin-health" => {
+                let p = value()?;
+                if !p.starts_with('/') || p.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                    return Err(format!("--origin-health {p:?}: a path starting with '/', without spaces"));
+                }
+                health_path = Some(p);
+            }
+            "--origin-check-ms" => check_ms = int(value()?, 0, 3_600_000)?,
             "--respond" => mode = Some(Mode::Respond(Responder::parse(&value()?)?)),
             "--claim" => claims.push(Origin::parse(&value()?).map_err(|e| format!("--claim: {e}"))?),
             "--route" => {
@@ -144,7 +158,19 @@ fn parse(args: Vec<String>) -> Result<(Config, Mode, LogFormat), String> {
     if cfg.lbs.is_empty() {
         return Err("--lb: at least one lb address is needed".into());
     }
-    let mode = mode.ok_or("give one of --origin URL or --respond SPEC")?;
+    let mut mode = mode.ok_or("give one of --origin URL or --respond SPEC")?;
+    match &mut mode {
+        Mode::Origin(_, check) if check_ms > 0 => {
+            *check = Some(OriginCheck {
+                path: health_path,
+                every: std::time::Duration::from_millis(check_ms),
+                timeout: cfg.connect_timeout.min(std::time::Duration::from_millis(check_ms.max(100))),
+            });
+        }
+        Mode::Origin(..) if health_path.is_some() => return Err("--origin-health: checks are off (--origin-check-ms 0)".into()),
+        Mode::Respond(_) if health_path.is_some() => return Err("--origin-health: only with --origin".into()),
+        _ => {}
+    }
     if !claims.is_empty() {
         cfg.claim = Claim::Origins(claims);
     }
@@ -200,7 +226,11 @@ fn main() -> ExitCode {
     }
     let what = match &mode {
         Mode::Respond(r) => format!("built-in responder {r:?}"),
-        Mode::Origin(o) => format!("origin http://{}", o.authority),
+        Mode::Origin(o, _) => format!("origin http://{}", o.authority),
+    };
+    let health = match &mode {
+        Mode::Origin(o, Some(check)) => Some(OriginHealth::start(o, check.clone(), cfg.quiet)),
+        _ => None,
     };
     tracing::info!(
         worker = cfg.meta.id.as_deref().unwrap_or("?"),
@@ -210,7 +240,10 @@ fn main() -> ExitCode {
     );
     let worker = match ptth_workerd::serve(cfg, move || match &mode {
         Mode::Respond(r) => App::Respond(r.clone()),
-        Mode::Origin(o) => App::Origin(Sidecar::new(o.clone())),
+        Mode::Origin(o, _) => App::Origin(match &health {
+            Some(h) => Sidecar::with_health(o.clone(), h.clone()),
+            None => Sidecar::new(o.clone()),
+        }),
     }) {
         Ok(w) => w,
         Err(e) => {
@@ -253,6 +286,28 @@ mod tests {
             ("--lb a:1 --respond hello --bogus", "--bogus"),
         ] {
             let e = parse(args(bad)).unwrap_err();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn origin_check_flags() {
+        let check = |a: &str| match parse(args(a)).map(|(_, m, _)| m) {
+            Ok(Mode::Origin(_, c)) => Ok(c),
+            Ok(Mode::Respond(_)) => panic!("{a}: not an origin"),
+            Err(e) => Err(e),
+        };
+        let c = check("--lb a:1 --origin http://o:80").unwrap().expect("a connect check by default");
+        assert_eq!((c.path, c.every), (None, std::time::Duration::from_secs(1)));
+        let c = check("--lb a:1 --origin http://o:80 --origin-health /healthz --origin-check-ms 250").unwrap().unwrap();
+        assert_eq!((c.path.as_deref(), c.every), (Some("/healthz"), std::time::Duration::from_millis(250)));
+        assert_eq!(check("--lb a:1 --origin http://o:80 --origin-check-ms 0").unwrap(), None, "0: never withdraw");
+        for (bad, needle) in [
+            ("--lb a:1 --origin http://o:80 --origin-health healthz", "starting with '/'"),
+            ("--lb a:1 --origin http://o:80 --origin-health /h --origin-check-ms 0", "checks are off"),
+            ("--lb a:1 --respond hello --origin-health /h", "only with --origin"),
+        ] {
+            let e = check(bad).unwrap_err();
             assert!(e.contains(needle), "{bad}: {e}");
         }
     }

@@ -8,6 +8,10 @@
 //! origin sent unasked before it is reused.
 
 use std::cell::{Cell, RefCell};
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use monoio::net::TcpStream;
 use ptth_proto::h1::{self, BodyDecoder, Parsed, Persist, ResponseHead, Version};
@@ -61,11 +65,96 @@ struct OriginConn {
 pub struct Sidecar {
     origin: OriginAddr,
     idle: RefCell<Vec<OriginConn>>,
+    health: Option<Arc<OriginHealth>>,
+}
+
+/// How the sidecar checks its origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginCheck {
+    /// `GET` this path; up while it answers 2xx or 3xx. `None`: up while a
+    /// TCP connect succeeds.
+    pub path: Option<String>,
+    /// Time between checks.
+    pub every: Duration,
+    /// Deadline of one check (connect, then the whole response head).
+    pub timeout: Duration,
+}
+
+/// The origin's state as the health check last saw it, shared by the
+/// worker's threads. While it is down the sidecar withdraws: every request
+/// is answered at once with 503, `Tunnel-Unprocessed: ?1` and `Retry-After`
+/// (the lb takes the worker out of selection for that long and sends the
+/// request elsewhere, docs/PROTOCOL.md §5); its tunnels stay up, and it
+/// rejoins when a check passes.
+#[derive(Debug)]
+pub struct OriginHealth {
+    down: AtomicBool,
+    stop: Arc<AtomicBool>,
+}
+
+impl OriginHealth {
+    /// Starts checking `origin` on a thread of its own (blocking sockets,
+    /// off the tunnels' runtimes); the check stops when this is dropped.
+    pub fn start(origin: &OriginAddr, check: OriginCheck, quiet: bool) -> Arc<OriginHealth> {
+        let h = Arc::new(OriginHealth { down: AtomicBool::new(false), stop: Arc::new(AtomicBool::new(false)) });
+        let (weak, stop, authority) = (Arc::downgrade(&h), h.stop.clone(), origin.authority.clone());
+        let spawned = std::thread::Builder::new().name("ptth-workerd-check".into()).spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let verdict = probe(&authority, &check);
+                let Some(h) = weak.upgrade() else { return };
+                let was_down = h.down.swap(verdict.is_err(), Ordering::AcqRel);
+                match (&verdict, was_down) {
+                    (Err(why), false) if !quiet => tracing::warn!(origin = %authority, "origin down ({why}): withdrawing until it is back"),
+                    (Ok(()), true) if !quiet => tracing::info!(origin = %authority, "origin back: taking requests again"),
+                    _ => {}
+                }
+                drop(h);
+                std::thread::sleep(check.every);
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!("origin health check not started: {e}");
+        }
+        h
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for OriginHealth {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One check: a connect, and with a path a `GET` whose status must be 2xx or 3xx.
+fn probe(authority: &str, check: &OriginCheck) -> Result<(), String> {
+    use std::net::ToSocketAddrs;
+    let addr = authority.to_socket_addrs().map_err(|e| format!("resolving: {e}"))?.next().ok_or("no address")?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, check.timeout).map_err(|e| format!("connect: {e}"))?;
+    let Some(path) = &check.path else { return Ok(()) };
+    s.set_read_timeout(Some(check.timeout)).and_then(|_| s.set_write_timeout(Some(check.timeout))).map_err(|e| e.to_string())?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: ptth-workerd-check\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).map_err(|e| format!("sending the check: {e}"))?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).map_err(|e| format!("reading the check's answer: {e}"))?;
+    match std::str::from_utf8(&head[9..12]).ok().and_then(|c| c.parse::<u16>().ok()) {
+        Some(200..=399) if head.starts_with(b"HTTP/1.") => Ok(()),
+        Some(status) => Err(format!("GET {path} answered {status}")),
+        None => Err(format!("GET {path}: not an HTTP response")),
+    }
 }
 
 impl Sidecar {
     pub fn new(origin: OriginAddr) -> Sidecar {
-        Sidecar { origin, idle: RefCell::new(Vec::new()) }
+        Sidecar { origin, idle: RefCell::new(Vec::new()), health: None }
+    }
+
+    /// A sidecar that withdraws while `health` says the origin is down.
+    pub fn with_health(origin: OriginAddr, health: Arc<OriginHealth>) -> Sidecar {
+        Sidecar { origin, idle: RefCell::new(Vec::new()), health: Some(health) }
     }
 
     /// An idle pooled connection that can carry the next request: one that
@@ -143,6 +232,9 @@ impl Sidecar {
 
 impl Handler for Sidecar {
     async fn handle(&self, ex: &mut Exchange<'_>) -> Result<(), Error> {
+        if self.health.as_ref().is_some_and(|h| h.is_down()) {
+            return Err(self.err(OriginFailure::Down, "its health check fails"));
+        }
         match &mut ex.inner {
             Inner::H1(c) => self.handle_h1(c).await,
             Inner::H2(x) => self.handle_h2(x).await,

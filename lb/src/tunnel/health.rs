@@ -3,8 +3,13 @@
 //! worker (a sidecar whose origin is down answers fast, so it looks least
 //! loaded). Envoy's consecutive-errors outlier detection is the model.
 //!
+//! A worker can also withdraw itself: its sidecar, finding its origin down,
+//! answers 503 with `Tunnel-Unprocessed: ?1` and `Retry-After`, and is out
+//! of selection for that long ([`Health::withdraw`]), without counting as a
+//! failure (docs/PROTOCOL.md §5).
+//!
 //! Per worker, per core, plain data: the pool reports each attempt's
-//! outcome ([`Health::record`]) and asks [`Health::ejected`] when it
+//! outcome ([`Health::record`]) and asks [`Health::out`] when it
 //! chooses; the tests below drive it with explicit instants. Each core
 //! judges from what it sees itself, so no state is shared across cores.
 
@@ -19,7 +24,12 @@ pub(crate) struct Health {
     /// Ejections since the worker last succeeded.
     ejections: u32,
     until: Option<Instant>,
+    /// The worker said it cannot serve until then.
+    withdrawn: Option<Instant>,
 }
+
+/// The longest a worker's `Retry-After` keeps it out.
+pub(crate) const MAX_WITHDRAWAL: Duration = Duration::from_secs(60);
 
 /// What an attempt says about its worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,9 +42,27 @@ pub(crate) enum Verdict {
 }
 
 impl Health {
-    /// Whether the worker is out of selection at `now`.
+    /// Whether the worker is ejected for failing at `now`.
     pub(crate) fn ejected(&self, now: Instant) -> bool {
         self.until.is_some_and(|u| now < u)
+    }
+
+    /// Whether it withdrew itself and is still out at `now`.
+    pub(crate) fn withdrawn(&self, now: Instant) -> bool {
+        self.withdrawn.is_some_and(|u| now < u)
+    }
+
+    /// Out of selection at `now`: ejected or withdrawn.
+    pub(crate) fn out(&self, now: Instant) -> bool {
+        self.ejected(now) || self.withdrawn(now)
+    }
+
+    /// The worker asked not to get requests for `d` (its `Retry-After`,
+    /// at most [`MAX_WITHDRAWAL`]); returns how long it is out.
+    pub(crate) fn withdraw(&mut self, now: Instant, d: Duration) -> Duration {
+        let d = d.min(MAX_WITHDRAWAL);
+        self.withdrawn = Some(now + d);
+        d
     }
 
     /// Records one attempt (`now` is needed for a failure only). Returns how
@@ -63,10 +91,10 @@ impl Health {
         Some(d)
     }
 
-    /// Whether it was ever ejected (a check with no clock read, so that
-    /// selection asks the clock only when an ejection may be on).
-    pub(crate) fn ever_ejected(&self) -> bool {
-        self.until.is_some()
+    /// Whether it was ever ejected or withdrawn (a check with no clock
+    /// read, so that selection asks the clock only when one may be on).
+    pub(crate) fn ever_out(&self) -> bool {
+        self.until.is_some() || self.withdrawn.is_some()
     }
 
     /// When the current ejection ends, if one is on.
@@ -106,6 +134,21 @@ mod tests {
             h.record(Verdict::Failed, Some(t), &P);
         }
         assert_eq!(h.until(t2 + Duration::from_secs(4)), Some(t2 + Duration::from_secs(9)), "capped at 5 s");
+    }
+
+    #[test]
+    fn a_withdrawal_is_out_for_its_time_and_no_failure() {
+        let t0 = Instant::now();
+        let mut h = Health::default();
+        assert!(!h.ever_out());
+        assert_eq!(h.withdraw(t0, Duration::from_secs(2)), Duration::from_secs(2));
+        assert!(h.out(t0) && h.withdrawn(t0) && !h.ejected(t0));
+        assert!(!h.out(t0 + Duration::from_secs(2)), "back when its Retry-After ends");
+        assert_eq!(h.withdraw(t0, Duration::from_secs(3600)), MAX_WITHDRAWAL, "a worker cannot stay out for an hour of Retry-After");
+        // It did not count towards an ejection.
+        assert_eq!(h.record(Verdict::Failed, Some(t0), &P), None);
+        assert_eq!(h.record(Verdict::Failed, Some(t0), &P), None);
+        assert_eq!(h.record(Verdict::Failed, Some(t0), &P), Some(Duration::from_secs(1)));
     }
 
     #[test]

@@ -288,6 +288,23 @@ impl Pool {
         }
     }
 
+    /// Worker `slot` said it cannot serve for `d` (503 + `Tunnel-Unprocessed`
+    /// + `Retry-After`): out of selection here for that long, no failure.
+    pub(crate) fn withdraw(&mut self, slot: usize, d: Duration) {
+        let Some(w) = self.workers[slot].as_mut() else { return };
+        let d = w.health.withdraw(Instant::now(), d);
+        stats::set_u64(&w.stats.withdrawn_until_ms, epoch_ms(std::time::SystemTime::now() + d));
+        tracing::info!(worker = %w.name, core = self.core, for_ms = d.as_millis() as u64, "worker withdrew (its origin is unavailable)");
+    }
+
+    /// Whether a worker other than `not` would serve this route now (none
+    /// ejected or withdrawn), so that sending the request again can help.
+    pub(crate) fn another_serves(&mut self, host: &[u8], path: &[u8], not: usize) -> bool {
+        Self::candidates(&self.workers, &mut self.cand, host, path);
+        let now = Instant::now();
+        self.cand.iter().any(|&i| i != not && self.workers[i].as_ref().is_some_and(|w| !w.health.out(now)))
+    }
+
     /// How long worker `slot` took to start answering a request (for
     /// selection: a slower worker gets proportionally less).
     pub(crate) fn observe_latency(&mut self, slot: usize, took: Duration) {
@@ -452,14 +469,14 @@ impl Pool {
             (!expired).then_some((i, &*w.meta))
         });
         routes::best_matches(routable, host, path, cand);
-        // Ejected workers sit out, among those that match best only (a
-        // route never falls through to a less specific worker), and never
-        // all of them: the last ones of a route keep serving it.
-        let ejected = |i: &usize, now| workers[*i].as_ref().is_some_and(|w| w.health.ejected(now));
-        if cand.len() > 1 && cand.iter().any(|&i| workers[i].as_ref().is_some_and(|w| w.health.ever_ejected())) {
+        // Ejected and withdrawn workers sit out, among those that match
+        // best only (a route never falls through to a less specific worker),
+        // and never all of them: the last ones of a route keep serving it.
+        let out = |i: &usize, now| workers[*i].as_ref().is_some_and(|w| w.health.out(now));
+        if cand.len() > 1 && cand.iter().any(|&i| workers[i].as_ref().is_some_and(|w| w.health.ever_out())) {
             let now = Instant::now();
-            if cand.iter().any(|i| !ejected(i, now)) {
-                cand.retain(|i| !ejected(i, now));
+            if cand.iter().any(|i| !out(i, now)) {
+                cand.retain(|i| !out(i, now));
             }
         }
     }
