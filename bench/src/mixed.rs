@@ -10,6 +10,10 @@
 //! - ptth: `ptth-lb` and one `ptth-workerd` per backend, each declaring
 //!   `heavy=("/heavy");u=6;limit=4;queue=100;wait=2000` (light requests are
 //!   the default class, more urgent, without a limit);
+//! - ptth-adaptive: the same with `limit=16;adaptive`: the lb estimates the
+//!   limit from the heavy class's latency (lb/src/tunnel/adaptive.rs). Run it
+//!   with `--heavy-capacity N`, so that a backend's latency grows past N at
+//!   once, and the estimate has something to find;
 //! - haproxy: `maxconn 4 maxqueue 50` per server, `timeout queue 2s`,
 //!   `balance leastconn`, as its operators limit a slow backend;
 //! - haproxy-prio: the same, plus `http-request set-priority-class`, so
@@ -32,7 +36,11 @@ use crate::origin::Origin;
 use crate::{cpu_seconds, nginx_conf, port_free, sh, spawn, wait_port, Proc, HAPROXY, NGINX, PTTH, PTTH_TUNNEL};
 
 pub(crate) const USAGE: &str = "usage: ptth-bench mixed [--duration SECS] [--idle-duration SECS] [--light-rate N] [--heavy-rate N]
-                         [--heavy-ms N] [--lb-cores N] [--only ptth,haproxy,haproxy-prio,nginx] [--out DIR]";
+                         [--heavy-ms N] [--heavy-capacity N] [--lb-cores N] [--out DIR]
+                         [--only ptth,ptth-adaptive,haproxy,haproxy-prio,nginx]
+--heavy-capacity N: each backend runs at most N heavy requests at once and queues the rest inside
+(default 0: no bound); ptth-adaptive is not in the default list.";
+const SYSTEMS: [&str; 5] = ["ptth", "ptth-adaptive", "haproxy", "haproxy-prio", "nginx"];
 
 struct Opts {
     /// Seconds of the flood phase (light + heavy).
@@ -42,6 +50,7 @@ struct Opts {
     light_rate: f64,
     heavy_rate: f64,
     heavy: Duration,
+    heavy_capacity: u32,
     lb_cores: u32,
     only: Vec<String>,
     out: PathBuf,
@@ -49,6 +58,10 @@ struct Opts {
 
 /// Heavy requests each backend may run at once, in every system that limits.
 const HEAVY_LIMIT: u32 = 4;
+/// The most an adaptive heavy class may reach.
+const ADAPTIVE_MAX: u32 = 16;
+/// ptth-lb's admin listener (for the adaptive estimate in `/status`).
+const ADMIN: u16 = 17090;
 const BACKENDS: usize = 2;
 
 fn parse(args: &[String]) -> Result<Opts, String> {
@@ -58,6 +71,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         light_rate: 400.0,
         heavy_rate: 80.0,
         heavy: Duration::from_millis(200),
+        heavy_capacity: 0,
         lb_cores: 0,
         only: ["ptth", "haproxy", "haproxy-prio", "nginx"].map(String::from).to_vec(),
         out: PathBuf::from("bench/results"),
@@ -74,6 +88,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--light-rate" => o.light_rate = num(1, 100_000)? as f64,
             "--heavy-rate" => o.heavy_rate = num(1, 100_000)? as f64,
             "--heavy-ms" => o.heavy = Duration::from_millis(num(1, 60_000)?),
+            "--heavy-capacity" => o.heavy_capacity = num(0, 10_000)? as u32,
             "--lb-cores" => o.lb_cores = num(0, 1024)? as u32,
             "--only" => o.only = v.split(',').map(String::from).collect(),
             "--out" => o.out = PathBuf::from(v),
@@ -81,8 +96,8 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         }
     }
     for s in &o.only {
-        if !["ptth", "haproxy", "haproxy-prio", "nginx"].contains(&s.as_str()) {
-            return Err(format!("--only: unknown system {s:?} (ptth, haproxy, haproxy-prio, nginx)"));
+        if !SYSTEMS.contains(&s.as_str()) {
+            return Err(format!("--only: unknown system {s:?} ({})", SYSTEMS.join(", ")));
         }
     }
     Ok(o)
@@ -98,7 +113,7 @@ struct System {
 
 fn start(name: &str, dir: &Path, backends: &[SocketAddr], cores: u32) -> Result<System, String> {
     match name {
-        "ptth" => {
+        "ptth" | "ptth-adaptive" => {
             let lb = spawn(
                 "ptth-lb",
                 Command::new("target/release/ptth-lb").args([
@@ -107,14 +122,18 @@ fn start(name: &str, dir: &Path, backends: &[SocketAddr], cores: u32) -> Result<
                     "--tunnel-listen",
                     &format!("127.0.0.1:{PTTH_TUNNEL}"),
                     "--admin-listen",
-                    "off",
+                    &format!("127.0.0.1:{ADMIN}"),
                     "--cores",
                     &cores.to_string(),
                     "--quiet",
                 ]),
             )?;
             wait_port(PTTH)?;
-            let class = format!(r#"heavy=("/heavy");u=6;limit={HEAVY_LIMIT};queue=100;wait=2000"#);
+            let class = if name == "ptth-adaptive" {
+                format!(r#"heavy=("/heavy");u=6;limit={ADAPTIVE_MAX};adaptive;queue=100;wait=2000"#)
+            } else {
+                format!(r#"heavy=("/heavy");u=6;limit={HEAVY_LIMIT};queue=100;wait=2000"#)
+            };
             let mut procs = vec![lb];
             for (i, b) in backends.iter().enumerate() {
                 procs.push(spawn(
@@ -218,6 +237,22 @@ struct Outcome {
     /// Resident memory of the proxy processes before and after the flood.
     rss_kib: (u64, u64),
     cpu_s: f64,
+    /// ptth-adaptive: each worker's estimated heavy limit after the flood.
+    adaptive: Vec<u32>,
+}
+
+/// The `adaptive_limit` values in ptth-lb's `/status` (one per worker
+/// declaring the adaptive class).
+fn adaptive_limits() -> Vec<u32> {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", ADMIN)) else { return Vec::new() };
+    let _ = s.write_all(b"GET /status HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.split("\"adaptive_limit\":")
+        .skip(1)
+        .filter_map(|rest| rest.trim_start().split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .collect()
 }
 
 fn ms(h: &hdrhistogram::Histogram<u64>, q: f64) -> f64 {
@@ -239,7 +274,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             return Err(format!("{tool} is not installed (apt-get install {pkg})"));
         }
     }
-    for port in [NGINX, HAPROXY, PTTH, PTTH_TUNNEL] {
+    for port in [NGINX, HAPROXY, PTTH, PTTH_TUNNEL, ADMIN] {
         if !port_free(port) {
             return Err(format!("127.0.0.1:{port} is in use; stop what holds it"));
         }
@@ -248,7 +283,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let cores = if o.lb_cores == 0 { cpus } else { o.lb_cores };
     let dir = std::env::temp_dir().join(format!("ptth-bench-mixed-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let origin = Origin::start(BACKENDS, o.heavy)?;
+    let origin = Origin::start(BACKENDS, o.heavy, o.heavy_capacity)?;
     // Connections enough for the longest wait a class may see (2 s queue +
     // the heavy time) at its rate, so the schedule holds.
     let light = ClassLoad { name: "light", path: "/light", rate: o.light_rate, conns: ((o.light_rate * 0.1) as usize).clamp(4, 256) };
@@ -274,6 +309,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         let cpu_s = pids.iter().map(|&p| cpu_seconds(p)).sum::<f64>() - cpu0;
         let rss = pids.iter().map(|&p| rss_kib(p)).sum();
         let peaks = origin.peaks();
+        let adaptive = if name == "ptth-adaptive" { adaptive_limits() } else { Vec::new() };
         for r in idle.iter().chain(&flood) {
             eprintln!(
                 "  {:<5} ok {:>6} shed {:>5} errors {:>4} late {:>4}  p50 {:>8.2} ms  p99 {:>8.2} ms",
@@ -292,7 +328,19 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             eprintln!("  light p99 per second of the flood, ms: {}", per.join(" "));
             eprintln!("  light p90 {:.2} p95 {:.2} p99.9 {:.2} ms", ms(&l.latency, 0.9), ms(&l.latency, 0.95), ms(&l.latency, 0.999));
         }
-        outcomes.push(Outcome { name: sys.name.clone(), note: sys.note.clone(), idle, flood, peaks, rss_kib: (rss_before, rss), cpu_s });
+        if !adaptive.is_empty() {
+            eprintln!("  adaptive heavy limit per worker at the end: {adaptive:?}");
+        }
+        outcomes.push(Outcome {
+            name: sys.name.clone(),
+            note: sys.note.clone(),
+            idle,
+            flood,
+            peaks,
+            rss_kib: (rss_before, rss),
+            cpu_s,
+            adaptive,
+        });
         drop(sys);
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -316,9 +364,14 @@ fn report(o: &Opts, cpus: u32, outcomes: &[Outcome]) -> Result<(), String> {
     );
     let _ = writeln!(
         md,
-        "- backends: {BACKENDS}, `/light` at once, `/heavy` after {} ms (capacity with {HEAVY_LIMIT} at once each: {:.0} heavy/s)",
+        "- backends: {BACKENDS}, `/light` at once, `/heavy` after {} ms (capacity with {HEAVY_LIMIT} at once each: {:.0} heavy/s){}",
         o.heavy.as_millis(),
-        BACKENDS as f64 * f64::from(HEAVY_LIMIT) / o.heavy.as_secs_f64()
+        BACKENDS as f64 * f64::from(HEAVY_LIMIT) / o.heavy.as_secs_f64(),
+        if o.heavy_capacity > 0 {
+            format!("; each backend runs at most {} heavy at once and queues the rest inside", o.heavy_capacity)
+        } else {
+            String::new()
+        }
     );
     let _ = writeln!(
         md,
@@ -365,6 +418,13 @@ fn report(o: &Opts, cpus: u32, outcomes: &[Outcome]) -> Result<(), String> {
                 );
             }
         }
+    }
+    for out in outcomes.iter().filter(|x| !x.adaptive.is_empty()) {
+        let _ = writeln!(
+            md,
+            "\n{}: the heavy limit the lb estimated for each worker at the end of the flood: {:?} (declared maximum {ADAPTIVE_MAX})",
+            out.name, out.adaptive
+        );
     }
     // The targets of the card, checked for ptth against this run.
     let light_p99 = |out: &Outcome, flood: bool| {

@@ -2,7 +2,9 @@
 //! ("server" in HAProxy's words, "worker" in ptth's), each on its own port,
 //! answering `/light` at once and `/heavy` after a fixed wait, and counting
 //! how many heavy requests it runs at once: the concurrency each system let
-//! through to each backend.
+//! through to each backend. With a heavy capacity, a backend runs at most
+//! that many heavy requests and queues the rest inside (their latency grows
+//! with the concurrency let through, as a real backend's does).
 //!
 //! Thread per connection, keep-alive, GET only: the proxies in front hold
 //! the connections.
@@ -16,7 +18,11 @@ use std::time::Duration;
 /// One backend's counts.
 #[derive(Debug, Default)]
 pub(crate) struct Backend {
+    /// Heavy requests inside the backend now, running or queued in it.
     heavy_now: AtomicU32,
+    /// Heavy requests running (at most the capacity, when there is one).
+    running: std::sync::Mutex<u32>,
+    freed: std::sync::Condvar,
     /// Most heavy requests running at once since the last [`Origin::reset`].
     pub(crate) heavy_peak: AtomicU32,
     pub(crate) requests: AtomicU64,
@@ -29,8 +35,9 @@ pub(crate) struct Origin {
 }
 
 impl Origin {
-    /// `n` backends on ephemeral loopback ports; `/heavy` takes `heavy`.
-    pub(crate) fn start(n: usize, heavy: Duration) -> Result<Origin, String> {
+    /// `n` backends on ephemeral loopback ports; `/heavy` takes `heavy`, at
+    /// most `capacity` at once per backend (0: no bound).
+    pub(crate) fn start(n: usize, heavy: Duration, capacity: u32) -> Result<Origin, String> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut addrs = Vec::new();
         let mut backends = Vec::new();
@@ -47,7 +54,7 @@ impl Origin {
                     }
                     let Ok(s) = s else { continue };
                     let b = b.clone();
-                    std::thread::spawn(move || serve(s, &b, heavy));
+                    std::thread::spawn(move || serve(s, &b, heavy, capacity));
                 }
             });
         }
@@ -76,7 +83,7 @@ impl Drop for Origin {
     }
 }
 
-fn serve(mut s: TcpStream, b: &Backend, heavy: Duration) {
+fn serve(mut s: TcpStream, b: &Backend, heavy: Duration, capacity: u32) {
     let _ = s.set_nodelay(true);
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
@@ -96,7 +103,18 @@ fn serve(mut s: TcpStream, b: &Backend, heavy: Duration) {
         let body: &[u8] = if is_heavy {
             let now = b.heavy_now.fetch_add(1, Ordering::SeqCst) + 1;
             b.heavy_peak.fetch_max(now, Ordering::SeqCst);
+            if capacity > 0 {
+                let mut running = b.running.lock().unwrap_or_else(|p| p.into_inner());
+                while *running >= capacity {
+                    running = b.freed.wait(running).unwrap_or_else(|p| p.into_inner());
+                }
+                *running += 1;
+            }
             std::thread::sleep(heavy);
+            if capacity > 0 {
+                *b.running.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+                b.freed.notify_one();
+            }
             b.heavy_now.fetch_sub(1, Ordering::SeqCst);
             b"heavy\n"
         } else {

@@ -175,6 +175,10 @@ pub struct ClassStatus {
     pub limit: Option<u32>,
     /// Requests of the class running now, across cores (classes with a limit).
     pub in_flight: Option<u32>,
+    /// For a class declared `adaptive`: the limit the lb estimates now (at
+    /// most `limit`).
+    #[serde(default)]
+    pub adaptive_limit: Option<u32>,
 }
 
 /// Reads the counters and the placement table into a [`Status`].
@@ -236,6 +240,7 @@ pub(crate) fn status(shared: &Shared) -> Status {
                             limit: c.limit,
                             // A take that fails counts for an instant: never show more than the limit.
                             in_flight: c.limit.and_then(|l| e.class_permits.get(&c.name).map(|p| p.in_use().min(l))),
+                            adaptive_limit: e.class_adaptive.get(&c.name).filter(|_| c.adaptive).map(|a| a.limit()),
                         })
                         .collect(),
                 }

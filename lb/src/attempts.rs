@@ -87,7 +87,7 @@ pub(crate) async fn serve<G: std::future::Future<Output = ()>>(
                     _ => pool.judge(slot, Verdict::Ok, &""),
                 }
                 if let Some(at) = x.head_at.get() {
-                    pool.observe_latency(slot, at.saturating_duration_since(sent_at));
+                    pool.observe(&lease, at.saturating_duration_since(sent_at));
                 }
                 pool.release(lease, done.reusable);
                 drop(pool);

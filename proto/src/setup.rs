@@ -230,6 +230,9 @@ pub struct ClassDecl {
     /// The longest a request of this class waits for room, in milliseconds
     /// (`wait=`); `None`: the lb's `queue.max_wait_ms`.
     pub wait_ms: Option<u32>,
+    /// `adaptive`: the lb estimates the limit from the class's latency, up
+    /// to `limit` (which an adaptive class must declare).
+    pub adaptive: bool,
     /// A request belongs to the class when any rule matches; empty only for
     /// [`DEFAULT_CLASS`].
     pub rules: Vec<ClassRule>,
@@ -296,7 +299,8 @@ pub fn parse_classes(v: &[u8]) -> Result<Vec<ClassDecl>, String> {
         if name.len() > MAX_CLASS_NAME_LEN {
             return Err(format!("class {name:?}: names are at most {MAX_CLASS_NAME_LEN} characters"));
         }
-        let mut c = ClassDecl { name, urgency: DEFAULT_URGENCY, limit: None, queue: None, wait_ms: None, rules: Vec::new() };
+        let mut c =
+            ClassDecl { name, urgency: DEFAULT_URGENCY, limit: None, queue: None, wait_ms: None, adaptive: false, rules: Vec::new() };
         for (k, v) in &m.params {
             match (k.as_str(), *v) {
                 ("u", ParamValue::Integer(u)) if (0..=i64::from(LEAST_URGENT)).contains(&u) => c.urgency = u as u8,
@@ -307,8 +311,15 @@ pub fn parse_classes(v: &[u8]) -> Result<Vec<ClassDecl>, String> {
                 ("queue", _) => return Err(format!("class {}: queue is an integer from 0 to {MAX_CLASS_QUEUE}", c.name)),
                 ("wait", ParamValue::Integer(n)) if (0..=i64::from(MAX_CLASS_WAIT_MS)).contains(&n) => c.wait_ms = Some(n as u32),
                 ("wait", _) => return Err(format!("class {}: wait is an integer from 0 to {MAX_CLASS_WAIT_MS} (milliseconds)", c.name)),
-                (other, _) => return Err(format!("class {}: unknown parameter {other:?} (known: u, limit, queue, wait)", c.name)),
+                ("adaptive", ParamValue::True) => c.adaptive = true,
+                ("adaptive", _) => return Err(format!("class {}: adaptive takes no value (;adaptive)", c.name)),
+                (other, _) => {
+                    return Err(format!("class {}: unknown parameter {other:?} (known: u, limit, queue, wait, adaptive)", c.name))
+                }
             }
+        }
+        if c.adaptive && c.limit.is_none() {
+            return Err(format!("class {}: an adaptive class declares the most it may reach with limit=N", c.name));
         }
         let rules = m.strings.unwrap_or_default();
         if c.name == DEFAULT_CLASS {
@@ -370,6 +381,9 @@ pub fn write_classes(classes: &[ClassDecl]) -> String {
         }
         if let Some(w) = c.wait_ms {
             let _ = write!(s, ";wait={w}");
+        }
+        if c.adaptive {
+            s.push_str(";adaptive");
         }
     }
     s
@@ -767,6 +781,10 @@ mod tests {
         assert_eq!((c[0].queue, c[0].wait_ms), (Some(20), Some(2000)));
         assert_eq!((c[1].queue, c[1].wait_ms), (None, None));
         assert_eq!(c[2].queue, Some(0), "queue=0: never wait");
+        assert!(!c[0].adaptive);
+        let a = parse_classes(br#"heavy=("/r/");limit=16;adaptive"#).unwrap();
+        assert!(a[0].adaptive && a[0].limit == Some(16));
+        assert_eq!(parse_classes(write_classes(&a).as_bytes()).unwrap(), a);
         assert_eq!(c[0].rules[0], ClassRule { method: Some("POST".into()), prefix: "/report/".into() });
         assert_eq!(c[0].rules[1], ClassRule { method: None, prefix: "/export/".into() });
         assert_eq!((c[1].urgency, c[1].limit), (1, None));
@@ -789,6 +807,8 @@ mod tests {
             (br#"heavy=("/r/");queue=-1"#, "queue is an integer from 0"),
             (br#"heavy=("/r/");wait=?1"#, "wait is an integer from 0 to 3600000"),
             (br#"heavy=("/r/");wait=3600001"#, "(milliseconds)"),
+            (br#"heavy=("/r/");adaptive"#, "with limit=N"),
+            (br#"heavy=("/r/");limit=4;adaptive=1"#, "adaptive takes no value"),
             (br#"heavy=("report/")"#, "starts with '/'"),
             (br#"heavy=("PO(ST /r/")"#, "METHOD /prefix"),
             (br#"Heavy=("/r/")"#, "sf-dictionary"),

@@ -220,3 +220,113 @@ fn declarations_above_the_operators_caps_are_refused_naming_them() {
     let (status, text) = setup_with_classes(&lb, r#"heavy=("POST /r/");u=6;limit=8, default;u=3"#);
     assert_eq!(status, 101, "{text}");
 }
+
+/// Runs at most `capacity` heavy requests at once (`HEAVY_TIME`/6 each) and
+/// queues the rest inside, so that latency grows past that concurrency.
+struct Bounded {
+    capacity: u32,
+    running: std::cell::Cell<u32>,
+}
+
+impl Handler for Bounded {
+    async fn handle(&self, ex: &mut Exchange<'_>) -> Result<(), ptth_workerd::Error> {
+        while self.running.get() >= self.capacity {
+            monoio::time::sleep(Duration::from_millis(1)).await;
+        }
+        self.running.set(self.running.get() + 1);
+        monoio::time::sleep(HEAVY_TIME / 6).await;
+        self.running.set(self.running.get() - 1);
+        ex.respond(200, &[("content-type", "text/plain")], b"ok\n").await
+    }
+}
+
+/// An adaptive class (`limit=16;adaptive`) against a worker that runs 2 at
+/// once: the lb's estimate, which starts at half the maximum, comes down
+/// toward what the worker runs at once (lb/src/tunnel/adaptive.rs), and
+/// `/status` shows it.
+#[test]
+fn an_adaptive_class_limit_comes_down_to_what_the_worker_runs_at_once() {
+    let lb = start_lb(1, |c| c.profile.queue_wait = Duration::from_secs(30));
+    let mut cfg = worker_config(&lb, "bounded", 2);
+    cfg.meta.classes = ptth_proto::setup::parse_classes(br#"heavy=("POST /report/");u=6;limit=16;adaptive"#).unwrap();
+    let _w = start_worker(cfg, || Bounded { capacity: 2, running: std::cell::Cell::new(0) });
+    let limit = |lb: &ptth_lb::Lb| lb.status().workers.first().and_then(|w| w.classes.first()).and_then(|c| c.adaptive_limit);
+    wait_until("the worker is registered", || limit(&lb).is_some());
+    assert_eq!(limit(&lb), Some(8), "starts at half the declared maximum");
+    let addr = lb.client_addr();
+    let clients: Vec<_> = (0..12)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                for i in 0..40 {
+                    c.send(format!("POST /report/{t}-{i} HTTP/1.1\r\nHost: test\r\nContent-Length: 2\r\n\r\nhi").as_bytes());
+                    assert_eq!(c.read_response(false).status, 200);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let n = limit(&lb).unwrap();
+    assert!((1..=5).contains(&n), "estimated {n} for a worker that runs 2 at once");
+}
+
+/// Records the order requests arrive in; `/first` waits for the gate.
+struct Ordered {
+    open: Arc<std::sync::atomic::AtomicBool>,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl Handler for Ordered {
+    async fn handle(&self, ex: &mut Exchange<'_>) -> Result<(), ptth_workerd::Error> {
+        self.seen.lock().unwrap().push(ex.target().to_string());
+        if ex.target() == "/first" {
+            while !self.open.load(Ordering::SeqCst) {
+                monoio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        ex.respond(200, &[("content-type", "text/plain")], b"ok\n").await
+    }
+}
+
+/// Waiting requests are served most urgent class first, in arrival order
+/// within one, and a client's `Priority` (RFC 9218) lowers its request below
+/// its class (never raises it).
+#[test]
+fn queued_requests_go_most_urgent_first_then_in_arrival_order() {
+    let lb = start_lb(1, |c| c.profile.queue_wait = Duration::from_secs(30));
+    let mut cfg = worker_config(&lb, "one-at-a-time", 1);
+    cfg.meta.max_concurrency = Some(1);
+    cfg.meta.classes = ptth_proto::setup::parse_classes(br#"urgent=("/u/");u=1, lazy=("/l/");u=5"#).unwrap();
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (o, s) = (open.clone(), seen.clone());
+    let _w = start_worker(cfg, move || Ordered { open: o.clone(), seen: s.clone() });
+    let addr = lb.client_addr();
+    let mut first = Client::connect(addr);
+    first.send(b"GET /first HTTP/1.1\r\nHost: test\r\n\r\n");
+    wait_until("the first request holds the worker", || seen.lock().unwrap().len() == 1);
+    let waiting = |lb: &ptth_lb::Lb| lb.status().classes.iter().map(|c| c.waiting).sum::<u32>();
+    let mut clients = Vec::new();
+    for (i, (path, priority)) in
+        [("/l/1", None), ("/u/1", None), ("/l/2", None), ("/u/2", None), ("/u/3", Some("u=6")), ("/u/4", Some("u=0"))]
+            .into_iter()
+            .enumerate()
+    {
+        let mut c = Client::connect(addr);
+        let extra = priority.map_or(String::new(), |p| format!("Priority: {p}\r\n"));
+        c.send(format!("GET {path} HTTP/1.1\r\nHost: test\r\n{extra}\r\n").as_bytes());
+        // One at a time into the queue, so arrival order is known.
+        wait_until("the request waits", || waiting(&lb) == i as u32 + 1);
+        clients.push(c);
+    }
+    open.store(true, Ordering::SeqCst);
+    assert_eq!(first.read_response(false).status, 200);
+    for mut c in clients {
+        assert_eq!(c.read_response(false).status, 200);
+    }
+    // u=0 cannot raise /u/4 above its class (u=1): it keeps its place there;
+    // u=6 lowers /u/3 below the lazy class (u=5).
+    assert_eq!(*seen.lock().unwrap(), ["/first", "/u/1", "/u/2", "/u/4", "/l/1", "/l/2", "/u/3"]);
+}

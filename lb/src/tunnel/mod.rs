@@ -3,6 +3,7 @@
 //! - [`accept`]: the tunnel listener and the setup handshake (auth, policy,
 //!   placement on a core, `101`).
 //! - [`acquire`]: taking a lease for a request (pick, or wait in the queue).
+//! - [`adaptive`]: a class limit the lb estimates from latency (plain data, unit-tested).
 //! - [`class_queue`]: each class's queue bound and counts across cores (plain data, unit-tested).
 //! - [`health`]: outlier detection, a failing worker out of selection (plain data, unit-tested).
 //! - [`permits`]: a worker's cross-core concurrency limit (plain data, unit-tested).
@@ -15,6 +16,7 @@
 
 pub(crate) mod accept;
 pub(crate) mod acquire;
+pub(crate) mod adaptive;
 pub(crate) mod class_queue;
 pub(crate) mod health;
 pub(crate) mod permits;

@@ -53,6 +53,15 @@ impl Permits {
         self.waiting.swap(0, Ordering::SeqCst)
     }
 
+    /// The cores recorded as waiting (as a bit set), clearing the record:
+    /// for telling them the limit itself grew.
+    pub(crate) fn take_waiting(&self) -> u64 {
+        if self.waiting.load(Ordering::SeqCst) == 0 {
+            return 0;
+        }
+        self.waiting.swap(0, Ordering::SeqCst)
+    }
+
     /// Permits taken now (for `/status`; a moment's view, not for decisions:
     /// a failed take counts for an instant).
     pub(crate) fn in_use(&self) -> u32 {

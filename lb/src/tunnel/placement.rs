@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::Error;
 use crate::stats::WorkerCoreStats;
+use crate::tunnel::adaptive::AdaptiveLimit;
 use crate::tunnel::class_queue::{ClassQueue, Registry};
 use crate::tunnel::permits::Permits;
 use crate::tunnel::Meta;
@@ -30,6 +31,8 @@ pub(crate) struct WorkerEntry {
     /// In-flight requests of each class that declared a limit, across all
     /// cores, by class name.
     pub(crate) class_permits: HashMap<String, Arc<Permits>>,
+    /// The estimated limit of each class declared `adaptive`, by class name.
+    pub(crate) class_adaptive: HashMap<String, Arc<AdaptiveLimit>>,
     pub(crate) stats: Vec<Arc<WorkerCoreStats>>,
 }
 
@@ -44,6 +47,8 @@ pub(crate) struct Placed {
     /// One per class of the tunnel's `Meta::classes`, in order: its queue's
     /// shared counts (by class name, over every worker declaring it).
     pub(crate) class_queues: Vec<Arc<ClassQueue>>,
+    /// One per class, in order: the shared estimate of an adaptive class.
+    pub(crate) class_adaptive: Vec<Option<Arc<AdaptiveLimit>>>,
     pub(crate) stats: Arc<WorkerCoreStats>,
 }
 
@@ -126,6 +131,7 @@ impl Placement {
             meta: meta.clone(),
             permits: None,
             class_permits: HashMap::new(),
+            class_adaptive: HashMap::new(),
             stats: (0..cores).map(|_| Arc::new(WorkerCoreStats::default())).collect(),
         });
         let total: u32 = e.per_core.iter().sum();
@@ -141,10 +147,20 @@ impl Placement {
         let class_permits =
             meta.classes.iter().map(|c| c.limit.map(|_| e.class_permits.entry(c.name.clone()).or_default().clone())).collect();
         let class_queues = meta.classes.iter().map(|c| self.classes.get(&c.name)).collect();
+        let class_adaptive = meta
+            .classes
+            .iter()
+            .map(|c| match (c.adaptive, c.limit) {
+                (true, Some(max)) => {
+                    Some(e.class_adaptive.entry(c.name.clone()).or_insert_with(|| Arc::new(AdaptiveLimit::new(max))).clone())
+                }
+                _ => None,
+            })
+            .collect();
         let min = *e.per_core.iter().min().unwrap_or(&0);
         let core = if e.per_core[here] == min { here } else { e.per_core.iter().position(|&n| n == min).unwrap_or(here) };
         e.per_core[core] += 1;
-        Ok(Placed { core, permits: e.permits.clone(), class_permits, class_queues, stats: e.stats[core].clone() })
+        Ok(Placed { core, permits: e.permits.clone(), class_permits, class_queues, class_adaptive, stats: e.stats[core].clone() })
     }
 
     /// A tunnel of `id` on `core` ended (or its setup failed after placement).

@@ -21,6 +21,7 @@ use ptth_proto::rt::FastRng;
 
 use crate::inbox::{CoreMsg, Inbox};
 use crate::stats::{self, WorkerCoreStats};
+use crate::tunnel::adaptive::AdaptiveLimit;
 use crate::tunnel::class_queue::ClassQueue;
 use crate::tunnel::health::{self, Health, Verdict};
 use crate::tunnel::permits::{self, Permits};
@@ -161,6 +162,8 @@ struct LocalWorker {
     class_permits: Vec<Option<Arc<Permits>>>,
     /// Per class of `meta.classes`: its queue's shared counts.
     class_queues: Vec<Arc<ClassQueue>>,
+    /// Per class of `meta.classes`: the estimate of a class declared `adaptive`.
+    class_adaptive: Vec<Option<Arc<AdaptiveLimit>>>,
     stats: Arc<WorkerCoreStats>,
     health: Health,
     /// Its recent time to a response head, as this core saw it.
@@ -168,10 +171,15 @@ struct LocalWorker {
 }
 
 impl LocalWorker {
-    /// The counter and limit of `class`, when it declared one.
+    /// The counter and limit of `class`, when it declared one (an adaptive
+    /// class's: the current estimate).
     fn class_permit(&self, class: Option<usize>) -> Option<(&Permits, u32)> {
         let i = class?;
-        Some((self.class_permits.get(i)?.as_deref()?, self.meta.class_limit(Some(i))?))
+        let permits = self.class_permits.get(i)?.as_deref()?;
+        match self.class_adaptive.get(i).and_then(Option::as_deref) {
+            Some(a) => Some((permits, a.limit())),
+            None => Some((permits, self.meta.class_limit(Some(i))?)),
+        }
     }
 
     /// A free h1 tunnel or room on an h2 tunnel.
@@ -305,11 +313,22 @@ impl Pool {
         self.cand.iter().any(|&i| i != not && self.workers[i].as_ref().is_some_and(|w| !w.health.out(now)))
     }
 
-    /// How long worker `slot` took to start answering a request (for
-    /// selection: a slower worker gets proportionally less).
-    pub(crate) fn observe_latency(&mut self, slot: usize, took: Duration) {
-        if let Some(w) = self.workers[slot].as_mut() {
-            w.latency.observe(took);
+    /// How long the worker of `lease` took to start answering its request:
+    /// for selection (a slower worker gets proportionally less), and for the
+    /// estimate of the request's class if it is adaptive. A limit that grew
+    /// is told to the cores with requests waiting for it.
+    pub(crate) fn observe(&mut self, lease: &Lease, took: Duration) {
+        let Some(w) = self.workers[lease.slot()].as_mut() else { return };
+        w.latency.observe(took);
+        let Some(i) = lease.class.map(usize::from) else { return };
+        let (Some(Some(a)), Some(Some(p))) = (w.class_adaptive.get(i), w.class_permits.get(i)) else { return };
+        let (before, after) = a.observe(took, p.in_use());
+        if after > before {
+            let waiting = p.take_waiting();
+            let id = w.id.clone();
+            for c in permits::cores(waiting, self.inboxes.len()).filter(|&c| c != self.core) {
+                self.inboxes[c].send(CoreMsg::Capacity { worker: id.clone() });
+            }
         }
     }
 
@@ -345,7 +364,7 @@ impl Pool {
 
     /// The worker entry for a new tunnel, created if needed; counts the tunnel.
     fn slot_for(&mut self, id: Arc<str>, meta: Arc<Meta>, placed: Placed) -> usize {
-        let Placed { permits, class_permits, class_queues, stats: wstats, .. } = placed;
+        let Placed { permits, class_permits, class_queues, class_adaptive, stats: wstats, .. } = placed;
         let slot = match self.workers.iter().position(|w| w.as_ref().is_some_and(|w| w.id == id && w.meta == meta)) {
             Some(s) => {
                 if let Some(w) = self.workers[s].as_mut().filter(|w| w.tunnels == 0) {
@@ -353,6 +372,7 @@ impl Pool {
                     w.permits = permits;
                     w.class_permits = class_permits;
                     w.class_queues = class_queues;
+                    w.class_adaptive = class_adaptive;
                     w.stats = wstats;
                 }
                 s
@@ -371,6 +391,7 @@ impl Pool {
                     permits,
                     class_permits,
                     class_queues,
+                    class_adaptive,
                     stats: wstats,
                     health: Health::default(),
                     latency: Latency::default(),
