@@ -353,7 +353,9 @@ fn report(o: &Opts, cpus: u32, outcomes: &[Outcome]) -> Result<(), String> {
     let commit = sh("git rev-parse --short HEAD");
     let dirty = if sh("git status --porcelain --untracked-files=no").is_empty() { "" } else { "-dirty" };
     let date = sh("date -u +%Y-%m-%dT%H:%M:%SZ");
-    let stem = format!("{}-{commit}-mixed", &date[..10]);
+    // A run against bounded backends is another scenario: its own files.
+    let tag = if o.heavy_capacity > 0 { format!("-capacity{}", o.heavy_capacity) } else { String::new() };
+    let stem = format!("{}-{commit}-mixed{tag}", &date[..10]);
     let mut md = String::new();
     let _ = writeln!(md, "# mixed: light requests under a heavy flood, heavy ones limited to {HEAVY_LIMIT} per backend\n");
     let _ = writeln!(

@@ -3,8 +3,8 @@
 //! the class's latency near its minimum, the gradient method of Envoy's
 //! adaptive concurrency filter and Netflix's concurrency-limits:
 //!
-//! - `min_rtt`: the lowest time to a response head seen. Every
-//!   [`PROBE_EVERY`] samples the limit drops to [`PROBE_LIMIT`] until
+//! - `min_rtt`: the lowest time to a response head seen. First, and then
+//!   every [`PROBE_EVERY`] samples, the limit drops to [`PROBE_LIMIT`] until
 //!   [`PROBE_SAMPLES`] responses arrive at that concurrency, and their
 //!   minimum becomes `min_rtt` (so it follows a worker that got slower for
 //!   good; a minimum taken while the worker is saturated would only ratchet
@@ -58,10 +58,12 @@ struct Probe {
 }
 
 impl Gradient {
-    /// Starts at half the declared maximum (at least 1).
+    /// Measures the worker's minimum latency first (a probe), then starts
+    /// at half the declared maximum (at least 1).
     pub(crate) fn new(max: u32) -> Gradient {
         let max = f64::from(max.max(1));
-        Gradient { limit: (max / 2.0).ceil().max(1.0), max, rtt_us: 0.0, min_rtt_us: f64::INFINITY, since_probe: 0, probe: None }
+        let probe = Some(Probe { min_us: f64::INFINITY, got: 0, seen: 0 });
+        Gradient { limit: (max / 2.0).ceil().max(1.0), max, rtt_us: 0.0, min_rtt_us: f64::INFINITY, since_probe: 0, probe }
     }
 
     /// The current limit.
@@ -188,7 +190,11 @@ mod tests {
     fn stays_within_one_and_the_declared_maximum() {
         // A worker that never slows down: the limit grows to the maximum.
         let mut g = Gradient::new(8);
-        assert_eq!(g.limit(), 4, "starts at half the maximum");
+        assert_eq!(g.limit(), PROBE_LIMIT, "measures the minimum first");
+        for _ in 0..PROBE_SAMPLES {
+            g.observe(Duration::from_millis(5), 1);
+        }
+        assert_eq!(g.limit(), 4, "then starts at half the maximum");
         let seen = run(&mut g, 1000, Duration::from_millis(5), 400);
         assert_eq!(*seen.last().unwrap(), 8);
         // One that gets much slower at once: down to 1 at worst.
@@ -222,8 +228,22 @@ mod tests {
     }
 
     #[test]
+    fn the_minimum_comes_from_low_concurrency_even_under_a_flood() {
+        // The first responses of a flood are slow (the worker queues); the
+        // first probe takes the minimum at concurrency 1, so the limit does
+        // not run up on a wrong minimum.
+        let mut g = Gradient::new(16);
+        let seen = run(&mut g, 4, Duration::from_millis(200), 300);
+        assert!(seen.iter().all(|&n| n <= 9), "at most a step above where it started: {:?}", &seen[..30]);
+        assert!((4..=6).contains(seen.last().unwrap()), "{:?}", &seen[seen.len() - 10..]);
+    }
+
+    #[test]
     fn a_class_using_little_does_not_grow() {
         let mut g = Gradient::new(64);
+        for _ in 0..PROBE_SAMPLES {
+            g.observe(Duration::from_millis(1), 1);
+        }
         for _ in 0..1000 {
             g.observe(Duration::from_millis(1), 2);
         }
