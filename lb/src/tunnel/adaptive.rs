@@ -9,7 +9,9 @@
 //!   minimum becomes `min_rtt` (so it follows a worker that got slower for
 //!   good; a minimum taken while the worker is saturated would only ratchet
 //!   the limit up);
-//! - `rtt`: a moving average of recent samples (each counts 1/8);
+//! - `rtt`: a moving average of recent samples (each counts 1/8), or the
+//!   sample itself when it is slower (the average alone lags a worker that
+//!   starts to queue);
 //! - gradient = [`TOLERANCE`] × `min_rtt` / `rtt`. At 1 or more (latency
 //!   within the tolerance of its minimum) the limit grows by its square
 //!   root (the headroom); below 1 it shrinks by the gradient (at most by
@@ -99,7 +101,9 @@ impl Gradient {
         self.rtt_us = if self.rtt_us == 0.0 { us } else { self.rtt_us + (us - self.rtt_us) / 8.0 };
         self.min_rtt_us = self.min_rtt_us.min(us);
         self.since_probe += 1;
-        let gradient = TOLERANCE * self.min_rtt_us / self.rtt_us;
+        // A slow sample counts at once (the average alone lags it, and the
+        // limit would run on while the worker already queues).
+        let gradient = TOLERANCE * self.min_rtt_us / self.rtt_us.max(us);
         let target = if gradient >= 1.0 {
             if f64::from(in_flight) * 2.0 < self.limit {
                 self.limit
