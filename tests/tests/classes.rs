@@ -156,8 +156,11 @@ fn a_class_queue_sheds_past_its_bounds_and_forgets_clients_that_leave(kind: Inne
     assert_eq!(running.read_response(false).status, 200);
     assert_eq!(a.read_response(false).status, 200);
     assert_eq!(received.load(Ordering::SeqCst), 2, "the abandoned request never reached the worker");
-    // Past the class's wait (1.5 s, under the lb's 30 s): 503.
+    // Past the class's wait (1.5 s, under the lb's 30 s): 503. The permit
+    // goes back once the last response is written: wait for it, so the next
+    // request runs at once instead of queueing for an instant.
     open.store(false, Ordering::SeqCst);
+    settled_status(&lb, "the heavy permit is given back", |s| s.workers[0].classes[0].in_flight == Some(0));
     let mut running = send_heavy(addr, "/report/4");
     wait_until("the next heavy request reached the worker", || received.load(Ordering::SeqCst) == 3);
     let r = send_heavy(addr, "/report/5").read_response(false);
