@@ -37,7 +37,9 @@ impl Handler for Bounded {
 #[test]
 fn an_adaptive_class_limit_comes_down_to_what_the_worker_runs_at_once() {
     let lb = start_lb(1, |c| c.profile.queue_wait = Duration::from_secs(30));
-    let mut cfg = worker_config(&lb, "bounded", 2);
+    // Tunnels enough that they never bound the concurrency (h1 tunnels
+    // carry one request each): only the class limit does.
+    let mut cfg = worker_config(&lb, "bounded", 12);
     cfg.meta.classes = ptth_proto::setup::parse_classes(br#"heavy=("POST /report/");u=6;limit=16;adaptive"#).unwrap();
     let _w = start_worker(cfg, || Bounded { capacity: 2, running: std::cell::Cell::new(0) });
     let limit = |lb: &ptth_lb::Lb| lb.status().workers.first().and_then(|w| w.classes.first()).and_then(|c| c.adaptive_limit);
