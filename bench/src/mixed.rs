@@ -36,10 +36,12 @@ use crate::origin::Origin;
 use crate::{cpu_seconds, nginx_conf, port_free, sh, spawn, wait_port, Proc, HAPROXY, NGINX, PTTH, PTTH_TUNNEL};
 
 pub(crate) const USAGE: &str = "usage: ptth-bench mixed [--duration SECS] [--idle-duration SECS] [--light-rate N] [--heavy-rate N]
-                         [--heavy-ms N] [--heavy-capacity N] [--lb-cores N] [--out DIR]
+                         [--heavy-ms N] [--heavy-capacity N] [--lb-cores N] [--haproxy PATH] [--tag NAME] [--out DIR]
                          [--only ptth,ptth-adaptive,haproxy,haproxy-prio,nginx]
 --heavy-capacity N: each backend runs at most N heavy requests at once and queues the rest inside
-(default 0: no bound); ptth-adaptive is not in the default list.";
+(default 0: no bound); ptth-adaptive is not in the default list.
+--haproxy PATH: the HAProxy binary to run (default: haproxy from PATH).
+--tag NAME: appended to the result files' names (a variant of the scenario).";
 const SYSTEMS: [&str; 5] = ["ptth", "ptth-adaptive", "haproxy", "haproxy-prio", "nginx"];
 
 struct Opts {
@@ -52,6 +54,10 @@ struct Opts {
     heavy: Duration,
     heavy_capacity: u32,
     lb_cores: u32,
+    /// The HAProxy binary.
+    haproxy: String,
+    /// Appended to the result files' names.
+    tag: String,
     only: Vec<String>,
     out: PathBuf,
 }
@@ -73,6 +79,8 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         heavy: Duration::from_millis(200),
         heavy_capacity: 0,
         lb_cores: 0,
+        haproxy: "haproxy".into(),
+        tag: String::new(),
         only: ["ptth", "haproxy", "haproxy-prio", "nginx"].map(String::from).to_vec(),
         out: PathBuf::from("bench/results"),
     };
@@ -90,6 +98,9 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--heavy-ms" => o.heavy = Duration::from_millis(num(1, 60_000)?),
             "--heavy-capacity" => o.heavy_capacity = num(0, 10_000)? as u32,
             "--lb-cores" => o.lb_cores = num(0, 1024)? as u32,
+            "--haproxy" => o.haproxy = v.clone(),
+            "--tag" if v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') => o.tag = format!("-{v}"),
+            "--tag" => return Err("--tag: letters, digits and '-' only".into()),
             "--only" => o.only = v.split(',').map(String::from).collect(),
             "--out" => o.out = PathBuf::from(v),
             _ => return Err(format!("unknown flag {flag:?}\n{USAGE}")),
@@ -111,7 +122,7 @@ struct System {
     note: String,
 }
 
-fn start(name: &str, dir: &Path, backends: &[SocketAddr], cores: u32) -> Result<System, String> {
+fn start(name: &str, dir: &Path, backends: &[SocketAddr], cores: u32, haproxy: &str) -> Result<System, String> {
     match name {
         "ptth" | "ptth-adaptive" => {
             let lb = spawn(
@@ -182,7 +193,7 @@ fn start(name: &str, dir: &Path, backends: &[SocketAddr], cores: u32) -> Result<
             );
             let p = dir.join(format!("{name}.cfg"));
             std::fs::write(&p, conf).map_err(|e| e.to_string())?;
-            let h = spawn("haproxy", Command::new("haproxy").arg("-f").arg(&p).arg("-db"))?;
+            let h = spawn("haproxy", Command::new(haproxy).arg("-f").arg(&p).arg("-db"))?;
             wait_port(HAPROXY)?;
             let note = format!(
                 "nbthread {cores}, balance leastconn, per server maxconn {HEAVY_LIMIT} maxqueue 50, timeout queue 2s{}",
@@ -269,9 +280,9 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             return Err(format!("{bin} is missing: run `cargo build --release` first (bench/run.sh does)"));
         }
     }
-    for (tool, pkg) in [("nginx", "nginx-light"), ("haproxy", "haproxy")] {
+    for (tool, pkg) in [("nginx", "nginx-light"), (o.haproxy.as_str(), "haproxy")] {
         if sh(&format!("command -v {tool}")).is_empty() {
-            return Err(format!("{tool} is not installed (apt-get install {pkg})"));
+            return Err(format!("{tool} is not installed (apt-get install {pkg}, or name one with --haproxy PATH)"));
         }
     }
     for port in [NGINX, HAPROXY, PTTH, PTTH_TUNNEL, ADMIN] {
@@ -295,7 +306,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     };
     let mut outcomes = Vec::new();
     for name in &o.only {
-        let sys = start(name, &dir, &origin.addrs, cores)?;
+        let sys = start(name, &dir, &origin.addrs, cores, &o.haproxy)?;
         let addr: SocketAddr = ([127, 0, 0, 1], sys.port).into();
         eprintln!("{name}: warm-up, then {} s light alone, then {} s light + heavy flood", o.idle_duration, o.duration);
         // Pools fill, tunnels settle.
@@ -354,8 +365,8 @@ fn report(o: &Opts, cpus: u32, outcomes: &[Outcome]) -> Result<(), String> {
     let dirty = if sh("git status --porcelain --untracked-files=no").is_empty() { "" } else { "-dirty" };
     let date = sh("date -u +%Y-%m-%dT%H:%M:%SZ");
     // A run against bounded backends is another scenario: its own files.
-    let tag = if o.heavy_capacity > 0 { format!("-capacity{}", o.heavy_capacity) } else { String::new() };
-    let stem = format!("{}-{commit}-mixed{tag}", &date[..10]);
+    let capacity = if o.heavy_capacity > 0 { format!("-capacity{}", o.heavy_capacity) } else { String::new() };
+    let stem = format!("{}-{commit}-mixed{capacity}{}", &date[..10], o.tag);
     let mut md = String::new();
     let _ = writeln!(md, "# mixed: light requests under a heavy flood, heavy ones limited to {HEAVY_LIMIT} per backend\n");
     let _ = writeln!(
@@ -380,7 +391,7 @@ fn report(o: &Opts, cpus: u32, outcomes: &[Outcome]) -> Result<(), String> {
         "- load (open loop, latency from when each request was due; bench/src/loadgen.rs): light {:.0}/s alone for {} s, then light {:.0}/s + heavy {:.0}/s for {} s; generator, backends and proxies on the same host, unpinned except ptth-lb",
         o.light_rate, o.idle_duration, o.light_rate, o.heavy_rate, o.duration
     );
-    let _ = writeln!(md, "- versions: {}; {}", sh("nginx -v 2>&1"), sh("haproxy -v | head -1"));
+    let _ = writeln!(md, "- versions: {}; {}", sh("nginx -v 2>&1"), sh(&format!("{} -v | head -1", o.haproxy)));
     let _ = writeln!(md, "\n| system | setup |\n|---|---|");
     for out in outcomes {
         let _ = writeln!(md, "| {} | {} |", out.name, out.note);
