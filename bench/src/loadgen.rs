@@ -45,6 +45,24 @@ pub(crate) struct ClassResult {
     pub(crate) late: u64,
 }
 
+impl ClassResult {
+    fn empty(name: &'static str, secs: usize) -> ClassResult {
+        ClassResult { name, latency: histogram(), per_second: (0..secs).map(|_| histogram()).collect(), ok: 0, shed: 0, errors: 0, late: 0 }
+    }
+
+    /// Adds what another connection of the class saw.
+    fn merge(&mut self, p: &ClassResult) {
+        let _ = self.latency.add(&p.latency);
+        for (a, b) in self.per_second.iter_mut().zip(&p.per_second) {
+            let _ = a.add(b);
+        }
+        self.ok += p.ok;
+        self.shed += p.shed;
+        self.errors += p.errors;
+        self.late += p.late;
+    }
+}
+
 fn histogram() -> Histogram<u64> {
     // 1 µs to 100 s, 3 significant digits.
     Histogram::new_with_bounds(1, 100_000_000, 3).expect("valid histogram bounds")
@@ -67,25 +85,9 @@ pub(crate) fn run(addr: SocketAddr, host: &str, classes: &[ClassLoad], duration:
             .collect();
         runs.into_iter()
             .map(|(c, threads)| {
-                let mut r = ClassResult {
-                    name: c.name,
-                    latency: histogram(),
-                    per_second: (0..secs).map(|_| histogram()).collect(),
-                    ok: 0,
-                    shed: 0,
-                    errors: 0,
-                    late: 0,
-                };
+                let mut r = ClassResult::empty(c.name, secs);
                 for t in threads {
-                    let p = t.join().expect("load thread");
-                    let _ = r.latency.add(&p.latency);
-                    for (a, b) in r.per_second.iter_mut().zip(&p.per_second) {
-                        let _ = a.add(b);
-                    }
-                    r.ok += p.ok;
-                    r.shed += p.shed;
-                    r.errors += p.errors;
-                    r.late += p.late;
+                    r.merge(&t.join().expect("load thread"));
                 }
                 r
             })
@@ -94,15 +96,7 @@ pub(crate) fn run(addr: SocketAddr, host: &str, classes: &[ClassLoad], duration:
 }
 
 fn one_connection(addr: SocketAddr, host: &str, c: &ClassLoad, k: usize, start: Instant, duration: Duration, secs: usize) -> ClassResult {
-    let mut r = ClassResult {
-        name: c.name,
-        latency: histogram(),
-        per_second: (0..secs).map(|_| histogram()).collect(),
-        ok: 0,
-        shed: 0,
-        errors: 0,
-        late: 0,
-    };
+    let mut r = ClassResult::empty(c.name, secs);
     let request = format!("GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ptth-bench\r\n\r\n", c.path);
     let interval = Duration::from_secs_f64(1.0 / c.rate);
     let mut conn: Option<Conn> = Conn::open(addr).ok();

@@ -453,6 +453,48 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Fails naming what is missing: a release binary, a tool (with its Debian
+/// package), or a port something else holds.
+pub(crate) fn preflight(tools: &[(&str, &str)], ports: &[u16]) -> Result<(), String> {
+    for bin in ["target/release/ptth-lb", "target/release/ptth-workerd"] {
+        if !Path::new(bin).exists() {
+            return Err(format!("{bin} is missing: run `cargo build --release` first (bench/run.sh does)"));
+        }
+    }
+    for (tool, pkg) in tools {
+        if sh(&format!("command -v {tool}")).is_empty() {
+            return Err(format!("{tool} is not installed (apt-get install {pkg})"));
+        }
+    }
+    for &port in ports {
+        if !port_free(port) {
+            return Err(format!("127.0.0.1:{port} is in use; stop what holds it"));
+        }
+    }
+    Ok(())
+}
+
+/// What every result file says about the run: the commit (`-dirty` with
+/// uncommitted changes), the date (UTC), kernel and CPUs.
+pub(crate) struct RunFacts {
+    pub(crate) commit: String,
+    pub(crate) date: String,
+    /// The `- date`, `- commit`, `- kernel` and `- CPU` lines.
+    pub(crate) lines: String,
+}
+
+pub(crate) fn run_facts(cpus: u32) -> RunFacts {
+    let commit = sh("git rev-parse --short HEAD");
+    let dirty = if sh("git status --porcelain --untracked-files=no").is_empty() { "" } else { "-dirty" };
+    let date = sh("date -u +%Y-%m-%dT%H:%M:%SZ");
+    let lines = format!(
+        "- date: {date}\n- commit: {commit}{dirty}\n- kernel: {}\n- CPU: {cpus} × {}",
+        sh("uname -r"),
+        sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2")
+    );
+    RunFacts { commit, date, lines }
+}
+
 pub(crate) fn sh(cmd: &str) -> String {
     Command::new("sh").arg("-c").arg(cmd).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
 }
@@ -488,21 +530,10 @@ fn main() {
 }
 
 fn run(o: &Opts) -> Result<(), String> {
-    for bin in ["target/release/ptth-lb", "target/release/ptth-workerd"] {
-        if !Path::new(bin).exists() {
-            return Err(format!("{bin} is missing: run `cargo build --release` first (bench/run.sh does)"));
-        }
-    }
-    for (tool, pkg) in [("wrk", "wrk"), ("h2load", "nghttp2-client"), ("nginx", "nginx-light"), ("haproxy", "haproxy")] {
-        if sh(&format!("command -v {tool}")).is_empty() {
-            return Err(format!("{tool} is not installed (apt-get install {pkg})"));
-        }
-    }
-    for port in [ORIGIN, NGINX, HAPROXY, PTTH, PTTH_TUNNEL] {
-        if !port_free(port) {
-            return Err(format!("127.0.0.1:{port} is in use; stop what holds it"));
-        }
-    }
+    preflight(
+        &[("wrk", "wrk"), ("h2load", "nghttp2-client"), ("nginx", "nginx-light"), ("haproxy", "haproxy")],
+        &[ORIGIN, NGINX, HAPROXY, PTTH, PTTH_TUNNEL],
+    )?;
     let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
     let cores = if o.lb_cores == 0 { cpus } else { o.lb_cores };
     let dir = std::env::temp_dir().join(format!("ptth-bench-{}", std::process::id()));
@@ -539,22 +570,14 @@ fn run(o: &Opts) -> Result<(), String> {
     drop(origin);
     let _ = std::fs::remove_dir_all(&dir);
 
-    let commit = sh("git rev-parse --short HEAD");
-    let dirty = if sh("git status --porcelain --untracked-files=no").is_empty() { "" } else { "-dirty" };
-    let date = sh("date -u +%Y-%m-%dT%H:%M:%SZ");
+    let RunFacts { commit, date, lines } = run_facts(cpus);
     let mut md = String::new();
     let title = match o.scenario {
         Scenario::H1Wrk => "h1-wrk: wrk (HTTP/1.1) → proxy → nginx origin",
         Scenario::H2Load => "h2-h2load: h2load (h2c) → proxy → nginx origin",
     };
     let _ = writeln!(md, "# {title}\n");
-    let _ = writeln!(
-        md,
-        "- date: {date}\n- commit: {commit}{dirty}\n- kernel: {}\n- CPU: {} × {}",
-        sh("uname -r"),
-        cpus,
-        sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2")
-    );
+    let _ = writeln!(md, "{lines}");
     let load = match o.scenario {
         Scenario::H1Wrk => format!("`wrk -t{} -c{} -d{}s --latency`", o.threads, o.connections, o.duration),
         Scenario::H2Load => {

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use crate::loadgen::{self, ClassLoad, ClassResult};
 use crate::origin::Origin;
-use crate::{cpu_seconds, nginx_conf, port_free, sh, spawn, wait_port, Proc, HAPROXY, NGINX, PTTH, PTTH_TUNNEL};
+use crate::{cpu_seconds, nginx_conf, preflight, run_facts, sh, spawn, wait_port, Proc, RunFacts, HAPROXY, NGINX, PTTH, PTTH_TUNNEL};
 
 pub(crate) const USAGE: &str = "usage: ptth-bench mixed [--duration SECS] [--idle-duration SECS] [--light-rate N] [--heavy-rate N]
                          [--heavy-ms N] [--heavy-capacity N] [--lb-cores N] [--haproxy PATH] [--tag NAME] [--out DIR]
@@ -275,21 +275,10 @@ fn ms(h: &hdrhistogram::Histogram<u64>, q: f64) -> f64 {
 
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let o = parse(args)?;
-    for bin in ["target/release/ptth-lb", "target/release/ptth-workerd"] {
-        if !Path::new(bin).exists() {
-            return Err(format!("{bin} is missing: run `cargo build --release` first (bench/run.sh does)"));
-        }
-    }
-    for (tool, pkg) in [("nginx", "nginx-light"), (o.haproxy.as_str(), "haproxy")] {
-        if sh(&format!("command -v {tool}")).is_empty() {
-            return Err(format!("{tool} is not installed (apt-get install {pkg}, or name one with --haproxy PATH)"));
-        }
-    }
-    for port in [NGINX, HAPROXY, PTTH, PTTH_TUNNEL, ADMIN] {
-        if !port_free(port) {
-            return Err(format!("127.0.0.1:{port} is in use; stop what holds it"));
-        }
-    }
+    preflight(
+        &[("nginx", "nginx-light"), (o.haproxy.as_str(), "haproxy, or name one with --haproxy PATH")],
+        &[NGINX, HAPROXY, PTTH, PTTH_TUNNEL, ADMIN],
+    )?;
     let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
     let cores = if o.lb_cores == 0 { cpus } else { o.lb_cores };
     let dir = std::env::temp_dir().join(format!("ptth-bench-mixed-{}", std::process::id()));
@@ -361,20 +350,13 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
 }
 
 fn report(o: &Opts, cpus: u32, outcomes: &[Outcome]) -> Result<(), String> {
-    let commit = sh("git rev-parse --short HEAD");
-    let dirty = if sh("git status --porcelain --untracked-files=no").is_empty() { "" } else { "-dirty" };
-    let date = sh("date -u +%Y-%m-%dT%H:%M:%SZ");
+    let RunFacts { commit, date, lines } = run_facts(cpus);
     // A run against bounded backends is another scenario: its own files.
     let capacity = if o.heavy_capacity > 0 { format!("-capacity{}", o.heavy_capacity) } else { String::new() };
     let stem = format!("{}-{commit}-mixed{capacity}{}", &date[..10], o.tag);
     let mut md = String::new();
     let _ = writeln!(md, "# mixed: light requests under a heavy flood, heavy ones limited to {HEAVY_LIMIT} per backend\n");
-    let _ = writeln!(
-        md,
-        "- date: {date}\n- commit: {commit}{dirty}\n- kernel: {}\n- CPU: {cpus} × {}",
-        sh("uname -r"),
-        sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2")
-    );
+    let _ = writeln!(md, "{lines}");
     let _ = writeln!(
         md,
         "- backends: {BACKENDS}, `/light` at once, `/heavy` after {} ms (capacity with {HEAVY_LIMIT} at once each: {:.0} heavy/s){}",
