@@ -224,6 +224,29 @@ impl Client {
 }
 
 /// GET on a fresh connection.
+/// Client connections sorted by the lb core that accepted each, at least
+/// `each` per core (a connection lands on a core by the kernel's
+/// SO_REUSEPORT hash: it is opened, then the core's `clients_accepted` that
+/// moved says where it went). Nothing has been sent on them.
+pub fn clients_on_cores(lb: &Lb, each: usize) -> Vec<Vec<Client>> {
+    let accepted = |lb: &Lb| lb.status().per_core.iter().map(|c| c.clients_accepted).collect::<Vec<_>>();
+    let mut by_core: Vec<Vec<Client>> = (0..lb.status().cores).map(|_| Vec::new()).collect();
+    let until = Instant::now() + STEP;
+    while by_core.iter().any(|c| c.len() < each) {
+        assert!(Instant::now() < until, "connections did not land on every core: {:?}", by_core.iter().map(Vec::len).collect::<Vec<_>>());
+        let before = accepted(lb);
+        let c = Client::connect(lb.client_addr());
+        let mut now = accepted(lb);
+        wait_until("the lb accepts the connection", || {
+            now = accepted(lb);
+            now.iter().sum::<u64>() > before.iter().sum::<u64>()
+        });
+        let core = (0..now.len()).find(|&i| now[i] > before[i]).expect("a core's count moved");
+        by_core[core].push(c);
+    }
+    by_core
+}
+
 pub fn get(addr: SocketAddr, path: &str) -> Response {
     Client::connect(addr).get(path)
 }

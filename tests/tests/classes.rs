@@ -174,7 +174,8 @@ fn a_class_queue_sheds_past_its_bounds_and_forgets_clients_that_leave(kind: Inne
 
 on_both_tunnel_kinds!(
     a_class_limit_holds_across_cores_while_other_classes_go_ahead,
-    a_class_queue_sheds_past_its_bounds_and_forgets_clients_that_leave
+    a_class_queue_sheds_past_its_bounds_and_forgets_clients_that_leave,
+    waiters_on_every_core_keep_one_order
 );
 
 /// A setup request declaring `classes`, raw, as a third-party worker sends it.
@@ -247,16 +248,33 @@ impl Handler for Ordered {
 /// its class (never raises it).
 #[test]
 fn queued_requests_go_most_urgent_first_then_in_arrival_order() {
-    let lb = start_lb(1, |c| c.profile.queue_wait = Duration::from_secs(30));
-    let mut cfg = worker_config(&lb, "one-at-a-time", 1);
+    serve_in_one_order(1, tunnel_protocols());
+}
+
+/// The order holds across cores: requests waiting on two cores for one
+/// worker's permit are served most urgent first, then in arrival order,
+/// whichever core frees the permit. The permit frees on core 0 (the request
+/// holding it came in there) while the most urgent waiters sit on core 1:
+/// serving the freeing core's own waiters first would start with `/l/1`.
+fn waiters_on_every_core_keep_one_order(kind: InnerProtocol) {
+    serve_in_one_order(2, vec![kind]);
+}
+
+/// A worker that runs one request at once, and a queue of six requests in two
+/// classes, two of them with a client `Priority`; on two cores they alternate
+/// between them, the first request (holding the permit) on core 0.
+fn serve_in_one_order(cores: usize, protocols: Vec<InnerProtocol>) {
+    let lb = start_lb(cores, |c| c.profile.queue_wait = Duration::from_secs(30));
+    let mut cfg = worker_config(&lb, "one-at-a-time", 2);
+    cfg.protocols = protocols;
     cfg.meta.max_concurrency = Some(1);
     cfg.meta.classes = ptth_proto::setup::parse_classes(br#"urgent=("/u/");u=1, lazy=("/l/");u=5"#).unwrap();
     let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let seen = Arc::new(Mutex::new(Vec::new()));
     let (o, s) = (open.clone(), seen.clone());
     let _w = start_worker(cfg, move || Ordered { open: o.clone(), seen: s.clone() });
-    let addr = lb.client_addr();
-    let mut first = Client::connect(addr);
+    let mut on = clients_on_cores(&lb, 7usize.div_ceil(cores));
+    let mut first = on[0].pop().unwrap();
     first.send(b"GET /first HTTP/1.1\r\nHost: test\r\n\r\n");
     wait_until("the first request holds the worker", || seen.lock().unwrap().len() == 1);
     let waiting = |lb: &ptth_lb::Lb| lb.status().classes.iter().map(|c| c.waiting).sum::<u32>();
@@ -266,13 +284,16 @@ fn queued_requests_go_most_urgent_first_then_in_arrival_order() {
             .into_iter()
             .enumerate()
     {
-        let mut c = Client::connect(addr);
+        let mut c = on[i % cores].pop().unwrap();
         let extra = priority.map_or(String::new(), |p| format!("Priority: {p}\r\n"));
         c.send(format!("GET {path} HTTP/1.1\r\nHost: test\r\n{extra}\r\n").as_bytes());
         // One at a time into the queue, so arrival order is known.
         wait_until("the request waits", || waiting(&lb) == i as u32 + 1);
         clients.push(c);
     }
+    let s = lb.status();
+    assert_eq!(s.per_core.iter().map(|c| c.queued).collect::<Vec<_>>(), vec![6 / cores as u64; cores], "as many wait on each core");
+    assert_eq!(s.per_core.iter().map(|c| c.clients_handed_off).sum::<u64>(), 0, "no connection moved core");
     open.store(true, Ordering::SeqCst);
     assert_eq!(first.read_response(false).status, 200);
     for mut c in clients {

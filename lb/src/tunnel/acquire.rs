@@ -14,18 +14,9 @@ use crate::config::Profile;
 use crate::error::Error;
 use crate::percore::Core;
 use crate::stats;
-use crate::tunnel::pool::{Lease, Leased, Pick, Pool, Shed};
-use crate::tunnel::queue::Waiter;
-
-/// What a lease is taken for.
-pub(crate) struct For<'a> {
-    pub(crate) host: &'a [u8],
-    pub(crate) path: &'a [u8],
-    /// With the path, what finds the request's class on a worker.
-    pub(crate) method: &'a [u8],
-    /// The client's RFC 9218 `Priority` urgency, if it sent one.
-    pub(crate) urgency: Option<u8>,
-}
+pub(crate) use crate::tunnel::pool::For;
+use crate::tunnel::pool::{At, Lease, Leased, Pick, Pool, Shed};
+use crate::tunnel::queue::{HeldBack, Waiter};
 
 /// Takes a tunnel for this route from the core's pool, waiting in the bounded
 /// queue when every eligible tunnel is busy (or the request's class is at
@@ -36,7 +27,7 @@ pub(crate) async fn acquire(core: &Rc<Core>, req: &For<'_>, avoid: Option<usize>
     let p = &core.shared.cfg.profile;
     let (host, path) = (req.host, req.path);
     loop {
-        let pick = core.pool.borrow_mut().try_pick(host, path, req.method, avoid);
+        let pick = core.pool.borrow_mut().try_pick(host, path, req.method, At::Arrival(req.urgency), avoid);
         let t = match pick {
             Pick::Got(t) => t,
             Pick::NoRoute => {
@@ -46,7 +37,7 @@ pub(crate) async fn acquire(core: &Rc<Core>, req: &For<'_>, avoid: Option<usize>
                 })
             }
             Pick::Reserved => return Err(Error::Reserved { path: String::from_utf8_lossy(path).into_owned() }),
-            Pick::Busy => wait_for_tunnel(core, req, p, gone.as_mut()).await?,
+            Pick::Busy(held_back) => wait_for_tunnel(core, req, held_back, p, gone.as_mut()).await?,
         };
         // An idle tunnel may have been closed by its worker, or hold bytes
         // it sent unasked (which would be read as this request's response):
@@ -61,9 +52,15 @@ pub(crate) async fn acquire(core: &Rc<Core>, req: &For<'_>, avoid: Option<usize>
     }
 }
 
-async fn wait_for_tunnel(core: &Rc<Core>, req: &For<'_>, p: &Profile, gone: Pin<&mut impl Future<Output = ()>>) -> Result<Lease, Error> {
+async fn wait_for_tunnel(
+    core: &Rc<Core>,
+    req: &For<'_>,
+    held_back: Vec<HeldBack>,
+    p: &Profile,
+    gone: Pin<&mut impl Future<Output = ()>>,
+) -> Result<Lease, Error> {
     let (host, path) = (req.host, req.path);
-    let queued = core.pool.borrow_mut().enqueue(host, path, req.method, req.urgency, p.queue_max, p.queue_wait).map_err(|s| match s {
+    let queued = core.pool.borrow_mut().enqueue(req, held_back, p.queue_max, p.queue_wait).map_err(|s| match s {
         Shed::ClassFull { class, bound } => {
             Error::QueueFull { class: class.name.clone(), why: format!("the class allows {bound} waiting") }
         }

@@ -140,12 +140,15 @@ impl Placement {
         }
         e.meta = meta.clone();
         if meta.max_concurrency.is_some() && e.permits.is_none() {
-            e.permits = Some(Arc::new(Permits::default()));
+            e.permits = Some(Arc::new(Permits::new(cores)));
         }
         // A class's counter is shared by every tunnel of the worker that
         // declares the class, whatever core it lands on.
-        let class_permits =
-            meta.classes.iter().map(|c| c.limit.map(|_| e.class_permits.entry(c.name.clone()).or_default().clone())).collect();
+        let class_permits = meta
+            .classes
+            .iter()
+            .map(|c| c.limit.map(|_| e.class_permits.entry(c.name.clone()).or_insert_with(|| Arc::new(Permits::new(cores))).clone()))
+            .collect();
         let class_queues = meta.classes.iter().map(|c| self.classes.get(&c.name)).collect();
         let class_adaptive = meta
             .classes

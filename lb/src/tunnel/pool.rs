@@ -24,9 +24,9 @@ use crate::stats::{self, WorkerCoreStats};
 use crate::tunnel::adaptive::AdaptiveLimit;
 use crate::tunnel::class_queue::ClassQueue;
 use crate::tunnel::health::{self, Health, Verdict};
-use crate::tunnel::permits::{self, Permits};
+use crate::tunnel::permits::{self, Permits, Place, Refused};
 use crate::tunnel::placement::{PeerTicket, Placed, Placement};
-use crate::tunnel::queue::{Full, Reroute, WaitQueue, Waiter, Want};
+use crate::tunnel::queue::{Full, HeldBack, Reroute, WaitQueue, Waiter, Want};
 use crate::tunnel::routes;
 use crate::tunnel::select::{power_of_two, Choice, Latency};
 use crate::tunnel::Meta;
@@ -135,10 +135,32 @@ impl Lease {
 
 /// Why [`Pool::take`] lent nothing.
 enum NoTake {
-    /// The worker has no free tunnel, stream slot or permit of its own.
+    /// The worker has no free tunnel or stream slot here.
     Room,
-    /// The request's class is at its limit (another class may still fit).
-    Class,
+    /// A cross-core permit refused: the worker's own (`class` false: no
+    /// request can go to it now) or the request's class's (another class
+    /// may still fit). At its limit, or a waiter stands ahead in line.
+    Permit { class: bool, held: HeldBack },
+}
+
+/// What a lease is taken for.
+pub(crate) struct For<'a> {
+    pub(crate) host: &'a [u8],
+    pub(crate) path: &'a [u8],
+    /// With the path, what finds the request's class on a worker.
+    pub(crate) method: &'a [u8],
+    /// The client's RFC 9218 `Priority` urgency, if it sent one.
+    pub(crate) urgency: Option<u8>,
+}
+
+/// Where a request taking a permit stands in line.
+#[derive(Clone, Copy)]
+pub(crate) enum At {
+    /// Just arrived, with the client's RFC 9218 urgency if it sent one: its
+    /// place is now, at its class's urgency (lowered by the client's).
+    Arrival(Option<u8>),
+    /// Waiting in the queue since its place.
+    Waiting(Place),
 }
 
 struct LocalWorker {
@@ -173,9 +195,9 @@ struct LocalWorker {
 impl LocalWorker {
     /// The counter and limit of `class`, when it declared one (an adaptive
     /// class's: the current estimate).
-    fn class_permit(&self, class: Option<usize>) -> Option<(&Permits, u32)> {
+    fn class_permit(&self, class: Option<usize>) -> Option<(&Arc<Permits>, u32)> {
         let i = class?;
-        let permits = self.class_permits.get(i)?.as_deref()?;
+        let permits = self.class_permits.get(i)?.as_ref()?;
         match self.class_adaptive.get(i).and_then(Option::as_deref) {
             Some(a) => Some((permits, a.limit())),
             None => Some((permits, self.meta.class_limit(Some(i))?)),
@@ -198,8 +220,9 @@ fn epoch_ms(t: std::time::SystemTime) -> u64 {
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Pick {
     Got(Lease),
-    /// Workers serve this route here, but none has a free tunnel (or permit).
-    Busy,
+    /// Workers serve this route here, but none has a free tunnel (or
+    /// permit): the permits that refused, for the queue.
+    Busy(Vec<HeldBack>),
     /// No worker on this core serves it.
     NoRoute,
     /// The best route for it is a prefix reserved for workers that are not
@@ -235,6 +258,16 @@ pub(crate) struct Pool {
     /// Classes whose oldest waiter this core last published (the sweep
     /// clears those it no longer holds).
     published_oldest: Vec<Arc<ClassQueue>>,
+    /// The cross-core permits on which this core published the place of its
+    /// first waiter held back by each (tunnel/permits.rs), with that place.
+    heads: Vec<Head>,
+}
+
+/// This core's first waiter for one cross-core permit, as published.
+struct Head {
+    permits: Arc<Permits>,
+    worker: Arc<str>,
+    place: Place,
 }
 
 /// A request now waiting in this core's queue.
@@ -255,10 +288,13 @@ pub(crate) enum Shed {
 
 impl Pool {
     pub(crate) fn new(core: usize, placement: Arc<Placement>, inboxes: Arc<[Inbox]>) -> Pool {
+        // Places compare across cores from one epoch, fixed before anything waits.
+        Place::epoch();
         Pool {
             core,
             default_queue: placement.classes.get(ptth_proto::setup::DEFAULT_CLASS),
             published_oldest: Vec::new(),
+            heads: Vec::new(),
             placement,
             inboxes,
             workers: Vec::new(),
@@ -324,11 +360,20 @@ impl Pool {
         let (Some(Some(a)), Some(Some(p))) = (w.class_adaptive.get(i), w.class_permits.get(i)) else { return };
         let (before, after) = a.observe(took, p.in_use());
         if after > before {
-            let waiting = p.take_waiting();
+            let waiting = p.take_waiting(self.core);
             let id = w.id.clone();
-            for c in permits::cores(waiting, self.inboxes.len()).filter(|&c| c != self.core) {
-                self.inboxes[c].send(CoreMsg::Capacity { worker: id.clone() });
-            }
+            self.tell(waiting, &id);
+            // And this core's own waiters, as many as now fit.
+            self.offer_all(lease.slot());
+        }
+    }
+
+    /// Tells the cores of `mask` (other than this one) that a permit of
+    /// worker `id` may be free for a request they hold waiting: an owned
+    /// message, only when one waits.
+    fn tell(&self, mask: u64, id: &Arc<str>) {
+        for c in permits::cores(mask, self.inboxes.len()).filter(|&c| c != self.core) {
+            self.inboxes[c].send(CoreMsg::Capacity { worker: id.clone() });
         }
     }
 
@@ -502,10 +547,10 @@ impl Pool {
         }
     }
 
-    /// Picks a tunnel for a request, or says why it cannot now. `avoid`: a
-    /// worker whose tunnel just failed this request, used only if no other
-    /// worker has a free tunnel.
-    pub(crate) fn try_pick(&mut self, host: &[u8], path: &[u8], method: &[u8], avoid: Option<usize>) -> Pick {
+    /// Picks a tunnel for a request standing `at` its place in line, or says
+    /// why it cannot now. `avoid`: a worker whose tunnel just failed this
+    /// request, used only if no other worker has a free tunnel.
+    pub(crate) fn try_pick(&mut self, host: &[u8], path: &[u8], method: &[u8], at: At, avoid: Option<usize>) -> Pick {
         Self::candidates(&self.workers, &mut self.cand, host, path);
         if self.reserved_beats(host, path) {
             return Pick::Reserved;
@@ -527,6 +572,7 @@ impl Pool {
         // Weighted power of two choices (tunnel/select.rs); a worker that
         // turns out to have no tunnel or permit left is dropped and the
         // choice made again among the rest.
+        let mut held_back = Vec::new();
         while !self.avail.is_empty() {
             self.choices.clear();
             for &i in &self.avail {
@@ -535,19 +581,21 @@ impl Pool {
             }
             let Some(pick) = power_of_two(&self.choices, &mut self.rng) else { break };
             let slot = self.avail[pick];
-            if let Ok(t) = self.take(slot, method, path) {
-                return Pick::Got(t);
+            match self.take(slot, method, path, at) {
+                Ok(t) => return Pick::Got(t),
+                Err(NoTake::Permit { held, .. }) => held_back.push(held),
+                Err(NoTake::Room) => {}
             }
             self.avail.swap_remove(pick);
         }
-        Pick::Busy
+        Pick::Busy(held_back)
     }
 
     /// Lends a tunnel of `slot` (the least busy h2 tunnel with room, else an
-    /// idle h1 tunnel) to a request of `method` and `path`, accounting for
-    /// it as in flight, if the worker's and the request's class's cross-core
-    /// limits allow.
-    fn take(&mut self, slot: usize, method: &[u8], path: &[u8]) -> Result<Lease, NoTake> {
+    /// idle h1 tunnel) to a request of `method` and `path` standing `at` its
+    /// place, accounting for it as in flight, if the worker's and the
+    /// request's class's cross-core limits allow.
+    fn take(&mut self, slot: usize, method: &[u8], path: &[u8], at: At) -> Result<Lease, NoTake> {
         let w = self.workers[slot].as_ref().ok_or(NoTake::Room)?;
         // The least busy h2 tunnel that may have room, confirmed by h2; one
         // that turns out full or gone away no longer `may_have_room`, so
@@ -563,7 +611,7 @@ impl Pool {
             return Err(NoTake::Room);
         }
         let class = w.meta.class_of(method, path);
-        self.take_permits(slot, class)?;
+        self.take_permits(slot, class, at)?;
         let w = self.workers[slot].as_mut().ok_or(NoTake::Room)?;
         let kind = match h2 {
             Some(t) => {
@@ -578,35 +626,50 @@ impl Pool {
     }
 
     /// Takes the worker's cross-core permit and the class's, both or none.
-    fn take_permits(&self, slot: usize, class: Option<usize>) -> Result<(), NoTake> {
+    /// Neither is taken past a waiter ahead in line: on another core (the
+    /// place it published), or, for a request just arrived, this core's own
+    /// first waiter for that permit.
+    fn take_permits(&self, slot: usize, class: Option<usize>, at: At) -> Result<(), NoTake> {
         let Some(w) = self.workers[slot].as_ref() else { return Err(NoTake::Room) };
-        let worker = match (&w.permits, w.meta.max_concurrency) {
-            (Some(p), Some(max)) => {
-                if !p.try_take(self.core, max) {
-                    return Err(NoTake::Room);
-                }
-                Some(&**p)
-            }
-            _ => None,
+        let worker = w.meta.max_concurrency.and_then(|max| Some((w.permits.as_ref()?, max)));
+        let class_permit = w.class_permit(class);
+        if worker.is_none() && class_permit.is_none() {
+            return Ok(());
+        }
+        // The clock is read only for a request that takes a limited permit.
+        let place = match at {
+            At::Waiting(p) => p,
+            At::Arrival(client) => Place::new(w.meta.urgency(class).max(client.unwrap_or(0)), Instant::now()),
         };
-        if let Some((p, max)) = w.class_permit(class) {
-            if !p.try_take(self.core, max) {
-                if let Some(p) = worker {
+        let held = |p: &Arc<Permits>| HeldBack { slot, worker: w.id.clone(), permits: p.clone() };
+        if let Some((p, max)) = worker {
+            if self.try_take(p, max, place, at).is_err() {
+                return Err(NoTake::Permit { class: false, held: held(p) });
+            }
+        }
+        if let Some((p, max)) = class_permit {
+            if self.try_take(p, max, place, at).is_err() {
+                if let Some((p, _)) = worker {
                     self.give_permit(p, &w.id);
                 }
-                return Err(NoTake::Class);
+                return Err(NoTake::Permit { class: true, held: held(p) });
             }
         }
         Ok(())
     }
 
+    fn try_take(&self, p: &Permits, max: u32, place: Place, at: At) -> Result<(), Refused> {
+        if matches!(at, At::Arrival(_)) && self.heads.iter().any(|h| std::ptr::eq(&*h.permits, p) && h.place < place) {
+            return Err(Refused::Behind);
+        }
+        p.try_take(self.core, max, place)
+    }
+
     /// Gives a permit back; cores waiting for one of `id`'s are told (an
     /// owned message, only when one waits).
     fn give_permit(&self, p: &Permits, id: &Arc<str>) {
-        let waiting = p.give_back();
-        for c in permits::cores(waiting, self.inboxes.len()).filter(|&c| c != self.core) {
-            self.inboxes[c].send(CoreMsg::Capacity { worker: id.clone() });
-        }
+        let waiting = p.give_back(self.core);
+        self.tell(waiting, id);
     }
 
     /// A request is done with its tunnel. A reusable h1 tunnel goes to the
@@ -636,14 +699,21 @@ impl Pool {
         }
     }
 
-    /// A permit of worker `id` was given back on another core: offer it to
-    /// the first request here that waits for that worker.
+    /// A permit of worker `id` was given back on another core (or its limit
+    /// grew, or a waiter ahead of ours left the line): offer what is free to
+    /// the requests here that wait for that worker, first in line first.
     pub(crate) fn capacity_freed(&mut self, id: &str) {
         for slot in 0..self.workers.len() {
             if self.workers[slot].as_ref().is_some_and(|w| &*w.id == id) {
-                self.offer_capacity(slot);
+                self.offer_all(slot);
             }
         }
+    }
+
+    /// Offers room on worker `slot` to waiters until one cannot be served:
+    /// for news that may free more than one (a limit that grew).
+    fn offer_all(&mut self, slot: usize) {
+        while self.offer_capacity(slot) {}
     }
 
     fn give_back(&mut self, kind: Leased, reusable: bool) {
@@ -669,17 +739,17 @@ impl Pool {
     }
 
     /// Room freed on worker `slot` (an idle h1 tunnel or an h2 stream slot):
-    /// lend it to the first waiter it can serve.
-    fn offer_capacity(&mut self, slot: usize) {
+    /// lend it to the first waiter it can serve. Returns whether one was.
+    fn offer_capacity(&mut self, slot: usize) -> bool {
         if self.queue.is_empty() {
-            return;
+            return false;
         }
         let mut queue = std::mem::take(&mut self.queue);
         // Most urgent first; a waiter whose class is at its limit lets the
-        // room go to the next one; once the worker itself has no room left,
-        // nobody else can use it.
-        let mut room = true;
-        queue.offer(|w| {
+        // room go to the next one; once the worker itself has no room left
+        // (no tunnel, or its own permit refused), nobody else can use it.
+        let (mut room, mut no_tunnel, mut moved) = (true, false, false);
+        let served = queue.offer(|w| {
             if !room {
                 return None;
             }
@@ -687,16 +757,63 @@ impl Pool {
             if !self.cand.contains(&slot) {
                 return None;
             }
-            match self.take(slot, &w.method, &w.path) {
-                Ok(lease) => Some(lease),
-                Err(NoTake::Class) => None,
+            match self.take(slot, &w.method, &w.path, At::Waiting(w.place)) {
+                Ok(lease) => {
+                    moved |= !w.held_back.borrow().is_empty();
+                    Some(lease)
+                }
+                Err(NoTake::Permit { class, held }) => {
+                    moved |= w.hold(held);
+                    room = class;
+                    None
+                }
                 Err(NoTake::Room) => {
-                    room = false;
+                    (room, no_tunnel) = (false, true);
                     None
                 }
             }
         });
+        // With no tunnel free here, this core's waiters cannot use a permit
+        // of this worker: their places come off it, so a waiter on another
+        // core that can use one is not held behind them.
+        if no_tunnel {
+            queue.each(|w| moved |= w.unhold(slot));
+        }
         self.queue = queue;
+        if moved {
+            self.publish_heads();
+        }
+        served
+    }
+
+    /// Publishes, per cross-core permit, the place of this core's first
+    /// waiter it holds back (tunnel/permits.rs), withdrawing those no waiter
+    /// here needs any more. A place that moved back may leave a free permit
+    /// to a waiter on another core: the cores recorded as waiting are told.
+    /// Run when a waiter held back by a permit comes or goes, or what holds
+    /// it back changes.
+    fn publish_heads(&mut self) {
+        let mut heads: Vec<Head> = Vec::with_capacity(self.heads.len());
+        // The queue's order is place order: a permit's first waiter met is its head.
+        self.queue.each(|w| {
+            for h in w.held_back.borrow().iter() {
+                if !heads.iter().any(|x| Arc::ptr_eq(&x.permits, &h.permits)) {
+                    heads.push(Head { permits: h.permits.clone(), worker: h.worker.clone(), place: w.place });
+                }
+            }
+        });
+        let old = std::mem::take(&mut self.heads);
+        for o in &old {
+            let now = heads.iter().find(|h| Arc::ptr_eq(&h.permits, &o.permits)).map(|h| h.place);
+            if now != Some(o.place) && o.permits.publish(self.core, now) {
+                self.tell(o.permits.take_waiting(self.core), &o.worker);
+            }
+        }
+        for h in heads.iter().filter(|h| !old.iter().any(|o| Arc::ptr_eq(&o.permits, &h.permits))) {
+            // A first place moves nothing back.
+            h.permits.publish(self.core, Some(h.place));
+        }
+        self.heads = heads;
     }
 
     /// Puts a request in this core's wait queue, in its class's queue, at
@@ -707,15 +824,10 @@ impl Pool {
     /// the most urgent class decides (urgency, `queue`, `wait`). Bounded by
     /// the class's `queue` over all cores and by `max` on this core; waits at
     /// most the class's `wait`, and never longer than `max_wait`.
-    pub(crate) fn enqueue(
-        &mut self,
-        host: &[u8],
-        path: &[u8],
-        method: &[u8],
-        client_urgency: Option<u8>,
-        max: usize,
-        max_wait: Duration,
-    ) -> Result<Queued, Shed> {
+    /// `held_back`: the permits that refused it (from the [`Pick::Busy`] that
+    /// sent it here), on which its place is published while it is first.
+    pub(crate) fn enqueue(&mut self, req: &For<'_>, held_back: Vec<HeldBack>, max: usize, max_wait: Duration) -> Result<Queued, Shed> {
+        let (host, path, method, client_urgency) = (req.host, req.path, req.method, req.urgency);
         Self::candidates(&self.workers, &mut self.cand, host, path);
         let mut best: Option<(u8, &LocalWorker, Option<usize>)> = None;
         for w in self.cand.iter().filter_map(|&i| self.workers[i].as_ref()) {
@@ -738,8 +850,12 @@ impl Pool {
         };
         let wait = decl.and_then(|d| d.wait_ms).map_or(max_wait, |ms| Duration::from_millis(ms.into()).min(max_wait));
         let urgency = urgency.max(client_urgency.unwrap_or(0));
-        match self.queue.enqueue(&Want { host, path, method, urgency }, max, Some(ticket)) {
+        let held = !held_back.is_empty();
+        match self.queue.enqueue(&Want { host, path, method, urgency }, max, Some(ticket), held_back) {
             Ok(waiter) => {
+                if held {
+                    self.publish_heads();
+                }
                 stats::add(&here.queued, 1);
                 if stats::get(&here.oldest_since_ms) == 0 {
                     stats::set_u64(&here.oldest_since_ms, epoch_ms(std::time::SystemTime::now()));
@@ -779,7 +895,12 @@ impl Pool {
     /// A wait ended, however: the waiter leaves the queue, and a lease handed
     /// to it at the last moment goes back to the pool.
     pub(crate) fn leave_queue(&mut self, w: &Rc<Waiter<Lease>>) {
-        if let Some(t) = self.queue.cancel(w) {
+        let got = self.queue.cancel(w);
+        if !w.held_back.borrow().is_empty() {
+            w.held_back.borrow_mut().clear();
+            self.publish_heads();
+        }
+        if let Some(t) = got {
             self.release(t, true);
         }
     }
@@ -836,12 +957,16 @@ impl Pool {
     /// route, or tells it none does.
     fn reroute_waiters(&mut self) {
         let mut queue = std::mem::take(&mut self.queue);
-        queue.reroute(|w| match self.try_pick(&w.host, &w.path, &w.method, None) {
-            Pick::Busy => Reroute::Wait,
+        queue.reroute(|w| match self.try_pick(&w.host, &w.path, &w.method, At::Waiting(w.place), None) {
+            Pick::Busy(held) => {
+                *w.held_back.borrow_mut() = held;
+                Reroute::Wait
+            }
             Pick::Got(lease) => Reroute::Give(lease),
             Pick::NoRoute | Pick::Reserved => Reroute::NoRoute,
         });
         self.queue = queue;
+        self.publish_heads();
     }
 
     /// Closes idle tunnels whose worker hung up, so routing and /status stop
@@ -927,6 +1052,27 @@ mod tests {
         peers: Vec<std::net::TcpStream>,
     }
 
+    fn meta(routes: &[&str], classes: &[u8], max_concurrency: Option<u32>) -> Arc<Meta> {
+        Arc::new(Meta {
+            claim: Claim::Any,
+            routes: routes.iter().map(|r| r.to_string()).collect(),
+            weight: 1,
+            max_concurrency,
+            classes: ptth_proto::setup::parse_classes(classes).unwrap(),
+        })
+    }
+
+    /// Adds an h1 tunnel of worker `id` placed by `placed` to `pool`, over a
+    /// loopback pair whose other end goes in `peers`.
+    fn add_tunnel(pool: &mut Pool, placement: &Placement, peers: &mut Vec<std::net::TcpStream>, id: &str, meta: Arc<Meta>, placed: Placed) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let ours = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        peers.push(l.accept().unwrap().0);
+        ours.set_nonblocking(true).unwrap();
+        let ticket = placement.admit("127.0.0.1".parse().unwrap(), 100, 100).unwrap();
+        pool.add(id.into(), meta, placed, ticket, TcpStream::from_std(ours).unwrap(), 4096);
+    }
+
     fn rig() -> Rig {
         rig_with(|p| p)
     }
@@ -947,24 +1093,12 @@ mod tests {
         /// One h1 tunnel of worker `id` serving `routes`, declaring `classes`
         /// (a `Tunnel-Classes` value).
         fn tunnel_with(&mut self, id: &str, routes: &[&str], classes: &[u8]) {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let ours = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-            self.peers.push(l.accept().unwrap().0);
-            ours.set_nonblocking(true).unwrap();
-            let id: Arc<str> = id.into();
-            let meta = Arc::new(Meta {
-                claim: Claim::Any,
-                routes: routes.iter().map(|r| r.to_string()).collect(),
-                weight: 1,
-                max_concurrency: None,
-                classes: ptth_proto::setup::parse_classes(classes).unwrap(),
-            });
-            let placed = self.placement.place(&id, &meta, 0, 100).unwrap();
+            let meta = meta(routes, classes, None);
+            let placed = self.placement.place(&id.into(), &meta, 0, 100).unwrap();
             if self.stats.iter().all(|s| !Arc::ptr_eq(s, &placed.stats)) {
                 self.stats.push(placed.stats.clone());
             }
-            let ticket = self.placement.admit("127.0.0.1".parse().unwrap(), 100, 100).unwrap();
-            self.pool.add(id, meta, placed, ticket, TcpStream::from_std(ours).unwrap(), 4096);
+            add_tunnel(&mut self.pool, &self.placement, &mut self.peers, id, meta, placed);
         }
 
         fn pick(&mut self, path: &str) -> Pick {
@@ -972,15 +1106,30 @@ mod tests {
         }
 
         fn pick_m(&mut self, method: &str, path: &str) -> Pick {
-            self.pool.try_pick(b"h", path.as_bytes(), method.as_bytes(), None)
+            self.pool.try_pick(b"h", path.as_bytes(), method.as_bytes(), At::Arrival(None), None)
         }
 
         fn enqueue(&mut self, method: &str, path: &str, client_urgency: Option<u8>) -> Rc<Waiter<Lease>> {
             self.try_enqueue(method, path, client_urgency).unwrap().waiter
         }
 
+        /// Queues a request as the request path does: after a pick that
+        /// found every tunnel it could use busy.
         fn try_enqueue(&mut self, method: &str, path: &str, client_urgency: Option<u8>) -> Result<Queued, Shed> {
-            self.pool.enqueue(b"h", path.as_bytes(), method.as_bytes(), client_urgency, 8, Duration::from_secs(5))
+            let req = For { host: b"h", path: path.as_bytes(), method: method.as_bytes(), urgency: client_urgency };
+            let held_back = match self.pool.try_pick(req.host, req.path, req.method, At::Arrival(req.urgency), None) {
+                Pick::Busy(held) => held,
+                Pick::Got(_) => panic!("{method} {path} found room: nothing to queue"),
+                Pick::NoRoute | Pick::Reserved => Vec::new(),
+            };
+            self.pool.enqueue(&req, held_back, 8, Duration::from_secs(5))
+        }
+
+        /// Queues a request without a pick first (what the queue's own
+        /// bounds do, whatever the tunnels).
+        fn enqueue_unpicked(&mut self, method: &str, path: &str) -> Result<Queued, Shed> {
+            let req = For { host: b"h", path: path.as_bytes(), method: method.as_bytes(), urgency: None };
+            self.pool.enqueue(&req, Vec::new(), 8, Duration::from_secs(5))
         }
 
         fn in_flight(&self, i: usize) -> u32 {
@@ -1009,7 +1158,7 @@ mod tests {
             r.tunnel("b", &["/b/"]);
             let Pick::Got(a) = r.pick("/a/1") else { panic!("a has a free tunnel") };
             let Pick::Got(b) = r.pick("/b/1") else { panic!("b has a free tunnel") };
-            assert!(matches!(r.pick("/a/2"), Pick::Busy));
+            assert!(matches!(r.pick("/a/2"), Pick::Busy(_)));
             assert!(matches!(r.pick("/c"), Pick::NoRoute));
             // In order: a waiter for b's route, then two for a's.
             let wb = r.enqueue("GET", "/b/2", None);
@@ -1066,7 +1215,7 @@ mod tests {
             assert_eq!(r.stats[0].requests.load(std::sync::atomic::Ordering::Relaxed), 1, "a discarded lease served nothing");
             assert_eq!(r.stats[0].tunnels.load(std::sync::atomic::Ordering::Relaxed), 0);
             assert!(r.placement.lock().get("a").is_none(), "its last tunnel gone, the worker leaves the placement");
-            assert!(matches!(r.pick("/"), Pick::Busy), "still routable within the reconnect grace");
+            assert!(matches!(r.pick("/"), Pick::Busy(_)), "still routable within the reconnect grace");
         });
     }
 
@@ -1080,7 +1229,7 @@ mod tests {
             }
             let Pick::Got(h1) = r.pick_m("POST", "/report/1") else { panic!("heavy has a slot") };
             // The class is at its limit though tunnels are free...
-            assert!(matches!(r.pick_m("POST", "/report/2"), Pick::Busy));
+            assert!(matches!(r.pick_m("POST", "/report/2"), Pick::Busy(_)));
             // ...and the default class is not held up by it.
             let Pick::Got(l1) = r.pick_m("GET", "/report/1") else { panic!("default class goes ahead") };
             let Pick::Got(l2) = r.pick("/x") else { panic!("default class goes ahead") };
@@ -1134,7 +1283,7 @@ mod tests {
             let b = r.try_enqueue("POST", "/report/2", None).unwrap();
             assert!(matches!(r.try_enqueue("POST", "/report/3", None), Err(Shed::ClassFull { bound: 2, .. })));
             // queue=0 on the default class: its requests never wait.
-            assert!(matches!(r.try_enqueue("GET", "/x", None), Err(Shed::ClassFull { bound: 0, ref class }) if &*class.name == "default"));
+            assert!(matches!(r.enqueue_unpicked("GET", "/x"), Err(Shed::ClassFull { bound: 0, ref class }) if &*class.name == "default"));
             let heavy = r.placement.classes.get("heavy");
             let t = heavy.totals();
             assert_eq!((t.waiting, t.queued, t.shed_full), (2, 2, 1));
@@ -1169,7 +1318,7 @@ mod tests {
             let Pick::Got(t) = r.pick("/slow/1") else { panic!("slow serves its prefix") };
             r.pool.release(t, false);
             // Its last tunnel closed; within the reconnect grace its requests wait.
-            assert!(matches!(r.pick("/slow/2"), Pick::Busy));
+            assert!(matches!(r.pick("/slow/2"), Pick::Busy(_)));
             // Past the grace it is forgotten, and its prefix stays reserved.
             let slot = r.pool.workers.iter().position(|w| w.as_ref().is_some_and(|w| &*w.id == "slow")).unwrap();
             r.pool.workers[slot].as_mut().unwrap().empty_since = Some(Instant::now() - RECONNECT_GRACE);
@@ -1213,6 +1362,129 @@ mod tests {
             r.pool.release(l, true);
             let ejections = |i: usize| r.stats[i].ejections.load(std::sync::atomic::Ordering::Relaxed);
             assert_eq!((ejections(0), ejections(1), ejections(2)), (1, 0, 1));
+        });
+    }
+
+    /// Two cores' pools over one placement and one set of inboxes; the
+    /// messages between them are delivered when the test says.
+    struct TwoCores {
+        pools: [Pool; 2],
+        placement: Arc<Placement>,
+        inboxes: Arc<[Inbox]>,
+        peers: Vec<std::net::TcpStream>,
+    }
+
+    impl TwoCores {
+        fn new() -> TwoCores {
+            let placement = Arc::new(Placement::new(2));
+            let inboxes: Arc<[Inbox]> = vec![Inbox::new(), Inbox::new()].into();
+            let pools = [0, 1].map(|c| Pool::new(c, placement.clone(), inboxes.clone()));
+            TwoCores { pools, placement, inboxes, peers: Vec::new() }
+        }
+
+        /// An h1 tunnel of worker "w" (`meta`) on `core`.
+        fn tunnel(&mut self, core: usize, meta: &Arc<Meta>) {
+            let placed = self.placement.place(&"w".into(), meta, core, 100).unwrap();
+            assert_eq!(placed.core, core, "tunnels are added to keep the cores even");
+            add_tunnel(&mut self.pools[core], &self.placement, &mut self.peers, "w", meta.clone(), placed);
+        }
+
+        fn pick(&mut self, core: usize, path: &str) -> Pick {
+            self.pools[core].try_pick(b"h", path.as_bytes(), b"GET", At::Arrival(None), None)
+        }
+
+        fn enqueue(&mut self, core: usize, path: &str) -> Rc<Waiter<Lease>> {
+            let Pick::Busy(held_back) = self.pick(core, path) else { panic!("{path} on core {core}: expected busy") };
+            let req = For { host: b"h", path: path.as_bytes(), method: b"GET", urgency: None };
+            self.pools[core].enqueue(&req, held_back, 8, Duration::from_secs(5)).unwrap().waiter
+        }
+
+        /// Delivers the messages the cores sent each other, until none is left.
+        fn deliver(&mut self) {
+            let mut cx = Context::from_waker(Waker::noop());
+            loop {
+                let mut any = false;
+                for c in 0..2 {
+                    while let Poll::Ready(Some(msg)) = std::pin::pin!(self.inboxes[c].recv()).poll(&mut cx) {
+                        any = true;
+                        if let CoreMsg::Capacity { worker } = msg {
+                            self.pools[c].capacity_freed(&worker);
+                        }
+                    }
+                }
+                if !any {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A worker's permit freed on one core goes to the earliest waiter on any
+    /// core, not to the freeing core's own; a request arriving while one
+    /// waits elsewhere does not take a free permit past it.
+    #[test]
+    fn a_freed_permit_goes_to_the_first_waiter_on_any_core() {
+        on_runtime(|| {
+            let mut t = TwoCores::new();
+            let m = meta(&[], b"", Some(1));
+            for core in [0, 1, 0, 1] {
+                t.tunnel(core, &m);
+            }
+            let Pick::Got(running) = t.pick(0, "/run") else { panic!("the permit is free") };
+            let first = t.enqueue(1, "/first");
+            let second = t.enqueue(0, "/second");
+            // Freed on core 0: its own waiter came later, so it stays put...
+            t.pools[0].release(running, true);
+            assert!(handed(&second).is_none(), "core 0's later waiter did not jump the line");
+            // ...and core 1's earlier one gets it once told.
+            t.deliver();
+            let got = handed(&first).expect("handed").expect("a lease");
+            t.pools[1].leave_queue(&first);
+            t.pools[1].release(got, true);
+            // Free again, core 0's waiter first in line: a request arriving
+            // on core 1 does not pass it.
+            assert!(matches!(t.pick(1, "/late"), Pick::Busy(_)));
+            assert!(matches!(t.pick(0, "/late"), Pick::Busy(_)), "nor one on its own core before it is told");
+            t.deliver();
+            let got = handed(&second).expect("handed").expect("a lease");
+            t.pools[0].leave_queue(&second);
+            t.pools[0].release(got, true);
+            assert!(matches!(t.pick(1, "/late"), Pick::Got(_)), "nobody waits: it goes");
+        });
+    }
+
+    /// Work-conserving: the first waiter in line sits on a core with no
+    /// tunnel free for it, so it cannot use a free permit; its place comes
+    /// off, and the next waiter, on the other core, gets the permit at once.
+    #[test]
+    fn a_waiter_that_cannot_use_a_permit_does_not_hold_it_from_one_that_can() {
+        on_runtime(|| {
+            let mut t = TwoCores::new();
+            let m = meta(&[], br#"heavy=("/h/");limit=1"#, None);
+            for core in [0, 1, 0] {
+                t.tunnel(core, &m);
+            }
+            let Pick::Got(heavy) = t.pick(0, "/h/1") else { panic!("heavy has a permit") };
+            let first = t.enqueue(1, "/h/2");
+            // A light request takes core 1's only tunnel.
+            let Pick::Got(light) = t.pick(1, "/page") else { panic!("light goes ahead") };
+            let next = t.enqueue(0, "/h/3");
+            t.pools[0].release(heavy, true);
+            t.deliver();
+            assert!(handed(&first).is_none(), "no tunnel for it on core 1");
+            let got = handed(&next).expect("the permit did not sit idle").expect("a lease");
+            // Core 1's tunnel frees: its waiter is in line again and goes next.
+            t.pools[1].release(light, true);
+            t.deliver();
+            assert!(handed(&first).is_none(), "the permit is taken");
+            t.pools[0].leave_queue(&next);
+            t.pools[0].release(got, true);
+            t.deliver();
+            let got = handed(&first).expect("handed").expect("a lease");
+            t.pools[1].leave_queue(&first);
+            t.pools[1].release(got, true);
+            let held = t.placement.lock().get("w").map(|e| e.class_permits["heavy"].in_use());
+            assert_eq!(held, Some(0), "every permit given back");
         });
     }
 }

@@ -15,10 +15,22 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use crate::tunnel::class_queue::Ticket;
+use crate::tunnel::permits::{Permits, Place};
+
+/// A cross-core permit (a worker's limit or its class's) that refused a
+/// waiter at its last try, so the waiter's place is published on it for the
+/// other cores to respect (tunnel/permits.rs).
+pub(crate) struct HeldBack {
+    /// The worker's entry in this core's pool.
+    pub(crate) slot: usize,
+    pub(crate) worker: Arc<str>,
+    pub(crate) permits: Arc<Permits>,
+}
 
 /// A request waiting for room on its route.
 pub(crate) struct Waiter<T> {
@@ -30,6 +42,10 @@ pub(crate) struct Waiter<T> {
     pub(crate) urgency: u8,
     /// When it started waiting.
     pub(crate) since: Instant,
+    /// Its place in line on any core: urgency, then `since`.
+    pub(crate) place: Place,
+    /// The cross-core permits that refused it at its last try.
+    pub(crate) held_back: RefCell<Vec<HeldBack>>,
     /// Its place in its class's queue, given back when the waiter goes.
     pub(crate) ticket: Option<Ticket>,
     got: RefCell<Option<T>>,
@@ -39,6 +55,25 @@ pub(crate) struct Waiter<T> {
 }
 
 impl<T> Waiter<T> {
+    /// Records that `h` refused it; returns whether that is news.
+    pub(crate) fn hold(&self, h: HeldBack) -> bool {
+        let mut held = self.held_back.borrow_mut();
+        if held.iter().any(|x| Arc::ptr_eq(&x.permits, &h.permits)) {
+            return false;
+        }
+        held.push(h);
+        true
+    }
+
+    /// Forgets the permits of worker `slot` (what holds it back there now is
+    /// a tunnel, not a permit); returns whether it had any.
+    pub(crate) fn unhold(&self, slot: usize) -> bool {
+        let mut held = self.held_back.borrow_mut();
+        let n = held.len();
+        held.retain(|h| h.slot != slot);
+        held.len() != n
+    }
+
     fn wake(&self) {
         if let Some(w) = self.waker.borrow_mut().take() {
             w.wake();
@@ -119,17 +154,28 @@ impl<T> WaitQueue<T> {
     }
 
     /// Adds a waiter at the back of its urgency level, unless `max` already
-    /// wait (its `ticket` is then given back).
-    pub(crate) fn enqueue(&mut self, want: &Want<'_>, max: usize, ticket: Option<Ticket>) -> Result<Rc<Waiter<T>>, Full> {
+    /// wait (its `ticket` is then given back). `held_back`: the cross-core
+    /// permits that refused it just now.
+    pub(crate) fn enqueue(
+        &mut self,
+        want: &Want<'_>,
+        max: usize,
+        ticket: Option<Ticket>,
+        held_back: Vec<HeldBack>,
+    ) -> Result<Rc<Waiter<T>>, Full> {
         if self.len >= max {
             return Err(Full);
         }
+        let urgency = want.urgency.min(LEVELS as u8 - 1);
+        let since = Instant::now();
         let w = Rc::new(Waiter {
             host: want.host.into(),
             path: want.path.into(),
             method: want.method.into(),
-            urgency: want.urgency.min(LEVELS as u8 - 1),
-            since: Instant::now(),
+            urgency,
+            since,
+            place: Place::new(urgency, since),
+            held_back: RefCell::new(held_back),
             ticket,
             got: RefCell::new(None),
             no_route: Cell::new(false),
@@ -232,9 +278,9 @@ mod tests {
     fn fifo_bounded_and_woken() {
         let mut q = WaitQueue::<u32>::default();
         let wakes = Arc::new(Count(AtomicUsize::new(0)));
-        let a = q.enqueue(&want(b"/a", 3), 2, None).unwrap();
-        let b = q.enqueue(&want(b"/b", 3), 2, None).unwrap();
-        assert_eq!(q.enqueue(&want(b"/c", 0), 2, None).err(), Some(Full), "the bound is on all levels together");
+        let a = q.enqueue(&want(b"/a", 3), 2, None, Vec::new()).unwrap();
+        let b = q.enqueue(&want(b"/b", 3), 2, None, Vec::new()).unwrap();
+        assert_eq!(q.enqueue(&want(b"/c", 0), 2, None, Vec::new()).err(), Some(Full), "the bound is on all levels together");
         assert_eq!(poll(&a, &wakes), Poll::Pending);
         assert_eq!(poll(&b, &wakes), Poll::Pending);
         // A slot that serves both goes to the oldest.
@@ -249,7 +295,7 @@ mod tests {
     fn strict_priority_between_levels_fifo_within() {
         let mut q = WaitQueue::<u32>::default();
         let order = [(b"/l1".as_slice(), 5), (b"/u1", 1), (b"/l2", 5), (b"/d1", 3), (b"/u2", 1), (b"/any", 9)];
-        let ws: Vec<_> = order.iter().map(|&(p, u)| q.enqueue(&want(p, u), 16, None).unwrap()).collect();
+        let ws: Vec<_> = order.iter().map(|&(p, u)| q.enqueue(&want(p, u), 16, None, Vec::new()).unwrap()).collect();
         assert_eq!(ws[5].urgency, 7, "past 7 is the least urgent level");
         let mut served = Vec::new();
         while q.offer(|w| {
@@ -263,8 +309,8 @@ mod tests {
     #[test]
     fn offer_skips_waiters_the_slot_cannot_serve() {
         let mut q = WaitQueue::<u32>::default();
-        let a = q.enqueue(&want(b"/a", 0), 8, None).unwrap();
-        let b = q.enqueue(&want(b"/b", 7), 8, None).unwrap();
+        let a = q.enqueue(&want(b"/a", 0), 8, None, Vec::new()).unwrap();
+        let b = q.enqueue(&want(b"/b", 7), 8, None, Vec::new()).unwrap();
         // The most urgent waiter cannot use this room (its class is at its
         // limit, or another route): the next one can, and gets it.
         assert!(q.offer(|w| (&*w.path == b"/b").then_some(1)));
@@ -272,7 +318,7 @@ mod tests {
         assert_eq!(q.cancel(&a), None, "/a still had nothing");
         assert_eq!(q.len(), 0);
         // No waiter it can serve: nobody is chosen.
-        let _c = q.enqueue(&want(b"/c", 3), 8, None).unwrap();
+        let _c = q.enqueue(&want(b"/c", 3), 8, None, Vec::new()).unwrap();
         assert!(!q.offer(|_| None));
         assert_eq!(q.len(), 1);
     }
@@ -280,7 +326,7 @@ mod tests {
     #[test]
     fn cancel_returns_what_arrived_at_the_last_moment() {
         let mut q = WaitQueue::<u32>::default();
-        let a = q.enqueue(&want(b"/", 2), 8, None).unwrap();
+        let a = q.enqueue(&want(b"/", 2), 8, None, Vec::new()).unwrap();
         assert!(q.offer(|_| Some(9)));
         // The client went away before its task ran: the lease comes back.
         assert_eq!(q.cancel(&a), Some(9));
@@ -292,9 +338,9 @@ mod tests {
     fn reroute_gives_room_or_ends_the_wait() {
         let mut q = WaitQueue::<u32>::default();
         let wakes = Arc::new(Count(AtomicUsize::new(0)));
-        let a = q.enqueue(&want(b"/gone", 3), 8, None).unwrap();
-        let b = q.enqueue(&want(b"/moved", 0), 8, None).unwrap();
-        let c = q.enqueue(&want(b"/busy", 3), 8, None).unwrap();
+        let a = q.enqueue(&want(b"/gone", 3), 8, None, Vec::new()).unwrap();
+        let b = q.enqueue(&want(b"/moved", 0), 8, None, Vec::new()).unwrap();
+        let c = q.enqueue(&want(b"/busy", 3), 8, None, Vec::new()).unwrap();
         for w in [&a, &b, &c] {
             assert_eq!(poll(w, &wakes), Poll::Pending);
         }
