@@ -28,7 +28,7 @@ use crate::tunnel::permits::{self, Permits, Place, Refused};
 use crate::tunnel::placement::{PeerTicket, Placed, Placement};
 use crate::tunnel::queue::{Full, HeldBack, Reroute, WaitQueue, Waiter, Want};
 use crate::tunnel::routes;
-use crate::tunnel::select::{power_of_two, Choice, Latency};
+use crate::tunnel::select::{power_of_two, Choice, Latency, Occupancy};
 use crate::tunnel::Meta;
 
 /// An established HTTP/1.1 tunnel with its reusable buffers.
@@ -201,6 +201,22 @@ impl LocalWorker {
         match self.class_adaptive.get(i).and_then(Option::as_deref) {
             Some(a) => Some((permits, a.limit())),
             None => Some((permits, self.meta.class_limit(Some(i))?)),
+        }
+    }
+
+    /// The fullest cross-core limit a request of `class` counts against
+    /// here (the worker's, the class's), for selection. `None` for a worker
+    /// that declared no limit: then nothing shared is read.
+    fn occupancy(&self, method: &[u8], path: &[u8]) -> Option<Occupancy> {
+        if self.permits.is_none() && self.class_permits.iter().all(Option::is_none) {
+            return None;
+        }
+        let fill = |(p, limit): (&Arc<Permits>, u32)| Occupancy { in_use: p.in_use(), limit };
+        let worker = self.meta.max_concurrency.and_then(|max| Some(fill((self.permits.as_ref()?, max))));
+        let class = self.class_permit(self.meta.class_of(method, path)).map(fill);
+        match (worker, class) {
+            (Some(a), Some(b)) => Some(a.fuller(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -577,7 +593,12 @@ impl Pool {
             self.choices.clear();
             for &i in &self.avail {
                 let w = self.workers[i].as_ref().expect("candidate exists");
-                self.choices.push(Choice { weight: w.meta.weight, in_flight: w.in_flight, latency_us: w.latency.micros() });
+                self.choices.push(Choice {
+                    weight: w.meta.weight,
+                    in_flight: w.in_flight,
+                    latency_us: w.latency.micros(),
+                    limit: w.occupancy(method, path),
+                });
             }
             let Some(pick) = power_of_two(&self.choices, &mut self.rng) else { break };
             let slot = self.avail[pick];
@@ -1266,6 +1287,32 @@ mod tests {
                 r.pool.release(l, true);
             }
             assert_eq!(r.in_flight(0), 0);
+        });
+    }
+
+    /// Selection counts a declared limit as capacity: a worker declaring 12
+    /// for a class takes about three times the requests of one declaring 4,
+    /// where in-flight counts alone would share them evenly.
+    #[test]
+    fn a_worker_declaring_more_takes_more() {
+        on_runtime(|| {
+            let mut r = rig();
+            for (id, limit, tunnels) in [("small", 4, 4), ("big", 12, 8)] {
+                for _ in 0..tunnels {
+                    r.tunnel_with(id, &[], format!(r#"heavy=("/h/");limit={limit}"#).as_bytes());
+                }
+            }
+            let leases: Vec<Lease> = (0..8)
+                .map(|i| match r.pick(&format!("/h/{i}")) {
+                    Pick::Got(l) => l,
+                    _ => panic!("room for 16"),
+                })
+                .collect();
+            let small = leases.iter().filter(|l| &*r.pool.worker_id(l.slot()) == "small").count();
+            assert!((1..=3).contains(&small), "small took {small} of 8");
+            for l in leases {
+                r.pool.release(l, true);
+            }
         });
     }
 
