@@ -37,11 +37,13 @@ use crate::{cpu_seconds, nginx_conf, preflight, run_facts, sh, spawn, wait_port,
 
 pub(crate) const USAGE: &str = "usage: ptth-bench mixed [--duration SECS] [--idle-duration SECS] [--light-rate N] [--heavy-rate N]
                          [--heavy-ms N] [--heavy-capacity N] [--lb-cores N] [--haproxy PATH] [--tag NAME] [--out DIR]
-                         [--only ptth,ptth-adaptive,haproxy,haproxy-prio,nginx]
+                         [--only ptth,ptth-adaptive,haproxy,haproxy-prio,nginx] [--baseline DIR --baseline-label REV]
 --heavy-capacity N: each backend runs at most N heavy requests at once and queues the rest inside
 (default 0: no bound); ptth-adaptive is not in the default list.
 --haproxy PATH: the HAProxy binary to run (default: haproxy from PATH).
---tag NAME: appended to the result files' names (a variant of the scenario).";
+--tag NAME: appended to the result files' names (a variant of the scenario).
+--baseline DIR: after each ptth system, the same setup with DIR/ptth-lb and DIR/ptth-workerd
+(another commit's binaries), named SYSTEM@REV.";
 const SYSTEMS: [&str; 5] = ["ptth", "ptth-adaptive", "haproxy", "haproxy-prio", "nginx"];
 
 struct Opts {
@@ -60,6 +62,8 @@ struct Opts {
     tag: String,
     only: Vec<String>,
     out: PathBuf,
+    /// Another commit's ptth binaries, and that commit's name.
+    baseline: Option<(PathBuf, String)>,
 }
 
 /// Heavy requests each backend may run at once, in every system that limits.
@@ -83,7 +87,9 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         tag: String::new(),
         only: ["ptth", "haproxy", "haproxy-prio", "nginx"].map(String::from).to_vec(),
         out: PathBuf::from("bench/results"),
+        baseline: None,
     };
+    let (mut base_dir, mut base_label) = (None, "base".to_string());
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let v = it.next().ok_or_else(|| format!("{flag}: missing value"))?;
@@ -103,6 +109,8 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--tag" => return Err("--tag: letters, digits and '-' only".into()),
             "--only" => o.only = v.split(',').map(String::from).collect(),
             "--out" => o.out = PathBuf::from(v),
+            "--baseline" => base_dir = Some(PathBuf::from(v)),
+            "--baseline-label" => base_label = v.clone(),
             _ => return Err(format!("unknown flag {flag:?}\n{USAGE}")),
         }
     }
@@ -110,6 +118,23 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         if !SYSTEMS.contains(&s.as_str()) {
             return Err(format!("--only: unknown system {s:?} ({})", SYSTEMS.join(", ")));
         }
+    }
+    if let Some(dir) = base_dir {
+        for bin in ["ptth-lb", "ptth-workerd"] {
+            if !dir.join(bin).exists() {
+                return Err(format!("--baseline {}: no {bin} there", dir.display()));
+            }
+        }
+        // Each ptth system, then the same with the other binaries.
+        o.only = o
+            .only
+            .iter()
+            .flat_map(|s| {
+                let base = s.starts_with("ptth").then(|| format!("{s}@{base_label}"));
+                std::iter::once(s.clone()).chain(base)
+            })
+            .collect();
+        o.baseline = Some((dir, base_label));
     }
     Ok(o)
 }
@@ -122,12 +147,17 @@ struct System {
     note: String,
 }
 
-fn start(name: &str, dir: &Path, backends: &[SocketAddr], cores: u32, haproxy: &str) -> Result<System, String> {
-    match name {
+fn start(name: &str, dir: &Path, backends: &[SocketAddr], cores: u32, o: &Opts) -> Result<System, String> {
+    // `SYSTEM@REV`: SYSTEM with the baseline's binaries.
+    let (system, bin) = match (name.split_once('@'), &o.baseline) {
+        (Some((system, _)), Some((base, _))) => (system, base.clone()),
+        _ => (name, PathBuf::from("target/release")),
+    };
+    match system {
         "ptth" | "ptth-adaptive" => {
             let lb = spawn(
                 "ptth-lb",
-                Command::new("target/release/ptth-lb").args([
+                Command::new(bin.join("ptth-lb")).args([
                     "--listen",
                     &format!("127.0.0.1:{PTTH}"),
                     "--tunnel-listen",
@@ -140,7 +170,7 @@ fn start(name: &str, dir: &Path, backends: &[SocketAddr], cores: u32, haproxy: &
                 ]),
             )?;
             wait_port(PTTH)?;
-            let class = if name == "ptth-adaptive" {
+            let class = if system == "ptth-adaptive" {
                 format!(r#"heavy=("/heavy");u=6;limit={ADAPTIVE_MAX};adaptive;queue=100;wait=2000"#)
             } else {
                 format!(r#"heavy=("/heavy");u=6;limit={HEAVY_LIMIT};queue=100;wait=2000"#)
@@ -149,7 +179,7 @@ fn start(name: &str, dir: &Path, backends: &[SocketAddr], cores: u32, haproxy: &
             for (i, b) in backends.iter().enumerate() {
                 procs.push(spawn(
                     "ptth-workerd",
-                    Command::new("target/release/ptth-workerd").args([
+                    Command::new(bin.join("ptth-workerd")).args([
                         "--lb",
                         &format!("127.0.0.1:{PTTH_TUNNEL}"),
                         "--id",
@@ -175,7 +205,8 @@ fn start(name: &str, dir: &Path, backends: &[SocketAddr], cores: u32, haproxy: &
                 port: PTTH,
                 procs,
                 note: format!(
-                    "ptth-lb --cores {cores} (io_uring, pinned) + {BACKENDS} × ptth-workerd --threads 1 --inner h2 --class '{class}'"
+                    "ptth-lb --cores {cores} (io_uring, pinned) + {BACKENDS} × ptth-workerd --threads 1 --inner h2 --class '{class}'{}",
+                    if bin.starts_with("target/release") { String::new() } else { format!("; binaries from {}", bin.display()) }
                 ),
             })
         }
@@ -193,7 +224,7 @@ fn start(name: &str, dir: &Path, backends: &[SocketAddr], cores: u32, haproxy: &
             );
             let p = dir.join(format!("{name}.cfg"));
             std::fs::write(&p, conf).map_err(|e| e.to_string())?;
-            let h = spawn("haproxy", Command::new(haproxy).arg("-f").arg(&p).arg("-db"))?;
+            let h = spawn("haproxy", Command::new(&o.haproxy).arg("-f").arg(&p).arg("-db"))?;
             wait_port(HAPROXY)?;
             let note = format!(
                 "nbthread {cores}, balance leastconn, per server maxconn {HEAVY_LIMIT} maxqueue 50, timeout queue 2s{}",
@@ -295,7 +326,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     };
     let mut outcomes = Vec::new();
     for name in &o.only {
-        let sys = start(name, &dir, &origin.addrs, cores, &o.haproxy)?;
+        let sys = start(name, &dir, &origin.addrs, cores, &o)?;
         let addr: SocketAddr = ([127, 0, 0, 1], sys.port).into();
         eprintln!("{name}: warm-up, then {} s light alone, then {} s light + heavy flood", o.idle_duration, o.duration);
         // Pools fill, tunnels settle.
@@ -309,7 +340,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         let cpu_s = pids.iter().map(|&p| cpu_seconds(p)).sum::<f64>() - cpu0;
         let rss = pids.iter().map(|&p| rss_kib(p)).sum();
         let peaks = origin.peaks();
-        let adaptive = if name == "ptth-adaptive" { adaptive_limits() } else { Vec::new() };
+        let adaptive = if name.starts_with("ptth-adaptive") { adaptive_limits() } else { Vec::new() };
         for r in idle.iter().chain(&flood) {
             eprintln!(
                 "  {:<5} ok {:>6} shed {:>5} errors {:>4} late {:>4}  p50 {:>8.2} ms  p99 {:>8.2} ms",
