@@ -9,24 +9,28 @@
 //!   minimum becomes `min_rtt` (so it follows a worker that got slower for
 //!   good; a minimum taken while the worker is saturated would only ratchet
 //!   the limit up);
-//! - `rtt`: a moving average of recent samples (each counts 1/8), or the
-//!   sample itself when it is slower (the average alone lags a worker that
-//!   starts to queue);
-//! - gradient = [`TOLERANCE`] × `min_rtt` / `rtt`. At 1 or more (latency
-//!   within the tolerance of its minimum) the limit grows by its square
-//!   root (the headroom); below 1 it shrinks by the gradient (at most by
-//!   half). Each step moves a fifth of the way to the new value, and the
-//!   limit stays within 1 and the declared maximum. It grows only while the
-//!   class uses more than half of it (a class using little says nothing
-//!   about more).
+//! - one decision per round trip: after the limit changes, the responses to
+//!   requests sent before the change are skipped (they say nothing about
+//!   the new limit), then a window of as many responses as the limit (at
+//!   least [`MIN_WINDOW`]) is averaged into `rtt`. Deciding on every
+//!   response instead reads a round trip late: a flood's first responses,
+//!   sent before the worker queued, still look fast and run the limit on,
+//!   then the slow ones drive it below what the worker runs at once;
+//! - gradient = [`TOLERANCE`] × `min_rtt` / `rtt`. Below 1 (latency past the
+//!   tolerance) the limit becomes limit × gradient (at most halved); at 1 or
+//!   more it grows by half its square root (the headroom, at least 1), and
+//!   only while the class used more than half of it in the window (a class
+//!   using little says nothing about more). It stays within 1 and the
+//!   declared maximum.
 //!
-//! Against a worker that runs `C` at once and queues the rest, the limit
-//! settles near `TOLERANCE × C`: requests beyond that would only wait inside
-//! the worker, where the lb cannot prioritize them, instead of in the lb's
-//! queue, where it can.
+//! Against a worker that runs `C` at once and queues the rest, the latency
+//! at a limit `L > C` is `L / C` times its minimum, so one decision brings
+//! the limit to `TOLERANCE × C`, and it then moves between there and a step
+//! above: requests beyond that would only wait inside the worker, where the
+//! lb cannot prioritize them, instead of in the lb's queue, where it can.
 //!
 //! Plain data: the pool feeds it each response's latency; the tests below
-//! run it against a simulated worker.
+//! run it against simulated workers.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
@@ -40,16 +44,20 @@ pub(crate) const PROBE_EVERY: u32 = 500;
 pub(crate) const PROBE_LIMIT: u32 = 1;
 /// Responses at [`PROBE_LIMIT`] a measurement takes.
 pub(crate) const PROBE_SAMPLES: u32 = 3;
+/// The fewest responses a decision averages.
+pub(crate) const MIN_WINDOW: u32 = 3;
 
 /// One adaptive class limit on one worker (shared by the lb's cores).
 #[derive(Debug, Clone)]
 pub(crate) struct Gradient {
     limit: f64,
     max: f64,
-    rtt_us: f64,
     min_rtt_us: f64,
     since_probe: u32,
     probe: Option<Probe>,
+    /// Responses still to come to requests sent before the last change.
+    skip: u32,
+    window: Window,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -59,13 +67,30 @@ struct Probe {
     seen: u32,
 }
 
+/// The responses of the current decision window.
+#[derive(Debug, Clone, Copy, Default)]
+struct Window {
+    sum_us: f64,
+    n: u32,
+    /// The most of the class in flight at one of them.
+    busiest: u32,
+}
+
 impl Gradient {
     /// Measures the worker's minimum latency first (a probe), then starts
     /// at half the declared maximum (at least 1).
     pub(crate) fn new(max: u32) -> Gradient {
         let max = f64::from(max.max(1));
         let probe = Some(Probe { min_us: f64::INFINITY, got: 0, seen: 0 });
-        Gradient { limit: (max / 2.0).ceil().max(1.0), max, rtt_us: 0.0, min_rtt_us: f64::INFINITY, since_probe: 0, probe }
+        Gradient {
+            limit: (max / 2.0).ceil().max(1.0),
+            max,
+            min_rtt_us: f64::INFINITY,
+            since_probe: 0,
+            probe,
+            skip: 0,
+            window: Window::default(),
+        }
     }
 
     /// The current limit.
@@ -80,6 +105,7 @@ impl Gradient {
     /// of the class ran (this one included); returns the new limit.
     pub(crate) fn observe(&mut self, took: Duration, in_flight: u32) -> u32 {
         let us = (took.as_secs_f64() * 1e6).max(1.0);
+        let before = self.limit();
         if let Some(p) = &mut self.probe {
             p.seen += 1;
             if in_flight <= PROBE_LIMIT {
@@ -91,31 +117,43 @@ impl Gradient {
             if p.got >= PROBE_SAMPLES || p.seen > 64 + 4 * self.limit as u32 {
                 if p.min_us.is_finite() {
                     self.min_rtt_us = p.min_us;
-                    self.rtt_us = p.min_us;
                 }
                 self.probe = None;
                 self.since_probe = 0;
+                self.window = Window::default();
             }
             return self.limit();
         }
-        self.rtt_us = if self.rtt_us == 0.0 { us } else { self.rtt_us + (us - self.rtt_us) / 8.0 };
         self.min_rtt_us = self.min_rtt_us.min(us);
         self.since_probe += 1;
-        // A slow sample counts at once (the average alone lags it, and the
-        // limit would run on while the worker already queues).
-        let gradient = TOLERANCE * self.min_rtt_us / self.rtt_us.max(us);
-        let target = if gradient >= 1.0 {
-            if f64::from(in_flight) * 2.0 < self.limit {
-                self.limit
-            } else {
-                self.limit + self.limit.sqrt()
-            }
-        } else {
-            self.limit * gradient.max(0.5)
-        };
-        self.limit = (self.limit + (target - self.limit) / 5.0).clamp(1.0, self.max);
         if self.since_probe >= PROBE_EVERY {
             self.probe = Some(Probe { min_us: f64::INFINITY, got: 0, seen: 0 });
+            return self.limit();
+        }
+        if self.skip > 0 {
+            self.skip -= 1;
+            return self.limit();
+        }
+        let w = &mut self.window;
+        w.sum_us += us;
+        w.n += 1;
+        w.busiest = w.busiest.max(in_flight);
+        if w.n < before.max(MIN_WINDOW) {
+            return before;
+        }
+        let w = std::mem::take(&mut self.window);
+        let gradient = TOLERANCE * self.min_rtt_us / (w.sum_us / f64::from(w.n));
+        let target = if gradient < 1.0 {
+            self.limit * gradient.max(0.5)
+        } else if f64::from(w.busiest) * 2.0 < self.limit {
+            self.limit
+        } else {
+            self.limit + (self.limit.sqrt() / 2.0).max(1.0)
+        };
+        self.limit = target.clamp(1.0, self.max);
+        if self.limit() != before {
+            // Those still out were sent under the old limit.
+            self.skip = in_flight.saturating_sub(1);
         }
         self.limit()
     }
@@ -172,6 +210,69 @@ mod tests {
                 (g.observe(took, n), g.probe.is_some())
             })
             .collect()
+    }
+
+    /// The same worker in time: the lb keeps `g.limit()` requests in flight
+    /// (a flood), the worker runs `capacity` at once for `service` each, first
+    /// come first served, the rest waiting inside it; each response is
+    /// observed when it arrives, so the latency the estimate sees lags the
+    /// concurrency that caused it by a round trip, as on a real worker.
+    /// Returns, per response, the concurrency at the worker when it arrived.
+    fn simulate(g: &mut Gradient, capacity: usize, service: Duration, responses: usize) -> Vec<u32> {
+        let mut now = Duration::ZERO;
+        // (sent, finishes) of the running ones; sent times of those waiting inside.
+        let mut running: Vec<(Duration, Duration)> = Vec::new();
+        let mut inside: std::collections::VecDeque<Duration> = Default::default();
+        let mut seen = Vec::with_capacity(responses);
+        while seen.len() < responses {
+            while (running.len() + inside.len()) < g.limit() as usize {
+                if running.len() < capacity {
+                    running.push((now, now + service));
+                } else {
+                    inside.push_back(now);
+                }
+            }
+            let i = (0..running.len()).min_by_key(|&i| running[i].1).expect("one runs");
+            let (sent, done) = running.swap_remove(i);
+            now = done;
+            let in_flight = (running.len() + inside.len() + 1) as u32;
+            seen.push(in_flight);
+            g.observe(now - sent, in_flight);
+            if let Some(s) = inside.pop_front() {
+                running.push((s, now + service));
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn a_flood_does_not_run_the_limit_past_what_the_worker_runs() {
+        // Against a worker running 4 at once: the first probe, then the start
+        // (half of 16); responses that left before the worker queued still
+        // look fast, which must not run the limit on while the slow ones are
+        // on their way, nor the slow ones drive it below 4 (capacity lost).
+        for capacity in [4u32, 16] {
+            let mut g = Gradient::new(4 * capacity);
+            let seen = simulate(&mut g, capacity as usize, Duration::from_millis(200), 60 * capacity as usize);
+            let peak = seen.iter().copied().max().unwrap();
+            assert!(peak <= 2 * capacity, "capacity {capacity}: peak {peak} above the start: {:?}", &seen[..60]);
+            let tail = &seen[seen.len() - 20 * capacity as usize..];
+            let mean = tail.iter().map(|&n| f64::from(n)).sum::<f64>() / tail.len() as f64;
+            let c = f64::from(capacity);
+            assert!(tail.iter().all(|&n| n >= capacity), "capacity {capacity}: below it: {tail:?}");
+            assert!(mean <= c * 1.6, "capacity {capacity}: settled at {mean:.1}: {tail:?}");
+        }
+    }
+
+    #[test]
+    fn follows_a_worker_that_runs_more_at_once() {
+        let mut g = Gradient::new(64);
+        simulate(&mut g, 4, Duration::from_millis(50), 400);
+        assert!(g.limit() <= 7, "{}", g.limit());
+        // The worker now runs 16 at once: the limit climbs to it.
+        let seen = simulate(&mut g, 16, Duration::from_millis(50), 1500);
+        let tail = &seen[seen.len() - 300..];
+        assert!(tail.iter().all(|&n| n >= 14), "{:?}", &tail[..40]);
     }
 
     #[test]
