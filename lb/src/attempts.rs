@@ -66,7 +66,13 @@ pub(crate) async fn serve<G: std::future::Future<Output = ()>>(
         // The lease goes back to the pool however the attempt ends, this
         // future being dropped (client reset, core killed) included.
         let mut held = Held { core, lease: Some(lease) };
-        let x = Ctx { core, worker: &worker, is_head: req.is_head, head_at: std::cell::Cell::new(None) };
+        let x = Ctx {
+            core,
+            worker: &worker,
+            is_head: req.is_head,
+            head_at: std::cell::Cell::new(None),
+            upload_done_at: std::cell::Cell::new(None),
+        };
         let sent_at = std::time::Instant::now();
         // The attempt's state (the exchange and its duplex, about 4.8 KB)
         // stays inline here: an HTTP/1.1 connection builds it in place once
@@ -86,8 +92,8 @@ pub(crate) async fn serve<G: std::future::Future<Output = ()>>(
                     502..=504 => pool.judge(slot, Verdict::Failed, &format_args!("it answered {}", done.status)),
                     _ => pool.judge(slot, Verdict::Ok, &""),
                 }
-                if let Some(at) = x.head_at.get() {
-                    pool.observe(&lease, at.saturating_duration_since(sent_at));
+                if let Some(took) = x.answer_time(sent_at) {
+                    pool.observe(&lease, took);
                 }
                 pool.release(lease, done.reusable);
                 drop(pool);

@@ -37,6 +37,27 @@ pub(crate) struct Ctx<'a> {
     pub(crate) is_head: bool,
     /// When the worker's response head arrived (for selection's latency).
     pub(crate) head_at: Cell<Option<Instant>>,
+    /// When the last byte of a request body went up: a worker that waits
+    /// for the whole body is timed from there, so a slow upload does not
+    /// make it look slow.
+    pub(crate) upload_done_at: Cell<Option<Instant>>,
+}
+
+impl Ctx<'_> {
+    /// How long the worker took to answer an attempt sent at `sent` (see
+    /// [`answer_time`]).
+    pub(crate) fn answer_time(&self, sent: Instant) -> Option<std::time::Duration> {
+        answer_time(sent, self.upload_done_at.get(), self.head_at.get()?)
+    }
+}
+
+/// How long a worker took to answer: from sending the request to its
+/// response head, or from the end of the upload when the head came after it
+/// (a worker that waits for the whole body is not timed on the client's
+/// upload speed; one that answered before the body ended, on its own).
+fn answer_time(sent: Instant, upload_done: Option<Instant>, head: Instant) -> Option<std::time::Duration> {
+    let from = upload_done.filter(|&u| u <= head).unwrap_or(sent);
+    Some(head.saturating_duration_since(from))
 }
 
 impl Ctx<'_> {
@@ -200,7 +221,15 @@ async fn exchange<R: AsyncReadRent, W: AsyncWriteRent, K: AsyncWriteRent>(
     resp: &mut Responder<'_, W>,
     started: &Cell<bool>,
 ) -> Result<(Done, bool), Upload> {
-    let up = std::pin::pin!(relay(body, sink));
+    // The clock is read once more only for a body.
+    let timed = !matches!(body, AnySource::Empty);
+    let up = std::pin::pin!(async {
+        relay(body, sink).await?;
+        if timed {
+            x.upload_done_at.set(Some(Instant::now()));
+        }
+        Ok(())
+    });
     let down = std::pin::pin!(download(x, reader, resp, started));
     match duplex(up, down).await {
         Duplex::Both((), d) => d.map(|d| (d, true)).map_err(Upload::Down),
@@ -526,4 +555,22 @@ fn request_from_h2(parts: &http::request::Parts) -> http::Request<()> {
     *req.uri_mut() = parts.uri.clone();
     *req.headers_mut() = parts.headers.clone();
     req
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_worker_is_timed_from_the_end_of_a_slow_upload() {
+        let sent = Instant::now();
+        let ms = |n| sent + Duration::from_millis(n);
+        // No body: from sending.
+        assert_eq!(answer_time(sent, None, ms(5)), Some(Duration::from_millis(5)));
+        // A 2 s upload, answered 5 ms after it ended.
+        assert_eq!(answer_time(sent, Some(ms(2000)), ms(2005)), Some(Duration::from_millis(5)));
+        // Answered before the upload ended: from sending.
+        assert_eq!(answer_time(sent, Some(ms(900)), ms(300)), Some(Duration::from_millis(300)));
+    }
 }

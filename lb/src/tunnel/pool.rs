@@ -188,8 +188,11 @@ struct LocalWorker {
     class_adaptive: Vec<Option<Arc<AdaptiveLimit>>>,
     stats: Arc<WorkerCoreStats>,
     health: Health,
-    /// Its recent time to a response head, as this core saw it.
-    latency: Latency,
+    /// Its recent time to a response head, as this core saw it: per class
+    /// (index 0 for requests in no declared class, then one per class of
+    /// `meta.classes`), so its heavy requests do not make it look slow to
+    /// light ones.
+    latency: Vec<Latency>,
 }
 
 impl LocalWorker {
@@ -204,16 +207,22 @@ impl LocalWorker {
         }
     }
 
+    /// Its recent response time for requests of `class`, microseconds (0:
+    /// none seen yet).
+    fn latency_of(&self, class: Option<usize>) -> u32 {
+        self.latency.get(class.map_or(0, |c| c + 1)).map_or(0, |l| l.micros())
+    }
+
     /// The fullest cross-core limit a request of `class` counts against
     /// here (the worker's, the class's), for selection. `None` for a worker
     /// that declared no limit: then nothing shared is read.
-    fn occupancy(&self, method: &[u8], path: &[u8]) -> Option<Occupancy> {
+    fn occupancy(&self, class: Option<usize>) -> Option<Occupancy> {
         if self.permits.is_none() && self.class_permits.iter().all(Option::is_none) {
             return None;
         }
         let fill = |(p, limit): (&Arc<Permits>, u32)| Occupancy { in_use: p.in_use(), limit };
         let worker = self.meta.max_concurrency.and_then(|max| Some(fill((self.permits.as_ref()?, max))));
-        let class = self.class_permit(self.meta.class_of(method, path)).map(fill);
+        let class = self.class_permit(class).map(fill);
         match (worker, class) {
             (Some(a), Some(b)) => Some(a.fuller(b)),
             (a, b) => a.or(b),
@@ -371,7 +380,9 @@ impl Pool {
     /// is told to the cores with requests waiting for it.
     pub(crate) fn observe(&mut self, lease: &Lease, took: Duration) {
         let Some(w) = self.workers[lease.slot()].as_mut() else { return };
-        w.latency.observe(took);
+        if let Some(l) = w.latency.get_mut(lease.class.map_or(0, |c| usize::from(c) + 1)) {
+            l.observe(took);
+        }
         let Some(i) = lease.class.map(usize::from) else { return };
         let (Some(Some(a)), Some(Some(p))) = (w.class_adaptive.get(i), w.class_permits.get(i)) else { return };
         let (before, after) = a.observe(took, p.in_use());
@@ -440,6 +451,7 @@ impl Pool {
             }
             None => {
                 let name = Rc::from(&*id);
+                let classes = meta.classes.len();
                 let w = LocalWorker {
                     id,
                     name,
@@ -455,7 +467,7 @@ impl Pool {
                     class_adaptive,
                     stats: wstats,
                     health: Health::default(),
-                    latency: Latency::default(),
+                    latency: vec![Latency::default(); classes + 1],
                 };
                 match self.workers.iter().position(Option::is_none) {
                     Some(s) => {
@@ -593,11 +605,12 @@ impl Pool {
             self.choices.clear();
             for &i in &self.avail {
                 let w = self.workers[i].as_ref().expect("candidate exists");
+                let class = w.meta.class_of(method, path);
                 self.choices.push(Choice {
                     weight: w.meta.weight,
                     in_flight: w.in_flight,
-                    latency_us: w.latency.micros(),
-                    limit: w.occupancy(method, path),
+                    latency_us: w.latency_of(class),
+                    limit: w.occupancy(class),
                 });
             }
             let Some(pick) = power_of_two(&self.choices, &mut self.rng) else { break };
@@ -1287,6 +1300,46 @@ mod tests {
                 r.pool.release(l, true);
             }
             assert_eq!(r.in_flight(0), 0);
+        });
+    }
+
+    /// Selection compares latency within the request's class: a worker
+    /// whose heavy requests are slow is not shunned by light ones it answers
+    /// as fast as the other worker does.
+    #[test]
+    fn a_slow_class_does_not_make_a_worker_look_slow_to_another() {
+        on_runtime(|| {
+            let mut r = rig();
+            for id in ["a", "b"] {
+                for _ in 0..2 {
+                    r.tunnel_with(id, &[], br#"heavy=("/h/")"#);
+                }
+            }
+            // A lease of worker `id` for `path`, observed to take `took`.
+            let feed = |r: &mut Rig, id: &str, path: &str, took: Duration| loop {
+                let Pick::Got(l) = r.pick(path) else { panic!("idle tunnels") };
+                if &*r.pool.worker_id(l.slot()) == id {
+                    r.pool.observe(&l, took);
+                    r.pool.release(l, true);
+                    return;
+                }
+                r.pool.release(l, true);
+            };
+            for _ in 0..10 {
+                feed(&mut r, "a", "/h/1", Duration::from_millis(200));
+            }
+            for id in ["a", "b"] {
+                for _ in 0..5 {
+                    feed(&mut r, id, "/page", Duration::from_millis(1));
+                }
+            }
+            let mut to_a = 0;
+            for _ in 0..1000 {
+                let Pick::Got(l) = r.pick("/page") else { panic!("idle tunnels") };
+                to_a += usize::from(&*r.pool.worker_id(l.slot()) == "a");
+                r.pool.release(l, true);
+            }
+            assert!((300..=700).contains(&to_a), "a took {to_a} of 1000 light requests");
         });
     }
 
