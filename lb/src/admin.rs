@@ -159,6 +159,10 @@ pub struct WorkerStatus {
     /// Times cores ejected it.
     #[serde(default)]
     pub ejections: u64,
+    /// Why it was last ejected (by the core whose ejection ends last), if
+    /// ever: `"5 failed attempts in a row; last: it answered 502"`.
+    #[serde(default)]
+    pub last_ejection: Option<String>,
     /// It withdrew itself (its origin is unavailable) and some core keeps
     /// it out now.
     #[serde(default)]
@@ -228,6 +232,12 @@ pub(crate) fn status(shared: &Shared) -> Status {
                     requests: e.stats.iter().map(|s| get(&s.requests)).sum(),
                     ejected: e.stats.iter().any(|s| get(&s.ejected_until_ms) > now_ms),
                     ejections: e.stats.iter().map(|s| get(&s.ejections)).sum(),
+                    last_ejection: e
+                        .stats
+                        .iter()
+                        .filter(|s| get(&s.ejections) > 0)
+                        .max_by_key(|s| get(&s.ejected_until_ms))
+                        .map(|s| s.last_ejection.lock().unwrap_or_else(|p| p.into_inner()).clone()),
                     withdrawn: e.stats.iter().any(|s| get(&s.withdrawn_until_ms) > now_ms),
                     classes: e
                         .meta

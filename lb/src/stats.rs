@@ -82,6 +82,9 @@ pub struct WorkerCoreStats {
     /// Until when the worker withdrew itself on this core (its
     /// `Retry-After`), ms since the Unix epoch (0: never).
     pub withdrawn_until_ms: AtomicU64,
+    /// Why this core last ejected it (written on an ejection only, a rare
+    /// event; read by `/status`).
+    pub last_ejection: std::sync::Mutex<String>,
 }
 
 #[inline]

@@ -37,7 +37,9 @@ fn a_worker_whose_origin_is_down_is_ejected_and_its_requests_go_elsewhere() {
     });
     let w = |id: &str| s.workers.iter().find(|w| w.id == id).unwrap_or_else(|| panic!("{id} in {:?}", s.workers)).clone();
     assert!(w("down").ejected && w("down").ejections >= 1, "{:?}", w("down"));
-    assert!(!w("up").ejected);
+    let why = w("down").last_ejection.unwrap_or_default();
+    assert!(why.contains("failed attempts in a row") && why.contains("502"), "says why: {why:?}");
+    assert!(!w("up").ejected && w("up").last_ejection.is_none());
     assert_eq!(w("up").requests, 41, "every request was served by the healthy worker");
 }
 

@@ -351,9 +351,11 @@ impl Pool {
             Verdict::Failed => Some(Instant::now()),
         };
         if let Some(d) = w.health.record(v, now, &p) {
+            let reason = format!("{} failed attempts in a row; last: {why}", p.consecutive_failures);
             stats::add(&w.stats.ejections, 1);
             stats::set_u64(&w.stats.ejected_until_ms, epoch_ms(std::time::SystemTime::now() + d));
-            tracing::warn!(worker = %w.name, core = self.core, for_ms = d.as_millis() as u64, "worker ejected after {} failed attempts in a row; last: {why}", p.consecutive_failures);
+            tracing::warn!(worker = %w.name, core = self.core, for_ms = d.as_millis() as u64, "worker ejected after {reason}");
+            *w.stats.last_ejection.lock().unwrap_or_else(|p| p.into_inner()) = reason;
         }
     }
 
