@@ -343,12 +343,16 @@ impl Sidecar {
             Err(e) => return Err(self.err(OriginFailure::Closed, format!("sending the request: {e}"))),
         }
         oc.out = out;
-        let wrote = Cell::new(false);
-        let mut sink = H1Sink::new(&mut oc.stream, &mut oc.out, chunked, cfg.io_timeout, &wrote);
-        match relay(&mut H2Source::new(&mut x.body), &mut sink).await {
-            Ok(()) => {}
-            Err(RelayError::Source(e)) => return Err(e.into()),
-            Err(RelayError::Sink(e)) => return Err(self.err(OriginFailure::Closed, format!("sending the request body: {e}"))),
+        // A stream its HEADERS ended has no body to relay (most requests:
+        // no poll of the stream, no sink).
+        if !x.body.is_end_stream() {
+            let wrote = Cell::new(false);
+            let mut sink = H1Sink::new(&mut oc.stream, &mut oc.out, chunked, cfg.io_timeout, &wrote);
+            match relay(&mut H2Source::new(&mut x.body), &mut sink).await {
+                Ok(()) => {}
+                Err(RelayError::Source(e)) => return Err(e.into()),
+                Err(RelayError::Sink(e)) => return Err(self.err(OriginFailure::Closed, format!("sending the request body: {e}"))),
+            }
         }
         let is_head = x.parts.method == http::Method::HEAD;
         self.read_head(oc, &cfg, is_head, replayable).await
