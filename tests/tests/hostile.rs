@@ -183,6 +183,17 @@ fn forwarded_requests(kind: InnerProtocol) {
     assert_eq!(hop.body.len(), 45);
     r.fresh_clients_get_their_own("Connection: content-length");
 
+    // RFC 9110 §6.5.1: a trailer section carries no framing, routing or
+    // credentials on (a recipient merging it would see a second length or
+    // Host after the body): the origin gets the checksum, not the rest.
+    r.origin.clear();
+    let resp = Client::connect(r.lb.client_addr()).send_and_read(
+        b"POST /c/trl HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nX-Sum: 7\r\nContent-Length: 99\r\nHost: evil\r\nAuthorization: x\r\n\r\n",
+    );
+    assert!(resp.starts_with("origin POST /c/trl "), "{resp}");
+    let raw = String::from_utf8_lossy(&r.origin.raw()).to_ascii_lowercase();
+    assert!(raw.contains("x-sum: 7\r\n") && !raw.contains(": 99") && !raw.contains("evil") && !raw.contains("authorization"), "{raw}");
+
     // RFC 9112 §3.2.2: the absolute form's authority replaces Host.
     let resp = Client::connect(r.lb.client_addr()).send_and_read(b"GET http://echo.test/c/abs HTTP/1.1\r\nHost: origin.test\r\n\r\n");
     assert!(resp.starts_with("origin GET /c/abs host=echo.test "), "{resp}");

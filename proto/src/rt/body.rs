@@ -56,20 +56,40 @@ pub enum Trailers<'a> {
 }
 
 impl Trailers<'_> {
-    /// As HTTP/2 trailers (fields HTTP/2 forbids dropped).
+    /// As HTTP/2 trailers, without the fields banned in trailers
+    /// ([`h2io::is_banned_in_trailers`]).
     fn into_h2(self) -> http::HeaderMap {
         match self {
             Trailers::H1(section) => h2io::trailers_from_h1(section),
-            Trailers::H2(map) => map,
+            Trailers::H2(mut map) => {
+                let banned: Vec<http::HeaderName> =
+                    map.keys().filter(|k| h2io::is_banned_in_trailers(k.as_str().as_bytes())).cloned().collect();
+                for k in banned {
+                    map.remove(k);
+                }
+                map
+            }
         }
     }
 
-    /// As an HTTP/1.1 trailer section ending in the empty line.
+    /// As an HTTP/1.1 trailer section ending in the empty line, without the
+    /// fields banned in trailers (a section as received is passed on byte
+    /// for byte when it has none).
     fn write_h1(&self, out: &mut Vec<u8>) {
         match self {
-            Trailers::H1(section) => out.extend_from_slice(section),
+            Trailers::H1(section) => {
+                let fields = h1::trailer_fields(section);
+                if !fields.iter().any(|(k, _)| h2io::is_banned_in_trailers(k)) {
+                    out.extend_from_slice(section);
+                    return;
+                }
+                for (k, v) in fields.into_iter().filter(|(k, _)| !h2io::is_banned_in_trailers(k)) {
+                    h1::write_field(out, k, v);
+                }
+                out.extend_from_slice(b"\r\n");
+            }
             Trailers::H2(map) => {
-                h2io::write_h1_fields(out, map);
+                h2io::write_h1_trailer_fields(out, map);
                 out.extend_from_slice(b"\r\n");
             }
         }
@@ -674,6 +694,36 @@ mod tests {
         assert_eq!(got, ["data z", "end", "flush"]);
         let got = held(Framing::Length(4), b"wxyz").unwrap();
         assert_eq!(got, ["data wxyz", "end", "flush"]);
+    }
+
+    /// RFC 9110 §6.5.1: fields that frame, route, authenticate or describe
+    /// a message never leave in a trailer section, whichever protocol it
+    /// came in and goes out on; the rest go on as they were.
+    #[test]
+    fn trailers_lose_the_fields_they_must_not_carry() {
+        let got = held(
+            Framing::Chunked,
+            b"2\r\nhi\r\n0\r\nX-Checksum: 7\r\nContent-Length: 99\r\nhost: evil\r\nTransfer-Encoding: chunked\r\nX-Other: b\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(got, ["data hi", "trailers X-Checksum: 7\r\nX-Other: b", "flush"]);
+        // Nothing to drop: byte for byte.
+        let section = b"x-a:  spaced  \r\n\r\n";
+        let mut out = Vec::new();
+        Trailers::H1(section).write_h1(&mut out);
+        assert_eq!(out, section);
+        // HTTP/1.1 → HTTP/2 and HTTP/2 → either.
+        let map = Trailers::H1(b"Content-Type: x\r\nAuthorization: y\r\nX-Ok: 1\r\n\r\n").into_h2();
+        assert_eq!(map.len(), 1, "{map:?}");
+        let mut h2 = http::HeaderMap::new();
+        for (k, v) in [("content-length", "5"), ("set-cookie", "s=1"), ("grpc-status", "0")] {
+            h2.insert(http::HeaderName::from_static(k), http::HeaderValue::from_static(v));
+        }
+        let mut out = Vec::new();
+        Trailers::H2(h2.clone()).write_h1(&mut out);
+        assert_eq!(out, b"grpc-status: 0\r\n\r\n");
+        let map = Trailers::H2(h2).into_h2();
+        assert_eq!(map.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["grpc-status"]);
     }
 
     #[test]

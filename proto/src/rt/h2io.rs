@@ -125,12 +125,40 @@ pub fn response_from_h1(buf: &[u8], head: &crate::h1::ResponseHead) -> Result<ht
     Ok(r)
 }
 
-/// HTTP/2 trailers from an HTTP/1.1 trailer section (fields HTTP/2 forbids
-/// and malformed ones are dropped).
+/// Fields a relayed trailer section never carries. RFC 9110 §6.5.1: what
+/// frames, routes, authenticates, modifies or controls a message, or says
+/// its content's format, has to be known before the content, so a sender
+/// must not put it in trailers; one that arrives there anyway is dropped
+/// rather than passed on to a recipient that might merge it into the header
+/// section (a second `Content-Length` or `Host` after the body). The
+/// connection-specific fields of RFC 9113 §8.2.2 go too ([`is_h1_only`]).
+pub fn is_banned_in_trailers(name: &[u8]) -> bool {
+    const BANNED: [&[u8]; 15] = [
+        b"content-length",
+        b"content-type",
+        b"content-encoding",
+        b"content-range",
+        b"trailer",
+        b"authorization",
+        b"proxy-authorization",
+        b"www-authenticate",
+        b"proxy-authenticate",
+        b"cache-control",
+        b"pragma",
+        b"max-forwards",
+        b"range",
+        b"set-cookie",
+        b"cookie",
+    ];
+    is_h1_only(name) || BANNED.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// HTTP/2 trailers from an HTTP/1.1 trailer section (fields banned in
+/// trailers, see [`is_banned_in_trailers`], and malformed ones are dropped).
 pub fn trailers_from_h1(section: &[u8]) -> http::HeaderMap {
     let mut map = http::HeaderMap::new();
     for (k, v) in crate::h1::trailer_fields(section) {
-        if is_h1_only(k) {
+        if is_banned_in_trailers(k) {
             continue;
         }
         if let (Ok(k), Ok(v)) = (http::HeaderName::from_bytes(k), http::HeaderValue::from_bytes(v)) {
@@ -143,8 +171,18 @@ pub fn trailers_from_h1(section: &[u8]) -> http::HeaderMap {
 /// Writes HTTP/2 fields as HTTP/1.1 field lines, without those HTTP/2
 /// forbids or HTTP/1.1 frames with (RFC 9113 §8.2.2; see [`is_h1_only`]).
 pub fn write_h1_fields(out: &mut Vec<u8>, headers: &http::HeaderMap) {
-    for (k, v) in headers {
-        if !is_h1_only(k.as_str().as_bytes()) {
+    write_h1_fields_except(out, headers, is_h1_only);
+}
+
+/// Writes HTTP/2 trailers as HTTP/1.1 trailer field lines, without those
+/// banned in trailers ([`is_banned_in_trailers`]).
+pub fn write_h1_trailer_fields(out: &mut Vec<u8>, trailers: &http::HeaderMap) {
+    write_h1_fields_except(out, trailers, is_banned_in_trailers);
+}
+
+fn write_h1_fields_except(out: &mut Vec<u8>, fields: &http::HeaderMap, skip: fn(&[u8]) -> bool) {
+    for (k, v) in fields {
+        if !skip(k.as_str().as_bytes()) {
             crate::h1::write_field(out, k.as_str().as_bytes(), v.as_bytes());
         }
     }
