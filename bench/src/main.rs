@@ -445,6 +445,25 @@ struct Sample {
     cpu_first: f64,
 }
 
+/// Round by round, `of(new) / of(base)`: the median ratio, in how many
+/// rounds it was above 1, and the number of rounds.
+fn paired<T>(new: &[T], base: &[T], of: impl Fn(&T) -> f64) -> (f64, usize, usize) {
+    let ratios: Vec<f64> = new.iter().zip(base).map(|(n, b)| of(n) / of(b)).collect();
+    let led = ratios.iter().filter(|&&r| r > 1.0).count();
+    (median_ratio(ratios.clone()), led, ratios.len())
+}
+
+/// The median of ratios (the mean of the middle two for an even count: a
+/// ratio's median should not lean to one side).
+fn median_ratio(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     if v.is_empty() {
@@ -541,7 +560,12 @@ fn run(o: &Opts) -> Result<(), String> {
     let origin = start_origin(&dir)?;
     let mut samples: Vec<(String, String, Vec<Sample>)> = o.only.iter().map(|n| (n.clone(), String::new(), Vec::new())).collect();
     for round in 1..=o.rounds {
-        for (name, note, list) in samples.iter_mut() {
+        // Every other round runs the systems in the opposite order, so a
+        // system's place in the round (the host's state drifts within one)
+        // favours none of them.
+        let order: Vec<usize> = if round % 2 == 0 { (0..samples.len()).rev().collect() } else { (0..samples.len()).collect() };
+        for i in order {
+            let (name, note, list) = &mut samples[i];
             let t = start_target(name, &dir, o, cores)?;
             *note = t.note.clone();
             // Warm-up: pools fill, tunnels settle, caches heat.
@@ -584,7 +608,11 @@ fn run(o: &Opts) -> Result<(), String> {
             format!("`h2load -t{} -c{} -m{} -D{}` (h2c, percentiles from --log-file)", o.threads, o.connections, o.streams, o.duration)
         }
     };
-    let _ = writeln!(md, "- load: {load}, unpinned, on the same host; {} rounds interleaved, medians below", o.rounds);
+    let _ = writeln!(
+        md,
+        "- load: {load}, unpinned, on the same host; {} rounds interleaved (every other round in reverse order), medians below",
+        o.rounds
+    );
     let _ = writeln!(md, "- origin: nginx 1 worker, `return 200 \"hello\\n\"` (its CPU is not counted)");
     let _ = writeln!(
         md,
@@ -623,10 +651,52 @@ fn run(o: &Opts) -> Result<(), String> {
             list.iter().map(|s| format!("{:.0} / {:.0}", s.wrk.rps, s.wrk.requests as f64 / s.cpu.max(0.001))).collect();
         let _ = writeln!(md, "- {name}: {}", rounds.join(", "));
     }
+    let pairs: Vec<_> = samples
+        .iter()
+        .filter_map(|(name, _, new)| {
+            let (_, _, base) = samples.iter().find(|(b, _, _)| *b == format!("{name}@base"))?;
+            Some((name, new, base))
+        })
+        .collect();
+    if !pairs.is_empty() {
+        let _ = writeln!(
+            md,
+            "
+Paired by round (this host's noise moves both of a round's runs together, so the ratio within a round is the steadier reading): new / base req per CPU-second, the median over rounds and in how many rounds the new code led.
+"
+        );
+        let _ = writeln!(
+            md,
+            "| pair | all proxy processes | lb alone |
+|---|---|---|"
+        );
+        for (name, new, base) in pairs {
+            let all = paired(new, base, |s| s.wrk.requests as f64 / s.cpu.max(0.001));
+            let lb = paired(new, base, |s| s.wrk.requests as f64 / s.cpu_first.max(0.001));
+            let _ = writeln!(md, "| {name} vs {name}@base | {:.3}, {}/{} | {:.3}, {}/{} |", all.0, all.1, all.2, lb.0, lb.1, lb.2);
+        }
+    }
     println!("{md}");
     std::fs::create_dir_all(&o.out).map_err(|e| e.to_string())?;
     let file = o.out.join(format!("{}-{commit}-{}.md", &date[..10], o.scenario.name()));
     std::fs::write(&file, &md).map_err(|e| format!("writing {}: {e}", file.display()))?;
     eprintln!("wrote {}", file.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_compare_round_by_round() {
+        // Round 2 is slow for both: the pair still says 1.1 there.
+        let new = [110.0, 55.0, 99.0, 120.0];
+        let base = [100.0, 50.0, 100.0, 100.0];
+        let (median, led, n) = paired(&new, &base, |&x| x);
+        assert_eq!((led, n), (3, 4));
+        assert!((median - 1.1).abs() < 1e-9, "{median}");
+        assert_eq!(median_ratio(vec![0.9, 1.3, 1.0]), 1.0);
+        assert!(median_ratio(Vec::new()).is_nan());
+    }
 }
