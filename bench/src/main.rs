@@ -117,11 +117,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         }
     }
     if let Some(b) = &o.baseline {
-        for bin in ["ptth-lb", "ptth-workerd"] {
-            if !b.join(bin).exists() {
-                return Err(format!("--baseline {}: no {bin} there", b.display()));
-            }
-        }
+        check_baseline(b)?;
         for t in ["ptth", "ptth-h1"] {
             if o.only.iter().any(|n| n == t) {
                 o.only.push(format!("{t}@base"));
@@ -443,6 +439,16 @@ struct Sample {
     cpu: f64,
     /// CPU seconds of its first process alone (ptth-lb for ptth).
     cpu_first: f64,
+}
+
+/// Fails unless `dir` (`--baseline DIR`) holds both ptth binaries.
+pub(crate) fn check_baseline(dir: &Path) -> Result<(), String> {
+    for bin in ["ptth-lb", "ptth-workerd"] {
+        if !dir.join(bin).exists() {
+            return Err(format!("--baseline {}: no {bin} there", dir.display()));
+        }
+    }
+    Ok(())
 }
 
 /// Round by round, `of(new) / of(base)`: the median ratio, in how many

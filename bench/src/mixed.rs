@@ -120,11 +120,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         }
     }
     if let Some(dir) = base_dir {
-        for bin in ["ptth-lb", "ptth-workerd"] {
-            if !dir.join(bin).exists() {
-                return Err(format!("--baseline {}: no {bin} there", dir.display()));
-            }
-        }
+        crate::check_baseline(&dir)?;
         // Each ptth system, then the same with the other binaries.
         o.only = o
             .only

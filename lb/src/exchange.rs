@@ -47,7 +47,7 @@ impl Ctx<'_> {
     /// How long the worker took to answer an attempt sent at `sent` (see
     /// [`answer_time`]).
     pub(crate) fn answer_time(&self, sent: Instant) -> Option<std::time::Duration> {
-        answer_time(sent, self.upload_done_at.get(), self.head_at.get()?)
+        Some(answer_time(sent, self.upload_done_at.get(), self.head_at.get()?))
     }
 }
 
@@ -55,9 +55,9 @@ impl Ctx<'_> {
 /// response head, or from the end of the upload when the head came after it
 /// (a worker that waits for the whole body is not timed on the client's
 /// upload speed; one that answered before the body ended, on its own).
-fn answer_time(sent: Instant, upload_done: Option<Instant>, head: Instant) -> Option<std::time::Duration> {
+fn answer_time(sent: Instant, upload_done: Option<Instant>, head: Instant) -> std::time::Duration {
     let from = upload_done.filter(|&u| u <= head).unwrap_or(sent);
-    Some(head.saturating_duration_since(from))
+    head.saturating_duration_since(from)
 }
 
 impl Ctx<'_> {
@@ -567,10 +567,10 @@ mod tests {
         let sent = Instant::now();
         let ms = |n| sent + Duration::from_millis(n);
         // No body: from sending.
-        assert_eq!(answer_time(sent, None, ms(5)), Some(Duration::from_millis(5)));
+        assert_eq!(answer_time(sent, None, ms(5)), Duration::from_millis(5));
         // A 2 s upload, answered 5 ms after it ended.
-        assert_eq!(answer_time(sent, Some(ms(2000)), ms(2005)), Some(Duration::from_millis(5)));
+        assert_eq!(answer_time(sent, Some(ms(2000)), ms(2005)), Duration::from_millis(5));
         // Answered before the upload ended: from sending.
-        assert_eq!(answer_time(sent, Some(ms(900)), ms(300)), Some(Duration::from_millis(300)));
+        assert_eq!(answer_time(sent, Some(ms(900)), ms(300)), Duration::from_millis(300));
     }
 }

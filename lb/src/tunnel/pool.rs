@@ -795,7 +795,8 @@ impl Pool {
             }
             match self.take(slot, &w.method, &w.path, At::Waiting(w.place)) {
                 Ok(lease) => {
-                    moved |= !w.held_back.borrow().is_empty();
+                    // It leaves the queue: its places come off with it, once.
+                    moved |= !std::mem::take(&mut *w.held_back.borrow_mut()).is_empty();
                     Some(lease)
                 }
                 Err(NoTake::Permit { class, held }) => {
@@ -998,8 +999,15 @@ impl Pool {
                 *w.held_back.borrow_mut() = held;
                 Reroute::Wait
             }
-            Pick::Got(lease) => Reroute::Give(lease),
-            Pick::NoRoute | Pick::Reserved => Reroute::NoRoute,
+            // It leaves the queue: its places come off with it (below).
+            Pick::Got(lease) => {
+                w.held_back.borrow_mut().clear();
+                Reroute::Give(lease)
+            }
+            Pick::NoRoute | Pick::Reserved => {
+                w.held_back.borrow_mut().clear();
+                Reroute::NoRoute
+            }
         });
         self.queue = queue;
         self.publish_heads();
