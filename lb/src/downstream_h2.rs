@@ -48,7 +48,7 @@ where
         // connection gets GOAWAY.
         .max_pending_accept_reset_streams(p.h2_max_streams as usize)
         .max_local_error_reset_streams(Some(1024));
-    let mut conn = match monoio::time::timeout(p.header_timeout, b.handshake::<_, Bytes>(io)).await {
+    let mut conn = match ptth_proto::rt::deadline::within(p.header_timeout, b.handshake::<_, Bytes>(io)).await {
         Ok(Ok(c)) => c,
         _ => return,
     };

@@ -333,7 +333,7 @@ async fn download<W: AsyncWriteRent>(
         }
         UpReader::H2 { resp: fut } => {
             let Some(fut) = fut.take() else { return Err(x.bad_response("response awaited twice")) };
-            let response = match monoio::time::timeout(p.response_timeout, fut).await {
+            let response = match ptth_proto::rt::deadline::within(p.response_timeout, fut).await {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => return Err(stream_failed(x, e)),
                 Err(_) => return Err(x.timed_out()),

@@ -56,7 +56,7 @@ pub(crate) async fn drive(core: Rc<Core>, mut conn: h2::client::Connection<H2Io,
             _ = tick => {
                 let Some(pp) = pinger.as_mut() else { continue };
                 // The connection must keep being driven while we wait for the pong.
-                let pong = monoio::time::timeout(p.ping_timeout, pp.ping(h2::Ping::opaque()));
+                let pong = ptth_proto::rt::deadline::within(p.ping_timeout, pp.ping(h2::Ping::opaque()));
                 monoio::select! {
                     r = &mut conn => break r.err().map(|e| e.to_string()),
                     _ = kill.wait() => break None,

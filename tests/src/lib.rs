@@ -311,7 +311,7 @@ pub async fn h2_request(
     if !body.is_empty() {
         ptth_proto::rt::h2io::send_data(&mut tx, bytes::Bytes::copy_from_slice(body), true).await.expect("body");
     }
-    let resp = monoio::time::timeout(STEP, resp).await.expect("response in time").expect("response");
+    let resp = ptth_proto::rt::deadline::within(STEP, resp).await.expect("response in time").expect("response");
     let (parts, mut rbody) = resp.into_parts();
     let mut out = Vec::new();
     while let Some(d) = ptth_proto::rt::h2io::recv_data(&mut rbody).await {

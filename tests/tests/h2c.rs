@@ -76,7 +76,7 @@ fn large_bodies_both_ways() {
                 }
                 ptth_proto::rt::h2io::send_data(&mut tx, bytes::Bytes::new(), true).await.unwrap();
             });
-            let resp = monoio::time::timeout(STEP, resp).await.unwrap().unwrap();
+            let resp = ptth_proto::rt::deadline::within(STEP, resp).await.unwrap().unwrap();
             assert_eq!(resp.status(), 200);
             let mut body = resp.into_body();
             let mut n = 0;
@@ -406,7 +406,7 @@ fn keepalive_counts_from_the_last_stream() {
         let (status, _, _) = h2_request(&mut send, "GET", "/", b"").await;
         assert_eq!(status, 200);
         let ended = std::time::Instant::now();
-        let closed = monoio::time::timeout(Duration::from_secs(5), closed).await.expect("an idle connection closes");
+        let closed = ptth_proto::rt::deadline::within(Duration::from_secs(5), closed).await.expect("an idle connection closes");
         let idle = closed.saturating_duration_since(ended);
         // The lb ended the stream a moment before the client saw it end.
         assert!(idle >= keepalive - Duration::from_millis(50), "closed after {idle:?} idle, deadline {keepalive:?}");

@@ -271,7 +271,7 @@ fn h2_clients(kind: InnerProtocol) {
         let req = http::Request::builder().method("CONNECT").uri("origin.test:22").body(()).unwrap();
         let mut s = send.clone().ready().await.unwrap();
         let (resp, _tx) = s.send_request(req, false).unwrap();
-        let resp = monoio::time::timeout(STEP, resp).await.unwrap().unwrap();
+        let resp = ptth_proto::rt::deadline::within(STEP, resp).await.unwrap().unwrap();
         assert_eq!(resp.status(), 501);
         // Normalized path, the client's Forwarded dropped.
         let req = http::Request::builder()
@@ -282,7 +282,7 @@ fn h2_clients(kind: InnerProtocol) {
             .unwrap();
         let mut s = send.clone().ready().await.unwrap();
         let (resp, _) = s.send_request(req, true).unwrap();
-        let resp = monoio::time::timeout(STEP, resp).await.unwrap().unwrap();
+        let resp = ptth_proto::rt::deadline::within(STEP, resp).await.unwrap().unwrap();
         let mut body = resp.into_body();
         let mut text = Vec::new();
         while let Some(d) = ptth_proto::rt::h2io::recv_data(&mut body).await {
@@ -307,7 +307,7 @@ fn h2_clients(kind: InnerProtocol) {
             let req = http::Request::builder().uri(format!("http://origin.test/r/{case}")).body(()).unwrap();
             let mut s = send.clone().ready().await.unwrap();
             let (resp, _) = s.send_request(req, true).unwrap();
-            let resp = monoio::time::timeout(STEP, resp).await.unwrap();
+            let resp = ptth_proto::rt::deadline::within(STEP, resp).await.unwrap();
             let Ok(resp) = resp else { continue };
             if resp.status() == 502 {
                 continue;

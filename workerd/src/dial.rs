@@ -201,7 +201,7 @@ async fn sleep_or_stop(d: Duration, stop: &Signal) -> bool {
 /// past the `101`, and what the lb accepted.
 async fn dial_once(addr: &str, cfg: &Config) -> Result<(TcpStream, Vec<u8>, Accepted), Error> {
     let conn_err = |source| Error::Connect { lb: addr.to_string(), source };
-    let mut stream = match monoio::time::timeout(cfg.connect_timeout, TcpStream::connect(addr)).await {
+    let mut stream = match ptth_proto::rt::deadline::within(cfg.connect_timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(conn_err(e)),
         Err(_) => return Err(conn_err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))),

@@ -176,7 +176,7 @@ impl Sidecar {
 
     async fn connect(&self, cfg: &Config) -> Result<OriginConn, Error> {
         let t = cfg.connect_timeout;
-        let stream = match monoio::time::timeout(t, TcpStream::connect(self.origin.authority.as_str())).await {
+        let stream = match ptth_proto::rt::deadline::within(t, TcpStream::connect(self.origin.authority.as_str())).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(self.err(OriginFailure::Connect, format!("connect: {e}"))),
             Err(_) => return Err(self.err(OriginFailure::Timeout, "connect timed out")),

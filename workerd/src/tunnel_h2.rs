@@ -172,7 +172,7 @@ pub(crate) async fn serve<H: Handler>(
         .max_frame_size(MAX_FRAME)
         .max_concurrent_streams(cfg.max_streams)
         .handshake::<_, Bytes>(io);
-    let mut conn = match monoio::time::timeout(cfg.setup_timeout, handshake).await {
+    let mut conn = match ptth_proto::rt::deadline::within(cfg.setup_timeout, handshake).await {
         Ok(c) => c?,
         Err(_) => return Err(Error::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "h2 preface timed out"))),
     };

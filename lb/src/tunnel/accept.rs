@@ -190,7 +190,7 @@ pub(crate) async fn finish(core: Rc<Core>, mut stream: TcpStream, id: Arc<str>, 
         }
         InnerProtocol::H2 => {
             // draft-kazuho-ptth-ptth-01: after the 101 the lb sends the client preface.
-            let (send, conn) = match monoio::time::timeout(
+            let (send, conn) = match ptth_proto::rt::deadline::within(
                 core.shared.cfg.profile.handshake_timeout,
                 crate::h2_tunnel::handshake(stream, core.shared.cfg.profile.h2_windows),
             )

@@ -75,7 +75,7 @@ async fn wait_for_tunnel(
     let mut leave = LeaveQueue { core, w, ended: false };
     let waited = monoio::select! {
         biased;
-        r = monoio::time::timeout(queued.wait, w.wait()) => r,
+        r = ptth_proto::rt::deadline::within(queued.wait, w.wait()) => r,
         // Dropped without `ended`: counted as abandoned.
         _ = gone => return Err(Error::ClientGone),
     };

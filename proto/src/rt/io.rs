@@ -79,7 +79,7 @@ impl ReadBuf {
         }
         let buf = std::mem::take(&mut self.buf);
         let len = buf.len();
-        let (res, slice) = match monoio::time::timeout(deadline, r.read(buf.slice_mut(len..))).await {
+        let (res, slice) = match crate::rt::deadline::within(deadline, r.read(buf.slice_mut(len..))).await {
             Ok(r) => r,
             Err(_) => {
                 self.pos = 0;
@@ -95,7 +95,7 @@ impl ReadBuf {
     pub async fn write_prefix<W: AsyncWriteRent>(&mut self, w: &mut W, n: usize, deadline: Duration) -> io::Result<()> {
         let buf = std::mem::take(&mut self.buf);
         let (start, end) = (self.pos, self.pos + n);
-        let (res, slice) = match monoio::time::timeout(deadline, w.write_all(buf.slice(start..end))).await {
+        let (res, slice) = match crate::rt::deadline::within(deadline, w.write_all(buf.slice(start..end))).await {
             Ok(r) => r,
             Err(_) => {
                 self.pos = 0;
@@ -171,7 +171,7 @@ pub async fn peer_gone(s: &monoio::net::TcpStream) {
 /// Writes all of `buf` within `deadline`; hands the buffer back for reuse
 /// (cleared) unless the deadline cancelled the write.
 pub async fn write_all<W: AsyncWriteRent>(w: &mut W, buf: Vec<u8>, deadline: Duration) -> (io::Result<()>, Vec<u8>) {
-    match monoio::time::timeout(deadline, w.write_all(buf)).await {
+    match crate::rt::deadline::within(deadline, w.write_all(buf)).await {
         Ok((res, mut buf)) => {
             buf.clear();
             (res.map(|_| ()), buf)

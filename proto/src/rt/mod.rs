@@ -3,6 +3,7 @@
 //! Kept behind a feature so the protocol core builds without any runtime.
 
 pub mod body;
+pub mod deadline;
 pub mod h2io;
 pub mod io;
 pub mod logging;

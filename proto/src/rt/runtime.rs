@@ -131,10 +131,16 @@ impl Runtime {
 
     pub fn block_on<F: Future>(&mut self, fut: F) -> F::Output {
         match self {
-            Runtime::Uring(rt) => rt.block_on(fut),
-            Runtime::Legacy(rt) => rt.block_on(fut),
+            // Waits' timers are kept for reuse while the runtime runs.
+            Runtime::Uring(rt) => rt.block_on(scoped(fut)),
+            Runtime::Legacy(rt) => rt.block_on(scoped(fut)),
         }
     }
+}
+
+async fn scoped<F: Future>(fut: F) -> F::Output {
+    let _scope = crate::rt::deadline::Scope::enter();
+    fut.await
 }
 
 /// The CPUs this process may run on (honours taskset/cpuset masks).
