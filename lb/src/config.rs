@@ -8,6 +8,7 @@
 //! in; a profile given on the command line overlays only the keys it sets.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ptth_proto::h1::Limits;
@@ -35,8 +36,36 @@ pub struct ConfigFile {
     pub classes: ClassesFile,
     #[serde(default)]
     pub routes: RoutesFile,
+    #[serde(default)]
+    pub tls: TlsFile,
     /// Path of a profile to load (the `--profile` flag wins).
     pub profile: Option<String>,
+    /// The directory relative paths in the file are taken from (the file's
+    /// own; set by whoever read it).
+    #[serde(skip)]
+    pub dir: Option<PathBuf>,
+}
+
+/// `[tls]`: certificates for the TLS client listeners.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// The first is served to clients that send no SNI name or one that no
+    /// certificate answers.
+    pub certificates: Option<Vec<CertFile>>,
+}
+
+/// `[[tls.certificates]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertFile {
+    /// PEM certificate chain, leaf first.
+    pub cert: String,
+    /// PEM private key.
+    pub key: String,
+    /// SNI names it answers (`*.example.com` for one label); default: the
+    /// names the certificate is valid for.
+    pub names: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -44,6 +73,9 @@ pub struct ConfigFile {
 pub struct ListenFile {
     /// Client listeners (default 127.0.0.1:8080).
     pub client: Option<Vec<String>>,
+    /// TLS client listeners (HTTP/1.1 and h2 by ALPN); need `[tls]`
+    /// certificates.
+    pub client_tls: Option<Vec<String>>,
     /// Worker tunnel listener (default 127.0.0.1:7000).
     pub tunnel: Option<String>,
     /// Admin listener (default 127.0.0.1:9901); "" disables it.
@@ -384,6 +416,10 @@ pub struct Profile {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub client_listen: Vec<SocketAddr>,
+    /// TLS client listeners (served with `tls_certs`).
+    pub client_tls_listen: Vec<SocketAddr>,
+    /// Certificates for the TLS listeners, the default first.
+    pub tls_certs: Vec<crate::tls::CertSpec>,
     pub tunnel_listen: SocketAddr,
     pub admin_listen: Option<SocketAddr>,
     pub token: Option<String>,
@@ -422,6 +458,15 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(name: &str, text: &str) -> Res
             None => cerr(name, msg),
         }
     })
+}
+
+/// A DNS name, or `*.` followed by one (RFC 6125 §6.4.3: the wildcard is
+/// the whole left-most label).
+fn is_sni_pattern(n: &str) -> bool {
+    let name = n.strip_prefix("*.").unwrap_or(n);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
 }
 
 pub fn parse_addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
@@ -518,6 +563,23 @@ impl Config {
             return Err(cerr("listen.client", "at least one client listener is needed"));
         }
         let client_listen = client.iter().map(|a| parse_addr("listen.client", a)).collect::<Result<Vec<_>, _>>()?;
+        let client_tls_listen =
+            f.listen.client_tls.unwrap_or_default().iter().map(|a| parse_addr("listen.client_tls", a)).collect::<Result<Vec<_>, _>>()?;
+        let dir = f.dir.clone();
+        let path = |p: &str| match &dir {
+            Some(d) if Path::new(p).is_relative() => d.join(p),
+            _ => PathBuf::from(p),
+        };
+        let tls_certs: Vec<crate::tls::CertSpec> = f
+            .tls
+            .certificates
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| crate::tls::CertSpec { cert: path(&c.cert), key: path(&c.key), names: c.names.unwrap_or_default() })
+            .collect();
+        if let Some(n) = tls_certs.iter().flat_map(|c| &c.names).find(|n| !is_sni_pattern(n)) {
+            return Err(cerr("tls.certificates.names", format!("{n:?}: expected a DNS name such as app.example.com, or *.example.com")));
+        }
         let tunnel_listen = parse_addr("listen.tunnel", f.listen.tunnel.as_deref().unwrap_or(DEFAULT_TUNNEL_LISTEN))?;
         let admin_listen = match f.listen.admin.as_deref() {
             Some("") => None,
@@ -540,6 +602,8 @@ impl Config {
         }
         Ok(Config {
             client_listen,
+            client_tls_listen,
+            tls_certs,
             tunnel_listen,
             admin_listen,
             token,
@@ -623,6 +687,25 @@ mod tests {
         assert_eq!(c.profile.cores, 2);
         assert!(matches!(c.origins, OriginPolicy::Only(ref o) if o.len() == 2));
         assert!(c.token.is_some());
+    }
+
+    #[test]
+    fn tls_certificates_resolve_relative_to_the_config_file() {
+        let text = "[listen]\nclient_tls = [\"127.0.0.1:8443\"]\n\n[[tls.certificates]]\ncert = \"certs/lb.pem\"\nkey = \"/abs/lb.key\"\nnames = [\"app.example\", \"*.app.example\"]\n";
+        let mut f: ConfigFile = parse_toml("c", text).unwrap();
+        f.dir = Some(PathBuf::from("/etc/ptth"));
+        let c = Config::from_file(f, Profile::load(None).unwrap()).unwrap();
+        assert_eq!(c.client_tls_listen.len(), 1);
+        assert_eq!(c.tls_certs[0].cert, PathBuf::from("/etc/ptth/certs/lb.pem"));
+        assert_eq!(c.tls_certs[0].key, PathBuf::from("/abs/lb.key"));
+        assert_eq!(c.tls_certs[0].names, ["app.example", "*.app.example"]);
+        for (names, ok) in [("\"a..b\"", false), ("\"*.*.x\"", false), ("\"x y\"", false), ("\"*.x\"", true)] {
+            let t = format!("[[tls.certificates]]\ncert = \"c\"\nkey = \"k\"\nnames = [{names}]\n");
+            let r = Config::from_file(parse_toml("c", &t).unwrap(), Profile::load(None).unwrap());
+            assert_eq!(r.is_ok(), ok, "{names}: {:?}", r.err());
+        }
+        let e = parse_toml::<ConfigFile>("c", "[[tls.certificates]]\ncert = \"c\"\n").unwrap_err().to_string();
+        assert!(e.contains("key"), "{e}");
     }
 
     #[test]

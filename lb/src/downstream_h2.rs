@@ -32,7 +32,8 @@ use crate::tunnel::acquire::For;
 pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serves HTTP/2 on any byte stream: cleartext here, TLS (ALPN `h2`) later.
-pub(crate) async fn serve<IO>(core: Rc<Core>, io: IO, peer: SocketAddr, migrated: bool)
+/// `scheme`: how the client reached us, `http` (h2c) or `https` (h2 by ALPN).
+pub(crate) async fn serve<IO>(core: Rc<Core>, io: IO, peer: SocketAddr, migrated: bool, scheme: &'static str)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
 {
@@ -102,7 +103,7 @@ where
         activity.active.set(activity.active.get() + 1);
         let (c, a, addr) = (core.clone(), activity.clone(), addr.clone());
         percore::spawn_killable(&core, async move {
-            handle(&c, req, respond, peer, &addr, migrated).await;
+            handle(&c, req, respond, peer, &addr, migrated, scheme).await;
             a.ended();
         });
     }
@@ -138,12 +139,13 @@ async fn handle(
     peer: SocketAddr,
     addr: &h1::ClientAddr,
     migrated: bool,
+    scheme: &'static str,
 ) {
     let (mut parts, mut body) = req.into_parts();
     // `respond` is shared between the work and the reset watcher; borrowed
     // only between awaits.
     let respond = RefCell::new(respond);
-    let (host, target) = match prepare(core, &mut parts, peer, addr) {
+    let (host, target) = match prepare(core, &mut parts, peer, addr, scheme) {
         Ok(ht) => ht,
         Err(e) => return send_error(core, &respond, &e),
     };
@@ -202,7 +204,13 @@ const X_FORWARDED_HOST: http::HeaderName = http::HeaderName::from_static("x-forw
 /// `:authority` (RFC 9113 §8.3.1), the client's own `Forwarded` /
 /// `X-Forwarded-*` dropped unless it is a trusted proxy, and this hop's added.
 /// Returns the host and the normalized target.
-fn prepare(core: &Core, parts: &mut http::request::Parts, peer: SocketAddr, addr: &h1::ClientAddr) -> Result<(Vec<u8>, Vec<u8>), Error> {
+fn prepare(
+    core: &Core,
+    parts: &mut http::request::Parts,
+    peer: SocketAddr,
+    addr: &h1::ClientAddr,
+    scheme: &'static str,
+) -> Result<(Vec<u8>, Vec<u8>), Error> {
     let malformed = |why| Error::Head(ptth_proto::HeadError::Malformed(why));
     if parts.method == http::Method::CONNECT {
         // Not relayed yet (RFC 9113 §8.5); never forwarded as a plain request.
@@ -236,7 +244,7 @@ fn prepare(core: &Core, parts: &mut http::request::Parts, peer: SocketAddr, addr
     }
     use std::fmt::Write as _;
     let mut forwarded = String::with_capacity(64 + host.len());
-    let _ = write!(forwarded, "for=\"{}\";proto=http", addr.node);
+    let _ = write!(forwarded, "for=\"{}\";proto={scheme}", addr.node);
     if !host.is_empty() && host.len() <= 300 {
         let _ = write!(forwarded, ";host=\"{}\"", String::from_utf8_lossy(&host));
     }
@@ -244,7 +252,7 @@ fn prepare(core: &Core, parts: &mut http::request::Parts, peer: SocketAddr, addr
     h.append(http::header::FORWARDED, value(forwarded)?);
     if policy.x_forwarded {
         h.append(X_FORWARDED_FOR, value(addr.ip.clone())?);
-        h.append(X_FORWARDED_PROTO, http::HeaderValue::from_static("http"));
+        h.append(X_FORWARDED_PROTO, http::HeaderValue::from_static(scheme));
     }
     Ok((host, target))
 }

@@ -22,6 +22,8 @@ pub enum StartupError {
     Bind { what: &'static str, addr: SocketAddr, source: io::Error },
     #[error("starting core {core}: {source}")]
     Runtime { core: usize, source: io::Error },
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 #[derive(Debug, thiserror::Error)]

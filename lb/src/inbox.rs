@@ -22,10 +22,22 @@ pub(crate) enum CoreMsg {
     /// sends the `101` and adopts it.
     Tunnel { stream: std::net::TcpStream, id: std::sync::Arc<str>, meta: std::sync::Arc<Meta>, setup: TunnelSetup },
     /// A client connection with the bytes already read from it.
-    Client { stream: std::net::TcpStream, peer: std::net::SocketAddr, buffered: Vec<u8> },
+    Client { stream: Detached, peer: std::net::SocketAddr, buffered: Vec<u8> },
     /// A concurrency permit of this worker was given back on another core
     /// while a request here waited for one (`tunnel::permits`).
     Capacity { worker: std::sync::Arc<str> },
+}
+
+/// A client connection taken off its core's driver.
+pub(crate) enum Detached {
+    Plain(std::net::TcpStream),
+    /// A TLS session goes with its rustls state and the ciphertext read
+    /// but not yet decrypted.
+    Tls {
+        stream: std::net::TcpStream,
+        conn: Box<rustls::ServerConnection>,
+        unread: Vec<u8>,
+    },
 }
 
 /// What the adopting core needs to answer a setup.

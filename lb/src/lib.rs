@@ -14,6 +14,7 @@
 
 pub mod admin;
 mod attempts;
+pub mod certs;
 pub mod config;
 pub mod demo;
 mod downstream_h2;
@@ -26,6 +27,7 @@ mod listen;
 mod percore;
 mod proxy;
 pub mod stats;
+pub mod tls;
 mod tunnel;
 mod wiring;
 
@@ -55,12 +57,16 @@ pub(crate) struct Shared {
     pub(crate) draining: AtomicBool,
     pub(crate) started: Instant,
     pub(crate) driver: std::sync::OnceLock<String>,
+    /// TLS for the TLS client listeners (when there are any).
+    pub(crate) tls: Option<tls::ServerTls>,
 }
 
 /// A running lb.
 pub struct Lb {
     /// Bound client listener addresses (port 0 resolved).
     pub client_addrs: Vec<SocketAddr>,
+    /// Bound TLS client listener addresses.
+    pub client_tls_addrs: Vec<SocketAddr>,
     pub tunnel_addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
     /// Cores running.
@@ -77,12 +83,22 @@ impl Lb {
         self.client_addrs[0]
     }
 
-    /// The flag [`shutdown`](Self::shutdown) sets; a signal handler may set it.
+    /// Reads the TLS certificate files again: new handshakes use them,
+    /// established connections keep theirs. `Ok(false)`: no TLS listener.
+    /// On error the old certificates stay.
+    pub fn reload_tls(&self) -> Result<bool, tls::TlsError> {
+        match &self.shared.tls {
+            Some(t) => t.reload().map(|()| true),
+            None => Ok(false),
+        }
+    }
+
     /// What `/status` reports, typed (no admin listener needed).
     pub fn status(&self) -> admin::Status {
         admin::status(&self.shared)
     }
 
+    /// The flag [`shutdown`](Self::shutdown) sets; a signal handler may set it.
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
         self.stop.clone()
     }
@@ -135,6 +151,20 @@ pub fn run(cfg: Config) -> Result<Lb, StartupError> {
     for &a in &cfg.client_listen {
         client_groups.push(listen::bind_group("client", a, cores)?);
     }
+    let mut tls_groups = Vec::new();
+    for &a in &cfg.client_tls_listen {
+        tls_groups.push(listen::bind_group("TLS client", a, cores)?);
+    }
+    let tls = match (cfg.client_tls_listen.is_empty(), cfg.tls_certs.is_empty()) {
+        (true, _) => None,
+        (false, true) => {
+            return Err(StartupError::Config(config::ConfigError {
+                key: "listen.client_tls".into(),
+                what: "a TLS listener needs a certificate: [[tls.certificates]] in the config, or --tls-cert and --tls-key".into(),
+            }))
+        }
+        (false, false) => Some(tls::ServerTls::new(cfg.tls_certs.clone())?),
+    };
     let tunnels = listen::bind_group("tunnel", cfg.tunnel_listen, cores)?;
     let admin = match cfg.admin_listen {
         Some(a) => Some(listen::bind_one("admin", a)?),
@@ -142,6 +172,7 @@ pub fn run(cfg: Config) -> Result<Lb, StartupError> {
     };
     let addr = |l: &std::net::TcpListener| l.local_addr().expect("bound listener has an address");
     let client_addrs = client_groups.iter().map(|g| addr(&g[0])).collect();
+    let client_tls_addrs = tls_groups.iter().map(|g| addr(&g[0])).collect();
     let tunnel_addr = addr(&tunnels[0]);
     let admin_addr = admin.as_ref().map(addr);
 
@@ -154,6 +185,7 @@ pub fn run(cfg: Config) -> Result<Lb, StartupError> {
         draining: AtomicBool::new(false),
         started: Instant::now(),
         driver: std::sync::OnceLock::new(),
+        tls,
     });
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -163,16 +195,22 @@ pub fn run(cfg: Config) -> Result<Lb, StartupError> {
             per_core[i].push(l);
         }
     }
+    let mut per_core_tls: Vec<Vec<std::net::TcpListener>> = (0..cores).map(|_| Vec::new()).collect();
+    for group in tls_groups {
+        for (i, l) in group.into_iter().enumerate() {
+            per_core_tls[i].push(l);
+        }
+    }
     let mut admin = admin;
     let mut threads = Vec::new();
-    for (id, (clients, tunnel)) in per_core.into_iter().zip(tunnels).enumerate() {
-        let listeners = wiring::CoreListeners { clients, tunnel, admin: if id == 0 { admin.take() } else { None } };
+    for (id, ((clients, tls_clients), tunnel)) in per_core.into_iter().zip(per_core_tls).zip(tunnels).enumerate() {
+        let listeners = wiring::CoreListeners { clients, tls_clients, tunnel, admin: if id == 0 { admin.take() } else { None } };
         let t = wiring::spawn(id, shared.clone(), listeners, stop.clone(), ready_tx.clone())
             .map_err(|source| StartupError::Runtime { core: id, source })?;
         threads.push(t);
     }
     drop(ready_tx);
-    let mut lb = Lb { client_addrs, tunnel_addr, admin_addr, cores, runtime: String::new(), stop, shared, threads };
+    let mut lb = Lb { client_addrs, client_tls_addrs, tunnel_addr, admin_addr, cores, runtime: String::new(), stop, shared, threads };
     for _ in 0..cores {
         match ready_rx.recv() {
             Ok(Ok(desc)) => {

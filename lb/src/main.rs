@@ -13,12 +13,18 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USAGE: &str = "usage: ptth-lb [demo] [--config FILE] [--profile FILE] [--listen ADDR]...
                [--tunnel-listen ADDR] [--admin-listen ADDR] [--cores N] [--token TOKEN]
+               [--tls-listen ADDR]... [--tls-cert FILE --tls-key FILE]
                [--driver auto|uring|legacy] [--log-format text|json] [--quiet]
+       ptth-lb certs dev DIR [--name NAME]... [--worker ID]...
 
   demo                 also run two in-process workers with a small app, and print curl commands
   --config FILE        TOML config (listeners, tunnel token and policy); see docs/OPERATIONS.md
   --profile FILE       per-core profile overlaying tuning/default.toml (built in)
   --listen ADDR        client listener (repeat for several; default 127.0.0.1:8080)
+  --tls-listen ADDR    TLS client listener, HTTP/1.1 and h2 by ALPN (repeat for several)
+  --tls-cert FILE      PEM certificate chain for the TLS listeners (with --tls-key; served
+                       first, before any [[tls.certificates]] of the config file)
+  --tls-key FILE       its PEM private key
   --tunnel-listen ADDR worker tunnel listener (default 127.0.0.1:7000)
   --admin-listen ADDR  admin listener for /status and /healthz (default 127.0.0.1:9901; \"off\" disables)
   --cores N            cores to run (default: every allowed CPU)
@@ -34,6 +40,9 @@ struct Cli {
     config: Option<String>,
     profile: Option<String>,
     listen: Vec<String>,
+    tls_listen: Vec<String>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
     tunnel: Option<String>,
     admin: Option<String>,
     cores: Option<usize>,
@@ -49,6 +58,9 @@ fn parse_cli(args: Vec<String>) -> Result<Cli, String> {
         config: None,
         profile: None,
         listen: vec![],
+        tls_listen: vec![],
+        tls_cert: None,
+        tls_key: None,
         tunnel: None,
         admin: None,
         cores: None,
@@ -68,6 +80,9 @@ fn parse_cli(args: Vec<String>) -> Result<Cli, String> {
             "--config" => cli.config = Some(value()?),
             "--profile" => cli.profile = Some(value()?),
             "--listen" => cli.listen.push(value()?),
+            "--tls-listen" => cli.tls_listen.push(value()?),
+            "--tls-cert" => cli.tls_cert = Some(value()?),
+            "--tls-key" => cli.tls_key = Some(value()?),
             "--tunnel-listen" => cli.tunnel = Some(value()?),
             "--admin-listen" => cli.admin = Some(value()?),
             "--cores" => {
@@ -96,7 +111,12 @@ fn read(path: &str, flag: &str) -> Result<String, String> {
 /// Files first, then flags on top.
 fn build_config(cli: &Cli) -> Result<Config, String> {
     let file: ConfigFile = match &cli.config {
-        Some(p) => parse_toml(p, &read(p, "--config")?).map_err(|e| e.to_string())?,
+        Some(p) => {
+            let mut f: ConfigFile = parse_toml(p, &read(p, "--config")?).map_err(|e| e.to_string())?;
+            // Paths in the file are relative to the file.
+            f.dir = std::path::Path::new(p).parent().map(|d| d.to_path_buf());
+            f
+        }
         None => ConfigFile::default(),
     };
     let profile_path = cli.profile.clone().or_else(|| file.profile.clone());
@@ -116,6 +136,19 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
     if !cli.listen.is_empty() {
         cfg.client_listen = cli.listen.iter().map(|a| parse_addr("--listen", a)).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
     }
+    if !cli.tls_listen.is_empty() {
+        cfg.client_tls_listen =
+            cli.tls_listen.iter().map(|a| parse_addr("--tls-listen", a)).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+    }
+    match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => {
+            let spec = ptth_lb::tls::CertSpec { cert: cert.into(), key: key.into(), names: vec![] };
+            cfg.tls_certs.insert(0, spec);
+        }
+        (None, None) => {}
+        (Some(_), None) => return Err("--tls-cert: needs --tls-key FILE too".into()),
+        (None, Some(_)) => return Err("--tls-key: needs --tls-cert FILE too".into()),
+    }
     if let Some(t) = &cli.tunnel {
         cfg.tunnel_listen = parse_addr("--tunnel-listen", t).map_err(|e| e.to_string())?;
     }
@@ -132,6 +165,55 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
     Ok(cfg)
 }
 
+/// `ptth-lb certs dev DIR [--name NAME]... [--worker ID]...`
+fn certs_command(args: &[String]) -> ExitCode {
+    let usage = "usage: ptth-lb certs dev DIR [--name NAME]... [--worker ID]...\n  \
+                 writes a development CA, an lb certificate for the names (default localhost and 127.0.0.1)\n  \
+                 and a client certificate per worker id (default worker-1) into DIR";
+    let (Some("dev"), Some(dir)) = (args.first().map(String::as_str), args.get(1)) else {
+        complain(format_args!("{usage}"));
+        return ExitCode::from(2);
+    };
+    let mut d = ptth_lb::certs::DevCerts::new(dir.into());
+    let (mut names, mut workers) = (Vec::new(), Vec::new());
+    let mut it = args[2..].iter();
+    while let Some(flag) = it.next() {
+        let Some(v) = it.next() else {
+            complain(format_args!("{flag}: missing value\n{usage}"));
+            return ExitCode::from(2);
+        };
+        match flag.as_str() {
+            "--name" => names.push(v.clone()),
+            "--worker" => workers.push(v.clone()),
+            other => {
+                complain(format_args!("unknown argument {other:?}\n{usage}"));
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if !names.is_empty() {
+        d.names = names;
+    }
+    if !workers.is_empty() {
+        d.workers = workers;
+    }
+    match ptth_lb::certs::write_dev(&d) {
+        Ok(files) => {
+            for f in &files {
+                say(format_args!("wrote {}", f.display()));
+            }
+            let p = |f: &str| d.dir.join(f).display().to_string();
+            say(format_args!("serve TLS:  ptth-lb --tls-listen 127.0.0.1:8443 --tls-cert {} --tls-key {}", p("lb.pem"), p("lb.key")));
+            say(format_args!("try it:     curl --cacert {} https://localhost:8443/", p("ca.pem")));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            complain(format_args!("{e}"));
+            ExitCode::from(1)
+        }
+    }
+}
+
 /// A message for the operator before logging is set up (bad flags).
 fn complain(msg: std::fmt::Arguments<'_>) {
     ptth_proto::rt::logging::complain("ptth-lb", msg);
@@ -146,6 +228,9 @@ fn main() -> ExitCode {
     if args.iter().any(|a| a == "--version") {
         say(format_args!("ptth-lb {}", env!("CARGO_PKG_VERSION")));
         return ExitCode::SUCCESS;
+    }
+    if args.first().map(String::as_str) == Some("certs") {
+        return certs_command(&args[1..]);
     }
     let cli = match parse_cli(args) {
         Ok(c) => c,
@@ -174,7 +259,8 @@ fn main() -> ExitCode {
         }
     };
     let clients: Vec<String> = lb.client_addrs.iter().map(|a| a.to_string()).collect();
-    tracing::info!(cores = lb.cores, runtime = %lb.runtime, clients = %clients.join(", "), tunnels = %lb.tunnel_addr, "started");
+    let tls: Vec<String> = lb.client_tls_addrs.iter().map(|a| a.to_string()).collect();
+    tracing::info!(cores = lb.cores, runtime = %lb.runtime, clients = %clients.join(", "), tls_clients = %tls.join(", "), tunnels = %lb.tunnel_addr, "started");
     if let Some(a) = lb.admin_addr {
         tracing::info!("admin on http://{a}/status");
     }
@@ -210,8 +296,19 @@ fn main() -> ExitCode {
         let _ = signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone());
         let _ = signal_hook::flag::register(sig, stop.clone());
     }
+    // SIGHUP: read the certificates again (new handshakes get them; open
+    // connections keep theirs). It no longer ends the process.
+    let hup = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _ = signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone());
     while !stop.load(std::sync::atomic::Ordering::Acquire) {
         std::thread::sleep(Duration::from_millis(50));
+        if hup.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            match lb.reload_tls() {
+                Ok(true) => tracing::info!("SIGHUP: certificates reloaded"),
+                Ok(false) => tracing::info!("SIGHUP: nothing to reload (no TLS listener)"),
+                Err(e) => tracing::error!("SIGHUP: certificates not reloaded, the old ones stay: {e}"),
+            }
+        }
     }
     tracing::info!("draining");
     drop(_workers);
@@ -233,12 +330,18 @@ mod tests {
         assert_eq!(c.client_listen.len(), 2);
         assert_eq!(c.profile.cores, 3);
         assert!(c.admin_listen.is_none());
+        let c = cli("--tls-listen 127.0.0.1:8443 --tls-cert a.pem --tls-key a.key").unwrap();
+        assert_eq!(c.client_tls_listen, vec!["127.0.0.1:8443".parse().unwrap()]);
+        assert_eq!(c.tls_certs[0].cert, std::path::PathBuf::from("a.pem"));
         for (bad, needle) in [
             ("--cores 0", "--cores"),
             ("--listen nope", "--listen"),
             ("--tunnel-listen 1.2.3.4", "--tunnel-listen"),
             ("--driver fast", "--driver"),
             ("--config /nonexistent.toml", "--config"),
+            ("--tls-cert a.pem", "--tls-key"),
+            ("--tls-key a.key", "--tls-cert"),
+            ("--tls-listen 8443", "--tls-listen"),
             ("--bogus", "--bogus"),
         ] {
             let e = cli(bad).err().unwrap();

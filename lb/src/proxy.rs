@@ -27,12 +27,13 @@ use ptth_proto::h1::{self, BodyDecoder, ClientAddr, Forwarding, Framing, Parsed,
 use ptth_proto::rt::body::{AnySource, H1Source};
 use ptth_proto::rt::io::{split, write_all, Prefixed, ReadBuf, ReadHalf};
 use ptth_proto::rt::signal::Wait;
+use ptth_proto::rt::tls::{TlsPoll, TlsStream};
 
 use crate::attempts::{self, Ended, Outcome};
 use crate::error::Error;
 use crate::exchange::{self, Ctx, Done, ReqHead, Responder};
 use crate::failure::Failure;
-use crate::inbox::CoreMsg;
+use crate::inbox::{CoreMsg, Detached};
 use crate::percore::{self, Core};
 use crate::stats;
 use crate::tunnel::acquire::For;
@@ -91,31 +92,59 @@ enum Next {
     HandOff(usize, Error),
 }
 
-/// A client connection's byte stream: plain TCP today. A TLS stream
-/// implements the same, so the HTTP/1.1 path (and the exchange under it) is
-/// written once for both.
+/// A client connection's byte stream: plain TCP or TLS over it, so the
+/// HTTP/1.1 path, the h2 path (and the exchange under them) are written once
+/// for both.
 pub(crate) trait ClientStream: AsyncReadRent + AsyncWriteRent + Split + Sized + 'static {
     /// The stream as the h2 server drives it (poll-style I/O).
     type Poll: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static;
+    /// The scheme the client used (`Forwarded: proto=`, `:scheme`).
+    const SCHEME: &'static str;
     fn into_poll(self) -> io::Result<Self::Poll>;
+    fn tcp(&self) -> &TcpStream;
     /// Resolves when the client closes or resets the connection while it
     /// sends nothing (its request waits in the queue).
-    fn gone(&self) -> impl std::future::Future<Output = ()> + '_;
-    /// The socket for another core to adopt; the stream back when it cannot
-    /// move (state that lives on this core only).
-    fn detach(self) -> Result<std::net::TcpStream, Self>;
+    fn gone(&self) -> impl std::future::Future<Output = ()> + '_ {
+        ptth_proto::rt::io::peer_gone(self.tcp())
+    }
+    /// The connection for another core to adopt; the stream back when it
+    /// cannot move.
+    fn detach(self) -> Result<Detached, Self>;
 }
 
 impl ClientStream for TcpStream {
     type Poll = monoio::net::tcp::stream_poll::TcpStreamPoll;
+    const SCHEME: &'static str = "http";
     fn into_poll(self) -> io::Result<Self::Poll> {
         self.into_poll_io()
     }
-    fn gone(&self) -> impl std::future::Future<Output = ()> + '_ {
-        ptth_proto::rt::io::peer_gone(self)
+    fn tcp(&self) -> &TcpStream {
+        self
     }
-    fn detach(self) -> Result<std::net::TcpStream, Self> {
-        percore::detach(self)
+    fn detach(self) -> Result<Detached, Self> {
+        percore::detach(self).map(Detached::Plain)
+    }
+}
+
+/// A TLS client connection. Its queue watch sees the socket: a client that
+/// sends close_notify before closing counts as still there (the alert is
+/// data it cannot read without taking it), so it leaves the queue when its
+/// wait ends rather than at once.
+impl ClientStream for TlsStream<rustls::ServerConnection> {
+    type Poll = TlsPoll<rustls::ServerConnection>;
+    const SCHEME: &'static str = "https";
+    fn into_poll(self) -> io::Result<Self::Poll> {
+        TlsStream::into_poll(self)
+    }
+    fn tcp(&self) -> &TcpStream {
+        TlsStream::tcp(self)
+    }
+    fn detach(self) -> Result<Detached, Self> {
+        let (io, conn, unread) = self.into_parts();
+        match percore::detach(io) {
+            Ok(stream) => Ok(Detached::Tls { stream, conn: Box::new(conn), unread }),
+            Err(io) => Err(TlsStream::from_parts(io, conn, unread)),
+        }
     }
 }
 
@@ -142,7 +171,7 @@ pub(crate) async fn serve<S: ClientStream>(core: Rc<Core>, stream: S, peer: Sock
             let Some(stream) = c.stream.take() else { return };
             let buffered = c.rb.take_unconsumed();
             let Ok(io) = stream.into_poll() else { return };
-            return crate::downstream_h2::serve(core, Prefixed::new(buffered, io), peer, migrated).await;
+            return crate::downstream_h2::serve(core, Prefixed::new(buffered, io), peer, migrated, S::SCHEME).await;
         }
         Sniff::Closed => return,
         Sniff::H1 => {}
@@ -303,7 +332,7 @@ async fn handle<S: ClientStream>(core: &Rc<Core>, c: &mut Client<S>) -> Next {
     let policy = &core.shared.cfg.forwarding;
     let fwd = Forwarding {
         client: Some(&c.addr),
-        proto: "http",
+        proto: S::SCHEME,
         host,
         target: &c.target,
         keep_client_forwarded: policy.trusts(c.peer.ip()),

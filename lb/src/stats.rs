@@ -41,6 +41,8 @@ pub struct CoreStats {
     pub retries: AtomicU64,
     pub clients_accepted: AtomicU64,
     pub clients_handed_off: AtomicU64,
+    /// TLS handshakes on client listeners that failed or timed out.
+    pub tls_handshakes_failed: AtomicU64,
     pub active_clients: AtomicU64,
     pub tunnels_accepted: AtomicU64,
     pub setups_rejected: AtomicU64,

@@ -1,5 +1,6 @@
 //! Wiring: starting a core's thread and spawning its tasks. An accept loop
-//! per client listener ([`crate::proxy`] serves each connection), the tunnel
+//! per client listener ([`crate::proxy`] serves each connection; on a TLS
+//! listener after the handshake, [`crate::tls`]), the tunnel
 //! accept loop ([`crate::tunnel::accept`]), the inbox loop (tunnels and
 //! clients handed over by other cores), the idle tunnel sweeper, and on core
 //! 0 the admin listener ([`crate::admin`]). The only module that imports the
@@ -15,10 +16,12 @@ use std::time::Duration;
 use monoio::net::{TcpListener, TcpStream};
 use ptth_proto::rt::runtime::{pin_to, Runtime};
 use ptth_proto::rt::signal::Signal;
+use ptth_proto::rt::tls::TlsStream;
 
 use crate::error::StartupError;
-use crate::inbox::CoreMsg;
+use crate::inbox::{CoreMsg, Detached};
 use crate::percore::{accept_each, spawn_killable, Core};
+use crate::proxy::ClientStream;
 use crate::stats;
 use crate::tunnel::pool::Pool;
 use crate::Shared;
@@ -31,6 +34,7 @@ const SWEEP_EVERY: Duration = Duration::from_millis(500);
 /// Listeners for one core, bound on the main thread.
 pub(crate) struct CoreListeners {
     pub(crate) clients: Vec<std::net::TcpListener>,
+    pub(crate) tls_clients: Vec<std::net::TcpListener>,
     pub(crate) tunnel: std::net::TcpListener,
     pub(crate) admin: Option<std::net::TcpListener>,
 }
@@ -85,6 +89,14 @@ async fn run(id: usize, shared: Arc<Shared>, listeners: CoreListeners, stop_flag
             Err(e) => tracing::error!(core = id, "client listener: {e}"),
         }
     }
+    for l in listeners.tls_clients {
+        match TcpListener::from_std(l) {
+            Ok(l) => {
+                monoio::spawn(accept_tls_clients(core.clone(), l));
+            }
+            Err(e) => tracing::error!(core = id, "TLS client listener: {e}"),
+        }
+    }
     match TcpListener::from_std(listeners.tunnel) {
         Ok(l) => {
             monoio::spawn(crate::tunnel::accept::accept_loop(core.clone(), l));
@@ -124,16 +136,55 @@ async fn accept_clients(core: Rc<Core>, listener: TcpListener) {
     .await;
 }
 
+async fn accept_tls_clients(core: Rc<Core>, listener: TcpListener) {
+    let c = core.clone();
+    accept_each(&core, listener, "TLS client", core.stop.clone(), move |stream, peer| {
+        stats::add(&c.stats().clients_accepted, 1);
+        let Some(tls) = c.shared.tls.as_ref() else { return };
+        let conn = match tls.accept() {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::error!(core = c.id, %peer, "TLS session: {e}");
+                return;
+            }
+        };
+        let core = c.clone();
+        spawn_connection(&c, async move {
+            // TCP_NODELAY on every relayed socket.
+            let _ = stream.set_nodelay(true);
+            let limit = core.shared.cfg.profile.header_timeout;
+            match TlsStream::handshake(stream, conn, limit).await {
+                Ok(s) => crate::proxy::serve(core, s, peer, Vec::new(), false).await,
+                Err(e) => {
+                    // Scanners and clients that do not trust the certificate
+                    // end here all the time: counted, logged at debug.
+                    stats::add(&core.stats().tls_handshakes_failed, 1);
+                    tracing::debug!(core = core.id, %peer, "TLS handshake: {e}");
+                }
+            }
+        });
+    })
+    .await;
+}
+
 /// Serves one client connection on this core until it ends or the core is
 /// killed.
-pub(crate) fn spawn_client(core: &Rc<Core>, stream: TcpStream, peer: SocketAddr, buffered: Vec<u8>, migrated: bool) {
+pub(crate) fn spawn_client<S: ClientStream>(core: &Rc<Core>, stream: S, peer: SocketAddr, buffered: Vec<u8>, migrated: bool) {
+    let c = core.clone();
+    spawn_connection(core, async move {
+        // TCP_NODELAY on every relayed socket.
+        let _ = stream.tcp().set_nodelay(true);
+        crate::proxy::serve(c, stream, peer, buffered, migrated).await;
+    });
+}
+
+/// Runs a client connection's task, counted as active while it lives.
+fn spawn_connection(core: &Rc<Core>, work: impl std::future::Future<Output = ()> + 'static) {
     let c = core.clone();
     spawn_killable(core, async move {
         c.active.set(c.active.get() + 1);
         stats::set_u64(&c.stats().active_clients, c.active.get());
-        // TCP_NODELAY on every relayed socket.
-        let _ = stream.set_nodelay(true);
-        crate::proxy::serve(c.clone(), stream, peer, buffered, migrated).await;
+        work.await;
         c.active.set(c.active.get() - 1);
         stats::set_u64(&c.stats().active_clients, c.active.get());
     });
@@ -156,9 +207,14 @@ async fn inbox_loop(core: Rc<Core>) {
                     shared.placement.release(&id, core.id);
                 }
             },
-            Some(CoreMsg::Client { stream, peer, buffered }) => match adopt(stream) {
+            Some(CoreMsg::Client { stream: Detached::Plain(stream), peer, buffered }) => match adopt(stream) {
                 Ok(s) => spawn_client(&core, s, peer, buffered, true),
                 Err(e) => tracing::warn!(core = core.id, %peer, "adopting a client connection: {e}"),
+            },
+            Some(CoreMsg::Client { stream: Detached::Tls { stream, conn, unread }, peer, buffered }) => match adopt(stream) {
+                // The TLS session goes on here where it stopped there.
+                Ok(s) => spawn_client(&core, TlsStream::from_parts(s, *conn, unread), peer, buffered, true),
+                Err(e) => tracing::warn!(core = core.id, %peer, "adopting a TLS client connection: {e}"),
             },
             Some(CoreMsg::Capacity { worker }) => core.pool.borrow_mut().capacity_freed(&worker),
             None => return,

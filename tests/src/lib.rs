@@ -82,6 +82,19 @@ pub fn responder(lb: &Lb, id: &str, r: Responder) -> Worker {
     start_worker(worker_config(lb, id, 4), move || r.clone())
 }
 
+/// Whether a third-party client is installed. .ci/run sets
+/// PTTH_REQUIRE_TOOLS=1, so there a missing tool fails the test; elsewhere
+/// the caller skips with a note.
+pub fn tool(name: &str) -> bool {
+    let found =
+        std::process::Command::new("sh").arg("-c").arg(format!("command -v {name}")).output().map(|o| o.status.success()).unwrap_or(false);
+    if !found {
+        assert!(std::env::var_os("PTTH_REQUIRE_TOOLS").is_none(), "{name} is required here but not installed");
+        eprintln!("skipping: {name} not installed");
+    }
+    found
+}
+
 pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let until = Instant::now() + STEP;
     while !cond() {

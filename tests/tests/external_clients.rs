@@ -7,15 +7,6 @@ use std::process::Command;
 use ptth_tests::*;
 use ptth_workerd::{InnerProtocol, Responder};
 
-fn tool(name: &str) -> bool {
-    let found = Command::new("sh").arg("-c").arg(format!("command -v {name}")).output().map(|o| o.status.success()).unwrap_or(false);
-    if !found {
-        assert!(std::env::var_os("PTTH_REQUIRE_TOOLS").is_none(), "{name} is required here but not installed");
-        eprintln!("skipping: {name} not installed");
-    }
-    found
-}
-
 #[test]
 fn curl_http11_and_h2c() {
     if !tool("curl") {

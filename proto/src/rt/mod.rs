@@ -9,6 +9,7 @@ pub mod io;
 pub mod logging;
 pub mod runtime;
 pub mod signal;
+pub mod tls;
 
 /// A small per-thread xorshift generator for jitter and power-of-two choices;
 /// not for anything secret.

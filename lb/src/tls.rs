@@ -1,0 +1,239 @@
+//! TLS termination for client listeners: certificates chosen by SNI, ALPN
+//! (`h2`, `http/1.1`), TLS 1.2 and 1.3, session resumption, and certificate
+//! reload without dropping connections.
+//!
+//! Place in the request path: between a TLS listener's accept and the
+//! HTTP/1.1-or-h2 connection code (`proxy::serve`), which runs on the
+//! handshaken `ptth_proto::rt::tls::TlsStream` exactly as on a plain socket.
+//!
+//! One [`ServerTls`] serves every core: its `rustls::ServerConfig` is shared
+//! (rustls configs are `Send + Sync` and read-only), and its certificate
+//! resolver reads the current [`CertSet`] once per handshake, so a reload
+//! swaps the set and new handshakes get the new certificates while
+//! established sessions go on with theirs. Session tickets are encrypted
+//! with keys shared by all cores (a client resumes on any core) and rotated
+//! by rustls.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+/// ALPN protocol ids offered to clients, most preferred first (RFC 7301;
+/// RFC 9113 §3.2 for `h2`).
+pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// One certificate as configured: PEM files and the SNI names it answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertSpec {
+    /// Certificate chain, leaf first (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// SNI names (exact, or `*.example.com` for one label). Empty: the names
+    /// the certificate itself is valid for.
+    pub names: Vec<String>,
+}
+
+/// What went wrong loading certificates; names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{file}: {why}")]
+    File { file: PathBuf, why: String },
+    #[error("TLS setup: {0}")]
+    Rustls(String),
+}
+
+/// Loaded certificates, in configured order (the first is the default).
+#[derive(Debug)]
+pub struct CertSet {
+    certs: Vec<Loaded>,
+}
+
+#[derive(Debug)]
+struct Loaded {
+    key: Arc<CertifiedKey>,
+    /// Lower-case names; `*.x` matches one label in front of `.x`.
+    names: Vec<String>,
+}
+
+impl CertSet {
+    /// Reads and checks every certificate and key.
+    pub fn load(specs: &[CertSpec]) -> Result<CertSet, TlsError> {
+        if specs.is_empty() {
+            return Err(TlsError::Rustls("no certificate configured".into()));
+        }
+        let provider = provider();
+        let mut certs = Vec::with_capacity(specs.len());
+        for s in specs {
+            let file = |p: &Path, why: String| TlsError::File { file: p.to_path_buf(), why };
+            let chain = CertificateDer::pem_file_iter(&s.cert)
+                .map_err(|e| file(&s.cert, format!("reading certificates: {e}")))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| file(&s.cert, format!("reading certificates: {e}")))?;
+            if chain.is_empty() {
+                return Err(file(&s.cert, "no CERTIFICATE block in the file".into()));
+            }
+            let key = PrivateKeyDer::from_pem_file(&s.key).map_err(|e| file(&s.key, format!("reading the private key: {e}")))?;
+            let signer = provider.key_provider.load_private_key(key).map_err(|e| file(&s.key, format!("unusable private key: {e}")))?;
+            let ck = CertifiedKey::new(chain, signer);
+            ck.keys_match().map_err(|e| file(&s.key, format!("does not belong to {}: {e}", s.cert.display())))?;
+            let names = s.names.iter().map(|n| n.trim_end_matches('.').to_ascii_lowercase()).collect();
+            certs.push(Loaded { key: Arc::new(ck), names });
+        }
+        Ok(CertSet { certs })
+    }
+
+    /// The certificate for an SNI name: a configured name (exact first,
+    /// then one wildcard label), then one valid for the name by its own
+    /// subjectAltName (among those with no configured names), else the
+    /// first. Without SNI: the first.
+    fn pick(&self, sni: Option<&str>) -> &Arc<CertifiedKey> {
+        let first = &self.certs[0].key;
+        let Some(name) = sni.map(|n| n.trim_end_matches('.').to_ascii_lowercase()) else { return first };
+        if let Some(c) = self.certs.iter().find(|c| c.names.contains(&name)) {
+            return &c.key;
+        }
+        if let Some((_, parent)) = name.split_once('.') {
+            if let Some(c) = self.certs.iter().find(|c| c.names.iter().any(|n| n.strip_prefix("*.") == Some(parent))) {
+                return &c.key;
+            }
+        }
+        let Ok(server_name) = ServerName::try_from(name.as_str()) else { return first };
+        for c in self.certs.iter().filter(|c| c.names.is_empty()) {
+            let Some(leaf) = c.key.cert.first() else { continue };
+            let Ok(parsed) = rustls::server::ParsedCertificate::try_from(leaf) else { continue };
+            if rustls::client::verify_server_name(&parsed, &server_name).is_ok() {
+                return &c.key;
+            }
+        }
+        first
+    }
+}
+
+/// The resolver rustls asks once per handshake.
+#[derive(Debug)]
+struct Resolver {
+    current: RwLock<Arc<CertSet>>,
+}
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // A poisoned lock still holds a whole set (it is only ever replaced).
+        let set = self.current.read().unwrap_or_else(|p| p.into_inner()).clone();
+        Some(set.pick(hello.server_name()).clone())
+    }
+}
+
+/// TLS for the client listeners, shared by all cores.
+#[derive(Debug)]
+pub struct ServerTls {
+    config: Arc<rustls::ServerConfig>,
+    resolver: Arc<Resolver>,
+    specs: Vec<CertSpec>,
+}
+
+/// The crypto provider: ring (no OpenSSL, no C toolchain beyond cc).
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl ServerTls {
+    /// Loads the certificates and builds the server config.
+    pub fn new(specs: Vec<CertSpec>) -> Result<ServerTls, TlsError> {
+        let set = CertSet::load(&specs)?;
+        let resolver = Arc::new(Resolver { current: RwLock::new(Arc::new(set)) });
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Rustls(e.to_string()))?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver.clone());
+        config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        // Resumption: stateless tickets (TLS 1.2 and 1.3), keys shared by
+        // every core; the stateful cache stays for clients without tickets.
+        config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Rustls(e.to_string()))?;
+        Ok(ServerTls { config: Arc::new(config), resolver, specs })
+    }
+
+    /// A server connection for one accepted socket.
+    pub fn accept(&self) -> Result<rustls::ServerConnection, rustls::Error> {
+        rustls::ServerConnection::new(self.config.clone())
+    }
+
+    /// Reads the certificate files again; on success new handshakes use
+    /// them (established connections keep theirs). On failure nothing
+    /// changes and the error says which file.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let set = Arc::new(CertSet::load(&self.specs)?);
+        *self.resolver.current.write().unwrap_or_else(|p| p.into_inner()) = set;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(names: &[&str]) -> (String, String) {
+        let k = rcgen::KeyPair::generate().expect("key");
+        let p = rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("params");
+        let c = p.self_signed(&k).expect("cert");
+        (c.pem(), k.serialize_pem())
+    }
+
+    fn write(dir: &Path, name: &str, names: &[&str], configured: &[&str]) -> CertSpec {
+        let (c, k) = cert(names);
+        let (cp, kp) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+        std::fs::write(&cp, c).expect("write");
+        std::fs::write(&kp, k).expect("write");
+        CertSpec { cert: cp, key: kp, names: configured.iter().map(|s| s.to_string()).collect() }
+    }
+
+    fn tmp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("ptth-tls-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).expect("tmp");
+        d
+    }
+
+    #[test]
+    fn sni_picks_by_configured_name_wildcard_own_names_then_the_first() {
+        let d = tmp("pick");
+        let a = write(&d, "a", &["a.test"], &[]);
+        let b = write(&d, "b", &["whatever.test"], &["b.test", "*.wild.test"]);
+        let c = write(&d, "c", &["c.test", "*.c.test"], &[]);
+        let set = CertSet::load(&[a, b, c]).expect("load");
+        let which = |sni: Option<&str>| {
+            let k = set.pick(sni);
+            set.certs.iter().position(|c| Arc::ptr_eq(&c.key, k)).expect("one of them")
+        };
+        assert_eq!(which(None), 0);
+        assert_eq!(which(Some("b.test")), 1);
+        assert_eq!(which(Some("B.Test.")), 1, "case and a trailing dot do not matter");
+        assert_eq!(which(Some("x.wild.test")), 1);
+        assert_eq!(which(Some("x.y.wild.test")), 0, "a wildcard covers one label");
+        assert_eq!(which(Some("c.test")), 2, "the certificate's own names");
+        assert_eq!(which(Some("deep.c.test")), 2);
+        assert_eq!(which(Some("a.test")), 0);
+        assert_eq!(which(Some("nobody.test")), 0, "unknown names get the first");
+    }
+
+    #[test]
+    fn bad_files_name_the_file_and_what_is_wrong() {
+        let d = tmp("bad");
+        let good = write(&d, "g", &["g.test"], &[]);
+        let other = write(&d, "o", &["o.test"], &[]);
+        let missing = CertSpec { cert: d.join("nope.pem"), ..good.clone() };
+        let e = CertSet::load(&[missing]).expect_err("missing").to_string();
+        assert!(e.contains("nope.pem") && e.contains("reading certificates"), "{e}");
+        let notpem = d.join("empty.pem");
+        std::fs::write(&notpem, "hello\n").expect("write");
+        let e = CertSet::load(&[CertSpec { cert: notpem, ..good.clone() }]).expect_err("empty").to_string();
+        assert!(e.contains("empty.pem") && e.contains("no CERTIFICATE"), "{e}");
+        let e = CertSet::load(&[CertSpec { key: other.key.clone(), ..good.clone() }]).expect_err("mismatch").to_string();
+        assert!(e.contains("o.key") && e.contains("does not belong to"), "{e}");
+        assert!(CertSet::load(&[good]).is_ok());
+    }
+}

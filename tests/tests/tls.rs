@@ -1,0 +1,277 @@
+//! TLS client listeners end to end: HTTP/1.1 and h2 chosen by ALPN on one
+//! port, the certificate chosen by SNI, certificate reload while a session
+//! stays open, a TLS connection handed to another core mid-session, and real
+//! clients (curl, h2load, wrk) over TLS.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use ptth_lb::certs::{write_dev, DevCerts};
+use ptth_lb::tls::CertSpec;
+use ptth_tests::*;
+use ptth_workerd::Responder;
+use rustls::pki_types::pem::PemObject;
+
+fn dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ptth-tls-e2e-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// A dev CA and an lb certificate for `names` in a fresh directory.
+fn dev(tag: &str, names: &[&str]) -> PathBuf {
+    let d = dir(tag);
+    write_dev(&DevCerts { names: names.iter().map(|s| s.to_string()).collect(), ..DevCerts::new(d.clone()) }).expect("certs");
+    d
+}
+
+fn spec(d: &Path) -> CertSpec {
+    CertSpec { cert: d.join("lb.pem"), key: d.join("lb.key"), names: vec![] }
+}
+
+fn tls_lb(certs: Vec<CertSpec>) -> ptth_lb::Lb {
+    start_lb(2, |c| {
+        c.client_tls_listen = vec!["127.0.0.1:0".parse().unwrap()];
+        c.tls_certs = certs;
+    })
+}
+
+fn tls_addr(lb: &ptth_lb::Lb) -> SocketAddr {
+    lb.client_tls_addrs[0]
+}
+
+fn client_config(ca: &Path, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_file(ca).expect("ca")).expect("root");
+    let mut c = rustls::ClientConfig::builder_with_provider(ptth_lb::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(c)
+}
+
+/// A blocking TLS connection from the test.
+struct TlsClient {
+    s: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+}
+
+impl TlsClient {
+    fn connect(addr: SocketAddr, sni: &str, ca: &Path) -> Result<TlsClient, std::io::Error> {
+        TlsClient::connect_with(addr, sni, client_config(ca, &[b"http/1.1"]))
+    }
+
+    fn connect_with(addr: SocketAddr, sni: &str, cfg: Arc<rustls::ClientConfig>) -> Result<TlsClient, std::io::Error> {
+        let conn = rustls::ClientConnection::new(cfg, sni.to_string().try_into().unwrap()).unwrap();
+        let tcp = TcpStream::connect(addr)?;
+        tcp.set_read_timeout(Some(STEP))?;
+        let mut s = rustls::StreamOwned::new(conn, tcp);
+        // Finish the handshake now, so a certificate the client refuses
+        // shows here.
+        while s.conn.is_handshaking() {
+            s.conn.complete_io(&mut s.sock)?;
+        }
+        Ok(TlsClient { s })
+    }
+
+    /// One request on the session; the whole response as text.
+    fn get(&mut self, path: &str) -> String {
+        write!(self.s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        self.s.flush().unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = self.s.read(&mut buf).expect("response");
+            assert!(n > 0, "closed mid-response: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got);
+            if let Some(end) = text.find("\r\n\r\n") {
+                let head = text[..end].to_ascii_lowercase();
+                let done = match head.lines().find_map(|l| l.strip_prefix("content-length:")) {
+                    Some(len) => got.len() >= end + 4 + len.trim().parse::<usize>().unwrap(),
+                    None => head.contains("transfer-encoding: chunked") && text.ends_with("\r\n0\r\n\r\n"),
+                };
+                if done {
+                    return text.into_owned();
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn http11_over_tls_tells_the_worker_https() {
+    let d = dev("h1", &["localhost"]);
+    let lb = tls_lb(vec![spec(&d)]);
+    let _w = responder(&lb, "w", Responder::Echo);
+    let mut c = TlsClient::connect(tls_addr(&lb), "localhost", &d.join("ca.pem")).expect("handshake");
+    for i in 0..3 {
+        let r = c.get(&format!("/tls/{i}"));
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        assert!(r.contains(&format!("GET /tls/{i}\n")), "{r}");
+        // RFC 7239 §5.4: the worker learns the client came over TLS.
+        assert!(r.to_ascii_lowercase().contains("proto=https"), "{r}");
+    }
+    // The plain listener still answers beside it.
+    assert_eq!(get(lb.client_addr(), "/plain").status, 200);
+}
+
+#[test]
+fn sessions_resume_on_any_core() {
+    let d = dev("resume", &["localhost"]);
+    let lb = tls_lb(vec![spec(&d)]);
+    let _w = responder(&lb, "w", Responder::Hello);
+    for versions in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(rustls::pki_types::CertificateDer::from_pem_file(d.join("ca.pem")).unwrap()).unwrap();
+        let cfg = Arc::new(
+            rustls::ClientConfig::builder_with_provider(ptth_lb::tls::provider())
+                .with_protocol_versions(&[versions])
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        );
+        let mut kinds = Vec::new();
+        for _ in 0..8 {
+            let mut c = TlsClient::connect_with(tls_addr(&lb), "localhost", cfg.clone()).expect("handshake");
+            // The response also delivers the TLS 1.3 tickets.
+            assert!(c.get("/").starts_with("HTTP/1.1 200"));
+            kinds.push(c.s.conn.handshake_kind());
+        }
+        // Eight connections land on both cores; all after the first resume.
+        assert_eq!(kinds[0], Some(rustls::HandshakeKind::Full), "{versions:?}");
+        assert!(kinds[1..].iter().all(|k| *k == Some(rustls::HandshakeKind::Resumed)), "{versions:?}: {kinds:?}");
+    }
+}
+
+#[test]
+fn sni_chooses_the_certificate() {
+    let (a, b) = (dev("sni-a", &["a.test"]), dev("sni-b", &["b.test"]));
+    let lb = tls_lb(vec![spec(&a), spec(&b)]);
+    let _w = responder(&lb, "w", Responder::Hello);
+    let addr = tls_addr(&lb);
+    // Each name gets its own certificate (each from its own CA)...
+    assert!(TlsClient::connect(addr, "b.test", &b.join("ca.pem")).expect("b").get("/").starts_with("HTTP/1.1 200"));
+    assert!(TlsClient::connect(addr, "a.test", &a.join("ca.pem")).expect("a").get("/").starts_with("HTTP/1.1 200"));
+    // ...so the other CA refuses it.
+    let e = TlsClient::connect(addr, "b.test", &a.join("ca.pem")).err().expect("b's certificate is not from a's CA");
+    assert!(e.to_string().contains("certificate"), "{e}");
+    // An unknown name gets the first.
+    assert!(TlsClient::connect(addr, "other.test", &a.join("ca.pem")).is_err(), "a's certificate does not name other.test");
+    let s = status(&lb);
+    let failed: u64 = s["per_core"].as_array().unwrap().iter().map(|c| c["tls_handshakes_failed"].as_u64().unwrap()).sum();
+    assert!(failed >= 1, "refused handshakes are counted: {s}");
+}
+
+#[test]
+fn reload_serves_new_certificates_and_keeps_open_sessions() {
+    let (old, new) = (dev("reload-old", &["localhost"]), dev("reload-new", &["localhost"]));
+    let live = dir("reload-live");
+    std::fs::create_dir_all(&live).unwrap();
+    for f in ["lb.pem", "lb.key"] {
+        std::fs::copy(old.join(f), live.join(f)).unwrap();
+    }
+    let lb = tls_lb(vec![spec(&live)]);
+    let _w = responder(&lb, "w", Responder::Hello);
+    let addr = tls_addr(&lb);
+    let mut open = TlsClient::connect(addr, "localhost", &old.join("ca.pem")).expect("old certificate");
+    assert!(open.get("/1").starts_with("HTTP/1.1 200"));
+
+    // A broken file is refused and the old certificate stays.
+    std::fs::write(live.join("lb.pem"), "not a certificate\n").unwrap();
+    let e = lb.reload_tls().expect_err("broken file");
+    assert!(e.to_string().contains("lb.pem"), "{e}");
+    assert!(TlsClient::connect(addr, "localhost", &old.join("ca.pem")).is_ok(), "old certificate still served");
+
+    for f in ["lb.pem", "lb.key"] {
+        std::fs::copy(new.join(f), live.join(f)).unwrap();
+    }
+    assert!(lb.reload_tls().expect("reload"), "there is TLS to reload");
+    // New handshakes get the new certificate...
+    assert!(TlsClient::connect(addr, "localhost", &new.join("ca.pem")).expect("new").get("/2").starts_with("HTTP/1.1 200"));
+    assert!(TlsClient::connect(addr, "localhost", &old.join("ca.pem")).is_err(), "the old certificate is gone");
+    // ...and the session opened before goes on.
+    assert!(open.get("/3").starts_with("HTTP/1.1 200"));
+}
+
+#[test]
+fn a_tls_connection_moves_to_the_core_that_has_the_tunnel() {
+    let d = dev("hop", &["localhost"]);
+    let lb = tls_lb(vec![spec(&d)]);
+    let (mut tunnel, _core) = raw_h1_tunnel(lb.tunnel_addr, "raw");
+    let server = std::thread::spawn(move || serve_raw(&mut tunnel, 40, "raw"));
+    // Twenty sessions, two requests each: those the kernel put on the core
+    // without the tunnel go on over there, TLS state and all.
+    for _ in 0..20 {
+        let mut c = TlsClient::connect(tls_addr(&lb), "localhost", &d.join("ca.pem")).expect("handshake");
+        for _ in 0..2 {
+            let r = c.get("/");
+            assert!(r.starts_with("HTTP/1.1 200") && r.ends_with("raw"), "{r}");
+        }
+    }
+    server.join().unwrap();
+    let s = settled_status(&lb, "every request is counted", |s| s.requests.total == 40);
+    assert!(s.requests.served_migrated > 0, "some sessions moved core: {s:?}");
+}
+
+#[test]
+fn plain_http_on_the_tls_port_is_refused_and_counted() {
+    let d = dev("plain", &["localhost"]);
+    let lb = tls_lb(vec![spec(&d)]);
+    let mut c = TcpStream::connect(tls_addr(&lb)).unwrap();
+    c.set_read_timeout(Some(STEP)).unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    // A TLS alert at most, then the end: never an HTTP answer.
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).expect("the lb closes the connection");
+    assert!(got.len() < 16 && !got.starts_with(b"HTTP/"), "{got:?}");
+    wait_until("the failed handshake is counted", || {
+        status(&lb)["per_core"].as_array().unwrap().iter().any(|c| c["tls_handshakes_failed"].as_u64() == Some(1))
+    });
+}
+
+#[test]
+fn curl_over_tls_gets_http11_and_h2_by_alpn() {
+    if !tool("curl") {
+        return;
+    }
+    let d = dev("curl", &["localhost"]);
+    let lb = tls_lb(vec![spec(&d)]);
+    let _w = responder(&lb, "w", Responder::Echo);
+    let port = tls_addr(&lb).port();
+    for (flag, want) in [("--http1.1", "200 1.1"), ("--http2", "200 2")] {
+        let out = Command::new("curl")
+            .args(["-s", "-S", "--max-time", "10", "--cacert"])
+            .arg(d.join("ca.pem"))
+            .args(["--resolve", &format!("localhost:{port}:127.0.0.1"), flag, "-d", "over tls", "-w", "\n%{http_code} %{http_version}"])
+            .arg(format!("https://localhost:{port}/curl"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.trim_end().ends_with(want), "{flag}: {text} {}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("POST /curl\n") && text.contains("over tls") && text.to_ascii_lowercase().contains("proto=https"), "{text}");
+    }
+}
+
+#[test]
+fn h2load_and_wrk_over_tls() {
+    let d = dev("load", &["localhost"]);
+    let lb = tls_lb(vec![spec(&d)]);
+    let _w = responder(&lb, "w", Responder::Hello);
+    // Neither tool verifies certificates; h2load negotiates h2 by ALPN.
+    let url = format!("https://{}/", tls_addr(&lb));
+    if tool("h2load") {
+        let out = Command::new("timeout").args(["30", "h2load", "-n", "2000", "-c", "4", "-m", "8"]).arg(&url).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("2000 succeeded") && text.contains("Application protocol: h2"), "{text}");
+    }
+    if tool("wrk") {
+        let out = Command::new("timeout").args(["30", "wrk", "-t1", "-c4", "-d1s"]).arg(&url).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("requests in") && !text.contains("Non-2xx") && !text.contains("Socket errors"), "{text}");
+    }
+}
