@@ -87,7 +87,8 @@ pub(crate) enum ReqHead<'a> {
     /// (`h1::write_request_head`: framing and Host from the parse), with
     /// parse space to turn it into an HTTP/2 request. `chunked`: its body is
     /// in chunked coding.
-    H1 { fwd: &'a [u8], scratch: &'a mut RequestHead, chunked: bool },
+    /// `https`: the client came over TLS (the `:scheme` toward an h2 tunnel).
+    H1 { fwd: &'a [u8], scratch: &'a mut RequestHead, chunked: bool, https: bool },
     /// An h2 client's request, checked and rewritten (`downstream_h2::prepare`).
     H2 { parts: &'a http::request::Parts },
 }
@@ -157,7 +158,7 @@ pub(crate) async fn run<R: AsyncReadRent, W: AsyncWriteRent>(
         }
         Leased::H2(t) => {
             let req = match head {
-                ReqHead::H1 { fwd, scratch, .. } => request_from_h1(fwd, scratch),
+                ReqHead::H1 { fwd, scratch, https, .. } => request_from_h1(fwd, scratch, https),
                 ReqHead::H2 { parts } => Ok(request_from_h2(parts)),
             };
             let req = req.map_err(|why| Failure::not_sent(x.tunnel_err(TunnelFault::Unusable, why)))?;
@@ -507,7 +508,7 @@ impl<W: AsyncWriteRent> Responder<'_, W> {
 }
 
 /// Builds the h2 request from an HTTP/1.1 client's forwarded head.
-fn request_from_h1(fwd: &[u8], scratch: &mut RequestHead) -> Result<http::Request<()>, String> {
+fn request_from_h1(fwd: &[u8], scratch: &mut RequestHead, https: bool) -> Result<http::Request<()>, String> {
     let limits = h1::Limits { max_request_line: usize::MAX, max_head: usize::MAX, max_headers: h1::MAX_HEADERS };
     match h1::parse_request(fwd, &limits, scratch) {
         Ok(Parsed::Complete) => {}
@@ -521,7 +522,7 @@ fn request_from_h1(fwd: &[u8], scratch: &mut RequestHead) -> Result<http::Reques
     let t = &fwd[target.clone()];
     let uri = if t.starts_with(b"/") || t == b"*" {
         let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.scheme = Some(if https { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP });
         parts.authority = Some(match scratch.host.as_ref().filter(|r| !r.is_empty()) {
             Some(r) => http::uri::Authority::from_maybe_shared(shared.slice(r.clone())).map_err(|e| e.to_string())?,
             None => http::uri::Authority::from_static("localhost"),

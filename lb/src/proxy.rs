@@ -443,7 +443,7 @@ async fn attempt<S: ClientStream>(
     let Some(stream) = c.stream.as_mut() else { return Err(Failure::client_gone()) };
     let (mut cr, cw) = split(stream);
     let resp = Responder::H1 { w: cw, out: &mut c.out, version: info.version, close: info.close };
-    let head = ReqHead::H1 { fwd: &c.fwd, scratch: &mut c.scratch, chunked: info.framing == Framing::Chunked };
+    let head = ReqHead::H1 { fwd: &c.fwd, scratch: &mut c.scratch, chunked: info.framing == Framing::Chunked, https: S::SCHEME == "https" };
     if dec.is_done() {
         return exchange::run(x, head, AnySource::<ReadHalf<'_, S>>::Empty, resp, lease).await;
     }
