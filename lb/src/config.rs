@@ -97,6 +97,12 @@ pub struct TunnelFile {
     pub max_tunnels_per_peer: Option<u32>,
     /// Tunnels the lb holds in all (default 16384).
     pub max_tunnels: Option<u32>,
+    /// TLS on the tunnel listener, with the `[[tls.certificates]]`: "on" or
+    /// "off"; default on unless the listener is on a loopback address.
+    pub tls: Option<String>,
+    /// Allows a cleartext tunnel listener on a non-loopback address (tokens
+    /// and traffic then cross the network unencrypted).
+    pub insecure_cleartext: Option<bool>,
 }
 
 /// `[forwarding]`: what the lb says about the client to the worker.
@@ -421,6 +427,10 @@ pub struct Config {
     /// Certificates for the TLS listeners, the default first.
     pub tls_certs: Vec<crate::tls::CertSpec>,
     pub tunnel_listen: SocketAddr,
+    /// TLS on the tunnel listener; `None`: on unless it is on loopback.
+    pub tunnel_tls: Option<bool>,
+    /// `tunnel.insecure_cleartext`.
+    pub insecure_cleartext: bool,
     pub admin_listen: Option<SocketAddr>,
     pub token: Option<String>,
     pub origins: OriginPolicy,
@@ -458,6 +468,29 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(name: &str, text: &str) -> Res
             None => cerr(name, msg),
         }
     })
+}
+
+impl Config {
+    /// Whether the tunnel listener runs TLS, and the refusal when the
+    /// choice would leave a routable listener in cleartext unasked.
+    pub fn tunnel_tls(&self) -> Result<bool, ConfigError> {
+        let routable = !self.tunnel_listen.ip().is_loopback();
+        let tls = self.tunnel_tls.unwrap_or(routable);
+        if tls && self.tls_certs.is_empty() {
+            let why = if self.tunnel_tls.is_some() { "tunnel.tls = \"on\"" } else { "a tunnel listener off loopback" };
+            return Err(cerr(
+                "tunnel.tls",
+                format!("{why} ({}) needs a certificate: [[tls.certificates]] in the config, or --tls-cert and --tls-key; or tunnel.tls = \"off\" with tunnel.insecure_cleartext = true", self.tunnel_listen),
+            ));
+        }
+        if !tls && routable && !self.insecure_cleartext {
+            return Err(cerr(
+                "tunnel.tls",
+                format!("the tunnel listener {} is not on loopback: workers' tokens and requests would cross the network in cleartext. Give it TLS (tunnel.tls = \"on\" with [[tls.certificates]]), or set tunnel.insecure_cleartext = true (--insecure-cleartext-tunnels) to accept that", self.tunnel_listen),
+            ));
+        }
+        Ok(tls)
+    }
 }
 
 /// A DNS name, or `*.` followed by one (RFC 6125 §6.4.3: the wildcard is
@@ -600,11 +633,19 @@ impl Config {
                 return Err(cerr("tunnel.token", "must be printable ASCII without spaces"));
             }
         }
+        let tunnel_tls = match f.tunnel.tls.as_deref() {
+            None => None,
+            Some("on") => Some(true),
+            Some("off") => Some(false),
+            Some(other) => return Err(cerr("tunnel.tls", format!("expected \"on\" or \"off\", got {other:?}"))),
+        };
         Ok(Config {
             client_listen,
             client_tls_listen,
             tls_certs,
             tunnel_listen,
+            tunnel_tls,
+            insecure_cleartext: f.tunnel.insecure_cleartext.unwrap_or(false),
             admin_listen,
             token,
             origins,

@@ -27,6 +27,7 @@ use crate::error::{Cause, Error, TunnelFault};
 use crate::failure::{Failure, Stage};
 use crate::percore::{self, Core};
 use crate::tunnel::pool::{Lease, Leased};
+use crate::tunnel::TunnelStream;
 
 /// What the engine knows of the attempt besides the request itself.
 pub(crate) struct Ctx<'a> {
@@ -200,7 +201,7 @@ pub(crate) async fn run<R: AsyncReadRent, W: AsyncWriteRent>(
 
 /// The tunnel side of the download.
 enum UpReader<'a> {
-    H1 { r: ReadHalf<'a, TcpStream>, rb: &'a mut ReadBuf, head: &'a mut ResponseHead },
+    H1 { r: ReadHalf<'a, TunnelStream>, rb: &'a mut ReadBuf, head: &'a mut ResponseHead },
     H2 { resp: Option<h2::client::ResponseFuture> },
 }
 
@@ -368,7 +369,7 @@ async fn download<W: AsyncWriteRent>(
 /// deadline), passing interim responses on to HTTP/1.1 clients.
 async fn h1_head<W: AsyncWriteRent>(
     x: &Ctx<'_>,
-    r: &mut ReadHalf<'_, TcpStream>,
+    r: &mut ReadHalf<'_, TunnelStream>,
     rb: &mut ReadBuf,
     head: &mut ResponseHead,
     resp: &mut Responder<'_, W>,

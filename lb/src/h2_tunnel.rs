@@ -12,8 +12,6 @@ use std::io;
 use std::rc::Rc;
 
 use bytes::Bytes;
-use monoio::io::IntoPollIo;
-use monoio::net::TcpStream;
 use ptth_proto::rt::h2io::{Windows, MAX_FRAME};
 use ptth_proto::rt::io::Prefixed;
 
@@ -21,16 +19,16 @@ use crate::percore::Core;
 use crate::tunnel::pool::H2Tunnel;
 
 /// The byte stream under an h2 tunnel.
-pub(crate) type H2Io = Prefixed<monoio::net::tcp::stream_poll::TcpStreamPoll>;
+pub(crate) type H2Io = Prefixed<ptth_proto::rt::tls::MaybeTlsPoll<rustls::ServerConnection>>;
 
 /// Completes the client side of an h2 tunnel after the `101`: sends the
 /// preface and SETTINGS, then runs the connection (with a PING every
 /// `ping_every`, each answered within `ping_timeout`) until it ends.
 pub(crate) async fn handshake(
-    stream: TcpStream,
+    stream: crate::tunnel::TunnelStream,
     windows: Windows,
 ) -> Result<(h2::client::SendRequest<Bytes>, h2::client::Connection<H2Io, Bytes>), io::Error> {
-    let io = Prefixed::new(Vec::new(), stream.into_poll_io()?);
+    let io = Prefixed::new(Vec::new(), stream.into_poll()?);
     h2::client::Builder::new()
         .initial_window_size(windows.stream)
         .initial_connection_window_size(windows.connection)

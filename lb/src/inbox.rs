@@ -15,12 +15,14 @@ use std::task::{Context, Poll, Waker};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
-use crate::tunnel::Meta;
+use ptth_proto::rt::tls::{MaybeTls, TlsStream};
+
+use crate::tunnel::{Meta, TunnelStream};
 
 pub(crate) enum CoreMsg {
     /// A tunnel whose setup another core read and placed here; this core
     /// sends the `101` and adopts it.
-    Tunnel { stream: std::net::TcpStream, id: std::sync::Arc<str>, meta: std::sync::Arc<Meta>, setup: TunnelSetup },
+    Tunnel { stream: Detached, id: std::sync::Arc<str>, meta: std::sync::Arc<Meta>, setup: TunnelSetup },
     /// A client connection with the bytes already read from it.
     Client { stream: Detached, peer: std::net::SocketAddr, buffered: Vec<u8> },
     /// A concurrency permit of this worker was given back on another core
@@ -38,6 +40,33 @@ pub(crate) enum Detached {
         conn: Box<rustls::ServerConnection>,
         unread: Vec<u8>,
     },
+}
+
+impl Detached {
+    /// A connection off this core's driver (its socket duplicated, a TLS
+    /// session with it); the stream back when that fails.
+    pub(crate) fn of(s: TunnelStream) -> Result<Detached, TunnelStream> {
+        match s {
+            MaybeTls::Plain(s) => crate::percore::detach(s).map(Detached::Plain).map_err(MaybeTls::Plain),
+            MaybeTls::Tls(s) => {
+                let (io, conn, unread) = s.into_parts();
+                match crate::percore::detach(io) {
+                    Ok(stream) => Ok(Detached::Tls { stream, conn: Box::new(conn), unread }),
+                    Err(io) => Err(MaybeTls::Tls(Box::new(TlsStream::from_parts(io, conn, unread)))),
+                }
+            }
+        }
+    }
+
+    /// The stream registered with this core's driver, TLS session and all.
+    pub(crate) fn adopt(self) -> std::io::Result<TunnelStream> {
+        Ok(match self {
+            Detached::Plain(s) => MaybeTls::Plain(crate::percore::adopt(s)?),
+            Detached::Tls { stream, conn, unread } => {
+                MaybeTls::Tls(Box::new(TlsStream::from_parts(crate::percore::adopt(stream)?, *conn, unread)))
+            }
+        })
+    }
 }
 
 /// What the adopting core needs to answer a setup.

@@ -57,8 +57,11 @@ pub(crate) struct Shared {
     pub(crate) draining: AtomicBool,
     pub(crate) started: Instant,
     pub(crate) driver: std::sync::OnceLock<String>,
-    /// TLS for the TLS client listeners (when there are any).
+    /// TLS for the TLS client listeners and the tunnel listener (when
+    /// either has it).
     pub(crate) tls: Option<tls::ServerTls>,
+    /// The tunnel listener runs TLS.
+    pub(crate) tunnel_tls: bool,
 }
 
 /// A running lb.
@@ -68,6 +71,8 @@ pub struct Lb {
     /// Bound TLS client listener addresses.
     pub client_tls_addrs: Vec<SocketAddr>,
     pub tunnel_addr: SocketAddr,
+    /// The tunnel listener runs TLS.
+    pub tunnel_tls: bool,
     pub admin_addr: Option<SocketAddr>,
     /// Cores running.
     pub cores: usize,
@@ -155,7 +160,8 @@ pub fn run(cfg: Config) -> Result<Lb, StartupError> {
     for &a in &cfg.client_tls_listen {
         tls_groups.push(listen::bind_group("TLS client", a, cores)?);
     }
-    let tls = match (cfg.client_tls_listen.is_empty(), cfg.tls_certs.is_empty()) {
+    let tunnel_tls = cfg.tunnel_tls()?;
+    let tls = match (cfg.client_tls_listen.is_empty() && !tunnel_tls, cfg.tls_certs.is_empty()) {
         (true, _) => None,
         (false, true) => {
             return Err(StartupError::Config(config::ConfigError {
@@ -186,6 +192,7 @@ pub fn run(cfg: Config) -> Result<Lb, StartupError> {
         started: Instant::now(),
         driver: std::sync::OnceLock::new(),
         tls,
+        tunnel_tls,
     });
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -210,7 +217,8 @@ pub fn run(cfg: Config) -> Result<Lb, StartupError> {
         threads.push(t);
     }
     drop(ready_tx);
-    let mut lb = Lb { client_addrs, client_tls_addrs, tunnel_addr, admin_addr, cores, runtime: String::new(), stop, shared, threads };
+    let mut lb =
+        Lb { client_addrs, client_tls_addrs, tunnel_addr, tunnel_tls, admin_addr, cores, runtime: String::new(), stop, shared, threads };
     for _ in 0..cores {
         match ready_rx.recv() {
             Ok(Ok(desc)) => {

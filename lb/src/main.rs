@@ -14,6 +14,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const USAGE: &str = "usage: ptth-lb [demo] [--config FILE] [--profile FILE] [--listen ADDR]...
                [--tunnel-listen ADDR] [--admin-listen ADDR] [--cores N] [--token TOKEN]
                [--tls-listen ADDR]... [--tls-cert FILE --tls-key FILE]
+               [--tunnel-tls on|off] [--insecure-cleartext-tunnels]
                [--driver auto|uring|legacy] [--log-format text|json] [--quiet]
        ptth-lb certs dev DIR [--name NAME]... [--worker ID]...
 
@@ -25,6 +26,9 @@ const USAGE: &str = "usage: ptth-lb [demo] [--config FILE] [--profile FILE] [--l
   --tls-cert FILE      PEM certificate chain for the TLS listeners (with --tls-key; served
                        first, before any [[tls.certificates]] of the config file)
   --tls-key FILE       its PEM private key
+  --tunnel-tls on|off  TLS on the tunnel listener with the same certificates (default: on unless
+                       the listener is on loopback)
+  --insecure-cleartext-tunnels  allow a cleartext tunnel listener off loopback
   --tunnel-listen ADDR worker tunnel listener (default 127.0.0.1:7000)
   --admin-listen ADDR  admin listener for /status and /healthz (default 127.0.0.1:9901; \"off\" disables)
   --cores N            cores to run (default: every allowed CPU)
@@ -43,6 +47,8 @@ struct Cli {
     tls_listen: Vec<String>,
     tls_cert: Option<String>,
     tls_key: Option<String>,
+    tunnel_tls: Option<bool>,
+    insecure_cleartext: bool,
     tunnel: Option<String>,
     admin: Option<String>,
     cores: Option<usize>,
@@ -61,6 +67,8 @@ fn parse_cli(args: Vec<String>) -> Result<Cli, String> {
         tls_listen: vec![],
         tls_cert: None,
         tls_key: None,
+        tunnel_tls: None,
+        insecure_cleartext: false,
         tunnel: None,
         admin: None,
         cores: None,
@@ -83,6 +91,15 @@ fn parse_cli(args: Vec<String>) -> Result<Cli, String> {
             "--tls-listen" => cli.tls_listen.push(value()?),
             "--tls-cert" => cli.tls_cert = Some(value()?),
             "--tls-key" => cli.tls_key = Some(value()?),
+            "--tunnel-tls" => {
+                let v = value()?;
+                cli.tunnel_tls = Some(match v.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(format!("--tunnel-tls: expected on or off, got {v:?}")),
+                });
+            }
+            "--insecure-cleartext-tunnels" => cli.insecure_cleartext = true,
             "--tunnel-listen" => cli.tunnel = Some(value()?),
             "--admin-listen" => cli.admin = Some(value()?),
             "--cores" => {
@@ -149,6 +166,10 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
         (Some(_), None) => return Err("--tls-cert: needs --tls-key FILE too".into()),
         (None, Some(_)) => return Err("--tls-key: needs --tls-cert FILE too".into()),
     }
+    if cli.tunnel_tls.is_some() {
+        cfg.tunnel_tls = cli.tunnel_tls;
+    }
+    cfg.insecure_cleartext |= cli.insecure_cleartext;
     if let Some(t) = &cli.tunnel {
         cfg.tunnel_listen = parse_addr("--tunnel-listen", t).map_err(|e| e.to_string())?;
     }
@@ -266,6 +287,9 @@ fn main() -> ExitCode {
     }
     if no_token {
         tracing::warn!("no --token given: accepting workers from loopback only");
+    }
+    if !lb.tunnel_tls && !lb.tunnel_addr.ip().is_loopback() {
+        tracing::warn!(tunnels = %lb.tunnel_addr, "the tunnel listener is cleartext on a routable address (tunnel.insecure_cleartext): tokens and requests cross the network unencrypted");
     }
     let _workers = if cli.demo {
         match ptth_lb::demo::start_workers(lb.tunnel_addr, Duration::from_secs(5)) {

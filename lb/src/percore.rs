@@ -119,6 +119,14 @@ pub(crate) fn detach(stream: TcpStream) -> Result<std::net::TcpStream, TcpStream
     }
 }
 
+/// Registers a socket from another core with this core's driver.
+pub(crate) fn adopt(stream: std::net::TcpStream) -> std::io::Result<TcpStream> {
+    // io_uring accepts return blocking sockets; the legacy driver needs them
+    // non-blocking, and this core may run either.
+    stream.set_nonblocking(true)?;
+    TcpStream::from_std(stream)
+}
+
 /// Sends a message to core `to`.
 pub(crate) fn send_to(shared: &Shared, to: usize, msg: CoreMsg) {
     shared.inboxes[to].send(msg);

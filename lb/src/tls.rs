@@ -132,6 +132,9 @@ impl ResolvesServerCert for Resolver {
 #[derive(Debug)]
 pub struct ServerTls {
     config: Arc<rustls::ServerConfig>,
+    /// The tunnel listener's: the same certificates, ALPN `http/1.1` (the
+    /// PTTH setup is an HTTP/1.1 request).
+    tunnel: Arc<rustls::ServerConfig>,
     resolver: Arc<Resolver>,
     specs: Vec<CertSpec>,
 }
@@ -155,7 +158,14 @@ impl ServerTls {
         // Resumption: stateless tickets (TLS 1.2 and 1.3), keys shared by
         // every core; the stateful cache stays for clients without tickets.
         config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Rustls(e.to_string()))?;
-        Ok(ServerTls { config: Arc::new(config), resolver, specs })
+        let mut tunnel = config.clone();
+        tunnel.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(ServerTls { config: Arc::new(config), tunnel: Arc::new(tunnel), resolver, specs })
+    }
+
+    /// A server connection for one accepted tunnel socket.
+    pub fn accept_tunnel(&self) -> Result<rustls::ServerConnection, rustls::Error> {
+        rustls::ServerConnection::new(self.tunnel.clone())
     }
 
     /// A server connection for one accepted socket.

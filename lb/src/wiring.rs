@@ -13,13 +13,13 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use monoio::net::{TcpListener, TcpStream};
+use monoio::net::TcpListener;
 use ptth_proto::rt::runtime::{pin_to, Runtime};
 use ptth_proto::rt::signal::Signal;
-use ptth_proto::rt::tls::TlsStream;
+use ptth_proto::rt::tls::{MaybeTls, TlsStream};
 
 use crate::error::StartupError;
-use crate::inbox::{CoreMsg, Detached};
+use crate::inbox::CoreMsg;
 use crate::percore::{accept_each, spawn_killable, Core};
 use crate::proxy::ClientStream;
 use crate::stats;
@@ -198,7 +198,7 @@ async fn inbox_loop(core: Rc<Core>) {
             _ = core.kill.wait() => return,
         };
         match msg {
-            Some(CoreMsg::Tunnel { stream, id, meta, setup }) => match adopt(stream) {
+            Some(CoreMsg::Tunnel { stream, id, meta, setup }) => match stream.adopt() {
                 Ok(s) => {
                     monoio::spawn(crate::tunnel::accept::finish(core.clone(), s, id, meta, setup));
                 }
@@ -207,27 +207,16 @@ async fn inbox_loop(core: Rc<Core>) {
                     shared.placement.release(&id, core.id);
                 }
             },
-            Some(CoreMsg::Client { stream: Detached::Plain(stream), peer, buffered }) => match adopt(stream) {
-                Ok(s) => spawn_client(&core, s, peer, buffered, true),
-                Err(e) => tracing::warn!(core = core.id, %peer, "adopting a client connection: {e}"),
-            },
-            Some(CoreMsg::Client { stream: Detached::Tls { stream, conn, unread }, peer, buffered }) => match adopt(stream) {
+            Some(CoreMsg::Client { stream, peer, buffered }) => match stream.adopt() {
+                Ok(MaybeTls::Plain(s)) => spawn_client(&core, s, peer, buffered, true),
                 // The TLS session goes on here where it stopped there.
-                Ok(s) => spawn_client(&core, TlsStream::from_parts(s, *conn, unread), peer, buffered, true),
-                Err(e) => tracing::warn!(core = core.id, %peer, "adopting a TLS client connection: {e}"),
+                Ok(MaybeTls::Tls(s)) => spawn_client(&core, *s, peer, buffered, true),
+                Err(e) => tracing::warn!(core = core.id, %peer, "adopting a client connection: {e}"),
             },
             Some(CoreMsg::Capacity { worker }) => core.pool.borrow_mut().capacity_freed(&worker),
             None => return,
         }
     }
-}
-
-/// Registers a socket from another core with this core's driver.
-fn adopt(stream: std::net::TcpStream) -> std::io::Result<TcpStream> {
-    // io_uring accepts return blocking sockets; the legacy driver needs them
-    // non-blocking, and this core may run either.
-    stream.set_nonblocking(true)?;
-    TcpStream::from_std(stream)
 }
 
 async fn sweeper(core: Rc<Core>) {

@@ -275,3 +275,98 @@ fn h2load_and_wrk_over_tls() {
         assert!(text.contains("requests in") && !text.contains("Non-2xx") && !text.contains("Socket errors"), "{text}");
     }
 }
+
+/// An lb whose tunnel listener runs TLS with `d`'s certificate.
+fn tls_tunnel_lb(d: &Path) -> ptth_lb::Lb {
+    start_lb(2, |c| {
+        c.tunnel_tls = Some(true);
+        c.tls_certs = vec![spec(d)];
+    })
+}
+
+fn tls_worker(lb: &ptth_lb::Lb, id: &str, ca: &Path, inner: ptth_workerd::InnerProtocol) -> ptth_workerd::Config {
+    let mut cfg = worker_config(lb, id, 2);
+    cfg.protocols = vec![inner];
+    cfg.tls = Some(ptth_workerd::client_tls(Some(ca)).expect("client TLS"));
+    cfg
+}
+
+fn tunnels_over_tls_carry_requests(inner: ptth_workerd::InnerProtocol) {
+    let d = dev(&format!("tunnel-{inner:?}"), &["localhost", "127.0.0.1"]);
+    let lb = tls_tunnel_lb(&d);
+    assert!(lb.tunnel_tls);
+    // The worker verifies the lb as 127.0.0.1 (the --lb host), a name the
+    // dev certificate carries.
+    let _w = start_worker(tls_worker(&lb, "w", &d.join("ca.pem"), inner), || Responder::Echo);
+    for i in 0..20 {
+        let r = get(lb.client_addr(), &format!("/over-tls/{i}"));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(r.text().contains(&format!("GET /over-tls/{i}\n")), "{}", r.text());
+    }
+    let body = "x".repeat(300_000);
+    let mut c = Client::connect(lb.client_addr());
+    c.send(format!("POST /big HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes());
+    let r = c.read_response(false);
+    let text = r.text();
+    assert!(
+        r.status == 200 && text.starts_with("POST /big\n") && text.ends_with(&body),
+        "a 300 kB body each way: {}",
+        &text[..text.len().min(200)]
+    );
+}
+
+on_both_tunnel_kinds!(tunnels_over_tls_carry_requests);
+
+#[test]
+fn a_worker_refuses_an_lb_it_cannot_authenticate() {
+    let (ours, other) = (dev("auth-lb", &["localhost", "127.0.0.1"]), dev("auth-other", &["localhost"]));
+    let lb = tls_tunnel_lb(&ours);
+    // Trusting another CA: the worker never sends its setup (nor its token).
+    let mut cfg = tls_worker(&lb, "w", &other.join("ca.pem"), ptth_workerd::InnerProtocol::H2);
+    cfg.token = Some("secret".into());
+    let w = ptth_workerd::serve(cfg, || Responder::Hello).expect("worker starts");
+    wait_until("the dial fails", || w.last_error(0).is_some());
+    let why = w.last_error(0).unwrap();
+    // Both dev CAs have one name, so rustls finds an issuer and fails its
+    // signature.
+    assert!(why.contains("TLS with lb") && why.contains("not trusted") && why.contains("invalid peer certificate"), "{why}");
+    assert_eq!(w.tunnels(), 0);
+    // Trusting the right CA but naming the lb wrongly fails the same way.
+    let mut cfg = tls_worker(&lb, "w2", &ours.join("ca.pem"), ptth_workerd::InnerProtocol::H2);
+    cfg.tls_name = Some("lb.elsewhere.test".into());
+    let w2 = ptth_workerd::serve(cfg, || Responder::Hello).expect("worker starts");
+    wait_until("the dial fails", || w2.last_error(0).is_some());
+    assert!(w2.last_error(0).unwrap().contains("not valid for name \"lb.elsewhere.test\""), "{:?}", w2.last_error(0));
+    w.kill();
+    w2.kill();
+}
+
+#[test]
+fn a_cleartext_setup_on_the_tls_tunnel_listener_is_refused() {
+    let d = dev("clear-on-tls", &["localhost", "127.0.0.1"]);
+    let lb = tls_tunnel_lb(&d);
+    let w = ptth_workerd::serve(worker_config(&lb, "plain", 1), || Responder::Hello).expect("worker starts");
+    wait_until("the dial fails", || w.last_error(0).is_some());
+    assert_eq!(w.tunnels(), 0);
+    wait_until("the refusal is counted", || {
+        status(&lb)["per_core"].as_array().unwrap().iter().map(|c| c["setups_rejected"].as_u64().unwrap()).sum::<u64>() >= 1
+    });
+    w.kill();
+}
+
+#[test]
+fn a_routable_cleartext_tunnel_listener_needs_an_explicit_setting() {
+    let mut cfg = ptth_lb::Config::ephemeral();
+    cfg.tunnel_listen = "0.0.0.0:0".parse().unwrap();
+    let e = cfg.tunnel_tls().expect_err("routable and no certificate");
+    assert!(e.key == "tunnel.tls" && e.what.contains("needs a certificate"), "{e}");
+    cfg.tunnel_tls = Some(false);
+    let e = cfg.tunnel_tls().expect_err("cleartext off loopback");
+    assert!(e.what.contains("insecure_cleartext") && e.what.contains("cleartext"), "{e}");
+    cfg.insecure_cleartext = true;
+    assert_eq!(cfg.tunnel_tls(), Ok(false));
+    let d = dev("routable", &["localhost"]);
+    cfg.tunnel_tls = None;
+    cfg.tls_certs = vec![spec(&d)];
+    assert_eq!(cfg.tunnel_tls(), Ok(true), "TLS by default off loopback");
+}

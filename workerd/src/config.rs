@@ -48,6 +48,49 @@ pub struct Config {
     pub verbose: bool,
     /// Print nothing (tests, benchmarks).
     pub quiet: bool,
+    /// TLS to the lb: the verifier's trust anchors and client settings
+    /// ([`client_tls`]). `None`: cleartext.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// The name the lb's certificate must carry (and the SNI sent);
+    /// default: the host part of each `--lb` address.
+    pub tls_name: Option<String>,
+}
+
+/// A TLS client config trusting the PEM certificates in `ca`, or the
+/// system's roots without one; ALPN `http/1.1` (the PTTH setup is an
+/// HTTP/1.1 request). Errors name the file.
+pub fn client_tls(ca: Option<&std::path::Path>) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("--ca {}: {e}", path.display()))?;
+            if certs.is_empty() {
+                return Err(format!("--ca {}: no CERTIFICATE block in the file", path.display()));
+            }
+            for c in certs {
+                roots.add(c).map_err(|e| format!("--ca {}: {e}", path.display()))?;
+            }
+        }
+        None => {
+            for c in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(c);
+            }
+            if roots.is_empty() {
+                return Err("--tls: no system root certificates found; give the lb's CA with --ca FILE".into());
+            }
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut c = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(std::sync::Arc::new(c))
 }
 
 impl Default for Config {
@@ -71,6 +114,8 @@ impl Default for Config {
             io_timeout: Duration::from_secs(60),
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
+            tls: None,
+            tls_name: None,
             verbose: false,
             quiet: false,
         }

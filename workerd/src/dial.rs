@@ -13,6 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use monoio::net::TcpStream;
+use ptth_proto::rt::tls::{HandshakeError, MaybeTls, TlsStream};
+
+use crate::TunnelStream;
 use ptth_proto::h1::{self, Parsed, ResponseHead};
 use ptth_proto::rt::io::{write_all, ReadBuf};
 use ptth_proto::rt::signal::Signal;
@@ -38,11 +41,13 @@ pub struct Coverage {
     /// Whether every core held its target at the last change (for logging
     /// transitions once).
     pub covered: bool,
+    /// Why the last dial failed, until one succeeds.
+    pub last_error: Option<String>,
 }
 
 impl Coverage {
     pub(crate) fn new() -> Coverage {
-        Coverage { epoch: 0, cores: 0, per_core: Vec::new(), covered: false }
+        Coverage { epoch: 0, cores: 0, per_core: Vec::new(), covered: false, last_error: None }
     }
 
     pub fn total(&self) -> u32 {
@@ -83,7 +88,7 @@ fn backoff(cfg: &Config, attempt: u32, retry_after: Option<u32>, rng: &mut FastR
 /// Runs one dialer: this thread's tunnels to one lb.
 pub(crate) async fn run_dialer<F>(lb_index: usize, thread: usize, shared: Arc<Shared>, cfg: Rc<Config>, stop: Signal, spawn_tunnel: F)
 where
-    F: Fn(TcpStream, Vec<u8>, Accepted, u64),
+    F: Fn(TunnelStream, Vec<u8>, Accepted, u64),
 {
     let lb = &shared.lbs[lb_index];
     let mut rng = FastRng::seeded((thread as u64) << 32 | lb_index as u64);
@@ -112,6 +117,7 @@ where
         match dialed {
             Ok((stream, leftover, acc)) => {
                 attempt = 0;
+                lock(lb).last_error = None;
                 if failing {
                     failing = false;
                     log(false, format_args!("lb {}: reachable again", lb.addr));
@@ -162,6 +168,7 @@ where
                 };
                 let wait = backoff(&cfg, attempt, retry_after, &mut rng);
                 attempt = attempt.saturating_add(1);
+                lock(lb).last_error = Some(e.to_string());
                 if !failing || cfg.verbose || attempt.is_power_of_two() {
                     log(false, format_args!("lb {}: {e}; retrying in {} ms", lb.addr, wait.as_millis()));
                 }
@@ -197,17 +204,35 @@ async fn sleep_or_stop(d: Duration, stop: &Signal) -> bool {
     }
 }
 
-/// Connects and performs the PTTH setup. Returns the stream, any bytes read
-/// past the `101`, and what the lb accepted.
-async fn dial_once(addr: &str, cfg: &Config) -> Result<(TcpStream, Vec<u8>, Accepted), Error> {
+/// Connects (with TLS when configured: the lb is authenticated before
+/// anything, the token included, is sent) and performs the PTTH setup.
+/// Returns the stream, any bytes read past the `101`, and what the lb
+/// accepted.
+async fn dial_once(addr: &str, cfg: &Config) -> Result<(TunnelStream, Vec<u8>, Accepted), Error> {
     let conn_err = |source| Error::Connect { lb: addr.to_string(), source };
-    let mut stream = match ptth_proto::rt::deadline::within(cfg.connect_timeout, TcpStream::connect(addr)).await {
+    let tcp = match ptth_proto::rt::deadline::within(cfg.connect_timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(conn_err(e)),
         Err(_) => return Err(conn_err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))),
     };
-    let _ = stream.set_nodelay(true);
-    let _ = stream.set_tcp_keepalive(Some(Duration::from_secs(30)), Some(Duration::from_secs(10)), Some(3));
+    let _ = tcp.set_nodelay(true);
+    let _ = tcp.set_tcp_keepalive(Some(Duration::from_secs(30)), Some(Duration::from_secs(10)), Some(3));
+    let mut stream = match &cfg.tls {
+        None => MaybeTls::Plain(tcp),
+        Some(tls) => {
+            let tls_err = |why: String| Error::Tls { lb: addr.to_string(), why };
+            let name = cfg.tls_name.clone().unwrap_or_else(|| lb_host(addr).to_string());
+            let server = rustls::pki_types::ServerName::try_from(name.clone())
+                .map_err(|_| tls_err(format!("{name:?} is not a DNS name or IP address to verify the lb by (--tls-name)")))?;
+            let conn = rustls::ClientConnection::new(tls.clone(), server).map_err(|e| tls_err(e.to_string()))?;
+            match TlsStream::handshake(tcp, conn, cfg.setup_timeout).await {
+                Ok(s) => MaybeTls::Tls(Box::new(s)),
+                // An lb we cannot authenticate gets nothing, and the log says why.
+                Err(HandshakeError::Tls(e)) => return Err(tls_err(format!("the lb is not trusted as {name:?}: {e}"))),
+                Err(e) => return Err(tls_err(e.to_string())),
+            }
+        }
+    };
     let host = addr;
     let mut out = Vec::with_capacity(512);
     write_setup_request(
@@ -246,8 +271,14 @@ async fn dial_once(addr: &str, cfg: &Config) -> Result<(TcpStream, Vec<u8>, Acce
     }
 }
 
+/// The host part of an `--lb` address (`host:port`, `[v6]:port`).
+fn lb_host(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host)
+}
+
 /// Best effort: the first line of a refusal's body, for the log.
-async fn read_reason(stream: &mut TcpStream, rb: &mut ReadBuf) -> String {
+async fn read_reason(stream: &mut TunnelStream, rb: &mut ReadBuf) -> String {
     for _ in 0..4 {
         if rb.data().contains(&b'\n') || rb.data().len() >= 512 {
             break;
@@ -278,6 +309,13 @@ pub(crate) fn bump(slots: &[std::sync::atomic::AtomicU32], idx: usize, up: bool)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lb_is_verified_by_its_host() {
+        assert_eq!(lb_host("lb.example:7443"), "lb.example");
+        assert_eq!(lb_host("10.0.0.1:7443"), "10.0.0.1");
+        assert_eq!(lb_host("[2001:db8::1]:7443"), "2001:db8::1");
+    }
 
     #[test]
     fn shares_cover_the_total() {

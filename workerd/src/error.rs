@@ -14,6 +14,10 @@ pub enum Error {
     Connect { lb: String, source: io::Error },
     #[error("lb {lb} refused the tunnel with {status}: {reason}")]
     Rejected { lb: String, status: u16, retry_after: Option<u32>, reason: String },
+    /// The lb could not be authenticated (or the handshake failed): the
+    /// worker never sends it anything.
+    #[error("TLS with lb {lb}: {why}")]
+    Tls { lb: String, why: String },
     #[error("lb {lb} sent an invalid setup response: {why}")]
     BadSetupResponse { lb: String, why: String },
     #[error("tunnel I/O: {0}")]

@@ -31,7 +31,10 @@ use std::time::Duration;
 use ptth_proto::rt::runtime::{pin_to, Runtime};
 use ptth_proto::rt::signal::Signal;
 
-pub use config::Config;
+pub use config::{client_tls, Config};
+
+/// A tunnel's byte stream: TLS to the lb, or cleartext.
+pub(crate) type TunnelStream = ptth_proto::rt::tls::MaybeTls<rustls::ClientConnection>;
 pub use dial::{Coverage, LbState};
 pub use error::{Error, OriginFailure};
 pub use origin::{OriginAddr, OriginCheck, OriginHealth, Sidecar};
@@ -87,6 +90,11 @@ impl Worker {
     /// Tunnel counts per core of lb number `lb` (in `Config::lbs` order).
     pub fn coverage(&self, lb: usize) -> Vec<u32> {
         self.shared.lbs[lb].coverage.lock().unwrap_or_else(|p| p.into_inner()).per_core.clone()
+    }
+
+    /// Why the last dial to lb number `lb` failed, until one succeeds.
+    pub fn last_error(&self, lb: usize) -> Option<String> {
+        self.shared.lbs[lb].coverage.lock().unwrap_or_else(|p| p.into_inner()).last_error.clone()
     }
 
     /// True when every core of every lb holds `tunnels_per_core` tunnels.

@@ -12,6 +12,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USAGE: &str = "usage: ptth-workerd --lb ADDR [--lb ADDR]... (--origin URL | --respond SPEC)
          [--claim ORIGIN]... [--route PREFIX]... [--id ID] [--token TOKEN]
+         [--tls] [--ca FILE] [--tls-name NAME]
          [--tunnels-per-core N] [--max-concurrency N] [--weight N] [--class DECL]...
          [--inner h2,http/1.1] [--max-streams N] [--stream-window BYTES]
          [--connection-window BYTES] [--threads N] [--pin]
@@ -28,6 +29,9 @@ const USAGE: &str = "usage: ptth-workerd --lb ADDR [--lb ADDR]... (--origin URL 
   --route PREFIX         path prefix served, e.g. /api/ (repeat); none = every path
   --id ID                worker identity (default: hostname-pid)
   --token TOKEN          bearer token for the lb (or env PTTH_TOKEN)
+  --tls                  TLS to the lb, verified against the system's root certificates
+  --ca FILE              TLS to the lb, verified against the PEM certificates in FILE
+  --tls-name NAME        the name the lb's certificate must carry (default: the --lb host)
   --tunnels-per-core N   tunnels kept on each lb core (default 8)
   --max-concurrency N    requests at once across all tunnels and lb cores
   --weight N             relative share of requests, 1..1000 (default 1)
@@ -72,6 +76,7 @@ fn parse(args: Vec<String>) -> Result<(Config, Mode, LogFormat), String> {
     let mut mode = None;
     let mut claims = Vec::new();
     let (mut health_path, mut check_ms) = (None, 1000u64);
+    let (mut tls, mut ca) = (false, None::<String>);
     let mut it = args.into_iter();
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag}: missing value"));
@@ -110,6 +115,9 @@ fn parse(args: Vec<String>) -> Result<(Config, Mode, LogFormat), String> {
                 cfg.meta.id = Some(id);
             }
             "--token" => cfg.token = Some(value()?),
+            "--tls" => tls = true,
+            "--ca" => ca = Some(value()?),
+            "--tls-name" => cfg.tls_name = Some(value()?),
             "--tunnels-per-core" => cfg.tunnels_per_core = int(value()?, 1, 1024)? as u32,
             "--max-concurrency" => cfg.meta.max_concurrency = Some(int(value()?, 1, 1_000_000)? as u32),
             "--weight" => cfg.meta.weight = int(value()?, 1, 1000)? as u32,
@@ -176,6 +184,11 @@ fn parse(args: Vec<String>) -> Result<(Config, Mode, LogFormat), String> {
     }
     if cfg.token.is_none() {
         cfg.token = std::env::var("PTTH_TOKEN").ok().filter(|t| !t.is_empty());
+    }
+    if tls || ca.is_some() {
+        cfg.tls = Some(ptth_workerd::client_tls(ca.as_deref().map(std::path::Path::new))?);
+    } else if cfg.tls_name.is_some() {
+        return Err("--tls-name: only with --tls or --ca".into());
     }
     if cfg.meta.id.is_none() {
         let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();

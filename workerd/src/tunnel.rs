@@ -9,7 +9,6 @@ use std::io;
 use std::rc::Rc;
 use std::time::Duration;
 
-use monoio::net::TcpStream;
 use ptth_proto::h1::{self, BodyDecoder, Framing, Parsed, RequestHead};
 use ptth_proto::rt::io::{write_all, ReadBuf};
 use ptth_proto::rt::signal::{Signal, Wait};
@@ -49,7 +48,7 @@ pub(crate) enum Resp {
 
 /// One tunnel's connection state, reused across its requests.
 pub(crate) struct Conn {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: crate::TunnelStream,
     pub(crate) rb: ReadBuf,
     pub(crate) out: Vec<u8>,
     /// Copy of the current request head, so handlers can read it while the
@@ -75,7 +74,7 @@ pub(crate) enum Ended {
 }
 
 impl Conn {
-    pub(crate) fn new(stream: TcpStream, leftover: Vec<u8>, cfg: Rc<Config>) -> Conn {
+    pub(crate) fn new(stream: crate::TunnelStream, leftover: Vec<u8>, cfg: Rc<Config>) -> Conn {
         Conn {
             stream,
             rb: ReadBuf::from_vec(leftover, TUNNEL_BUF),

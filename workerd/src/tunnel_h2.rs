@@ -11,8 +11,6 @@
 use std::rc::Rc;
 
 use bytes::Bytes;
-use monoio::io::IntoPollIo;
-use monoio::net::TcpStream;
 use ptth_proto::h1;
 use ptth_proto::rt::h2io::{self, MAX_FRAME};
 use ptth_proto::rt::io::Prefixed;
@@ -159,13 +157,13 @@ impl H2Exchange {
 
 /// Serves an h2 tunnel until the lb closes it or the stop signal has drained it.
 pub(crate) async fn serve<H: Handler>(
-    stream: TcpStream,
+    stream: crate::TunnelStream,
     leftover: Vec<u8>,
     handler: Rc<H>,
     cfg: Rc<Config>,
     stop: &Signal,
 ) -> Result<Ended, Error> {
-    let io = Prefixed::new(leftover, stream.into_poll_io()?);
+    let io = Prefixed::new(leftover, stream.into_poll()?);
     let handshake = h2::server::Builder::new()
         .initial_window_size(cfg.windows.stream)
         .initial_connection_window_size(cfg.windows.connection)

@@ -1,6 +1,8 @@
 //! The tunnel listener: PTTH setup (draft-kazuho-ptth-ptth-01 §3).
 //!
-//! Place in the request path: before any request. A worker connects, sends
+//! Place in the request path: before any request. A worker connects (and,
+//! on a TLS tunnel listener, completes the TLS handshake first, within the
+//! same deadline as the setup), sends
 //! `GET /.well-known/ptth/<origins>/` with `Upgrade: ptth`; we read it under
 //! the handshake deadline, authenticate it (bearer token, or loopback when no
 //! token is configured), authorize every claimed origin (the draft's MUST),
@@ -17,14 +19,15 @@ use std::time::Instant;
 use monoio::net::{TcpListener, TcpStream};
 use ptth_proto::h1::{self, Parsed, RequestHead};
 use ptth_proto::rt::io::{write_all, ReadBuf};
+use ptth_proto::rt::tls::TlsStream;
 use ptth_proto::setup::{write_accept, write_reject, Accepted, Claim, InnerProtocol, SetupRequest};
 
 use crate::config::{Config, OriginPolicy};
 use crate::error::Error;
-use crate::inbox::{CoreMsg, TunnelSetup};
+use crate::inbox::{CoreMsg, Detached, TunnelSetup};
 use crate::percore::{self, Core};
 use crate::stats;
-use crate::tunnel::Meta;
+use crate::tunnel::{Meta, TunnelStream};
 
 /// Inner protocols this lb speaks on tunnels (the worker's order decides).
 const SUPPORTED: &[InnerProtocol] = &[InnerProtocol::H2, InnerProtocol::Http11];
@@ -72,27 +75,49 @@ fn authorize(cfg: &Config, req: &SetupRequest, peer: SocketAddr) -> Result<(), E
     cfg.classes.check(&req.meta.classes, cfg.profile.queue_wait).map_err(Error::Forbidden)
 }
 
-async fn reject(core: &Core, stream: &mut TcpStream, e: &Error, peer: SocketAddr, worker: Option<&str>) {
+/// Logs a refused setup, at most so many a second (a flood of bad setups
+/// must not flood the log).
+fn log_refusal(core: &Core, peer: SocketAddr, worker: Option<&str>, status: u16, why: &dyn std::fmt::Display) {
     stats::add(&core.stats().setups_rejected, 1);
-    let status = e.status().unwrap_or(400);
-    if status != 404 {
-        if let Some(held) = core.refusals.admit(Instant::now()) {
-            let more = if held > 0 { format!(" ({held} more refusals not logged in the last second)") } else { String::new() };
-            let worker = worker.unwrap_or("-");
-            tracing::warn!(%peer, worker, status, "tunnel setup refused: {e}{more}");
-        }
+    if status == 404 {
+        return;
     }
+    if let Some(held) = core.refusals.admit(Instant::now()) {
+        let more = if held > 0 { format!(" ({held} more refusals not logged in the last second)") } else { String::new() };
+        let worker = worker.unwrap_or("-");
+        tracing::warn!(%peer, worker, status, "tunnel setup refused: {why}{more}");
+    }
+}
+
+async fn reject(core: &Core, stream: &mut TunnelStream, e: &Error, peer: SocketAddr, worker: Option<&str>) {
+    let status = e.status().unwrap_or(400);
+    log_refusal(core, peer, worker, status, e);
     let retry = e.is_retryable().then_some(core.shared.cfg.profile.retry_after_s.max(1));
     let mut out = Vec::with_capacity(256);
     write_reject(&mut out, status, &e.to_string(), retry);
     let _ = write_all(stream, out, core.shared.cfg.profile.handshake_timeout).await;
 }
 
-async fn setup(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
-    let _ = stream.set_tcp_keepalive(Some(std::time::Duration::from_secs(30)), Some(std::time::Duration::from_secs(10)), Some(3));
+async fn setup(core: Rc<Core>, tcp: TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    let _ = tcp.set_tcp_keepalive(Some(std::time::Duration::from_secs(30)), Some(std::time::Duration::from_secs(10)), Some(3));
     let cfg = &core.shared.cfg;
     let deadline = Instant::now() + cfg.profile.handshake_timeout;
+    let mut stream = match (&core.shared.tls, core.shared.tunnel_tls) {
+        (Some(tls), true) => {
+            let conn = match tls.accept_tunnel() {
+                Ok(c) => c,
+                Err(e) => return tracing::error!(core = core.id, %peer, "TLS session: {e}"),
+            };
+            // TLS and setup share the handshake deadline.
+            match TlsStream::handshake(tcp, conn, cfg.profile.handshake_timeout).await {
+                Ok(s) => TunnelStream::Tls(Box::new(s)),
+                // No HTTP answer is possible without TLS; the alert said why.
+                Err(e) => return log_refusal(&core, peer, None, 400, &format_args!("TLS: {e}")),
+            }
+        }
+        _ => TunnelStream::Plain(tcp),
+    };
     let mut rb = ReadBuf::with_capacity(SETUP_BUF);
     let mut head = RequestHead::default();
     let limits = h1::Limits { max_head: SETUP_BUF, ..cfg.profile.limits };
@@ -149,7 +174,7 @@ async fn setup(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
     if to == core.id {
         finish(core, stream, id, meta, setup).await;
     } else {
-        match percore::detach(stream) {
+        match Detached::of(stream) {
             Ok(stream) => percore::send_to(&core.shared, to, CoreMsg::Tunnel { stream, id, meta, setup }),
             // The worker redials.
             Err(_) => core.shared.placement.release(&id, to),
@@ -172,7 +197,7 @@ fn log_registration(core: &Core, id: &str, meta: &Meta, peer: SocketAddr) {
 }
 
 /// Answers `101` from the owning core and adds the tunnel to its pool.
-pub(crate) async fn finish(core: Rc<Core>, mut stream: TcpStream, id: Arc<str>, meta: Arc<Meta>, setup: TunnelSetup) {
+pub(crate) async fn finish(core: Rc<Core>, mut stream: TunnelStream, id: Arc<str>, meta: Arc<Meta>, setup: TunnelSetup) {
     let mut out = Vec::with_capacity(256);
     let acc = Accepted { token: setup.token, protocol: setup.protocol, core: core.id as u32, cores: core.shared.cores as u32 };
     write_accept(&mut out, &acc);
@@ -181,7 +206,7 @@ pub(crate) async fn finish(core: Rc<Core>, mut stream: TcpStream, id: Arc<str>, 
         core.shared.placement.release(&id, core.id);
         return;
     }
-    let _ = stream.set_nodelay(true);
+    let _ = stream.tcp().set_nodelay(true);
     stats::add(&core.stats().tunnels_accepted, 1);
     let TunnelSetup { placed, protocol, ticket, .. } = setup;
     match protocol {

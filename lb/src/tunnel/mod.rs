@@ -28,6 +28,10 @@ pub(crate) mod select;
 
 use ptth_proto::setup::{Claim, ClassDecl, WorkerMeta, DEFAULT_CLASS, DEFAULT_URGENCY};
 
+/// A tunnel's byte stream: TLS from the worker, or cleartext (loopback, or
+/// an operator's explicit `tunnel.insecure_cleartext`).
+pub(crate) type TunnelStream = ptth_proto::rt::tls::MaybeTls<rustls::ServerConnection>;
+
 /// What a worker declared, as routing uses it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Meta {

@@ -13,8 +13,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::tunnel::TunnelStream;
 use bytes::Bytes;
-use monoio::net::TcpStream;
 use ptth_proto::h1::ResponseHead;
 use ptth_proto::rt::io::ReadBuf;
 use ptth_proto::rt::FastRng;
@@ -33,7 +33,7 @@ use crate::tunnel::Meta;
 
 /// An established HTTP/1.1 tunnel with its reusable buffers.
 pub(crate) struct H1Tunnel {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: TunnelStream,
     pub(crate) rb: ReadBuf,
     pub(crate) out: Vec<u8>,
     pub(crate) head: ResponseHead,
@@ -491,7 +491,15 @@ impl Pool {
     }
 
     /// Registers a freshly set-up HTTP/1.1 tunnel and offers it to the queue.
-    pub(crate) fn add(&mut self, id: Arc<str>, meta: Arc<Meta>, placed: Placed, ticket: PeerTicket, stream: TcpStream, tunnel_read: usize) {
+    pub(crate) fn add(
+        &mut self,
+        id: Arc<str>,
+        meta: Arc<Meta>,
+        placed: Placed,
+        ticket: PeerTicket,
+        stream: TunnelStream,
+        tunnel_read: usize,
+    ) {
         let slot = self.slot_for(id, meta, placed);
         let t = H1Tunnel {
             stream,
@@ -1024,7 +1032,7 @@ impl Pool {
             let Some(w) = w else { continue };
             let mut i = 0;
             while i < w.idle.len() {
-                if now.duration_since(w.idle[i].idle_since) >= min_idle && ptth_proto::rt::io::idle_conn_unusable(&w.idle[i].stream) {
+                if now.duration_since(w.idle[i].idle_since) >= min_idle && ptth_proto::rt::io::idle_conn_unusable(w.idle[i].stream.tcp()) {
                     w.idle.swap_remove(i);
                     dead.push(slot);
                 } else {
@@ -1066,7 +1074,7 @@ impl Pool {
     /// An idle h1 tunnel that hung up or sent bytes while no request was
     /// outstanding: closed before reuse, never trusted with a request.
     pub(crate) fn is_stale(t: &H1Tunnel) -> bool {
-        !t.rb.is_empty() || ptth_proto::rt::io::idle_conn_unusable(&t.stream)
+        !t.rb.is_empty() || ptth_proto::rt::io::idle_conn_unusable(t.stream.tcp())
     }
 
     /// Gives back a lease whose tunnel turned out unusable before the request
@@ -1114,7 +1122,7 @@ mod tests {
         peers.push(l.accept().unwrap().0);
         ours.set_nonblocking(true).unwrap();
         let ticket = placement.admit("127.0.0.1".parse().unwrap(), 100, 100).unwrap();
-        pool.add(id.into(), meta, placed, ticket, TcpStream::from_std(ours).unwrap(), 4096);
+        pool.add(id.into(), meta, placed, ticket, TunnelStream::Plain(monoio::net::TcpStream::from_std(ours).unwrap()), 4096);
     }
 
     fn rig() -> Rig {

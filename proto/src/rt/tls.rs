@@ -491,3 +491,142 @@ where
         Pin::new(&mut me.io).poll_shutdown(cx)
     }
 }
+
+/// A connection that is TLS or plain TCP, decided at run time (a tunnel
+/// listener or a dialled lb configured either way): one type for the code
+/// above, one branch per operation.
+pub enum MaybeTls<C> {
+    Plain(TcpStream),
+    /// Boxed: a rustls connection is about a kilobyte, and a plain stream
+    /// should not carry that room.
+    Tls(Box<TlsStream<C>>),
+}
+
+/// The poll-style face of a [`MaybeTls`].
+pub enum MaybeTlsPoll<C> {
+    Plain(monoio::net::tcp::stream_poll::TcpStreamPoll),
+    Tls(TlsPoll<C>),
+}
+
+impl<C, S> MaybeTls<C>
+where
+    C: DerefMut<Target = ConnectionCommon<S>>,
+    S: SideData,
+{
+    /// The TCP socket (under the TLS session, if any).
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            MaybeTls::Plain(s) => s,
+            MaybeTls::Tls(s) => s.tcp(),
+        }
+    }
+
+    pub fn into_poll(self) -> io::Result<MaybeTlsPoll<C>> {
+        Ok(match self {
+            MaybeTls::Plain(s) => MaybeTlsPoll::Plain(s.into_poll_io()?),
+            MaybeTls::Tls(s) => MaybeTlsPoll::Tls(s.into_poll()?),
+        })
+    }
+
+    /// The rustls connection, for a TLS one.
+    pub fn tls(&self) -> Option<Ref<'_, C>> {
+        match self {
+            MaybeTls::Plain(_) => None,
+            MaybeTls::Tls(s) => Some(s.conn()),
+        }
+    }
+}
+
+impl<C, S> AsyncReadRent for MaybeTls<C>
+where
+    C: DerefMut<Target = ConnectionCommon<S>>,
+    S: SideData,
+{
+    async fn read<T: IoBufMut>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
+        match self {
+            MaybeTls::Plain(s) => s.read(buf).await,
+            MaybeTls::Tls(s) => s.read(buf).await,
+        }
+    }
+    async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
+        match self {
+            MaybeTls::Plain(s) => s.readv(buf).await,
+            MaybeTls::Tls(s) => s.readv(buf).await,
+        }
+    }
+}
+
+impl<C, S> AsyncWriteRent for MaybeTls<C>
+where
+    C: DerefMut<Target = ConnectionCommon<S>>,
+    S: SideData,
+{
+    async fn write<T: IoBuf>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
+        match self {
+            MaybeTls::Plain(s) => s.write(buf).await,
+            MaybeTls::Tls(s) => s.write(buf).await,
+        }
+    }
+    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
+        match self {
+            MaybeTls::Plain(s) => s.writev(buf).await,
+            MaybeTls::Tls(s) => s.writev(buf).await,
+        }
+    }
+    async fn flush(&mut self) -> io::Result<()> {
+        match self {
+            MaybeTls::Plain(s) => s.flush().await,
+            MaybeTls::Tls(s) => s.flush().await,
+        }
+    }
+    async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            MaybeTls::Plain(s) => s.shutdown().await,
+            MaybeTls::Tls(s) => s.shutdown().await,
+        }
+    }
+}
+
+// SAFETY: each variant is `Split` (`TcpStream` by monoio, `TlsStream` above)
+// and the variant never changes while the stream is split (the halves
+// borrow it).
+#[allow(unsafe_code)]
+unsafe impl<C> monoio::io::Split for MaybeTls<C> {}
+
+impl<C, S> tokio::io::AsyncRead for MaybeTlsPoll<C>
+where
+    C: DerefMut<Target = ConnectionCommon<S>> + Unpin,
+    S: SideData,
+{
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTlsPoll::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            MaybeTlsPoll::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl<C, S> tokio::io::AsyncWrite for MaybeTlsPoll<C>
+where
+    C: DerefMut<Target = ConnectionCommon<S>> + Unpin,
+    S: SideData,
+{
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTlsPoll::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            MaybeTlsPoll::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTlsPoll::Plain(s) => Pin::new(s).poll_flush(cx),
+            MaybeTlsPoll::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTlsPoll::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            MaybeTlsPoll::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
