@@ -143,6 +143,10 @@ pub enum Origins {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct WorkerStatus {
     pub id: String,
+    /// The identity that set it up: an `[[identities]]` name, `token` (the
+    /// shared token) or `loopback`.
+    #[serde(default)]
+    pub identity: String,
     pub origins: Origins,
     pub routes: Vec<String>,
     pub weight: u32,
@@ -221,6 +225,7 @@ pub(crate) fn status(shared: &Shared) -> Status {
                 let in_flight_per_core: Vec<u32> = e.stats.iter().map(|s| s.in_flight.load(Ordering::Relaxed)).collect();
                 WorkerStatus {
                     id: id.to_string(),
+                    identity: e.owner.to_string(),
                     origins: match &e.meta.claim {
                         Claim::Any => Origins::Any("*".into()),
                         Claim::Origins(o) => Origins::Listed(o.iter().map(|o| o.to_string()).collect()),

@@ -38,12 +38,38 @@ pub struct ConfigFile {
     pub routes: RoutesFile,
     #[serde(default)]
     pub tls: TlsFile,
+    /// `[[identities]]`: named worker tokens, each with its grant.
+    pub identities: Option<Vec<IdentityFile>>,
     /// Path of a profile to load (the `--profile` flag wins).
     pub profile: Option<String>,
     /// The directory relative paths in the file are taken from (the file's
     /// own; set by whoever read it).
     #[serde(skip)]
     pub dir: Option<PathBuf>,
+}
+
+/// `[[identities]]`: one worker identity. Unset grant keys take the
+/// lb-wide policy (`tunnel.allowed_origins`, `[classes]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityFile {
+    pub name: String,
+    /// The token itself, or (better) its SHA-256 as 64 hex digits.
+    pub token: Option<String>,
+    pub token_sha256: Option<String>,
+    /// Origins it may claim ("*": any).
+    pub origins: Option<Vec<String>>,
+    /// Path prefixes its routes must lie under (default: any path).
+    pub routes: Option<Vec<String>>,
+    /// Class names it may declare.
+    pub classes: Option<Vec<String>>,
+    pub most_urgent: Option<u8>,
+    pub max_limit: Option<u32>,
+    /// Tunnels over all its workers (default 1024).
+    pub max_tunnels: Option<u32>,
+    /// Worker ids it may use: exact, or a prefix ending in `*` (default:
+    /// its name, and its name followed by `-*`); `["*"]`: any.
+    pub worker_ids: Option<Vec<String>>,
 }
 
 /// `[tls]`: certificates for the TLS client listeners.
@@ -426,6 +452,8 @@ pub struct Config {
     pub client_tls_listen: Vec<SocketAddr>,
     /// Certificates for the TLS listeners, the default first.
     pub tls_certs: Vec<crate::tls::CertSpec>,
+    /// Named worker identities (`[[identities]]`).
+    pub identities: Vec<crate::tunnel::identity::Identity>,
     pub tunnel_listen: SocketAddr,
     /// TLS on the tunnel listener; `None`: on unless it is on loopback.
     pub tunnel_tls: Option<bool>,
@@ -491,6 +519,55 @@ impl Config {
         }
         Ok(tls)
     }
+}
+
+/// One `[[identities]]` entry, validated; errors name `identities[i].key`.
+fn identity(
+    i: usize,
+    f: IdentityFile,
+    origins: &OriginPolicy,
+    classes: &ClassPolicy,
+) -> Result<crate::tunnel::identity::Identity, ConfigError> {
+    use crate::tunnel::identity::{digest, parse_digest, Grant, Identity};
+    let key = |k: &str| format!("identities[{i}].{k}");
+    if !(1..=64).contains(&f.name.len()) || !f.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+        return Err(cerr(&key("name"), format!("{:?}: expected 1 to 64 of A-Z a-z 0-9 - _ .", f.name)));
+    }
+    let d = match (&f.token, &f.token_sha256) {
+        (Some(t), None) if t.len() >= 16 && t.bytes().all(|b| b.is_ascii_graphic()) => digest(t.as_bytes()),
+        (Some(_), None) => return Err(cerr(&key("token"), "expected at least 16 printable ASCII characters without spaces")),
+        (None, Some(h)) => parse_digest(h).ok_or_else(|| cerr(&key("token_sha256"), "expected 64 hex digits (sha256sum of the token)"))?,
+        _ => return Err(cerr(&key("token"), "give exactly one of token or token_sha256")),
+    };
+    let origins = match f.origins {
+        None => origins.clone(),
+        Some(list) if list.iter().any(|o| o == "*") => OriginPolicy::Any,
+        Some(list) => OriginPolicy::Only(
+            list.iter().map(|o| ptth_proto::setup::Origin::parse(o).map_err(|e| cerr(&key("origins"), e))).collect::<Result<_, _>>()?,
+        ),
+    };
+    if let Some(r) = f.routes.iter().flatten().find(|r| !ptth_proto::setup::is_route_prefix(r)) {
+        return Err(cerr(&key("routes"), format!("{r:?}: each is a path prefix starting with '/', without spaces")));
+    }
+    let classes = ClassPolicy::parse(ClassesFile {
+        allowed: f.classes.or_else(|| classes.allowed.clone()),
+        most_urgent: Some(f.most_urgent.unwrap_or(classes.most_urgent)),
+        max_limit: Some(f.max_limit.unwrap_or(classes.max_limit)),
+    })
+    .map_err(|e| ConfigError { key: e.key.replace("classes.", &key("")), what: e.what })?;
+    let worker_ids = match f.worker_ids {
+        None => Some(Grant::default_ids(&f.name)),
+        Some(list) if list.iter().any(|p| p == "*") => None,
+        Some(list) => Some(list),
+    };
+    let grant = Grant {
+        origins,
+        routes: f.routes,
+        classes,
+        max_tunnels: range(&key("max_tunnels"), Some(f.max_tunnels.unwrap_or(1024)), 1, 1 << 20)?,
+        worker_ids,
+    };
+    Ok(Identity::new(&f.name, d, grant))
 }
 
 /// A DNS name, or `*.` followed by one (RFC 6125 §6.4.3: the wildcard is
@@ -633,6 +710,24 @@ impl Config {
                 return Err(cerr("tunnel.token", "must be printable ASCII without spaces"));
             }
         }
+        let origins_default = origins.clone();
+        let classes_default = ClassPolicy::parse(ClassesFile {
+            allowed: f.classes.allowed.clone(),
+            most_urgent: f.classes.most_urgent,
+            max_limit: f.classes.max_limit,
+        })?;
+        let identities = f
+            .identities
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(i, id)| identity(i, id, &origins_default, &classes_default))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, a) in identities.iter().enumerate() {
+            if identities[..i].iter().any(|b| b.name == a.name) {
+                return Err(cerr(&format!("identities[{i}].name"), format!("{:?} is used twice", &*a.name)));
+            }
+        }
         let tunnel_tls = match f.tunnel.tls.as_deref() {
             None => None,
             Some("on") => Some(true),
@@ -643,6 +738,7 @@ impl Config {
             client_listen,
             client_tls_listen,
             tls_certs,
+            identities,
             tunnel_listen,
             tunnel_tls,
             insecure_cleartext: f.tunnel.insecure_cleartext.unwrap_or(false),
@@ -747,6 +843,49 @@ mod tests {
         }
         let e = parse_toml::<ConfigFile>("c", "[[tls.certificates]]\ncert = \"c\"\n").unwrap_err().to_string();
         assert!(e.contains("key"), "{e}");
+    }
+
+    #[test]
+    fn identities_parse_with_their_grants_and_errors_name_the_entry() {
+        let text = r#"
+[tunnel]
+allowed_origins = ["https://a.example"]
+
+[[identities]]
+name = "billing"
+token = "a-long-enough-token-1"
+routes = ["/billing/"]
+max_tunnels = 8
+
+[[identities]]
+name = "payroll"
+token_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+worker_ids = ["*"]
+origins = ["*"]
+"#;
+        let c = Config::from_file(parse_toml("c", text).unwrap(), Profile::load(None).unwrap()).unwrap();
+        assert_eq!(c.identities.len(), 2);
+        let (b, p) = (&c.identities[0], &c.identities[1]);
+        assert_eq!(b.grant.max_tunnels, 8);
+        assert_eq!(b.grant.worker_ids.as_deref(), Some(&["billing".to_string(), "billing-*".to_string()][..]), "ids under its name");
+        assert!(matches!(b.grant.origins, OriginPolicy::Only(ref o) if o.len() == 1), "the lb-wide origins by default");
+        assert!(p.grant.worker_ids.is_none() && p.grant.origins == OriginPolicy::Any);
+        assert!(crate::identity::find(&c.identities, b"test").is_some_and(|i| &*i.name == "payroll"), "sha256(\"test\")");
+        for (entry, key) in [
+            ("name = \"x\"\n", "identities[0].token"),
+            ("name = \"x\"\ntoken = \"short\"\n", "identities[0].token"),
+            ("name = \"x\"\ntoken_sha256 = \"abc\"\n", "identities[0].token_sha256"),
+            ("name = \"x y\"\ntoken = \"a-long-enough-token-1\"\n", "identities[0].name"),
+            ("name = \"x\"\ntoken = \"a-long-enough-token-1\"\nroutes = [\"api\"]\n", "identities[0].routes"),
+            ("name = \"x\"\ntoken = \"a-long-enough-token-1\"\nmost_urgent = 9\n", "identities[0].most_urgent"),
+        ] {
+            let e = Config::from_file(parse_toml("c", &format!("[[identities]]\n{entry}")).unwrap(), Profile::load(None).unwrap())
+                .expect_err(entry);
+            assert_eq!(e.key, key, "{entry}: {e}");
+        }
+        let twice = "[[identities]]\nname = \"x\"\ntoken = \"a-long-enough-token-1\"\n[[identities]]\nname = \"x\"\ntoken = \"a-long-enough-token-2\"\n";
+        let e = Config::from_file(parse_toml("c", twice).unwrap(), Profile::load(None).unwrap()).unwrap_err();
+        assert_eq!(e.key, "identities[1].name");
     }
 
     #[test]

@@ -85,6 +85,9 @@ pub enum Error {
     Forbidden(String),
     #[error("{0}")]
     TooManyTunnels(String),
+    /// A worker id live under another identity (it is not this one's).
+    #[error("{0}")]
+    WorkerIdTaken(String),
     #[error("the lb is shutting down")]
     Draining,
 }
@@ -229,6 +232,7 @@ impl Error {
             Error::Unauthorized(_) => 401,
             Error::Forbidden(_) => 403,
             Error::TooManyTunnels(_) => 429,
+            Error::WorkerIdTaken(_) => 409,
             Error::ClientIo(_) | Error::ClientGone => return None,
         })
     }
@@ -247,7 +251,7 @@ impl Error {
             | Error::NotReplayable { .. }
             | Error::Unprocessed { .. }
             | Error::ResponseTimeout { .. } => Side::Worker,
-            Error::Setup(_) | Error::Unauthorized(_) | Error::Forbidden(_) => Side::Worker,
+            Error::Setup(_) | Error::Unauthorized(_) | Error::Forbidden(_) | Error::WorkerIdTaken(_) => Side::Worker,
             Error::NoRoute { .. }
             | Error::Reserved { .. }
             | Error::QueueFull { .. }
@@ -272,7 +276,7 @@ impl Error {
             Error::Tunnel { fault: TunnelFault::Closed, .. } => Kind::Closed,
             Error::Tunnel { fault: TunnelFault::Io | TunnelFault::Stream, .. } => Kind::Reset,
             Error::Tunnel { fault: TunnelFault::Unusable, .. } | Error::NotReplayable { .. } | Error::Unprocessed { .. } => Kind::Refused,
-            Error::Unauthorized(_) | Error::Forbidden(_) => Kind::Refused,
+            Error::Unauthorized(_) | Error::Forbidden(_) | Error::WorkerIdTaken(_) => Kind::Refused,
         }
     }
 
@@ -337,6 +341,7 @@ mod tests {
             (Error::ResponseTimeout { worker: w(), after: Duration::ZERO }, Side::Worker, Kind::Timeout, Some(504)),
             (Error::Unauthorized("x"), Side::Worker, Kind::Refused, Some(401)),
             (Error::TooManyTunnels("x".into()), Side::Lb, Kind::Shed, Some(429)),
+            (Error::WorkerIdTaken("x".into()), Side::Worker, Kind::Refused, Some(409)),
             (Error::Draining, Side::Lb, Kind::Shed, Some(503)),
         ];
         for (e, side, kind, status) in rows {

@@ -29,6 +29,7 @@ mod proxy;
 pub mod stats;
 pub mod tls;
 mod tunnel;
+pub use tunnel::identity;
 mod wiring;
 
 use std::net::SocketAddr;

@@ -27,6 +27,7 @@ use crate::error::Error;
 use crate::inbox::{CoreMsg, Detached, TunnelSetup};
 use crate::percore::{self, Core};
 use crate::stats;
+use crate::tunnel::identity::{self, Identity};
 use crate::tunnel::{Meta, TunnelStream};
 
 /// Inner protocols this lb speaks on tunnels (the worker's order decides).
@@ -42,22 +43,56 @@ pub(crate) async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
     .await;
 }
 
-/// Constant-time comparison, so the token cannot be guessed byte by byte
-/// from response timing.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Who set a tunnel up.
+#[derive(Debug)]
+enum Who<'a> {
+    /// A named identity (`[[identities]]`): its grant bounds the setup.
+    Named(&'a Identity),
+    /// The lb-wide `tunnel.token`: the lb-wide policy bounds the setup.
+    SharedToken,
+    /// No token configured and the worker is on loopback.
+    Loopback,
 }
 
-/// Authentication and the operator's origin policy.
-fn authorize(cfg: &Config, req: &SetupRequest, peer: SocketAddr) -> Result<(), Error> {
-    match &cfg.token {
-        Some(t) => match &req.bearer {
-            Some(b) if same_secret(b.as_bytes(), t.as_bytes()) => {}
-            Some(_) => return Err(Error::Unauthorized("invalid bearer token")),
-            None => return Err(Error::Unauthorized("missing Authorization: Bearer <token>")),
+impl Who<'_> {
+    /// The name a worker id belongs to while it has tunnels.
+    fn owner(&self) -> Arc<str> {
+        match self {
+            Who::Named(i) => i.name.clone(),
+            Who::SharedToken => Arc::from("token"),
+            Who::Loopback => Arc::from("loopback"),
+        }
+    }
+}
+
+/// Authentication (a named identity's token, the shared token, or loopback
+/// when no token is configured), then what the setup claims against the
+/// grant. The worker id it will use is decided here (a named identity's
+/// worker without `Tunnel-Worker-Id` is named after it).
+fn authorize<'a>(cfg: &'a Config, req: &SetupRequest, peer: SocketAddr) -> Result<(Who<'a>, Arc<str>), Error> {
+    let who = match &req.bearer {
+        Some(b) => match identity::find(&cfg.identities, b.as_bytes()) {
+            Some(i) => Who::Named(i),
+            None => match &cfg.token {
+                Some(t) if identity::same_secret(b.as_bytes(), t.as_bytes()) => Who::SharedToken,
+                _ => return Err(Error::Unauthorized("invalid bearer token")),
+            },
         },
-        None if peer.ip().is_loopback() => {}
+        None if cfg.token.is_some() || !cfg.identities.is_empty() => {
+            return Err(Error::Unauthorized("missing Authorization: Bearer <token>"))
+        }
+        None if peer.ip().is_loopback() => Who::Loopback,
         None => return Err(Error::Forbidden("no token is configured on this lb: only loopback workers are accepted".into())),
+    };
+    let id: Arc<str> = match (&req.meta.id, &who) {
+        (Some(id), _) => Arc::from(id.as_str()),
+        (None, Who::Named(i)) => i.name.clone(),
+        // Workers that do not name themselves are told apart by address.
+        (None, _) => Arc::from(format!("anon@{}", peer.ip())),
+    };
+    if let Who::Named(i) = &who {
+        i.grant.check(&i.name, req, &id, cfg.profile.queue_wait).map_err(Error::Forbidden)?;
+        return Ok((who, id));
     }
     match (&cfg.origins, &req.claim) {
         (OriginPolicy::Any, _) => {}
@@ -72,7 +107,8 @@ fn authorize(cfg: &Config, req: &SetupRequest, peer: SocketAddr) -> Result<(), E
     }
     // A worker declares its classes; the operator's caps bound what it may
     // claim (nothing a worker says may exceed what it was granted).
-    cfg.classes.check(&req.meta.classes, cfg.profile.queue_wait).map_err(Error::Forbidden)
+    cfg.classes.check(&req.meta.classes, cfg.profile.queue_wait).map_err(Error::Forbidden)?;
+    Ok((who, id))
 }
 
 /// Logs a refused setup, at most so many a second (a flood of bad setups
@@ -142,9 +178,11 @@ async fn setup(core: Rc<Core>, tcp: TcpStream, peer: SocketAddr) {
         let e = Error::Setup(ptth_proto::SetupError::Malformed("the worker sent data before the 101".into()));
         return reject(&core, &mut stream, &e, peer, req.meta.id.as_deref()).await;
     }
-    if let Err(e) = authorize(cfg, &req, peer) {
-        return reject(&core, &mut stream, &e, peer, req.meta.id.as_deref()).await;
-    }
+    let (who, id) = match authorize(cfg, &req, peer) {
+        Ok(w) => w,
+        Err(e) => return reject(&core, &mut stream, &e, peer, req.meta.id.as_deref()).await,
+    };
+    let owner = who.owner();
     if percore::draining(&core.shared) {
         return reject(&core, &mut stream, &Error::Draining, peer, req.meta.id.as_deref()).await;
     }
@@ -154,21 +192,20 @@ async fn setup(core: Rc<Core>, tcp: TcpStream, peer: SocketAddr) {
         ));
         return reject(&core, &mut stream, &e, peer, req.meta.id.as_deref()).await;
     };
-    let ticket = match core.shared.placement.admit(peer.ip(), cfg.max_tunnels_per_peer, cfg.max_tunnels) {
-        Ok(t) => t,
-        Err(e) => return reject(&core, &mut stream, &e, peer, req.meta.id.as_deref()).await,
+    let cap = match &who {
+        Who::Named(i) => Some((&i.name, i.grant.max_tunnels)),
+        _ => None,
     };
-    // Workers that do not name themselves are told apart by address.
-    let id: Arc<str> = match &req.meta.id {
-        Some(id) => Arc::from(id.as_str()),
-        None => Arc::from(format!("anon@{}", peer.ip())),
+    let ticket = match core.shared.placement.admit_as(peer.ip(), cfg.max_tunnels_per_peer, cfg.max_tunnels, cap) {
+        Ok(t) => t,
+        Err(e) => return reject(&core, &mut stream, &e, peer, Some(&id)).await,
     };
     let meta = Arc::new(Meta::new(req.claim.clone(), &req.meta));
-    let placed = match core.shared.placement.place(&id, &meta, core.id, cfg.max_tunnels_per_worker) {
+    let placed = match core.shared.placement.place(&id, &meta, core.id, cfg.max_tunnels_per_worker, &owner) {
         Ok(p) => p,
-        Err(e) => return reject(&core, &mut stream, &e, peer, req.meta.id.as_deref()).await,
+        Err(e) => return reject(&core, &mut stream, &e, peer, Some(&id)).await,
     };
-    log_registration(&core, &id, &meta, peer);
+    log_registration(&core, &id, &meta, peer, &owner);
     let to = placed.core;
     let setup = TunnelSetup { token: req.token, protocol, placed, ticket };
     if to == core.id {
@@ -184,7 +221,7 @@ async fn setup(core: Rc<Core>, tcp: TcpStream, peer: SocketAddr) {
 
 /// Logs a worker's first tunnel: a worker declaring its routes is a
 /// configuration change, so it is always recorded.
-fn log_registration(core: &Core, id: &str, meta: &Meta, peer: SocketAddr) {
+fn log_registration(core: &Core, id: &str, meta: &Meta, peer: SocketAddr, identity: &str) {
     let first = core.shared.placement.lock().get(id).is_some_and(|e| e.per_core.iter().sum::<u32>() == 1);
     if first {
         let claim = match &meta.claim {
@@ -192,7 +229,7 @@ fn log_registration(core: &Core, id: &str, meta: &Meta, peer: SocketAddr) {
             Claim::Origins(o) => o.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(", "),
         };
         let routes = if meta.routes.is_empty() { "every path".to_string() } else { meta.routes.join(", ") };
-        tracing::info!(worker = %id, %peer, weight = meta.weight, "worker joined: {claim}; {routes}");
+        tracing::info!(worker = %id, identity, %peer, weight = meta.weight, "worker joined: {claim}; {routes}");
     }
 }
 
@@ -262,6 +299,35 @@ mod tests {
     }
 
     #[test]
+    fn named_identities_authenticate_and_name_their_workers() {
+        use crate::tunnel::identity::{digest, Grant};
+        let mut cfg = Config::ephemeral();
+        let far: SocketAddr = "10.0.0.1:1".parse().unwrap();
+        let grant = Grant {
+            origins: OriginPolicy::Any,
+            routes: None,
+            classes: cfg.classes.clone(),
+            max_tunnels: 4,
+            worker_ids: Some(Grant::default_ids("billing")),
+        };
+        cfg.identities = vec![Identity::new("billing", digest(b"billing-token-123"), grant)];
+        cfg.token = Some("shared-token".into());
+        let (who, id) = authorize(&cfg, &setup_req(Claim::Any, Some("billing-token-123")), far).unwrap();
+        assert!(matches!(who, Who::Named(i) if &*i.name == "billing"));
+        assert_eq!(&*id, "billing", "a named identity's worker without an id is named after it");
+        let (who, id) = authorize(&cfg, &setup_req(Claim::Any, Some("shared-token")), far).unwrap();
+        assert!(matches!(who, Who::SharedToken) && id.starts_with("anon@"));
+        assert!(matches!(authorize(&cfg, &setup_req(Claim::Any, Some("nope")), far), Err(Error::Unauthorized(_))));
+        // With identities configured, loopback needs a token too.
+        cfg.token = None;
+        let lo: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert!(matches!(authorize(&cfg, &setup_req(Claim::Any, None), lo), Err(Error::Unauthorized(_))));
+        let mut r = setup_req(Claim::Any, Some("billing-token-123"));
+        r.meta.id = Some("payroll".into());
+        assert!(matches!(authorize(&cfg, &r, far), Err(Error::Forbidden(why)) if why.contains("may not use worker id \"payroll\"")));
+    }
+
+    #[test]
     fn class_declarations_within_the_operators_caps() {
         let mut cfg = Config::ephemeral();
         let lo: SocketAddr = "127.0.0.1:1".parse().unwrap();
@@ -291,12 +357,5 @@ mod tests {
         assert!(authorize(&cfg, &with(br#"heavy=("/r/");wait=2000;queue=10"#), lo).is_ok());
         assert!(refused(&with(br#"heavy=("/r/");wait=2001"#), &cfg)
             .contains("class heavy: wait=2001 ms is longer than this lb lets a request wait (queue.max_wait_ms = 2000)"));
-    }
-
-    #[test]
-    fn secrets_compare_whole() {
-        assert!(same_secret(b"abc", b"abc"));
-        assert!(!same_secret(b"abc", b"abd"));
-        assert!(!same_secret(b"abc", b"ab"));
     }
 }

@@ -5,6 +5,7 @@
 //! - [`acquire`]: taking a lease for a request (pick, or wait in the queue).
 //! - [`adaptive`]: a class limit the lb estimates from latency (plain data, unit-tested).
 //! - [`class_queue`]: each class's queue bound and counts across cores (plain data, unit-tested).
+//! - [`identity`]: named worker tokens and the grant of each (plain data, unit-tested).
 //! - [`health`]: outlier detection, a failing worker out of selection (plain data, unit-tested).
 //! - [`permits`]: a worker's cross-core concurrency limit (plain data, unit-tested).
 //! - [`placement`]: the cross-core record of which core owns which tunnels.
@@ -19,6 +20,7 @@ pub(crate) mod acquire;
 pub(crate) mod adaptive;
 pub(crate) mod class_queue;
 pub(crate) mod health;
+pub mod identity;
 pub(crate) mod permits;
 pub(crate) mod placement;
 pub(crate) mod pool;

@@ -23,6 +23,9 @@ use crate::tunnel::Meta;
 #[derive(Debug)]
 pub(crate) struct WorkerEntry {
     pub(crate) per_core: Vec<u32>,
+    /// The identity whose setups made the entry: a worker id belongs to one
+    /// identity while it has tunnels.
+    pub(crate) owner: Arc<str>,
     /// Metadata of the most recent setup (for status and hand-off decisions).
     pub(crate) meta: Arc<Meta>,
     /// In-flight requests across all cores, when the worker declared
@@ -61,12 +64,20 @@ pub(crate) struct Placement {
     pub(crate) classes: Registry,
 }
 
-/// Tunnels held per peer IP address and in all, against the operator's caps
-/// (`tunnel.max_tunnels_per_peer`, `tunnel.max_tunnels`): a peer dialing in
-/// under ever new worker ids cannot grow the lb without bound.
+/// Tunnels held per peer IP address, per identity and in all, against the
+/// operator's caps (`tunnel.max_tunnels_per_peer`, an identity's
+/// `max_tunnels`, `tunnel.max_tunnels`): a peer dialing in under ever new
+/// worker ids cannot grow the lb without bound, nor can one identity.
 #[derive(Debug, Default)]
 pub(crate) struct PeerCounts {
-    inner: Mutex<(HashMap<IpAddr, u32>, u32)>,
+    inner: Mutex<Counts>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    peers: HashMap<IpAddr, u32>,
+    identities: HashMap<Arc<str>, u32>,
+    total: u32,
 }
 
 /// One tunnel's share of [`PeerCounts`], given back when the tunnel (which
@@ -75,24 +86,32 @@ pub(crate) struct PeerCounts {
 pub(crate) struct PeerTicket {
     counts: Arc<PeerCounts>,
     ip: IpAddr,
+    identity: Option<Arc<str>>,
 }
 
 impl PeerCounts {
-    fn lock(&self) -> MutexGuard<'_, (HashMap<IpAddr, u32>, u32)> {
+    fn lock(&self) -> MutexGuard<'_, Counts> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One less under `key`; the key goes when it reaches zero.
+fn decrement<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u32>, key: &K) {
+    if let Some(n) = map.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(key);
+        }
     }
 }
 
 impl Drop for PeerTicket {
     fn drop(&mut self) {
         let mut g = self.counts.lock();
-        let (map, total) = &mut *g;
-        *total = total.saturating_sub(1);
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
+        g.total = g.total.saturating_sub(1);
+        decrement(&mut g.peers, &self.ip);
+        if let Some(i) = &self.identity {
+            decrement(&mut g.identities, i);
         }
     }
 }
@@ -103,31 +122,50 @@ impl Placement {
     }
 
     /// Counts one more tunnel from `ip`, or refuses it (429) past a cap.
+    #[cfg(test)]
     pub(crate) fn admit(&self, ip: IpAddr, per_peer: u32, all: u32) -> Result<PeerTicket, Error> {
+        self.admit_as(ip, per_peer, all, None)
+    }
+
+    /// Counts one more tunnel from `ip` of `identity` (with its cap), or
+    /// refuses it (429) past a cap.
+    pub(crate) fn admit_as(&self, ip: IpAddr, per_peer: u32, all: u32, identity: Option<(&Arc<str>, u32)>) -> Result<PeerTicket, Error> {
         let mut g = self.peers.lock();
-        let (map, total) = &mut *g;
-        if *total >= all {
-            return Err(Error::TooManyTunnels(format!("the lb holds {total} tunnels (limit tunnel.max_tunnels = {all})")));
+        if g.total >= all {
+            return Err(Error::TooManyTunnels(format!("the lb holds {} tunnels (limit tunnel.max_tunnels = {all})", g.total)));
         }
-        let n = map.entry(ip).or_insert(0);
-        if *n >= per_peer {
+        let n = g.peers.get(&ip).copied().unwrap_or(0);
+        if n >= per_peer {
             return Err(Error::TooManyTunnels(format!("{ip} already holds {n} tunnels (limit tunnel.max_tunnels_per_peer = {per_peer})")));
         }
-        *n += 1;
-        *total += 1;
-        Ok(PeerTicket { counts: self.peers.clone(), ip })
+        if let Some((name, cap)) = identity {
+            let held = g.identities.get(name).copied().unwrap_or(0);
+            if held >= cap {
+                return Err(Error::TooManyTunnels(format!("identity {name} already holds {held} tunnels (its max_tunnels = {cap})")));
+            }
+            *g.identities.entry(name.clone()).or_insert(0) += 1;
+        }
+        *g.peers.entry(ip).or_insert(0) += 1;
+        g.total += 1;
+        Ok(PeerTicket { counts: self.peers.clone(), ip, identity: identity.map(|(n, _)| n.clone()) })
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, WorkerEntry>> {
         self.workers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reserves a slot for a new tunnel of worker `id`.
-    pub(crate) fn place(&self, id: &Arc<str>, meta: &Arc<Meta>, here: usize, cap: u32) -> Result<Placed, Error> {
+    /// Reserves a slot for a new tunnel of worker `id`, set up by identity
+    /// `owner`; refused (409) while the id is live under another identity.
+    pub(crate) fn place(&self, id: &Arc<str>, meta: &Arc<Meta>, here: usize, cap: u32, owner: &Arc<str>) -> Result<Placed, Error> {
         let mut map = self.lock();
         let cores = self.cores;
+        if let Some(e) = map.get(id).filter(|e| e.owner != *owner) {
+            tracing::debug!(worker = %id, owner = %e.owner, "worker id held by another identity");
+            return Err(Error::WorkerIdTaken(format!("worker id {id:?} is live under another identity; choose another id")));
+        }
         let e = map.entry(id.clone()).or_insert_with(|| WorkerEntry {
             per_core: vec![0; cores],
+            owner: owner.clone(),
             meta: meta.clone(),
             permits: None,
             class_permits: HashMap::new(),
@@ -207,11 +245,11 @@ mod tests {
     fn spreads_evenly_and_prefers_here() {
         let p = Placement::new(3);
         let id: Arc<str> = Arc::from("w");
-        let cores: Vec<usize> = (0..6).map(|_| p.place(&id, &meta(), 1, 100).unwrap().core).collect();
+        let cores: Vec<usize> = (0..6).map(|_| p.place(&id, &meta(), 1, 100, &"test".into()).unwrap().core).collect();
         assert_eq!(cores, [1, 0, 2, 1, 0, 2]);
         p.release("w", 2);
-        assert_eq!(p.place(&id, &meta(), 0, 100).unwrap().core, 2);
-        assert!(matches!(p.place(&id, &meta(), 0, 6), Err(Error::TooManyTunnels(_))));
+        assert_eq!(p.place(&id, &meta(), 0, 100, &"test".into()).unwrap().core, 2);
+        assert!(matches!(p.place(&id, &meta(), 0, 6, &"test".into()), Err(Error::TooManyTunnels(_))));
         assert_eq!(p.core_for(b"any", b"/", 0), Some(1));
     }
 

@@ -1146,7 +1146,7 @@ mod tests {
         /// (a `Tunnel-Classes` value).
         fn tunnel_with(&mut self, id: &str, routes: &[&str], classes: &[u8]) {
             let meta = meta(routes, classes, None);
-            let placed = self.placement.place(&id.into(), &meta, 0, 100).unwrap();
+            let placed = self.placement.place(&id.into(), &meta, 0, 100, &"test".into()).unwrap();
             if self.stats.iter().all(|s| !Arc::ptr_eq(s, &placed.stats)) {
                 self.stats.push(placed.stats.clone());
             }
@@ -1502,7 +1502,7 @@ mod tests {
 
         /// An h1 tunnel of worker "w" (`meta`) on `core`.
         fn tunnel(&mut self, core: usize, meta: &Arc<Meta>) {
-            let placed = self.placement.place(&"w".into(), meta, core, 100).unwrap();
+            let placed = self.placement.place(&"w".into(), meta, core, 100, &"test".into()).unwrap();
             assert_eq!(placed.core, core, "tunnels are added to keep the cores even");
             add_tunnel(&mut self.pools[core], &self.placement, &mut self.peers, "w", meta.clone(), placed);
         }
