@@ -119,7 +119,7 @@ mod tests {
         assert_eq!(files.len(), 8);
         // The lb's certificate loads as a server certificate...
         let spec = crate::tls::CertSpec { cert: dir.join("lb.pem"), key: dir.join("lb.key"), names: vec![] };
-        crate::tls::ServerTls::new(vec![spec]).expect("lb certificate loads");
+        crate::tls::ServerTls::new(vec![spec], &Default::default()).expect("lb certificate loads");
         // ...and verifies against the CA for its names.
         use rustls::client::danger::ServerCertVerifier;
         use rustls::pki_types::pem::PemObject;

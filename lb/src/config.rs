@@ -57,6 +57,10 @@ pub struct IdentityFile {
     /// The token itself, or (better) its SHA-256 as 64 hex digits.
     pub token: Option<String>,
     pub token_sha256: Option<String>,
+    /// Worker certificate names (subject CN, DNS or URI subjectAltName)
+    /// that are this identity: exact, or a prefix ending in `*`. Needs
+    /// `tunnel.client_ca`.
+    pub cert_names: Option<Vec<String>>,
     /// Origins it may claim ("*": any).
     pub origins: Option<Vec<String>>,
     /// Path prefixes its routes must lie under (default: any path).
@@ -129,6 +133,12 @@ pub struct TunnelFile {
     /// Allows a cleartext tunnel listener on a non-loopback address (tokens
     /// and traffic then cross the network unencrypted).
     pub insecure_cleartext: Option<bool>,
+    /// CA certificates (PEM) that worker client certificates must chain to
+    /// (mutual TLS on the tunnel listener); relative to this file.
+    pub client_ca: Option<String>,
+    /// Refuse workers without a valid client certificate at the handshake
+    /// (default false: token workers still connect).
+    pub require_client_cert: Option<bool>,
 }
 
 /// `[forwarding]`: what the lb says about the client to the worker.
@@ -454,6 +464,8 @@ pub struct Config {
     pub tls_certs: Vec<crate::tls::CertSpec>,
     /// Named worker identities (`[[identities]]`).
     pub identities: Vec<crate::tunnel::identity::Identity>,
+    /// Worker certificates on the tunnel listener (`tunnel.client_ca`).
+    pub worker_certs: crate::tls::WorkerCerts,
     pub tunnel_listen: SocketAddr,
     /// TLS on the tunnel listener; `None`: on unless it is on loopback.
     pub tunnel_tls: Option<bool>,
@@ -533,11 +545,18 @@ fn identity(
     if !(1..=64).contains(&f.name.len()) || !f.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
         return Err(cerr(&key("name"), format!("{:?}: expected 1 to 64 of A-Z a-z 0-9 - _ .", f.name)));
     }
+    let cert_names = f.cert_names.unwrap_or_default();
+    if cert_names.iter().any(|n| n.is_empty() || n == "*") {
+        return Err(cerr(&key("cert_names"), "each is a name, or a prefix ending in * (not * alone)"));
+    }
     let d = match (&f.token, &f.token_sha256) {
-        (Some(t), None) if t.len() >= 16 && t.bytes().all(|b| b.is_ascii_graphic()) => digest(t.as_bytes()),
+        (Some(t), None) if t.len() >= 16 && t.bytes().all(|b| b.is_ascii_graphic()) => Some(digest(t.as_bytes())),
         (Some(_), None) => return Err(cerr(&key("token"), "expected at least 16 printable ASCII characters without spaces")),
-        (None, Some(h)) => parse_digest(h).ok_or_else(|| cerr(&key("token_sha256"), "expected 64 hex digits (sha256sum of the token)"))?,
-        _ => return Err(cerr(&key("token"), "give exactly one of token or token_sha256")),
+        (None, Some(h)) => {
+            Some(parse_digest(h).ok_or_else(|| cerr(&key("token_sha256"), "expected 64 hex digits (sha256sum of the token)"))?)
+        }
+        (None, None) if !cert_names.is_empty() => None,
+        _ => return Err(cerr(&key("token"), "give one of token or token_sha256 (or cert_names)")),
     };
     let origins = match f.origins {
         None => origins.clone(),
@@ -567,7 +586,9 @@ fn identity(
         max_tunnels: range(&key("max_tunnels"), Some(f.max_tunnels.unwrap_or(1024)), 1, 1 << 20)?,
         worker_ids,
     };
-    Ok(Identity::new(&f.name, d, grant))
+    let mut id = Identity::with_digest(&f.name, d, grant);
+    id.cert_names = cert_names;
+    Ok(id)
 }
 
 /// A DNS name, or `*.` followed by one (RFC 6125 §6.4.3: the wildcard is
@@ -739,6 +760,10 @@ impl Config {
             client_tls_listen,
             tls_certs,
             identities,
+            worker_certs: crate::tls::WorkerCerts {
+                ca: f.tunnel.client_ca.as_deref().map(path),
+                required: f.tunnel.require_client_cert.unwrap_or(false),
+            },
             tunnel_listen,
             tunnel_tls,
             insecure_cleartext: f.tunnel.insecure_cleartext.unwrap_or(false),

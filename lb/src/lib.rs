@@ -170,7 +170,7 @@ pub fn run(cfg: Config) -> Result<Lb, StartupError> {
                 what: "a TLS listener needs a certificate: [[tls.certificates]] in the config, or --tls-cert and --tls-key".into(),
             }))
         }
-        (false, false) => Some(tls::ServerTls::new(cfg.tls_certs.clone())?),
+        (false, false) => Some(tls::ServerTls::new(cfg.tls_certs.clone(), &cfg.worker_certs)?),
     };
     let tunnels = listen::bind_group("tunnel", cfg.tunnel_listen, cores)?;
     let admin = match cfg.admin_listen {

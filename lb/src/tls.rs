@@ -128,6 +128,35 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
+/// How the tunnel listener treats worker certificates.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerCerts {
+    /// CA certificates (PEM) worker certificates must chain to; `None`: no
+    /// worker certificates are asked for.
+    pub ca: Option<PathBuf>,
+    /// A worker without a valid certificate is refused at the handshake.
+    pub required: bool,
+}
+
+/// The names a worker certificate carries, for mapping it to an identity:
+/// its subject's common names, then its DNS and URI subjectAltNames. Only
+/// called on a certificate the verifier accepted.
+pub fn cert_names(der: &CertificateDer<'_>) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der.as_ref()) else { return Vec::new() };
+    let mut names: Vec<String> = cert.subject().iter_common_name().filter_map(|cn| cn.as_str().ok()).map(str::to_string).collect();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                x509_parser::extensions::GeneralName::DNSName(d) | x509_parser::extensions::GeneralName::URI(d) => {
+                    names.push(d.to_string())
+                }
+                _ => {}
+            }
+        }
+    }
+    names
+}
+
 /// TLS for the client listeners, shared by all cores.
 #[derive(Debug)]
 pub struct ServerTls {
@@ -145,22 +174,43 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 impl ServerTls {
-    /// Loads the certificates and builds the server config.
-    pub fn new(specs: Vec<CertSpec>) -> Result<ServerTls, TlsError> {
+    /// Loads the certificates and builds the server configs. `workers`:
+    /// how the tunnel listener checks worker certificates (mutual TLS).
+    pub fn new(specs: Vec<CertSpec>, workers: &WorkerCerts) -> Result<ServerTls, TlsError> {
         let set = CertSet::load(&specs)?;
         let resolver = Arc::new(Resolver { current: RwLock::new(Arc::new(set)) });
-        let mut config = rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Rustls(e.to_string()))?
-            .with_no_client_auth()
-            .with_cert_resolver(resolver.clone());
-        config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
-        // Resumption: stateless tickets (TLS 1.2 and 1.3), keys shared by
-        // every core; the stateful cache stays for clients without tickets.
-        config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Rustls(e.to_string()))?;
-        let mut tunnel = config.clone();
-        tunnel.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(ServerTls { config: Arc::new(config), tunnel: Arc::new(tunnel), resolver, specs })
+        let build = |verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>, alpn: &[&[u8]]| {
+            let b = rustls::ServerConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| TlsError::Rustls(e.to_string()))?;
+            let mut config = match verifier {
+                Some(v) => b.with_client_cert_verifier(v).with_cert_resolver(resolver.clone()),
+                None => b.with_no_client_auth().with_cert_resolver(resolver.clone()),
+            };
+            config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            // Resumption: stateless tickets (TLS 1.2 and 1.3), keys shared
+            // by every core; the stateful cache stays for clients without.
+            config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Rustls(e.to_string()))?;
+            Ok::<_, TlsError>(Arc::new(config))
+        };
+        let verifier = match &workers.ca {
+            None => None,
+            Some(ca) => {
+                let file = |why: String| TlsError::File { file: ca.clone(), why };
+                let mut roots = rustls::RootCertStore::empty();
+                for c in CertificateDer::pem_file_iter(ca).map_err(|e| file(format!("reading certificates: {e}")))? {
+                    roots.add(c.map_err(|e| file(format!("reading certificates: {e}")))?).map_err(|e| file(e.to_string()))?;
+                }
+                if roots.is_empty() {
+                    return Err(file("no CERTIFICATE block in the file".into()));
+                }
+                let b = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+                // Optional unless required: token workers connect without one.
+                let b = if workers.required { b } else { b.allow_unauthenticated() };
+                Some(b.build().map_err(|e| file(e.to_string()))?)
+            }
+        };
+        Ok(ServerTls { config: build(None, &ALPN)?, tunnel: build(verifier, &[b"http/1.1"])?, resolver, specs })
     }
 
     /// A server connection for one accepted tunnel socket.

@@ -95,6 +95,17 @@ pub fn tool(name: &str) -> bool {
     found
 }
 
+/// Starts a worker whose setups the lb refuses, waits for the first
+/// refusal and returns it as the worker logged it (status and reason).
+pub fn refused_setup(cfg: ptth_workerd::Config) -> String {
+    let w = ptth_workerd::serve(cfg, || Responder::Hello).expect("worker starts");
+    wait_until("the setup is refused", || w.last_error(0).is_some());
+    let why = w.last_error(0).expect("a refusal");
+    assert_eq!(w.tunnels(), 0, "{why}");
+    w.kill();
+    why
+}
+
 pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let until = Instant::now() + STEP;
     while !cond() {

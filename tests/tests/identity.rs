@@ -37,15 +37,6 @@ fn worker(lb: &ptth_lb::Lb, id: &str, token: &str, route: &str, per_core: u32) -
     c
 }
 
-fn refused(cfg: ptth_workerd::Config) -> String {
-    let w = ptth_workerd::serve(cfg, || Responder::Hello).expect("worker starts");
-    wait_until("the setup is refused", || w.last_error(0).is_some());
-    let why = w.last_error(0).unwrap();
-    assert_eq!(w.tunnels(), 0, "{why}");
-    w.kill();
-    why
-}
-
 #[test]
 fn named_tokens_bound_what_each_worker_claims() {
     let lb = lb_with_identities(64);
@@ -62,19 +53,19 @@ fn named_tokens_bound_what_each_worker_claims() {
     assert_eq!(identity("payroll-1"), Some("payroll".into()));
 
     // Over-claims: 403 with what was refused.
-    let why = refused(worker(&lb, "billing-2", BILLING, "/payroll/", 1));
+    let why = refused_setup(worker(&lb, "billing-2", BILLING, "/payroll/", 1));
     assert!(why.contains("403") && why.contains("identity billing may not route /payroll/"), "{why}");
-    let why = refused(worker(&lb, "payroll-9", BILLING, "/billing/", 1));
+    let why = refused_setup(worker(&lb, "payroll-9", BILLING, "/billing/", 1));
     assert!(why.contains("403") && why.contains("may not use worker id \"payroll-9\""), "{why}");
     let mut heavy = worker(&lb, "billing-3", BILLING, "/billing/", 1);
     heavy.meta.classes = ptth_proto::setup::parse_classes(br#"heavy=("/billing/run");limit=9"#).unwrap();
-    let why = refused(heavy);
+    let why = refused_setup(heavy);
     assert!(why.contains("403") && why.contains("identity billing: class heavy: limit 9 is above this lb's cap of 8"), "{why}");
-    let why = refused(worker(&lb, "billing-4", "not-a-known-token-at-all", "/billing/", 1));
+    let why = refused_setup(worker(&lb, "billing-4", "not-a-known-token-at-all", "/billing/", 1));
     assert!(why.contains("401") && why.contains("invalid bearer token"), "{why}");
     let mut none = worker(&lb, "billing-5", BILLING, "/billing/", 1);
     none.token = None;
-    let why = refused(none);
+    let why = refused_setup(none);
     assert!(why.contains("401") && why.contains("missing Authorization"), "{why}");
 }
 
@@ -84,7 +75,7 @@ fn a_live_worker_id_belongs_to_its_identity() {
     let _b = start_worker(worker(&lb, "billing", BILLING, "/billing/", 2), || Responder::Hello);
     // The impostor holds a valid token of another identity and calls
     // itself by the live worker's id, claiming other routes.
-    let why = refused(worker(&lb, "billing", PAYROLL, "/payroll/", 1));
+    let why = refused_setup(worker(&lb, "billing", PAYROLL, "/payroll/", 1));
     assert!(why.contains("409") && why.contains("worker id \"billing\" is live under another identity"), "{why}");
     let s = status(&lb);
     let w = s["workers"].as_array().unwrap().iter().find(|w| w["id"] == "billing").unwrap().clone();

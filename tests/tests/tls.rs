@@ -287,7 +287,7 @@ fn tls_tunnel_lb(d: &Path) -> ptth_lb::Lb {
 fn tls_worker(lb: &ptth_lb::Lb, id: &str, ca: &Path, inner: ptth_workerd::InnerProtocol) -> ptth_workerd::Config {
     let mut cfg = worker_config(lb, id, 2);
     cfg.protocols = vec![inner];
-    cfg.tls = Some(ptth_workerd::client_tls(Some(ca)).expect("client TLS"));
+    cfg.tls = Some(ptth_workerd::client_tls(Some(ca), None).expect("client TLS"));
     cfg
 }
 

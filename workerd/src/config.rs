@@ -58,8 +58,12 @@ pub struct Config {
 
 /// A TLS client config trusting the PEM certificates in `ca`, or the
 /// system's roots without one; ALPN `http/1.1` (the PTTH setup is an
-/// HTTP/1.1 request). Errors name the file.
-pub fn client_tls(ca: Option<&std::path::Path>) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+/// HTTP/1.1 request). `cert`: a client certificate chain and its key (PEM)
+/// for lbs that identify workers by certificate. Errors name the file.
+pub fn client_tls(
+    ca: Option<&std::path::Path>,
+    cert: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     match ca {
@@ -84,11 +88,23 @@ pub fn client_tls(ca: Option<&std::path::Path>) -> Result<std::sync::Arc<rustls:
         }
     }
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut c = rustls::ClientConfig::builder_with_provider(provider)
+    let b = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut c = match cert {
+        None => b.with_no_client_auth(),
+        Some((chain, key)) => {
+            let certs = rustls::pki_types::CertificateDer::pem_file_iter(chain)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("--tls-cert {}: {e}", chain.display()))?;
+            if certs.is_empty() {
+                return Err(format!("--tls-cert {}: no CERTIFICATE block in the file", chain.display()));
+            }
+            let k = rustls::pki_types::PrivateKeyDer::from_pem_file(key).map_err(|e| format!("--tls-key {}: {e}", key.display()))?;
+            b.with_client_auth_cert(certs, k).map_err(|e| format!("--tls-key {}: {e}", key.display()))?
+        }
+    };
     c.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(std::sync::Arc::new(c))
 }

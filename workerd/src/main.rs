@@ -12,7 +12,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USAGE: &str = "usage: ptth-workerd --lb ADDR [--lb ADDR]... (--origin URL | --respond SPEC)
          [--claim ORIGIN]... [--route PREFIX]... [--id ID] [--token TOKEN]
-         [--tls] [--ca FILE] [--tls-name NAME]
+         [--tls] [--ca FILE] [--tls-name NAME] [--tls-cert FILE --tls-key FILE]
          [--tunnels-per-core N] [--max-concurrency N] [--weight N] [--class DECL]...
          [--inner h2,http/1.1] [--max-streams N] [--stream-window BYTES]
          [--connection-window BYTES] [--threads N] [--pin]
@@ -32,6 +32,8 @@ const USAGE: &str = "usage: ptth-workerd --lb ADDR [--lb ADDR]... (--origin URL 
   --tls                  TLS to the lb, verified against the system's root certificates
   --ca FILE              TLS to the lb, verified against the PEM certificates in FILE
   --tls-name NAME        the name the lb's certificate must carry (default: the --lb host)
+  --tls-cert FILE        client certificate (PEM chain) for an lb that identifies workers by it
+  --tls-key FILE         its private key
   --tunnels-per-core N   tunnels kept on each lb core (default 8)
   --max-concurrency N    requests at once across all tunnels and lb cores
   --weight N             relative share of requests, 1..1000 (default 1)
@@ -77,6 +79,7 @@ fn parse(args: Vec<String>) -> Result<(Config, Mode, LogFormat), String> {
     let mut claims = Vec::new();
     let (mut health_path, mut check_ms) = (None, 1000u64);
     let (mut tls, mut ca) = (false, None::<String>);
+    let (mut client_cert, mut client_key) = (None::<String>, None::<String>);
     let mut it = args.into_iter();
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag}: missing value"));
@@ -118,6 +121,8 @@ fn parse(args: Vec<String>) -> Result<(Config, Mode, LogFormat), String> {
             "--tls" => tls = true,
             "--ca" => ca = Some(value()?),
             "--tls-name" => cfg.tls_name = Some(value()?),
+            "--tls-cert" => client_cert = Some(value()?),
+            "--tls-key" => client_key = Some(value()?),
             "--tunnels-per-core" => cfg.tunnels_per_core = int(value()?, 1, 1024)? as u32,
             "--max-concurrency" => cfg.meta.max_concurrency = Some(int(value()?, 1, 1_000_000)? as u32),
             "--weight" => cfg.meta.weight = int(value()?, 1, 1000)? as u32,
@@ -185,8 +190,14 @@ fn parse(args: Vec<String>) -> Result<(Config, Mode, LogFormat), String> {
     if cfg.token.is_none() {
         cfg.token = std::env::var("PTTH_TOKEN").ok().filter(|t| !t.is_empty());
     }
-    if tls || ca.is_some() {
-        cfg.tls = Some(ptth_workerd::client_tls(ca.as_deref().map(std::path::Path::new))?);
+    let cert = match (&client_cert, &client_key) {
+        (Some(c), Some(k)) => Some((std::path::Path::new(c.as_str()), std::path::Path::new(k.as_str()))),
+        (None, None) => None,
+        (Some(_), None) => return Err("--tls-cert: needs --tls-key FILE too".into()),
+        (None, Some(_)) => return Err("--tls-key: needs --tls-cert FILE too".into()),
+    };
+    if tls || ca.is_some() || cert.is_some() {
+        cfg.tls = Some(ptth_workerd::client_tls(ca.as_deref().map(std::path::Path::new), cert)?);
     } else if cfg.tls_name.is_some() {
         return Err("--tls-name: only with --tls or --ca".into());
     }

@@ -65,24 +65,41 @@ impl Who<'_> {
     }
 }
 
-/// Authentication (a named identity's token, the shared token, or loopback
-/// when no token is configured), then what the setup claims against the
-/// grant. The worker id it will use is decided here (a named identity's
-/// worker without `Tunnel-Worker-Id` is named after it).
-fn authorize<'a>(cfg: &'a Config, req: &SetupRequest, peer: SocketAddr) -> Result<(Who<'a>, Arc<str>), Error> {
-    let who = match &req.bearer {
-        Some(b) => match identity::find(&cfg.identities, b.as_bytes()) {
-            Some(i) => Who::Named(i),
-            None => match &cfg.token {
-                Some(t) if identity::same_secret(b.as_bytes(), t.as_bytes()) => Who::SharedToken,
-                _ => return Err(Error::Unauthorized("invalid bearer token")),
-            },
-        },
-        None if cfg.token.is_some() || !cfg.identities.is_empty() => {
-            return Err(Error::Unauthorized("missing Authorization: Bearer <token>"))
+/// Authentication (the worker certificate the TLS handshake verified, a
+/// named identity's token, the shared token, or loopback when no token is
+/// configured), then what the setup claims against the grant. `cert`: the
+/// verified certificate's names, empty without one. The worker id it will
+/// use is decided here (a named identity's worker without
+/// `Tunnel-Worker-Id` is named after it).
+fn authorize<'a>(cfg: &'a Config, req: &SetupRequest, peer: SocketAddr, cert: &[String]) -> Result<(Who<'a>, Arc<str>), Error> {
+    let by_cert = identity::find_by_cert(&cfg.identities, cert);
+    if by_cert.is_none() && !cert.is_empty() && req.bearer.is_none() {
+        return Err(Error::Forbidden(format!("the client certificate ({}) is no identity's here", cert.join(", "))));
+    }
+    let who = match (&req.bearer, by_cert) {
+        (None, Some(i)) => Who::Named(i),
+        (Some(b), by_cert) => {
+            let by_token = match identity::find(&cfg.identities, b.as_bytes()) {
+                Some(i) => Who::Named(i),
+                None => match &cfg.token {
+                    Some(t) if identity::same_secret(b.as_bytes(), t.as_bytes()) => Who::SharedToken,
+                    // A wrong token is refused even beside a good certificate.
+                    _ => return Err(Error::Unauthorized("invalid bearer token")),
+                },
+            };
+            match (by_token, by_cert) {
+                (Who::Named(t), Some(c)) if !Arc::ptr_eq(&t.name, &c.name) => {
+                    return Err(Error::Forbidden("the client certificate and the token are different identities".into()))
+                }
+                (_, Some(c)) => Who::Named(c),
+                (w, None) => w,
+            }
         }
-        None if peer.ip().is_loopback() => Who::Loopback,
-        None => return Err(Error::Forbidden("no token is configured on this lb: only loopback workers are accepted".into())),
+        (None, None) if cfg.token.is_some() || !cfg.identities.is_empty() => {
+            return Err(Error::Unauthorized("missing Authorization: Bearer <token> (or a client certificate)"))
+        }
+        (None, None) if peer.ip().is_loopback() => Who::Loopback,
+        (None, None) => return Err(Error::Forbidden("no token is configured on this lb: only loopback workers are accepted".into())),
     };
     let id: Arc<str> = match (&req.meta.id, &who) {
         (Some(id), _) => Arc::from(id.as_str()),
@@ -178,7 +195,12 @@ async fn setup(core: Rc<Core>, tcp: TcpStream, peer: SocketAddr) {
         let e = Error::Setup(ptth_proto::SetupError::Malformed("the worker sent data before the 101".into()));
         return reject(&core, &mut stream, &e, peer, req.meta.id.as_deref()).await;
     }
-    let (who, id) = match authorize(cfg, &req, peer) {
+    // The names of the worker certificate the handshake verified.
+    let cert = match &stream {
+        TunnelStream::Tls(s) => s.conn().peer_certificates().and_then(|c| c.first()).map(crate::tls::cert_names).unwrap_or_default(),
+        TunnelStream::Plain(_) => Vec::new(),
+    };
+    let (who, id) = match authorize(cfg, &req, peer, &cert) {
         Ok(w) => w,
         Err(e) => return reject(&core, &mut stream, &e, peer, req.meta.id.as_deref()).await,
     };
@@ -290,12 +312,12 @@ mod tests {
         let mut cfg = Config::ephemeral();
         let lo: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let far: SocketAddr = "10.0.0.1:1".parse().unwrap();
-        assert!(authorize(&cfg, &setup_req(Claim::Any, None), lo).is_ok());
-        assert!(matches!(authorize(&cfg, &setup_req(Claim::Any, None), far), Err(Error::Forbidden(_))));
+        assert!(authorize(&cfg, &setup_req(Claim::Any, None), lo, &[]).is_ok());
+        assert!(matches!(authorize(&cfg, &setup_req(Claim::Any, None), far, &[]), Err(Error::Forbidden(_))));
         cfg.token = Some("t".into());
-        assert!(authorize(&cfg, &setup_req(Claim::Any, Some("t")), far).is_ok());
-        assert!(matches!(authorize(&cfg, &setup_req(Claim::Any, Some("u")), lo), Err(Error::Unauthorized(_))));
-        assert!(matches!(authorize(&cfg, &setup_req(Claim::Any, None), lo), Err(Error::Unauthorized(_))));
+        assert!(authorize(&cfg, &setup_req(Claim::Any, Some("t")), far, &[]).is_ok());
+        assert!(matches!(authorize(&cfg, &setup_req(Claim::Any, Some("u")), lo, &[]), Err(Error::Unauthorized(_))));
+        assert!(matches!(authorize(&cfg, &setup_req(Claim::Any, None), lo, &[]), Err(Error::Unauthorized(_))));
     }
 
     #[test]
@@ -312,19 +334,19 @@ mod tests {
         };
         cfg.identities = vec![Identity::new("billing", digest(b"billing-token-123"), grant)];
         cfg.token = Some("shared-token".into());
-        let (who, id) = authorize(&cfg, &setup_req(Claim::Any, Some("billing-token-123")), far).unwrap();
+        let (who, id) = authorize(&cfg, &setup_req(Claim::Any, Some("billing-token-123")), far, &[]).unwrap();
         assert!(matches!(who, Who::Named(i) if &*i.name == "billing"));
         assert_eq!(&*id, "billing", "a named identity's worker without an id is named after it");
-        let (who, id) = authorize(&cfg, &setup_req(Claim::Any, Some("shared-token")), far).unwrap();
+        let (who, id) = authorize(&cfg, &setup_req(Claim::Any, Some("shared-token")), far, &[]).unwrap();
         assert!(matches!(who, Who::SharedToken) && id.starts_with("anon@"));
-        assert!(matches!(authorize(&cfg, &setup_req(Claim::Any, Some("nope")), far), Err(Error::Unauthorized(_))));
+        assert!(matches!(authorize(&cfg, &setup_req(Claim::Any, Some("nope")), far, &[]), Err(Error::Unauthorized(_))));
         // With identities configured, loopback needs a token too.
         cfg.token = None;
         let lo: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        assert!(matches!(authorize(&cfg, &setup_req(Claim::Any, None), lo), Err(Error::Unauthorized(_))));
+        assert!(matches!(authorize(&cfg, &setup_req(Claim::Any, None), lo, &[]), Err(Error::Unauthorized(_))));
         let mut r = setup_req(Claim::Any, Some("billing-token-123"));
         r.meta.id = Some("payroll".into());
-        assert!(matches!(authorize(&cfg, &r, far), Err(Error::Forbidden(why)) if why.contains("may not use worker id \"payroll\"")));
+        assert!(matches!(authorize(&cfg, &r, far, &[]), Err(Error::Forbidden(why)) if why.contains("may not use worker id \"payroll\"")));
     }
 
     #[test]
@@ -337,9 +359,9 @@ mod tests {
             r
         };
         let heavy = with(br#"heavy=("POST /report/");u=1;limit=50, default;u=0"#);
-        assert!(authorize(&cfg, &heavy, lo).is_ok(), "no caps configured: anything the protocol allows");
+        assert!(authorize(&cfg, &heavy, lo, &[]).is_ok(), "no caps configured: anything the protocol allows");
         cfg.classes.allowed = Some(vec!["light".into()]);
-        let refused = |r: &SetupRequest, cfg: &Config| match authorize(cfg, r, lo) {
+        let refused = |r: &SetupRequest, cfg: &Config| match authorize(cfg, r, lo, &[]) {
             Err(Error::Forbidden(why)) => why,
             other => panic!("expected 403, got {other:?}"),
         };
@@ -351,10 +373,10 @@ mod tests {
         cfg.classes.max_limit = 10;
         assert!(refused(&heavy, &cfg).contains("class heavy: limit 50 is above this lb's cap of 10"));
         cfg.classes.max_limit = 50;
-        assert!(authorize(&cfg, &heavy, lo).is_ok());
+        assert!(authorize(&cfg, &heavy, lo, &[]).is_ok());
         // A class may shorten the lb's queue wait, never lengthen it.
         cfg.profile.queue_wait = std::time::Duration::from_millis(2000);
-        assert!(authorize(&cfg, &with(br#"heavy=("/r/");wait=2000;queue=10"#), lo).is_ok());
+        assert!(authorize(&cfg, &with(br#"heavy=("/r/");wait=2000;queue=10"#), lo, &[]).is_ok());
         assert!(refused(&with(br#"heavy=("/r/");wait=2001"#), &cfg)
             .contains("class heavy: wait=2001 ms is longer than this lb lets a request wait (queue.max_wait_ms = 2000)"));
     }

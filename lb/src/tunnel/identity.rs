@@ -32,17 +32,25 @@ pub struct Grant {
     pub worker_ids: Option<Vec<String>>,
 }
 
-/// One named identity: a token (as its digest) and a grant.
+/// One named identity: a token (as its digest) and/or the names of its
+/// worker certificates, and a grant.
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub name: Arc<str>,
-    digest: [u8; 32],
+    digest: Option<[u8; 32]>,
+    /// Certificate names that are this identity: exact, or `prefix*`.
+    pub cert_names: Vec<String>,
     pub grant: Grant,
 }
 
 impl Identity {
+    /// An identity known by its token.
     pub fn new(name: &str, digest: [u8; 32], grant: Grant) -> Identity {
-        Identity { name: Arc::from(name), digest, grant }
+        Identity::with_digest(name, Some(digest), grant)
+    }
+
+    pub fn with_digest(name: &str, digest: Option<[u8; 32]>, grant: Grant) -> Identity {
+        Identity { name: Arc::from(name), digest, cert_names: Vec::new(), grant }
     }
 }
 
@@ -78,11 +86,17 @@ pub fn find<'a>(identities: &'a [Identity], token: &[u8]) -> Option<&'a Identity
     let d = digest(token);
     let mut found = None;
     for i in identities {
-        if same_secret(&d, &i.digest) {
+        if i.digest.is_some_and(|x| same_secret(&d, &x)) {
             found = Some(i);
         }
     }
     found
+}
+
+/// The identity a verified worker certificate's names map to: the first
+/// whose `cert_names` matches one of them.
+pub fn find_by_cert<'a>(identities: &'a [Identity], names: &[String]) -> Option<&'a Identity> {
+    identities.iter().find(|i| names.iter().any(|n| id_allowed(&i.cert_names, n)))
 }
 
 /// Whether worker id `id` is one of `patterns` (exact, or `prefix*`).
