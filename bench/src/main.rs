@@ -24,9 +24,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: ptth-bench h1-wrk|h2-h2load|mixed [--duration SECS] [--connections N] [--streams N] [--threads N] [--rounds N]
-                     [--tunnels-per-core N] [--h2-tunnels-per-core N] [--workerd-threads N] [--lb-cores N] [--only ptth,ptth-h1,nginx,haproxy]
+                     [--tunnels-per-core N] [--h2-tunnels-per-core N] [--workerd-threads N] [--lb-cores N] [--only ptth,ptth-h1,nginx,haproxy] [--tls]
                      [--baseline DIR --baseline-label REV] [--out DIR]
 Run from the repository root after `cargo build --release` (bench/run.sh does both).
+--tls: clients over TLS (wrk https, h2load h2 by ALPN); ptth, nginx and HAProxy terminate it with
+one certificate from `ptth-lb certs dev` (not with --baseline).
 --baseline DIR adds ptth@base and ptth-h1@base: the same setups with DIR/ptth-lb and
 DIR/ptth-workerd (another commit's binaries), interleaved in the same rounds.
 `ptth-bench mixed --help`: the heavy-flood scenario's own flags.";
@@ -65,6 +67,19 @@ struct Opts {
     /// Directory holding another build's ptth-lb and ptth-workerd.
     baseline: Option<PathBuf>,
     baseline_label: String,
+    /// Clients over TLS (HTTP/1.1 or h2 by ALPN); every proxy terminates it
+    /// with one certificate (`ptth-lb certs dev`).
+    tls: bool,
+}
+
+impl Opts {
+    fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
 }
 
 fn parse(args: &[String]) -> Result<Opts, String> {
@@ -83,6 +98,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         out: PathBuf::from("bench/results"),
         baseline: None,
         baseline_label: "baseline".into(),
+        tls: false,
     };
     let mut it = args.iter();
     match it.next().map(String::as_str) {
@@ -95,6 +111,10 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         None => return Err("name a scenario: h1-wrk, h2-h2load or mixed".into()),
     }
     while let Some(flag) = it.next() {
+        if flag == "--tls" {
+            o.tls = true;
+            continue;
+        }
         let v = it.next().ok_or_else(|| format!("{flag}: missing value"))?;
         let num = |lo: u64, hi: u64| {
             v.parse::<u64>().ok().filter(|n| (lo..=hi).contains(n)).ok_or_else(|| format!("{flag}: expected {lo}..{hi}"))
@@ -116,6 +136,10 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             _ => return Err(format!("unknown flag {flag:?}")),
         }
     }
+    if o.tls && o.baseline.is_some() {
+        // Its binaries may predate TLS; compare builds without --tls.
+        return Err("--tls and --baseline do not go together".into());
+    }
     if let Some(b) = &o.baseline {
         check_baseline(b)?;
         for t in ["ptth", "ptth-h1"] {
@@ -134,6 +158,8 @@ pub(crate) const NGINX: u16 = 18081;
 pub(crate) const HAPROXY: u16 = 18082;
 pub(crate) const PTTH: u16 = 18083;
 pub(crate) const PTTH_TUNNEL: u16 = 17000;
+/// ptth's plain listener while its TLS one takes `PTTH` (`--tls`).
+const PTTH_PLAIN: u16 = 18084;
 
 pub(crate) fn port_free(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
@@ -232,7 +258,7 @@ fn to_ms(s: &str) -> Option<f64> {
 fn run_wrk(o: &Opts, port: u16, secs: u64) -> Result<WrkResult, String> {
     let out = Command::new("wrk")
         .args(["-t", &o.threads.to_string(), "-c", &o.connections.to_string(), "-d", &format!("{secs}s"), "--latency"])
-        .arg(format!("http://127.0.0.1:{port}/"))
+        .arg(format!("{}://127.0.0.1:{port}/", o.scheme()))
         .output()
         .map_err(|e| format!("running wrk: {e} (apt-get install wrk)"))?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -263,7 +289,7 @@ fn run_h2load(o: &Opts, port: u16, secs: u64, dir: &Path) -> Result<WrkResult, S
     let out = Command::new("h2load")
         .args(["-c", &o.connections.to_string(), "-m", &o.streams.to_string(), "-t", &o.threads.to_string(), "-D", &secs.to_string()])
         .arg(format!("--log-file={}", log.display()))
-        .arg(format!("http://127.0.0.1:{port}/"))
+        .arg(format!("{}://127.0.0.1:{port}/", o.scheme()))
         .output()
         .map_err(|e| format!("running h2load: {e} (apt-get install nghttp2-client)"))?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -337,8 +363,17 @@ fn start_target(name: &str, dir: &Path, o: &Opts, cores: u32) -> Result<Target, 
                 dir,
                 "proxy",
                 &format!(
-                    "  upstream origin {{ server 127.0.0.1:{ORIGIN}; keepalive 256; }}\n  server {{ listen 127.0.0.1:{NGINX}{h2}; http2_max_concurrent_streams 128; location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}",
-                    h2 = if o.scenario == Scenario::H2Load { " http2" } else { "" }
+                    "  upstream origin {{ server 127.0.0.1:{ORIGIN}; keepalive 256; }}\n  server {{ listen 127.0.0.1:{NGINX}{tls}{h2}; {certs}http2_max_concurrent_streams 128; location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}",
+                    h2 = if o.scenario == Scenario::H2Load { " http2" } else { "" },
+                    tls = if o.tls { " ssl" } else { "" },
+                    certs = if o.tls {
+                        format!(
+                            "ssl_certificate {c}/lb.pem; ssl_certificate_key {c}/lb.key; ssl_session_tickets on; ",
+                            c = dir.join("certs").display()
+                        )
+                    } else {
+                        String::new()
+                    }
                 ),
                 &cores.to_string(),
             )?;
@@ -353,9 +388,13 @@ fn start_target(name: &str, dir: &Path, o: &Opts, cores: u32) -> Result<Target, 
         }
         "haproxy" => {
             let conf = format!(
-                "global\n  nbthread {cores}\n  cpu-map auto:1/1-{cores} 0-{last}\n  maxconn 4096\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  http-reuse always\nfrontend f\n  bind 127.0.0.1:{HAPROXY}{h2}\n  default_backend b\nbackend b\n  server o 127.0.0.1:{ORIGIN}\n",
+                "global\n  nbthread {cores}\n  cpu-map auto:1/1-{cores} 0-{last}\n  maxconn 4096\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  http-reuse always\nfrontend f\n  bind 127.0.0.1:{HAPROXY}{bind}\n  default_backend b\nbackend b\n  server o 127.0.0.1:{ORIGIN}\n",
                 last = cores - 1,
-                h2 = if o.scenario == Scenario::H2Load { " proto h2" } else { "" }
+                bind = match (o.tls, o.scenario) {
+                    (true, _) => format!(" ssl crt {} alpn h2,http/1.1", dir.join("certs/haproxy.pem").display()),
+                    (false, Scenario::H2Load) => " proto h2".into(),
+                    (false, Scenario::H1Wrk) => String::new(),
+                }
             );
             let p = dir.join("haproxy.cfg");
             std::fs::write(&p, conf).map_err(|e| e.to_string())?;
@@ -375,11 +414,23 @@ fn start_target(name: &str, dir: &Path, o: &Opts, cores: u32) -> Result<Target, 
                 (Some(d), true) => d.clone(),
                 _ => PathBuf::from("target/release"),
             };
+            let mut lb_cmd = Command::new(bin_dir.join("ptth-lb"));
+            if o.tls {
+                // The TLS listener takes the client port; the plain one
+                // moves out of the way.
+                let c = dir.join("certs");
+                lb_cmd
+                    .args(["--tls-listen", &format!("127.0.0.1:{PTTH}"), "--listen", &format!("127.0.0.1:{PTTH_PLAIN}")])
+                    .arg("--tls-cert")
+                    .arg(c.join("lb.pem"))
+                    .arg("--tls-key")
+                    .arg(c.join("lb.key"));
+            } else {
+                lb_cmd.args(["--listen", &format!("127.0.0.1:{PTTH}")]);
+            }
             let lb = spawn(
                 "ptth-lb",
-                Command::new(bin_dir.join("ptth-lb")).args([
-                    "--listen",
-                    &format!("127.0.0.1:{PTTH}"),
+                lb_cmd.args([
                     "--tunnel-listen",
                     &format!("127.0.0.1:{PTTH_TUNNEL}"),
                     "--admin-listen",
@@ -439,6 +490,19 @@ struct Sample {
     cpu: f64,
     /// CPU seconds of its first process alone (ptth-lb for ptth).
     cpu_first: f64,
+}
+
+/// One certificate for every proxy: `ptth-lb certs dev` into DIR/certs, and
+/// the chain-plus-key file HAProxy's `crt` wants.
+fn make_certs(dir: &Path) -> Result<(), String> {
+    let c = dir.join("certs");
+    let out =
+        Command::new("target/release/ptth-lb").args(["certs", "dev"]).arg(&c).output().map_err(|e| format!("ptth-lb certs dev: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("ptth-lb certs dev: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    let read = |f: &str| std::fs::read_to_string(c.join(f)).map_err(|e| format!("{f}: {e}"));
+    std::fs::write(c.join("haproxy.pem"), read("lb.pem")? + &read("lb.key")?).map_err(|e| e.to_string())
 }
 
 /// Fails unless `dir` (`--baseline DIR`) holds both ptth binaries.
@@ -557,12 +621,15 @@ fn main() {
 fn run(o: &Opts) -> Result<(), String> {
     preflight(
         &[("wrk", "wrk"), ("h2load", "nghttp2-client"), ("nginx", "nginx-light"), ("haproxy", "haproxy")],
-        &[ORIGIN, NGINX, HAPROXY, PTTH, PTTH_TUNNEL],
+        &[ORIGIN, NGINX, HAPROXY, PTTH, PTTH_TUNNEL, PTTH_PLAIN],
     )?;
     let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
     let cores = if o.lb_cores == 0 { cpus } else { o.lb_cores };
     let dir = std::env::temp_dir().join(format!("ptth-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    if o.tls {
+        make_certs(&dir)?;
+    }
     let origin = start_origin(&dir)?;
     let mut samples: Vec<(String, String, Vec<Sample>)> = o.only.iter().map(|n| (n.clone(), String::new(), Vec::new())).collect();
     for round in 1..=o.rounds {
@@ -602,9 +669,11 @@ fn run(o: &Opts) -> Result<(), String> {
 
     let RunFacts { commit, date, lines } = run_facts(cpus);
     let mut md = String::new();
-    let title = match o.scenario {
-        Scenario::H1Wrk => "h1-wrk: wrk (HTTP/1.1) → proxy → nginx origin",
-        Scenario::H2Load => "h2-h2load: h2load (h2c) → proxy → nginx origin",
+    let title = match (o.scenario, o.tls) {
+        (Scenario::H1Wrk, false) => "h1-wrk: wrk (HTTP/1.1) → proxy → nginx origin",
+        (Scenario::H2Load, false) => "h2-h2load: h2load (h2c) → proxy → nginx origin",
+        (Scenario::H1Wrk, true) => "h1-wrk --tls: wrk (HTTP/1.1 over TLS) → proxy terminating TLS → nginx origin",
+        (Scenario::H2Load, true) => "h2-h2load --tls: h2load (h2 over TLS, ALPN) → proxy terminating TLS → nginx origin",
     };
     let _ = writeln!(md, "# {title}\n");
     let _ = writeln!(md, "{lines}");
@@ -684,7 +753,7 @@ Paired by round (this host's noise moves both of a round's runs together, so the
     }
     println!("{md}");
     std::fs::create_dir_all(&o.out).map_err(|e| e.to_string())?;
-    let file = o.out.join(format!("{}-{commit}-{}.md", &date[..10], o.scenario.name()));
+    let file = o.out.join(format!("{}-{commit}-{}{}.md", &date[..10], o.scenario.name(), if o.tls { "-tls" } else { "" }));
     std::fs::write(&file, &md).map_err(|e| format!("writing {}: {e}", file.display()))?;
     eprintln!("wrote {}", file.display());
     Ok(())
