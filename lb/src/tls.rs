@@ -280,6 +280,51 @@ mod tests {
         assert_eq!(which(Some("nobody.test")), 0, "unknown names get the first");
     }
 
+    /// Bytes a peer sent that the TLS layer holds (decrypted but not yet
+    /// read) make a pooled connection unusable, though its socket is quiet:
+    /// a worker's extra bytes must never be read as the next response.
+    #[test]
+    fn plaintext_held_by_the_tls_layer_counts_as_unread() {
+        use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+        let d = tmp("unread");
+        let spec = write(&d, "s", &["localhost"], &[]);
+        let tls = ServerTls::new(vec![spec.clone()], &WorkerCerts::default()).expect("tls");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_file(&spec.cert).unwrap()).unwrap();
+        let client_cfg = Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        );
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build().expect("runtime");
+        rt.block_on(async move {
+            let listener = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let client = monoio::spawn(async move {
+                let tcp = monoio::net::TcpStream::connect(addr).await.unwrap();
+                let conn = rustls::ClientConnection::new(client_cfg, "localhost".try_into().unwrap()).unwrap();
+                let mut s = ptth_proto::rt::tls::TlsStream::handshake(tcp, conn, std::time::Duration::from_secs(5)).await.unwrap();
+                // One write: one record carrying a "response" and extra bytes.
+                let (r, _) = s.write_all(b"okEXTRA".to_vec()).await;
+                r.unwrap();
+                s
+            });
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut s =
+                ptth_proto::rt::tls::TlsStream::handshake(tcp, tls.accept().unwrap(), std::time::Duration::from_secs(5)).await.unwrap();
+            let _client = client.await;
+            // Read exactly the "response".
+            let (r, buf) = s.read(Vec::with_capacity(2)).await;
+            assert_eq!((r.unwrap(), &buf[..]), (2, &b"ok"[..]));
+            assert!(s.has_unread(), "EXTRA is held by rustls, not on the socket");
+            let (r, buf) = s.read(Vec::with_capacity(64)).await;
+            assert_eq!((r.unwrap(), &buf[..]), (5, &b"EXTRA"[..]));
+            assert!(!s.has_unread());
+        });
+    }
+
     #[test]
     fn bad_files_name_the_file_and_what_is_wrong() {
         let d = tmp("bad");

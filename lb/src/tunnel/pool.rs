@@ -1032,7 +1032,7 @@ impl Pool {
             let Some(w) = w else { continue };
             let mut i = 0;
             while i < w.idle.len() {
-                if now.duration_since(w.idle[i].idle_since) >= min_idle && ptth_proto::rt::io::idle_conn_unusable(w.idle[i].stream.tcp()) {
+                if now.duration_since(w.idle[i].idle_since) >= min_idle && w.idle[i].stream.idle_unusable() {
                     w.idle.swap_remove(i);
                     dead.push(slot);
                 } else {
@@ -1074,7 +1074,7 @@ impl Pool {
     /// An idle h1 tunnel that hung up or sent bytes while no request was
     /// outstanding: closed before reuse, never trusted with a request.
     pub(crate) fn is_stale(t: &H1Tunnel) -> bool {
-        !t.rb.is_empty() || ptth_proto::rt::io::idle_conn_unusable(t.stream.tcp())
+        !t.rb.is_empty() || t.stream.idle_unusable()
     }
 
     /// Gives back a lease whose tunnel turned out unusable before the request

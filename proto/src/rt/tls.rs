@@ -112,6 +112,19 @@ where
         &self.io
     }
 
+    /// Whether the peer sent anything this side has not read yet: ciphertext
+    /// read from the socket but not given to rustls, or plaintext rustls
+    /// holds. A pooled connection that should be silent checks this as well
+    /// as its socket (`rt::io::idle_conn_unusable`), since such bytes never
+    /// show there.
+    pub fn has_unread(&self) -> bool {
+        if self.rd_pos < self.rd.len() {
+            return true;
+        }
+        // No new data is given: this only reports what is buffered.
+        self.tls.borrow_mut().process_new_packets().map_or(true, |s| s.plaintext_bytes_to_read() > 0)
+    }
+
     /// The poll-style face for the `h2` crate.
     pub fn into_poll(self) -> io::Result<TlsPoll<C>> {
         let (io, conn, unread) = self.into_parts();
@@ -201,7 +214,9 @@ where
             match self.feed().await {
                 Ok(_) => {}
                 Err(Fed::Io(e)) => return Err(e),
-                Err(Fed::Tls(e)) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+                // Not `InvalidData`: the read paths take that for a full
+                // buffer (431). A broken session is an aborted connection.
+                Err(Fed::Tls(e)) => return Err(io::Error::new(io::ErrorKind::ConnectionAborted, e)),
             }
         }
     }
@@ -448,7 +463,7 @@ where
             if let Err(e) = me.tls.process_new_packets() {
                 // Tell the peer (best effort), then fail the read.
                 let _ = me.poll_flush_tls(cx);
-                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionAborted, e)));
             }
             // Records the peer's messages call for (a key update answer).
             if me.tls.wants_write() {
@@ -526,6 +541,16 @@ where
             MaybeTls::Plain(s) => MaybeTlsPoll::Plain(s.into_poll_io()?),
             MaybeTls::Tls(s) => MaybeTlsPoll::Tls(s.into_poll()?),
         })
+    }
+
+    /// Whether a connection that should be silent cannot carry another
+    /// message: the peer closed it, or sent bytes (on the socket, or held
+    /// by the TLS layer) while nothing was asked of it.
+    pub fn idle_unusable(&self) -> bool {
+        match self {
+            MaybeTls::Plain(s) => crate::rt::io::idle_conn_unusable(s),
+            MaybeTls::Tls(s) => s.has_unread() || crate::rt::io::idle_conn_unusable(s.tcp()),
+        }
     }
 
     /// The rustls connection, for a TLS one.
