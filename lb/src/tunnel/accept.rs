@@ -130,21 +130,53 @@ fn authorize<'a>(cfg: &'a Config, req: &SetupRequest, peer: SocketAddr, cert: &[
 
 /// Logs a refused setup, at most so many a second (a flood of bad setups
 /// must not flood the log).
-fn log_refusal(core: &Core, peer: SocketAddr, worker: Option<&str>, status: u16, why: &dyn std::fmt::Display) {
+/// What is known of a setup when it is refused, for its log event.
+#[derive(Default)]
+struct Seen<'a> {
+    worker: Option<&'a str>,
+    identity: Option<&'a str>,
+    claims: Option<String>,
+}
+
+impl<'a> Seen<'a> {
+    fn of(req: &'a SetupRequest) -> Seen<'a> {
+        Seen { worker: req.meta.id.as_deref(), identity: None, claims: Some(claims(&req.claim, &req.meta.routes, &req.meta.classes)) }
+    }
+}
+
+/// A setup's claims in one line: origins; routes; classes.
+fn claims(claim: &Claim, routes: &[String], classes: &[ptth_proto::setup::ClassDecl]) -> String {
+    let origins = match claim {
+        Claim::Any => "any origin".to_string(),
+        Claim::Origins(o) => o.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(", "),
+    };
+    let routes = if routes.is_empty() { "every path".to_string() } else { routes.join(", ") };
+    let classes = if classes.is_empty() {
+        String::new()
+    } else {
+        format!("; classes {}", classes.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", "))
+    };
+    format!("{origins}; {routes}{classes}")
+}
+
+/// Logs a refused setup as one event (identity, peer, worker id, claims,
+/// status and reason), at most so many a second (a flood of bad setups
+/// must not flood the log).
+fn log_refusal(core: &Core, peer: SocketAddr, seen: &Seen<'_>, status: u16, why: &dyn std::fmt::Display) {
     stats::add(&core.stats().setups_rejected, 1);
     if status == 404 {
         return;
     }
     if let Some(held) = core.refusals.admit(Instant::now()) {
         let more = if held > 0 { format!(" ({held} more refusals not logged in the last second)") } else { String::new() };
-        let worker = worker.unwrap_or("-");
-        tracing::warn!(%peer, worker, status, "tunnel setup refused: {why}{more}");
+        let (worker, identity, claims) = (seen.worker.unwrap_or("-"), seen.identity.unwrap_or("-"), seen.claims.as_deref().unwrap_or("-"));
+        tracing::warn!(%peer, worker, identity, claims, status, "tunnel setup refused: {why}{more}");
     }
 }
 
-async fn reject(core: &Core, stream: &mut TunnelStream, e: &Error, peer: SocketAddr, worker: Option<&str>) {
+async fn reject(core: &Core, stream: &mut TunnelStream, e: &Error, peer: SocketAddr, seen: &Seen<'_>) {
     let status = e.status().unwrap_or(400);
-    log_refusal(core, peer, worker, status, e);
+    log_refusal(core, peer, seen, status, e);
     let retry = e.is_retryable().then_some(core.shared.cfg.profile.retry_after_s.max(1));
     let mut out = Vec::with_capacity(256);
     write_reject(&mut out, status, &e.to_string(), retry);
@@ -166,7 +198,7 @@ async fn setup(core: Rc<Core>, tcp: TcpStream, peer: SocketAddr) {
             match TlsStream::handshake(tcp, conn, cfg.profile.handshake_timeout).await {
                 Ok(s) => TunnelStream::Tls(Box::new(s)),
                 // No HTTP answer is possible without TLS; the alert said why.
-                Err(e) => return log_refusal(&core, peer, None, 400, &format_args!("TLS: {e}")),
+                Err(e) => return log_refusal(&core, peer, &Seen::default(), 400, &format_args!("TLS: {e}")),
             }
         }
         _ => TunnelStream::Plain(tcp),
@@ -178,7 +210,7 @@ async fn setup(core: Rc<Core>, tcp: TcpStream, peer: SocketAddr) {
         match h1::parse_request(rb.data(), &limits, &mut head) {
             Ok(Parsed::Complete) => break,
             Ok(Parsed::Partial) => {}
-            Err(e) => return reject(&core, &mut stream, &Error::Head(e), peer, None).await,
+            Err(e) => return reject(&core, &mut stream, &Error::Head(e), peer, &Seen::default()).await,
         }
         let left = deadline.saturating_duration_since(Instant::now());
         match rb.fill(&mut stream, left).await {
@@ -189,11 +221,12 @@ async fn setup(core: Rc<Core>, tcp: TcpStream, peer: SocketAddr) {
     }
     let req = match SetupRequest::parse(rb.data(), &head) {
         Ok(r) => r,
-        Err(e) => return reject(&core, &mut stream, &Error::Setup(e), peer, None).await,
+        Err(e) => return reject(&core, &mut stream, &Error::Setup(e), peer, &Seen::default()).await,
     };
+    let mut seen = Seen::of(&req);
     if rb.data().len() > head.len {
         let e = Error::Setup(ptth_proto::SetupError::Malformed("the worker sent data before the 101".into()));
-        return reject(&core, &mut stream, &e, peer, req.meta.id.as_deref()).await;
+        return reject(&core, &mut stream, &e, peer, &seen).await;
     }
     // The names of the worker certificate the handshake verified.
     let cert = match &stream {
@@ -202,17 +235,19 @@ async fn setup(core: Rc<Core>, tcp: TcpStream, peer: SocketAddr) {
     };
     let (who, id) = match authorize(cfg, &req, peer, &cert) {
         Ok(w) => w,
-        Err(e) => return reject(&core, &mut stream, &e, peer, req.meta.id.as_deref()).await,
+        Err(e) => return reject(&core, &mut stream, &e, peer, &seen).await,
     };
     let owner = who.owner();
+    seen.identity = Some(&owner);
+    seen.worker = Some(&id);
     if percore::draining(&core.shared) {
-        return reject(&core, &mut stream, &Error::Draining, peer, req.meta.id.as_deref()).await;
+        return reject(&core, &mut stream, &Error::Draining, peer, &seen).await;
     }
     let Some(protocol) = req.choose(SUPPORTED) else {
         let e = Error::Setup(ptth_proto::SetupError::Malformed(
             "no supported inner protocol offered; this lb speaks ALPN h2 and http%2F1.1".into(),
         ));
-        return reject(&core, &mut stream, &e, peer, req.meta.id.as_deref()).await;
+        return reject(&core, &mut stream, &e, peer, &seen).await;
     };
     let cap = match &who {
         Who::Named(i) => Some((&i.name, i.grant.max_tunnels)),
@@ -220,12 +255,12 @@ async fn setup(core: Rc<Core>, tcp: TcpStream, peer: SocketAddr) {
     };
     let ticket = match core.shared.placement.admit_as(peer.ip(), cfg.max_tunnels_per_peer, cfg.max_tunnels, cap) {
         Ok(t) => t,
-        Err(e) => return reject(&core, &mut stream, &e, peer, Some(&id)).await,
+        Err(e) => return reject(&core, &mut stream, &e, peer, &seen).await,
     };
     let meta = Arc::new(Meta::new(req.claim.clone(), &req.meta));
     let placed = match core.shared.placement.place(&id, &meta, core.id, cfg.max_tunnels_per_worker, &owner) {
         Ok(p) => p,
-        Err(e) => return reject(&core, &mut stream, &e, peer, Some(&id)).await,
+        Err(e) => return reject(&core, &mut stream, &e, peer, &seen).await,
     };
     log_registration(&core, &id, &meta, peer, &owner);
     let to = placed.core;
@@ -246,12 +281,8 @@ async fn setup(core: Rc<Core>, tcp: TcpStream, peer: SocketAddr) {
 fn log_registration(core: &Core, id: &str, meta: &Meta, peer: SocketAddr, identity: &str) {
     let first = core.shared.placement.lock().get(id).is_some_and(|e| e.per_core.iter().sum::<u32>() == 1);
     if first {
-        let claim = match &meta.claim {
-            Claim::Any => "any origin".to_string(),
-            Claim::Origins(o) => o.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(", "),
-        };
-        let routes = if meta.routes.is_empty() { "every path".to_string() } else { meta.routes.join(", ") };
-        tracing::info!(worker = %id, identity, %peer, weight = meta.weight, "worker joined: {claim}; {routes}");
+        let claims = claims(&meta.claim, &meta.routes, &meta.classes);
+        tracing::info!(worker = %id, identity, %peer, weight = meta.weight, "worker joined: {claims}");
     }
 }
 
