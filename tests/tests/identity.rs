@@ -112,3 +112,23 @@ fn an_identity_past_its_tunnel_cap_gets_429_with_retry_after() {
     a.kill();
     b.kill();
 }
+
+#[test]
+fn tunnels_of_one_id_declare_the_same_and_a_restart_takes_over_cleanly() {
+    let lb = lb_with_identities(64);
+    let first = start_worker(worker(&lb, "billing", BILLING, "/billing/a/", 2), || Responder::Hello);
+    // A second process, same identity and id, other routes: refused while
+    // the first lives, so nothing routes by two sets of claims at once.
+    let second_cfg = || worker(&lb, "billing", BILLING, "/billing/b/", 2);
+    let why = refused_setup(second_cfg());
+    assert!(why.contains("409") && why.contains("live with other claims"), "{why}");
+    let routes = |lb: &ptth_lb::Lb| lb.status().workers.iter().find(|w| w.id == "billing").map(|w| w.routes.clone());
+    assert_eq!(routes(&lb), Some(vec!["/billing/a/".to_string()]), "/status shows the live claims");
+    // The first one goes (a restart): the new claims take over.
+    first.kill();
+    let _second = ptth_workerd::serve(second_cfg(), || Responder::Hello).unwrap();
+    wait_until("the restarted worker covers the lb", || _second.is_covered());
+    assert_eq!(routes(&lb), Some(vec!["/billing/b/".to_string()]));
+    assert_eq!(get(lb.client_addr(), "/billing/b/x").status, 200);
+    assert_eq!(get(lb.client_addr(), "/billing/a/x").status, 503, "the old routes left with the old tunnels");
+}

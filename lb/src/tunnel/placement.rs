@@ -159,9 +159,20 @@ impl Placement {
     pub(crate) fn place(&self, id: &Arc<str>, meta: &Arc<Meta>, here: usize, cap: u32, owner: &Arc<str>) -> Result<Placed, Error> {
         let mut map = self.lock();
         let cores = self.cores;
-        if let Some(e) = map.get(id).filter(|e| e.owner != *owner) {
-            tracing::debug!(worker = %id, owner = %e.owner, "worker id held by another identity");
-            return Err(Error::WorkerIdTaken(format!("worker id {id:?} is live under another identity; choose another id")));
+        if let Some(e) = map.get(id) {
+            if e.owner != *owner {
+                tracing::debug!(worker = %id, owner = %e.owner, "worker id held by another identity");
+                return Err(Error::WorkerIdTaken(format!("worker id {id:?} is live under another identity; choose another id")));
+            }
+            // Tunnels of one id agree on what they declare: a second process
+            // with other claims would otherwise route by both, and /status
+            // show only one. A restarted worker joins once its old tunnels
+            // have closed (the entry goes with the last one).
+            if e.per_core.iter().any(|&n| n > 0) && *e.meta != **meta {
+                return Err(Error::WorkerIdTaken(format!(
+                    "worker id {id:?} is live with other claims; tunnels of one id must declare the same (wait for its old tunnels to close, or use another id)"
+                )));
+            }
         }
         let e = map.entry(id.clone()).or_insert_with(|| WorkerEntry {
             per_core: vec![0; cores],
@@ -250,6 +261,13 @@ mod tests {
         p.release("w", 2);
         assert_eq!(p.place(&id, &meta(), 0, 100, &"test".into()).unwrap().core, 2);
         assert!(matches!(p.place(&id, &meta(), 0, 6, &"test".into()), Err(Error::TooManyTunnels(_))));
+        // Another identity, or other claims, for the live id: refused.
+        assert!(matches!(p.place(&id, &meta(), 0, 100, &"other".into()), Err(Error::WorkerIdTaken(m)) if m.contains("another identity")));
+        let mut other = (*meta()).clone();
+        other.weight += 1;
+        assert!(
+            matches!(p.place(&id, &Arc::new(other), 0, 100, &"test".into()), Err(Error::WorkerIdTaken(m)) if m.contains("other claims"))
+        );
         assert_eq!(p.core_for(b"any", b"/", 0), Some(1));
     }
 
