@@ -370,3 +370,73 @@ fn a_routable_cleartext_tunnel_listener_needs_an_explicit_setting() {
     cfg.tls_certs = vec![spec(&d)];
     assert_eq!(cfg.tunnel_tls(), Ok(true), "TLS by default off loopback");
 }
+
+#[test]
+fn certificates_reload_under_load_without_a_failed_request() {
+    let (a, b) = (dev("load-a", &["localhost"]), dev("load-b", &["localhost"]));
+    let live = dir("load-live");
+    std::fs::create_dir_all(&live).unwrap();
+    let put = |from: &Path| {
+        for f in ["lb.pem", "lb.key"] {
+            // Written aside and renamed: a reload never reads half a file.
+            std::fs::copy(from.join(f), live.join(format!("{f}.new"))).unwrap();
+            std::fs::rename(live.join(format!("{f}.new")), live.join(f)).unwrap();
+        }
+    };
+    put(&a);
+    let lb = tls_lb(vec![spec(&live)]);
+    let _w = responder(&lb, "w", Responder::Hello);
+    let addr = tls_addr(&lb);
+    // Clients trust both CAs: every handshake must succeed whichever
+    // certificate it meets, and every request on it.
+    let mut roots = rustls::RootCertStore::empty();
+    for d in [&a, &b] {
+        roots.add(rustls::pki_types::CertificateDer::from_pem_file(d.join("ca.pem")).unwrap()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(ptth_lb::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    // Full handshakes only: a resumed session carries no certificate.
+    cfg.resumption = rustls::client::Resumption::disabled();
+    let cfg = Arc::new(cfg);
+    let leaf_a = rustls::pki_types::CertificateDer::from_pem_file(a.join("lb.pem")).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (cfg, stop, leaf_a) = (cfg.clone(), stop.clone(), leaf_a.clone());
+            std::thread::spawn(move || {
+                // Requests served; sessions that met a's and b's certificate.
+                let (mut served, mut met_a, mut met_b) = (0u32, 0u32, 0u32);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let mut c = TlsClient::connect_with(addr, "localhost", cfg.clone()).expect("every handshake succeeds");
+                    let leaf = c.s.conn.peer_certificates().and_then(|p| p.first().cloned()).expect("a certificate");
+                    if leaf == leaf_a {
+                        met_a += 1;
+                    } else {
+                        met_b += 1;
+                    }
+                    for _ in 0..5 {
+                        let r = c.get("/");
+                        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+                        served += 1;
+                    }
+                }
+                (served, met_a, met_b)
+            })
+        })
+        .collect();
+    for i in 0..20 {
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        put(if i % 2 == 0 { &b } else { &a });
+        lb.reload_tls().expect("reload");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut served, mut met_a, mut met_b) = (0, 0, 0);
+    for c in clients {
+        let (s, x, y) = c.join().expect("no client failed");
+        (served, met_a, met_b) = (served + s, met_a + x, met_b + y);
+    }
+    assert!(served >= 20 && met_a > 0 && met_b > 0, "{served} requests; sessions on a's certificate {met_a}, on b's {met_b}");
+}
