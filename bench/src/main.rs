@@ -24,11 +24,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: ptth-bench h1-wrk|h2-h2load|mixed [--duration SECS] [--connections N] [--streams N] [--threads N] [--rounds N]
-                     [--tunnels-per-core N] [--h2-tunnels-per-core N] [--workerd-threads N] [--lb-cores N] [--only ptth,ptth-h1,nginx,haproxy] [--tls]
+                     [--tunnels-per-core N] [--h2-tunnels-per-core N] [--workerd-threads N] [--lb-cores N] [--only ptth,ptth-h1,nginx,haproxy] [--tls] [--new-conns]
                      [--baseline DIR --baseline-label REV] [--out DIR]
 Run from the repository root after `cargo build --release` (bench/run.sh does both).
 --tls: clients over TLS (wrk https, h2load h2 by ALPN); ptth, nginx and HAProxy terminate it with
 one certificate from `ptth-lb certs dev` (not with --baseline).
+--new-conns (h1-wrk): a new connection per request (Connection: close); with --tls, a full
+handshake per request.
 --baseline DIR adds ptth@base and ptth-h1@base: the same setups with DIR/ptth-lb and
 DIR/ptth-workerd (another commit's binaries), interleaved in the same rounds.
 `ptth-bench mixed --help`: the heavy-flood scenario's own flags.";
@@ -70,6 +72,9 @@ struct Opts {
     /// Clients over TLS (HTTP/1.1 or h2 by ALPN); every proxy terminates it
     /// with one certificate (`ptth-lb certs dev`).
     tls: bool,
+    /// h1-wrk: a new connection per request (`Connection: close`), so with
+    /// `--tls` every request pays a full handshake.
+    new_conns: bool,
 }
 
 impl Opts {
@@ -99,6 +104,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         baseline: None,
         baseline_label: "baseline".into(),
         tls: false,
+        new_conns: false,
     };
     let mut it = args.iter();
     match it.next().map(String::as_str) {
@@ -113,6 +119,10 @@ fn parse(args: &[String]) -> Result<Opts, String> {
     while let Some(flag) = it.next() {
         if flag == "--tls" {
             o.tls = true;
+            continue;
+        }
+        if flag == "--new-conns" {
+            o.new_conns = true;
             continue;
         }
         let v = it.next().ok_or_else(|| format!("{flag}: missing value"))?;
@@ -135,6 +145,9 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--baseline-label" => o.baseline_label = v.clone(),
             _ => return Err(format!("unknown flag {flag:?}")),
         }
+    }
+    if o.new_conns && o.scenario != Scenario::H1Wrk {
+        return Err("--new-conns is for h1-wrk".into());
     }
     if o.tls && o.baseline.is_some() {
         // Its binaries may predate TLS; compare builds without --tls.
@@ -258,6 +271,7 @@ fn to_ms(s: &str) -> Option<f64> {
 fn run_wrk(o: &Opts, port: u16, secs: u64) -> Result<WrkResult, String> {
     let out = Command::new("wrk")
         .args(["-t", &o.threads.to_string(), "-c", &o.connections.to_string(), "-d", &format!("{secs}s"), "--latency"])
+        .args(if o.new_conns { &["-H", "Connection: close"][..] } else { &[][..] })
         .arg(format!("{}://127.0.0.1:{port}/", o.scheme()))
         .output()
         .map_err(|e| format!("running wrk: {e} (apt-get install wrk)"))?;
@@ -678,7 +692,14 @@ fn run(o: &Opts) -> Result<(), String> {
     let _ = writeln!(md, "# {title}\n");
     let _ = writeln!(md, "{lines}");
     let load = match o.scenario {
-        Scenario::H1Wrk => format!("`wrk -t{} -c{} -d{}s --latency`", o.threads, o.connections, o.duration),
+        Scenario::H1Wrk => format!(
+            "`wrk -t{} -c{} -d{}s --latency{}`{}",
+            o.threads,
+            o.connections,
+            o.duration,
+            if o.new_conns { " -H 'Connection: close'" } else { "" },
+            if o.new_conns { " (a new connection per request)" } else { "" }
+        ),
         Scenario::H2Load => {
             format!("`h2load -t{} -c{} -m{} -D{}` (h2c, percentiles from --log-file)", o.threads, o.connections, o.streams, o.duration)
         }
@@ -753,7 +774,13 @@ Paired by round (this host's noise moves both of a round's runs together, so the
     }
     println!("{md}");
     std::fs::create_dir_all(&o.out).map_err(|e| e.to_string())?;
-    let file = o.out.join(format!("{}-{commit}-{}{}.md", &date[..10], o.scenario.name(), if o.tls { "-tls" } else { "" }));
+    let file = o.out.join(format!(
+        "{}-{commit}-{}{}{}.md",
+        &date[..10],
+        o.scenario.name(),
+        if o.tls { "-tls" } else { "" },
+        if o.new_conns { "-new-conns" } else { "" }
+    ));
     std::fs::write(&file, &md).map_err(|e| format!("writing {}: {e}", file.display()))?;
     eprintln!("wrote {}", file.display());
     Ok(())
