@@ -271,7 +271,8 @@ fn main() -> ExitCode {
         complain(format_args!("{e}"));
         return ExitCode::from(2);
     }
-    let no_token = cfg.token.is_none();
+    // Identities authenticate workers too (by token or certificate).
+    let no_token = cfg.token.is_none() && cfg.identities.is_empty();
     let lb = match ptth_lb::run(cfg) {
         Ok(lb) => lb,
         Err(e) => {

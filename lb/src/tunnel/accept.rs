@@ -65,6 +65,14 @@ impl Who<'_> {
     }
 }
 
+/// The identity a setup's certificate or token names, if any (for the log
+/// of a refused setup; `authorize` decides).
+fn identified(cfg: &Config, req: &SetupRequest, cert: &[String]) -> Option<Arc<str>> {
+    identity::find_by_cert(&cfg.identities, cert)
+        .or_else(|| req.bearer.as_ref().and_then(|b| identity::find(&cfg.identities, b.as_bytes())))
+        .map(|i| i.name.clone())
+}
+
 /// Authentication (the worker certificate the TLS handshake verified, a
 /// named identity's token, the shared token, or loopback when no token is
 /// configured), then what the setup claims against the grant. `cert`: the
@@ -235,7 +243,13 @@ async fn setup(core: Rc<Core>, tcp: TcpStream, peer: SocketAddr) {
     };
     let (who, id) = match authorize(cfg, &req, peer, &cert) {
         Ok(w) => w,
-        Err(e) => return reject(&core, &mut stream, &e, peer, &seen).await,
+        Err(e) => {
+            // The event names who was refused, when the credentials named
+            // someone (a grant refusal).
+            let name = identified(cfg, &req, &cert);
+            seen.identity = name.as_deref();
+            return reject(&core, &mut stream, &e, peer, &seen).await;
+        }
     };
     let owner = who.owner();
     seen.identity = Some(&owner);
