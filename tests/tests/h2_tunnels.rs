@@ -1,5 +1,5 @@
 //! HTTP/2 tunnels: many streams on one tunnel, GOAWAY drain during a rolling
-//! restart with no request lost, PING liveness.
+//! restart with no request lost (cleartext and TLS tunnels), PING liveness.
 
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -85,13 +85,44 @@ impl Load {
 
 #[test]
 fn rolling_restart_of_three_workers_loses_nothing() {
-    let lb = start_lb(2, |_| {});
-    let mut workers: Vec<_> = (0..3).map(|i| h2_worker(&lb, &format!("gen0-{i}"), Responder::Delay(Duration::from_millis(5)))).collect();
+    rolling_restart_loses_nothing(false);
+}
+
+/// The same over TLS tunnels: the h2 crate over the project's TLS stream,
+/// GOAWAY drain and all.
+#[test]
+fn rolling_restart_over_tls_tunnels_loses_nothing() {
+    rolling_restart_loses_nothing(true);
+}
+
+fn rolling_restart_loses_nothing(tls: bool) {
+    let certs = tls.then(|| {
+        let d = std::env::temp_dir().join(format!("ptth-h2-rolling-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        ptth_lb::certs::write_dev(&ptth_lb::certs::DevCerts::new(d.clone())).expect("certs");
+        d
+    });
+    let lb = start_lb(2, |c| {
+        if let Some(d) = &certs {
+            c.tunnel_tls = Some(true);
+            c.tls_certs = vec![ptth_lb::tls::CertSpec { cert: d.join("lb.pem"), key: d.join("lb.key"), names: vec![] }];
+        }
+    });
+    assert_eq!(lb.tunnel_tls, tls);
+    let worker = |id: &str| {
+        let mut cfg = worker_config(&lb, id, 1);
+        cfg.protocols = vec![InnerProtocol::H2];
+        if let Some(d) = &certs {
+            cfg.tls = Some(ptth_workerd::client_tls(Some(&d.join("ca.pem")), None).expect("client TLS"));
+        }
+        start_worker(cfg, || Responder::Delay(Duration::from_millis(5)))
+    };
+    let mut workers: Vec<_> = (0..3).map(|i| worker(&format!("gen0-{i}"))).collect();
     let load = Load::start(lb.client_addr(), 8);
     std::thread::sleep(Duration::from_millis(300));
     for (i, slot) in workers.iter_mut().enumerate() {
         // Replacement first, then drain the old one (GOAWAY on every tunnel).
-        let fresh = h2_worker(&lb, &format!("gen1-{i}"), Responder::Delay(Duration::from_millis(5)));
+        let fresh = worker(&format!("gen1-{i}"));
         let old = std::mem::replace(slot, fresh);
         std::thread::sleep(Duration::from_millis(200));
         old.stop();

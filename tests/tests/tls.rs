@@ -162,6 +162,20 @@ fn sni_chooses_the_certificate() {
     assert!(e.to_string().contains("certificate"), "{e}");
     // An unknown name gets the first.
     assert!(TlsClient::connect(addr, "other.test", &a.join("ca.pem")).is_err(), "a's certificate does not name other.test");
+    // h2 clients too: curl verifies each name against its own CA over h2.
+    if tool("curl") {
+        for (name, d) in [("a.test", &a), ("b.test", &b)] {
+            let out = Command::new("curl")
+                .args(["-s", "-S", "--max-time", "10", "--http2", "--cacert"])
+                .arg(d.join("ca.pem"))
+                .args(["--resolve", &format!("{name}:{}:127.0.0.1", addr.port()), "-o", "/dev/null", "-w", "%{http_code} %{http_version}"])
+                .arg(format!("https://{name}:{}/", addr.port()))
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(text, "200 2", "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
     let s = status(&lb);
     let failed: u64 = s["per_core"].as_array().unwrap().iter().map(|c| c["tls_handshakes_failed"].as_u64().unwrap()).sum();
     assert!(failed >= 1, "refused handshakes are counted: {s}");
