@@ -24,11 +24,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: ptth-bench h1-wrk|h2-h2load|mixed [--duration SECS] [--connections N] [--streams N] [--threads N] [--rounds N]
-                     [--tunnels-per-core N] [--h2-tunnels-per-core N] [--workerd-threads N] [--lb-cores N] [--only ptth,ptth-h1,nginx,haproxy] [--tls] [--new-conns]
+                     [--tunnels-per-core N] [--h2-tunnels-per-core N] [--workerd-threads N] [--lb-cores N] [--only ptth,ptth-h1,nginx,haproxy] [--tls] [--tunnel-tls] [--new-conns]
                      [--baseline DIR --baseline-label REV] [--out DIR]
 Run from the repository root after `cargo build --release` (bench/run.sh does both).
 --tls: clients over TLS (wrk https, h2load h2 by ALPN); ptth, nginx and HAProxy terminate it with
 one certificate from `ptth-lb certs dev` (not with --baseline).
+--tunnel-tls: ptth's tunnels over TLS too (workerd verifies the lb), as off loopback.
 --new-conns (h1-wrk): a new connection per request (Connection: close); with --tls, a full
 handshake per request.
 --baseline DIR adds ptth@base and ptth-h1@base: the same setups with DIR/ptth-lb and
@@ -75,6 +76,9 @@ struct Opts {
     /// h1-wrk: a new connection per request (`Connection: close`), so with
     /// `--tls` every request pays a full handshake.
     new_conns: bool,
+    /// ptth's tunnels over TLS too (the worker verifies the lb), as a
+    /// deployment off loopback runs them.
+    tunnel_tls: bool,
 }
 
 impl Opts {
@@ -105,6 +109,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         baseline_label: "baseline".into(),
         tls: false,
         new_conns: false,
+        tunnel_tls: false,
     };
     let mut it = args.iter();
     match it.next().map(String::as_str) {
@@ -123,6 +128,10 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         }
         if flag == "--new-conns" {
             o.new_conns = true;
+            continue;
+        }
+        if flag == "--tunnel-tls" {
+            o.tunnel_tls = true;
             continue;
         }
         let v = it.next().ok_or_else(|| format!("{flag}: missing value"))?;
@@ -149,7 +158,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
     if o.new_conns && o.scenario != Scenario::H1Wrk {
         return Err("--new-conns is for h1-wrk".into());
     }
-    if o.tls && o.baseline.is_some() {
+    if (o.tls || o.tunnel_tls) && o.baseline.is_some() {
         // Its binaries may predate TLS; compare builds without --tls.
         return Err("--tls and --baseline do not go together".into());
     }
@@ -429,6 +438,13 @@ fn start_target(name: &str, dir: &Path, o: &Opts, cores: u32) -> Result<Target, 
                 _ => PathBuf::from("target/release"),
             };
             let mut lb_cmd = Command::new(bin_dir.join("ptth-lb"));
+            if o.tunnel_tls {
+                lb_cmd.args(["--tunnel-tls", "on"]);
+                if !o.tls {
+                    let c = dir.join("certs");
+                    lb_cmd.arg("--tls-cert").arg(c.join("lb.pem")).arg("--tls-key").arg(c.join("lb.key"));
+                }
+            }
             if o.tls {
                 // The TLS listener takes the client port; the plain one
                 // moves out of the way.
@@ -455,9 +471,13 @@ fn start_target(name: &str, dir: &Path, o: &Opts, cores: u32) -> Result<Target, 
                 ]),
             )?;
             wait_port(PTTH)?;
+            let mut w_cmd = Command::new(bin_dir.join("ptth-workerd"));
+            if o.tunnel_tls {
+                w_cmd.arg("--ca").arg(dir.join("certs/ca.pem"));
+            }
             let w = spawn(
                 "ptth-workerd",
-                Command::new(bin_dir.join("ptth-workerd")).args([
+                w_cmd.args([
                     "--lb",
                     &format!("127.0.0.1:{PTTH_TUNNEL}"),
                     "--origin",
@@ -473,10 +493,11 @@ fn start_target(name: &str, dir: &Path, o: &Opts, cores: u32) -> Result<Target, 
             )?;
             // Tunnels come up within the backoff window; give them a moment.
             std::thread::sleep(Duration::from_millis(500));
+            let over = if o.tunnel_tls { " over TLS" } else { "" };
             let tunnels = if inner == "h2" {
-                format!("h2 tunnels, {} per core", o.h2_tunnels_per_core)
+                format!("h2 tunnels{over}, {} per core", o.h2_tunnels_per_core)
             } else {
-                format!("h1 tunnels, {} per core", o.tunnels_per_core)
+                format!("h1 tunnels{over}, {} per core", o.tunnels_per_core)
             };
             let build = if base { format!(" [{} binaries]", o.baseline_label) } else { String::new() };
             Ok(Target {
@@ -641,7 +662,7 @@ fn run(o: &Opts) -> Result<(), String> {
     let cores = if o.lb_cores == 0 { cpus } else { o.lb_cores };
     let dir = std::env::temp_dir().join(format!("ptth-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    if o.tls {
+    if o.tls || o.tunnel_tls {
         make_certs(&dir)?;
     }
     let origin = start_origin(&dir)?;
@@ -781,6 +802,11 @@ Paired by round (this host's noise moves both of a round's runs together, so the
         if o.tls { "-tls" } else { "" },
         if o.new_conns { "-new-conns" } else { "" }
     ));
+    let file = if o.tunnel_tls {
+        file.with_file_name(file.file_name().map_or_else(String::new, |n| n.to_string_lossy().replace(".md", "-tls-tunnels.md")))
+    } else {
+        file
+    };
     std::fs::write(&file, &md).map_err(|e| format!("writing {}: {e}", file.display()))?;
     eprintln!("wrote {}", file.display());
     Ok(())

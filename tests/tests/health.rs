@@ -134,7 +134,10 @@ fn a_worker_withdraws_while_its_origin_is_down_and_rejoins() {
     let health = OriginHealth::start(&o, check, true);
     let h = health.clone();
     let _side = start_worker(worker_config(&lb, "side", 2), move || Sidecar::with_health(o.clone(), h.clone()));
-    let _up = start_worker(worker_config(&lb, "up", 2), || Responder::Hello);
+    // The other worker is the slower one, so latency-aware selection keeps
+    // offering requests to the sidecar (with an instant responder beside
+    // it, an idle sidecar four times slower may be offered none at all).
+    let _up = start_worker(worker_config(&lb, "up", 2), || Responder::Delay(std::time::Duration::from_millis(20)));
     let addr = lb.client_addr();
     let served_by_origin = |n: usize| {
         let mut c = Client::connect(addr);
@@ -149,9 +152,8 @@ fn a_worker_withdraws_while_its_origin_is_down_and_rejoins() {
     wait_until("the sidecar takes requests", || served_by_origin(10) > 0);
     let at = origin.stop();
     wait_until("the health check sees the origin down", || health.is_down());
-    // Every request is served, by the other worker. Selection prefers the
-    // faster worker, so the sidecar may be offered a request only now and
-    // then: keep asking until one offered to it found it withdrawn.
+    // Every request is served, by the other worker; the sidecar is found
+    // withdrawn by the first request offered to it.
     wait_until("a request offered to the sidecar finds it withdrawn", || {
         assert_eq!(served_by_origin(5), 0);
         lb.status().workers.iter().any(|w| w.id == "side" && w.withdrawn)
