@@ -47,14 +47,20 @@ impl Detached {
     /// session with it); the stream back when that fails.
     pub(crate) fn of(s: TunnelStream) -> Result<Detached, TunnelStream> {
         match s {
-            MaybeTls::Plain(s) => crate::percore::detach(s).map(Detached::Plain).map_err(MaybeTls::Plain),
-            MaybeTls::Tls(s) => {
-                let (io, conn, unread) = s.into_parts();
-                match crate::percore::detach(io) {
-                    Ok(stream) => Ok(Detached::Tls { stream, conn: Box::new(conn), unread }),
-                    Err(io) => Err(MaybeTls::Tls(Box::new(TlsStream::from_parts(io, conn, unread)))),
-                }
-            }
+            MaybeTls::Plain(s) => Detached::plain(s).map_err(MaybeTls::Plain),
+            MaybeTls::Tls(s) => Detached::tls(s).map_err(MaybeTls::Tls),
+        }
+    }
+
+    pub(crate) fn plain(s: monoio::net::TcpStream) -> Result<Detached, monoio::net::TcpStream> {
+        crate::percore::detach(s).map(Detached::Plain)
+    }
+
+    pub(crate) fn tls(s: Box<TlsStream<rustls::ServerConnection>>) -> Result<Detached, Box<TlsStream<rustls::ServerConnection>>> {
+        let (io, conn, unread) = s.into_parts();
+        match crate::percore::detach(io) {
+            Ok(stream) => Ok(Detached::Tls { stream, conn: Box::new(conn), unread }),
+            Err(io) => Err(Box::new(TlsStream::from_parts(io, conn, unread))),
         }
     }
 

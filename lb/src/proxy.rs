@@ -27,7 +27,7 @@ use ptth_proto::h1::{self, BodyDecoder, ClientAddr, Forwarding, Framing, Parsed,
 use ptth_proto::rt::body::{AnySource, H1Source};
 use ptth_proto::rt::io::{split, write_all, Prefixed, ReadBuf, ReadHalf};
 use ptth_proto::rt::signal::Wait;
-use ptth_proto::rt::tls::{MaybeTls, TlsPoll, TlsStream};
+use ptth_proto::rt::tls::{TlsPoll, TlsStream};
 
 use crate::attempts::{self, Ended, Outcome};
 use crate::error::Error;
@@ -122,10 +122,7 @@ impl ClientStream for TcpStream {
         self
     }
     fn detach(self) -> Result<Detached, Self> {
-        Detached::of(MaybeTls::Plain(self)).map_err(|s| match s {
-            MaybeTls::Plain(s) => s,
-            MaybeTls::Tls(_) => unreachable!("a plain stream comes back plain"),
-        })
+        Detached::plain(self)
     }
 }
 
@@ -143,10 +140,7 @@ impl ClientStream for TlsStream<rustls::ServerConnection> {
         TlsStream::tcp(self)
     }
     fn detach(self) -> Result<Detached, Self> {
-        Detached::of(MaybeTls::Tls(Box::new(self))).map_err(|s| match s {
-            MaybeTls::Tls(s) => *s,
-            MaybeTls::Plain(_) => unreachable!("a TLS stream comes back TLS"),
-        })
+        Detached::tls(Box::new(self)).map_err(|s| *s)
     }
 }
 

@@ -22,6 +22,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+use ptth_proto::rt::tls::read_certs;
+
 /// ALPN protocol ids offered to clients, most preferred first (RFC 7301;
 /// RFC 9113 §3.2 for `h2`).
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
@@ -70,13 +72,7 @@ impl CertSet {
         let mut certs = Vec::with_capacity(specs.len());
         for s in specs {
             let file = |p: &Path, why: String| TlsError::File { file: p.to_path_buf(), why };
-            let chain = CertificateDer::pem_file_iter(&s.cert)
-                .map_err(|e| file(&s.cert, format!("reading certificates: {e}")))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| file(&s.cert, format!("reading certificates: {e}")))?;
-            if chain.is_empty() {
-                return Err(file(&s.cert, "no CERTIFICATE block in the file".into()));
-            }
+            let chain = read_certs(&s.cert).map_err(|why| file(&s.cert, why))?;
             let key = PrivateKeyDer::from_pem_file(&s.key).map_err(|e| file(&s.key, format!("reading the private key: {e}")))?;
             let signer = provider.key_provider.load_private_key(key).map_err(|e| file(&s.key, format!("unusable private key: {e}")))?;
             let ck = CertifiedKey::new(chain, signer);
@@ -198,11 +194,8 @@ impl ServerTls {
             Some(ca) => {
                 let file = |why: String| TlsError::File { file: ca.clone(), why };
                 let mut roots = rustls::RootCertStore::empty();
-                for c in CertificateDer::pem_file_iter(ca).map_err(|e| file(format!("reading certificates: {e}")))? {
-                    roots.add(c.map_err(|e| file(format!("reading certificates: {e}")))?).map_err(|e| file(e.to_string()))?;
-                }
-                if roots.is_empty() {
-                    return Err(file("no CERTIFICATE block in the file".into()));
+                for c in read_certs(ca).map_err(file)? {
+                    roots.add(c).map_err(|e| file(e.to_string()))?;
                 }
                 let b = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
                 // Optional unless required: token workers connect without one.

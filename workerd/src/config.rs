@@ -64,17 +64,12 @@ pub fn client_tls(
     ca: Option<&std::path::Path>,
     cert: Option<(&std::path::Path, &std::path::Path)>,
 ) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    use ptth_proto::rt::tls::read_certs;
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     match ca {
         Some(path) => {
-            let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| format!("--ca {}: {e}", path.display()))?;
-            if certs.is_empty() {
-                return Err(format!("--ca {}: no CERTIFICATE block in the file", path.display()));
-            }
-            for c in certs {
+            for c in read_certs(path).map_err(|why| format!("--ca {}: {why}", path.display()))? {
                 roots.add(c).map_err(|e| format!("--ca {}: {e}", path.display()))?;
             }
         }
@@ -95,12 +90,7 @@ pub fn client_tls(
     let mut c = match cert {
         None => b.with_no_client_auth(),
         Some((chain, key)) => {
-            let certs = rustls::pki_types::CertificateDer::pem_file_iter(chain)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| format!("--tls-cert {}: {e}", chain.display()))?;
-            if certs.is_empty() {
-                return Err(format!("--tls-cert {}: no CERTIFICATE block in the file", chain.display()));
-            }
+            let certs = read_certs(chain).map_err(|why| format!("--tls-cert {}: {why}", chain.display()))?;
             let k = rustls::pki_types::PrivateKeyDer::from_pem_file(key).map_err(|e| format!("--tls-key {}: {e}", key.display()))?;
             b.with_client_auth_cert(certs, k).map_err(|e| format!("--tls-key {}: {e}", key.display()))?
         }

@@ -40,6 +40,20 @@ use rustls::{ConnectionCommon, SideData};
 /// of payload plus its overhead).
 const CIPHERTEXT_READ: usize = 18 * 1024;
 
+/// The certificates in a PEM file, in order; an error (what is wrong, for
+/// the caller to put after the file's name) when it cannot be read or holds
+/// none.
+pub fn read_certs(path: &std::path::Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("reading certificates: {e}"))?;
+    if certs.is_empty() {
+        return Err("no CERTIFICATE block in the file".into());
+    }
+    Ok(certs)
+}
+
 /// A TLS connection over a monoio TCP socket (completion-style I/O).
 pub struct TlsStream<C> {
     io: TcpStream,
