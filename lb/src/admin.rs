@@ -19,14 +19,14 @@ pub(crate) async fn serve(core: Rc<Core>, listener: TcpListener) {
     // Stays up through the drain (until the kill), so /healthz can report it.
     let c = core.clone();
     crate::percore::accept_each(&core, listener, "admin", core.kill.clone(), move |stream, _| {
-        let shared = c.shared.clone();
-        crate::percore::spawn_killable(&c, async move { answer(&shared, stream).await });
+        let (shared, cfg) = (c.shared.clone(), c.cfg());
+        crate::percore::spawn_killable(&c, async move { answer(&shared, &cfg, stream).await });
     })
     .await;
 }
 
-async fn answer(shared: &Shared, mut stream: TcpStream) {
-    let p = &shared.cfg.profile;
+async fn answer(shared: &Shared, cfg: &crate::Config, mut stream: TcpStream) {
+    let p = &cfg.profile;
     let mut rb = ReadBuf::with_capacity(8192);
     let mut head = RequestHead::default();
     let limits = h1::Limits { max_head: 8192, ..p.limits };
@@ -71,9 +71,13 @@ fn route(shared: &Shared, buf: &[u8], head: &RequestHead) -> (u16, &'static str,
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Status {
     pub cores: usize,
+    /// Core 0's driver and pinning (each core's: `per_core[].driver`, `.cpu`).
     pub runtime: String,
     pub draining: bool,
     pub uptime_s: u64,
+    /// Reloads accepted since start (SIGHUP, `Lb::reload`).
+    #[serde(default)]
+    pub config_reloads: u64,
     pub requests: Totals,
     pub per_core: Vec<CoreStatus>,
     pub workers: Vec<WorkerStatus>,
@@ -114,6 +118,12 @@ pub struct Totals {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct CoreStatus {
     pub core: usize,
+    /// The I/O driver this core runs (and why not io_uring, if it fell back).
+    #[serde(default)]
+    pub driver: String,
+    /// The CPU this core's thread is pinned to; `None`: not pinned.
+    #[serde(default)]
+    pub cpu: Option<usize>,
     pub requests: u64,
     pub served_local: u64,
     pub served_migrated: u64,
@@ -198,6 +208,8 @@ pub(crate) fn status(shared: &Shared) -> Status {
         .enumerate()
         .map(|(i, s)| CoreStatus {
             core: i,
+            driver: shared.core_info[i].get().map(|c| c.driver.to_string()).unwrap_or_default(),
+            cpu: shared.core_info[i].get().and_then(|c| c.cpu),
             requests: get(&s.requests),
             served_local: get(&s.served_local),
             served_migrated: get(&s.served_migrated),
@@ -284,9 +296,10 @@ pub(crate) fn status(shared: &Shared) -> Status {
         .collect();
     Status {
         cores: shared.cores,
-        runtime: shared.driver.get().cloned().unwrap_or_default(),
+        runtime: shared.core_info[0].get().map(crate::CoreInfo::describe).unwrap_or_default(),
         draining: shared.draining.load(Ordering::Acquire),
         uptime_s: shared.started.elapsed().as_secs(),
+        config_reloads: shared.reloads.load(Ordering::Relaxed),
         requests: Totals {
             total: per_core.iter().map(|c| c.requests).sum(),
             served_local: per_core.iter().map(|c| c.served_local).sum(),

@@ -37,7 +37,8 @@ pub(crate) async fn serve<IO>(core: Rc<Core>, io: IO, peer: SocketAddr, migrated
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
 {
-    let p = &core.shared.cfg.profile;
+    let cfg = core.cfg();
+    let p = &cfg.profile;
     let mut b = h2::server::Builder::new();
     b.initial_window_size(p.h2_windows.stream)
         .initial_connection_window_size(p.h2_windows.connection)
@@ -235,7 +236,8 @@ fn prepare(
     }
     let h = &mut parts.headers;
     h.remove(http::header::HOST);
-    let policy = &core.shared.cfg.forwarding;
+    let cfg = core.cfg();
+    let policy = &cfg.forwarding;
     if !policy.trusts(peer.ip()) {
         // Names made once: removing by a `&str` parses it on every request.
         for name in [&http::header::FORWARDED, &X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST] {
@@ -283,7 +285,7 @@ fn send_error(core: &Core, respond: &RefCell<h2::server::SendResponse<Bytes>>, e
     let body = Bytes::from(format!("{status} {}: {e}\n", h1::reason(status)));
     let mut r = http::Response::builder().status(status).header(http::header::CONTENT_TYPE, "text/plain");
     if e.is_retryable() {
-        r = r.header(http::header::RETRY_AFTER, core.shared.cfg.profile.retry_after_s);
+        r = r.header(http::header::RETRY_AFTER, core.cfg().profile.retry_after_s);
     }
     let Ok(r) = r.header(http::header::CONTENT_LENGTH, body.len()).body(()) else { return };
     if let Ok(mut s) = respond.send_response(r, false) {

@@ -26,6 +26,19 @@ pub enum StartupError {
     Tls(#[from] crate::tls::TlsError),
 }
 
+/// Why a reload (SIGHUP, [`crate::Lb::reload`]) was refused; the config
+/// in force keeps serving, unchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
+    /// Settings fixed at start (listeners, cores, the runtime).
+    #[error("{} cannot change while ptth-lb runs (a restart applies it: start the new ptth-lb beside this one, then SIGTERM this one; docs/OPERATIONS.md)", .0.join(", "))]
+    NeedsRestart(Vec<String>),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     // ---- client side (downstream) ----

@@ -78,7 +78,7 @@ impl Ctx<'_> {
         Error::Unprocessed { worker: self.worker.to_string(), status, retry_after }
     }
     fn timed_out(&self) -> Failure {
-        Failure::sent(Error::ResponseTimeout { worker: self.worker.to_string(), after: self.core.shared.cfg.profile.response_timeout })
+        Failure::sent(Error::ResponseTimeout { worker: self.worker.to_string(), after: self.core.cfg().profile.response_timeout })
     }
 }
 
@@ -121,7 +121,8 @@ pub(crate) async fn run<R: AsyncReadRent, W: AsyncWriteRent>(
     mut resp: Responder<'_, W>,
     lease: &mut Lease,
 ) -> Result<Done, Failure> {
-    let p = &x.core.shared.cfg.profile;
+    let cfg = x.core.cfg();
+    let p = &cfg.profile;
     // The request can go out again only while its body is still whole here.
     let held = matches!(body, AnySource::Empty | AnySource::Held(_));
     let has_body = !matches!(body, AnySource::Empty);
@@ -301,7 +302,8 @@ async fn download<W: AsyncWriteRent>(
     resp: &mut Responder<'_, W>,
     started: &Cell<bool>,
 ) -> Result<Done, Failure> {
-    let p = &x.core.shared.cfg.profile;
+    let cfg = x.core.cfg();
+    let p = &cfg.profile;
     let mut dec;
     let mut h2_body = None;
     let mut h2_out = None;
@@ -375,7 +377,8 @@ async fn h1_head<W: AsyncWriteRent>(
     resp: &mut Responder<'_, W>,
     started: &Cell<bool>,
 ) -> Result<(), Failure> {
-    let p = &x.core.shared.cfg.profile;
+    let cfg = x.core.cfg();
+    let p = &cfg.profile;
     let deadline = Instant::now() + p.response_timeout;
     let limits = h1::Limits { max_head: p.tunnel_read.min(p.limits.max_head.max(64 * 1024)), ..p.limits };
     let mut interim = false;
@@ -418,7 +421,7 @@ impl<W: AsyncWriteRent> Responder<'_, W> {
         started.set(true);
         out.clear();
         h1::write_response_head(out, buf, head, Version::Http11, Persist::KeepAlive, false);
-        let (res, o) = write_all(w, std::mem::take(*out), x.core.shared.cfg.profile.io_timeout).await;
+        let (res, o) = write_all(w, std::mem::take(*out), x.core.cfg().profile.io_timeout).await;
         **out = o;
         res.map_err(|e| Failure::relayed(Error::ClientIo(e)))
     }

@@ -42,7 +42,8 @@ pub(crate) async fn handshake(
 /// Drives an h2 tunnel's connection until it closes, a PING goes unanswered,
 /// or the core is killed; then tells the pool.
 pub(crate) async fn drive(core: Rc<Core>, mut conn: h2::client::Connection<H2Io, Bytes>, tunnel: Rc<H2Tunnel>, worker: Rc<str>) {
-    let p = &core.shared.cfg.profile;
+    let cfg = core.cfg();
+    let p = &cfg.profile;
     let mut pinger = conn.ping_pong();
     let kill = core.kill.clone();
     let mut conn = std::pin::pin!(conn);

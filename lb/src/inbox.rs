@@ -28,6 +28,8 @@ pub(crate) enum CoreMsg {
     /// A concurrency permit of this worker was given back on another core
     /// while a request here waited for one (`tunnel::permits`).
     Capacity { worker: std::sync::Arc<str> },
+    /// A reload: serve new work with this config.
+    Config(std::sync::Arc<crate::Config>),
 }
 
 /// A client connection taken off its core's driver.

@@ -41,7 +41,7 @@ use std::time::Instant;
 use crossbeam_utils::CachePadded;
 
 pub use config::{Config, ConfigError, Profile};
-pub use error::{Error, StartupError};
+pub use error::{Error, ReloadError, StartupError};
 
 use crate::inbox::Inbox;
 use crate::stats::CoreStats;
@@ -57,12 +57,37 @@ pub(crate) struct Shared {
     pub(crate) inboxes: Arc<[Inbox]>,
     pub(crate) draining: AtomicBool,
     pub(crate) started: Instant,
-    pub(crate) driver: std::sync::OnceLock<String>,
+    /// What each core's thread got at start: driver and pinning.
+    pub(crate) core_info: Vec<std::sync::OnceLock<CoreInfo>>,
     /// TLS for the TLS client listeners and the tunnel listener (when
     /// either has it).
     pub(crate) tls: Option<tls::ServerTls>,
     /// The tunnel listener runs TLS.
     pub(crate) tunnel_tls: bool,
+    /// The config in force: the one started with, then each accepted
+    /// reload's (the cores hold copies; this one is for the next reload and
+    /// for `/status`).
+    pub(crate) current: std::sync::Mutex<Arc<Config>>,
+    /// Reloads accepted since start.
+    pub(crate) reloads: std::sync::atomic::AtomicU64,
+}
+
+/// How one core's thread runs: its I/O driver and the CPU it is pinned to.
+#[derive(Debug, Clone)]
+pub struct CoreInfo {
+    pub driver: ptth_proto::rt::runtime::Driver,
+    /// `None`: not pinned (`runtime.pin = false`, or the pin failed).
+    pub cpu: Option<usize>,
+}
+
+impl CoreInfo {
+    /// e.g. `io_uring (1024 entries, flags coop_taskrun), pinned to CPU 0`.
+    pub fn describe(&self) -> String {
+        match self.cpu {
+            Some(cpu) => format!("{}, pinned to CPU {cpu}", self.driver),
+            None => format!("{}, not pinned", self.driver),
+        }
+    }
 }
 
 /// A running lb.
@@ -77,8 +102,8 @@ pub struct Lb {
     pub admin_addr: Option<SocketAddr>,
     /// Cores running.
     pub cores: usize,
-    /// Driver, ring flags and pinning of core 0, as started.
-    pub runtime: String,
+    /// Driver, ring flags and pinning of each core, as started.
+    pub per_core: Vec<CoreInfo>,
     stop: Arc<AtomicBool>,
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
@@ -97,6 +122,58 @@ impl Lb {
             Some(t) => t.reload().map(|()| true),
             None => Ok(false),
         }
+    }
+
+    /// Applies a new config to new work: policy, identities and tokens,
+    /// limits, queues, timeouts, reserved routes, forwarding, the log filter
+    /// and the certificates. Tunnels and client connections stay; a request
+    /// under way finishes under the config it started with. Everything is
+    /// checked first: on an error nothing changes. Returns what changed,
+    /// one `key = value` (or `key changed`) each.
+    pub fn reload(&self, new: Config) -> Result<Vec<String>, ReloadError> {
+        let old = self.shared.current.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let resolved_tls = new.tunnel_tls();
+        let mut fixed = Vec::new();
+        let mut differs = |key: &str, changed: bool| {
+            if changed {
+                fixed.push(key.to_string());
+            }
+        };
+        differs("listen.client", new.client_listen != old.client_listen);
+        differs("listen.client_tls", new.client_tls_listen != old.client_tls_listen);
+        differs("listen.tunnel", new.tunnel_listen != old.tunnel_listen);
+        differs("listen.admin", new.admin_listen != old.admin_listen);
+        differs("tunnel.tls", resolved_tls.as_ref().is_ok_and(|&t| t != self.shared.tunnel_tls));
+        let (p, q) = (&new.profile, &old.profile);
+        differs("runtime.cores", resolve_cores(p.cores) != self.shared.cores);
+        differs("runtime.pin", p.pin != q.pin);
+        differs("runtime.driver", p.runtime.driver != q.runtime.driver);
+        differs("runtime.ring_flags", p.runtime.flags != q.runtime.flags);
+        differs("runtime.ring_entries", p.runtime.entries != q.runtime.entries);
+        if !fixed.is_empty() {
+            return Err(ReloadError::NeedsRestart(fixed));
+        }
+        let new_tunnel_tls = resolved_tls?;
+        ptth_proto::rt::logging::check_filter(&new.log_level).map_err(|e| ConfigError::new("log.level", e))?;
+        if let Some(tls) = &self.shared.tls {
+            if new.tls_certs.is_empty() {
+                return Err(ConfigError::new("tls.certificates", "the TLS listeners need a certificate").into());
+            }
+            // Last of the checks: it applies itself when it succeeds.
+            tls.reconfigure(new.tls_certs.clone(), &new.worker_certs)?;
+        }
+        let changes = config::effective::changes(&old, &new, new_tunnel_tls);
+        if !new.quiet {
+            // `--quiet` keeps its errors-only filter.
+            let _ = ptth_proto::rt::logging::set_filter(&new.log_level);
+        }
+        let new = Arc::new(new);
+        *self.shared.current.lock().unwrap_or_else(|p| p.into_inner()) = new.clone();
+        self.shared.reloads.fetch_add(1, Ordering::Relaxed);
+        for inbox in self.shared.inboxes.iter() {
+            inbox.send(inbox::CoreMsg::Config(new.clone()));
+        }
+        Ok(changes)
     }
 
     /// What `/status` reports, typed (no admin listener needed).
@@ -149,6 +226,21 @@ pub fn resolve_cores(requested: usize) -> usize {
     }
 }
 
+/// What an operator should hear about a config before it runs: settings
+/// that work but are likely not what was meant.
+pub fn config_warnings(cfg: &Config) -> Vec<String> {
+    let mut w = Vec::new();
+    let allowed = ptth_proto::rt::runtime::allowed_cpus().len().max(1);
+    if cfg.profile.cores > allowed {
+        w.push(format!(
+            "runtime.cores = {} but this process may run on {allowed} CPUs: the extra cores share CPUs{} and add latency, not throughput; set runtime.cores = 0 (one per allowed CPU) or at most {allowed}",
+            cfg.profile.cores,
+            if cfg.profile.pin { " (pinning wraps around)" } else { "" },
+        ));
+    }
+    w
+}
+
 /// Binds every listener, starts one thread per core and returns once all
 /// cores run.
 pub fn run(cfg: Config) -> Result<Lb, StartupError> {
@@ -165,10 +257,10 @@ pub fn run(cfg: Config) -> Result<Lb, StartupError> {
     let tls = match (cfg.client_tls_listen.is_empty() && !tunnel_tls, cfg.tls_certs.is_empty()) {
         (true, _) => None,
         (false, true) => {
-            return Err(StartupError::Config(config::ConfigError {
-                key: "listen.client_tls".into(),
-                what: "a TLS listener needs a certificate: [[tls.certificates]] in the config, or --tls-cert and --tls-key".into(),
-            }))
+            return Err(StartupError::Config(config::ConfigError::new(
+                "listen.client_tls",
+                "a TLS listener needs a certificate: [[tls.certificates]] in the config, or --tls-cert and --tls-key",
+            )))
         }
         (false, false) => Some(tls::ServerTls::new(cfg.tls_certs.clone(), &cfg.worker_certs)?),
     };
@@ -183,6 +275,7 @@ pub fn run(cfg: Config) -> Result<Lb, StartupError> {
     let tunnel_addr = addr(&tunnels[0]);
     let admin_addr = admin.as_ref().map(addr);
 
+    let cfg_copy = cfg.clone();
     let shared = Arc::new(Shared {
         cfg,
         cores,
@@ -191,9 +284,11 @@ pub fn run(cfg: Config) -> Result<Lb, StartupError> {
         inboxes: (0..cores).map(|_| Inbox::new()).collect(),
         draining: AtomicBool::new(false),
         started: Instant::now(),
-        driver: std::sync::OnceLock::new(),
+        core_info: (0..cores).map(|_| std::sync::OnceLock::new()).collect(),
         tls,
         tunnel_tls,
+        current: std::sync::Mutex::new(Arc::new(cfg_copy)),
+        reloads: std::sync::atomic::AtomicU64::new(0),
     });
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -218,19 +313,15 @@ pub fn run(cfg: Config) -> Result<Lb, StartupError> {
         threads.push(t);
     }
     drop(ready_tx);
-    let mut lb =
-        Lb { client_addrs, client_tls_addrs, tunnel_addr, tunnel_tls, admin_addr, cores, runtime: String::new(), stop, shared, threads };
+    let mut lb = Lb { client_addrs, client_tls_addrs, tunnel_addr, tunnel_tls, admin_addr, cores, per_core: vec![], stop, shared, threads };
     for _ in 0..cores {
+        // On an error `lb` drops, which stops the cores that did start.
         match ready_rx.recv() {
-            Ok(Ok(desc)) => {
-                if lb.runtime.is_empty() {
-                    lb.runtime = desc;
-                }
-            }
+            Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(StartupError::Runtime { core: 0, source: std::io::Error::other("a core thread died at start") }),
         }
     }
-    let _ = lb.shared.driver.set(lb.runtime.clone());
+    lb.per_core = lb.shared.core_info.iter().map(|i| i.get().cloned().expect("every core reported ready")).collect();
     Ok(lb)
 }

@@ -4,8 +4,8 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use ptth_lb::config::{parse_addr, parse_toml, ConfigFile};
-use ptth_lb::{Config, Profile};
+use ptth_lb::config::parse_addr;
+use ptth_lb::Config;
 use ptth_proto::rt::logging::{self, say, LogFormat};
 
 #[global_allocator]
@@ -16,6 +16,7 @@ const USAGE: &str = "usage: ptth-lb [demo] [--config FILE] [--profile FILE] [--l
                [--tls-listen ADDR]... [--tls-cert FILE --tls-key FILE]
                [--tunnel-tls on|off] [--insecure-cleartext-tunnels]
                [--driver auto|uring|legacy] [--log-format text|json] [--quiet]
+       ptth-lb check [the same options]   (or -t): validate, print the effective config, exit 0 or 2
        ptth-lb certs dev DIR [--name NAME]... [--worker ID]...
 
   demo                 also run two in-process workers with a small app, and print curl commands
@@ -121,27 +122,16 @@ fn parse_cli(args: Vec<String>) -> Result<Cli, String> {
     Ok(cli)
 }
 
-fn read(path: &str, flag: &str) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| format!("{flag} {path}: {e}"))
+impl Cli {
+    fn sources(&self) -> ptth_lb::config::Sources {
+        ptth_lb::config::Sources { config: self.config.as_ref().map(Into::into), profile: self.profile.as_ref().map(Into::into) }
+    }
 }
 
 /// Files first, then flags on top.
 fn build_config(cli: &Cli) -> Result<Config, String> {
-    let file: ConfigFile = match &cli.config {
-        Some(p) => {
-            let mut f: ConfigFile = parse_toml(p, &read(p, "--config")?).map_err(|e| e.to_string())?;
-            // Paths in the file are relative to the file.
-            f.dir = std::path::Path::new(p).parent().map(|d| d.to_path_buf());
-            f
-        }
-        None => ConfigFile::default(),
-    };
-    let profile_path = cli.profile.clone().or_else(|| file.profile.clone());
-    let profile_text = match &profile_path {
-        Some(p) => Some(read(p, "--profile")?),
-        None => None,
-    };
-    let mut profile = Profile::load(profile_path.as_deref().zip(profile_text.as_deref())).map_err(|e| e.to_string())?;
+    let mut cfg = cli.sources().load().map_err(|e| e.to_string())?;
+    let profile = &mut cfg.profile;
     if let Some(n) = cli.cores {
         profile.cores = n;
     }
@@ -149,7 +139,6 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
         profile.runtime.driver = ptth_proto::rt::runtime::DriverChoice::parse(d)
             .ok_or_else(|| format!("--driver: expected auto, uring or legacy, got {d:?}"))?;
     }
-    let mut cfg = Config::from_file(file, profile).map_err(|e| e.to_string())?;
     if !cli.listen.is_empty() {
         cfg.client_listen = cli.listen.iter().map(|a| parse_addr("--listen", a)).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
     }
@@ -235,6 +224,46 @@ fn certs_command(args: &[String]) -> ExitCode {
     }
 }
 
+/// `ptth-lb check ...` / `ptth-lb -t ...`: everything `ptth-lb` would check
+/// before binding (files, keys, ranges, certificates), then the effective
+/// config on stdout. Exit 0 when it would start, 2 when not.
+fn check_command(args: Vec<String>) -> ExitCode {
+    let checked = parse_cli(args).and_then(|cli| {
+        let cfg = build_config(&cli)?;
+        let tunnel_tls = cfg.tunnel_tls().map_err(|e| e.to_string())?;
+        if !cfg.client_tls_listen.is_empty() || tunnel_tls {
+            if cfg.tls_certs.is_empty() {
+                return Err("listen.client_tls: a TLS listener needs a certificate: [[tls.certificates]] in the config, or --tls-cert and --tls-key".into());
+            }
+            ptth_lb::tls::ServerTls::new(cfg.tls_certs.clone(), &cfg.worker_certs).map_err(|e| e.to_string())?;
+        }
+        Ok((cli, cfg, tunnel_tls))
+    });
+    let (cli, cfg, tunnel_tls) = match checked {
+        Ok(c) => c,
+        Err(e) => {
+            complain(format_args!("{e}"));
+            complain(format_args!("the config is NOT valid"));
+            return ExitCode::from(2);
+        }
+    };
+    for w in ptth_lb::config_warnings(&cfg) {
+        complain(format_args!("warning: {w}"));
+    }
+    let from = |p: &Option<String>, what: &str| p.as_deref().map_or_else(|| format!("{what} (none given)"), String::from);
+    say(format_args!("# ptth-lb check: the effective config, every default filled in"));
+    say(format_args!("# config: {}", from(&cli.config, "built-in defaults")));
+    say(format_args!("{}", ptth_lb::config::effective::config_toml(&cfg, tunnel_tls)));
+    let overlay = cfg.profile_file.as_ref().map(|p| format!(", then {}", p.display())).unwrap_or_default();
+    say(format_args!("# profile: tuning/default.toml (built in){overlay}"));
+    if cfg.profile.cores == 0 {
+        say(format_args!("# runtime.cores = 0: one core per allowed CPU ({} here)", ptth_lb::resolve_cores(0)));
+    }
+    say(format_args!("{}", ptth_lb::config::effective::profile_toml(&cfg.profile)));
+    complain(format_args!("the config is valid"));
+    ExitCode::SUCCESS
+}
+
 /// A message for the operator before logging is set up (bad flags).
 fn complain(msg: std::fmt::Arguments<'_>) {
     ptth_proto::rt::logging::complain("ptth-lb", msg);
@@ -253,6 +282,9 @@ fn main() -> ExitCode {
     if args.first().map(String::as_str) == Some("certs") {
         return certs_command(&args[1..]);
     }
+    if args.first().map(String::as_str) == Some("check") || args.iter().any(|a| a == "-t") {
+        return check_command(args.into_iter().filter(|a| a != "check" && a != "-t").collect());
+    }
     let cli = match parse_cli(args) {
         Ok(c) => c,
         Err(e) => {
@@ -267,9 +299,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = logging::init(cli.log_format, if cfg.quiet { "error" } else { "info" }) {
+    if let Err(e) = logging::init(cli.log_format, if cfg.quiet { "error" } else { &cfg.log_level }) {
         complain(format_args!("{e}"));
         return ExitCode::from(2);
+    }
+    for w in ptth_lb::config_warnings(&cfg) {
+        tracing::warn!("{w}");
     }
     // Identities authenticate workers too (by token or certificate).
     let no_token = cfg.token.is_none() && cfg.identities.is_empty();
@@ -282,7 +317,13 @@ fn main() -> ExitCode {
     };
     let clients: Vec<String> = lb.client_addrs.iter().map(|a| a.to_string()).collect();
     let tls: Vec<String> = lb.client_tls_addrs.iter().map(|a| a.to_string()).collect();
-    tracing::info!(cores = lb.cores, runtime = %lb.runtime, clients = %clients.join(", "), tls_clients = %tls.join(", "), tunnels = %lb.tunnel_addr, "started");
+    for (core, info) in lb.per_core.iter().enumerate() {
+        if let Some(why) = &info.driver.fallback {
+            tracing::warn!(core, "running on epoll, not io_uring: {why}");
+        }
+    }
+    let runtime = lb.per_core.iter().map(|c| c.describe()).collect::<Vec<_>>().join("; ");
+    tracing::info!(cores = lb.cores, runtime = %runtime, clients = %clients.join(", "), tls_clients = %tls.join(", "), tunnels = %lb.tunnel_addr, "started");
     if let Some(a) = lb.admin_addr {
         tracing::info!("admin on http://{a}/status");
     }
@@ -321,24 +362,40 @@ fn main() -> ExitCode {
         let _ = signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone());
         let _ = signal_hook::flag::register(sig, stop.clone());
     }
-    // SIGHUP: read the certificates again (new handshakes get them; open
-    // connections keep theirs). It no longer ends the process.
+    // SIGHUP: read the config and profile files again and apply what may
+    // change live (docs/OPERATIONS.md, reload); it never ends the process.
     let hup = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let _ = signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone());
     while !stop.load(std::sync::atomic::Ordering::Acquire) {
         std::thread::sleep(Duration::from_millis(50));
         if hup.swap(false, std::sync::atomic::Ordering::AcqRel) {
-            match lb.reload_tls() {
-                Ok(true) => tracing::info!("SIGHUP: certificates reloaded"),
-                Ok(false) => tracing::info!("SIGHUP: nothing to reload (no TLS listener)"),
-                Err(e) => tracing::error!("SIGHUP: certificates not reloaded, the old ones stay: {e}"),
-            }
+            reload(&lb, &cli);
         }
     }
     tracing::info!("draining");
     drop(_workers);
     lb.shutdown();
     ExitCode::SUCCESS
+}
+
+/// One SIGHUP: the same files and flags as at start, read again. One log
+/// line either way; a refused reload leaves everything as it was.
+fn reload(lb: &ptth_lb::Lb, cli: &Cli) {
+    let cfg = match build_config(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("reload refused, the running config stays: {e}");
+            return;
+        }
+    };
+    for w in ptth_lb::config_warnings(&cfg) {
+        tracing::warn!("{w}");
+    }
+    match lb.reload(cfg) {
+        Ok(changes) if changes.is_empty() => tracing::info!("reloaded: nothing changed (certificate files read again)"),
+        Ok(changes) => tracing::info!(changes = changes.len(), "reloaded: {}", changes.join(", ")),
+        Err(e) => tracing::error!("reload refused, the running config stays: {e}"),
+    }
 }
 
 #[cfg(test)]

@@ -20,11 +20,15 @@ use ptth_proto::rt::signal::{Signal, Wait};
 use crate::inbox::CoreMsg;
 use crate::stats::CoreStats;
 use crate::tunnel::pool::Pool;
-use crate::Shared;
+use crate::{Config, Shared};
 
 pub(crate) struct Core {
     pub(crate) id: usize,
     pub(crate) shared: Arc<Shared>,
+    /// The config this core serves new work with: this core's own copy,
+    /// replaced whole by a reload (`CoreMsg::Config`). A request reads it
+    /// once and keeps that copy to its end.
+    cfg: RefCell<Rc<Config>>,
     pub(crate) pool: RefCell<Pool>,
     /// Graceful stop: no new connections, finish what is in flight.
     pub(crate) stop: Signal,
@@ -37,8 +41,36 @@ pub(crate) struct Core {
 }
 
 impl Core {
+    pub(crate) fn new(id: usize, shared: Arc<Shared>, pool: Pool) -> Core {
+        let cfg = RefCell::new(Rc::new(shared.cfg.clone()));
+        Core {
+            id,
+            shared,
+            cfg,
+            pool: RefCell::new(pool),
+            stop: Signal::new(),
+            kill: Signal::new(),
+            active: Cell::new(0),
+            refusals: Default::default(),
+        }
+    }
+
     pub(crate) fn stats(&self) -> &CoreStats {
         &self.shared.stats[self.id]
+    }
+
+    /// The config in force on this core now (a reference count, not a copy).
+    pub(crate) fn cfg(&self) -> Rc<Config> {
+        self.cfg.borrow().clone()
+    }
+
+    /// A reload: new work on this core runs with `cfg` from now on; work
+    /// under way keeps the copy it holds.
+    pub(crate) fn reconfigure(&self, cfg: &Config) {
+        let mut pool = self.pool.borrow_mut();
+        pool.set_reserved(&cfg.reserved_routes, cfg.profile.route_hold);
+        pool.set_health(cfg.profile.health);
+        *self.cfg.borrow_mut() = Rc::new(cfg.clone());
     }
 }
 

@@ -145,7 +145,8 @@ impl ClientStream for TlsStream<rustls::ServerConnection> {
 }
 
 pub(crate) async fn serve<S: ClientStream>(core: Rc<Core>, stream: S, peer: SocketAddr, buffered: Vec<u8>, migrated: bool) {
-    let p = &core.shared.cfg.profile;
+    let cfg = core.cfg();
+    let p = &cfg.profile;
     let mut c = Client {
         stream: Some(stream),
         rb: ReadBuf::from_vec(buffered, p.client_read),
@@ -224,7 +225,7 @@ async fn sniff_preface<S: ClientStream>(core: &Core, c: &mut Client<S>) -> Sniff
             return Sniff::H2;
         }
         let Some(stream) = c.stream.as_mut() else { return Sniff::Closed };
-        let wait = if d.is_empty() { core.shared.cfg.profile.keepalive_timeout } else { core.shared.cfg.profile.header_timeout };
+        let wait = if d.is_empty() { core.cfg().profile.keepalive_timeout } else { core.cfg().profile.header_timeout };
         let r = monoio::select! {
             r = c.rb.fill(stream, wait) => r,
             _ = &mut c.stop => return Sniff::Closed,
@@ -239,7 +240,8 @@ async fn sniff_preface<S: ClientStream>(core: &Core, c: &mut Client<S>) -> Sniff
 /// Reads until a complete request head is buffered. `Ok(false)`: the
 /// connection ended or idled out between requests (nothing to answer).
 async fn read_head<S: ClientStream>(core: &Core, c: &mut Client<S>) -> Result<bool, Error> {
-    let p = &core.shared.cfg.profile;
+    let cfg = core.cfg();
+    let p = &cfg.profile;
     let mut started = (!c.rb.is_empty()).then(Instant::now);
     loop {
         match h1::parse_request(c.rb.data(), &p.limits, &mut c.head) {
@@ -325,7 +327,8 @@ async fn handle<S: ClientStream>(core: &Rc<Core>, c: &mut Client<S>) -> Next {
         method_len: method.len(),
         urgency: head.field(data, "priority").and_then(ptth_proto::sf::priority_urgency),
     };
-    let policy = &core.shared.cfg.forwarding;
+    let cfg = core.cfg();
+    let policy = &cfg.forwarding;
     let fwd = Forwarding {
         client: Some(&c.addr),
         proto: S::SCHEME,
@@ -356,7 +359,8 @@ async fn handle<S: ClientStream>(core: &Rc<Core>, c: &mut Client<S>) -> Next {
         is_head: info.is_head,
         migrated: c.migrated,
     };
-    let p = &core.shared.cfg.profile;
+    let cfg = core.cfg();
+    let p = &cfg.profile;
     let mut dec = BodyDecoder::new(info.framing);
     let mut first = true;
     // The attempts and the watch for a client that leaves while its request
@@ -435,7 +439,7 @@ async fn attempt<S: ClientStream>(
     dec: &mut BodyDecoder,
     info: &ReqInfo,
 ) -> Result<Done, Failure> {
-    let io = x.core.shared.cfg.profile.io_timeout;
+    let io = x.core.cfg().profile.io_timeout;
     let Some(stream) = c.stream.as_mut() else { return Err(Failure::client_gone()) };
     let (mut cr, cw) = split(stream);
     let resp = Responder::H1 { w: cw, out: &mut c.out, version: info.version, close: info.close };
@@ -500,7 +504,7 @@ async fn read_whole_if_small<S: ClientStream>(
 
 async fn write_client<S: ClientStream>(core: &Core, c: &mut Client<S>) -> io::Result<()> {
     let Some(s) = c.stream.as_mut() else { return Err(io::Error::other("client stream missing")) };
-    let (res, out) = write_all(s, std::mem::take(&mut c.out), core.shared.cfg.profile.io_timeout).await;
+    let (res, out) = write_all(s, std::mem::take(&mut c.out), core.cfg().profile.io_timeout).await;
     c.out = out;
     res
 }
@@ -510,7 +514,7 @@ async fn write_client<S: ClientStream>(core: &Core, c: &mut Client<S>) -> io::Re
 async fn send_error<S: ClientStream>(core: &Core, c: &mut Client<S>, e: &Error, close: bool) {
     let Some(status) = e.status() else { return };
     attempts::record(core, Outcome::Answered { status, err: e, client: Some(c.peer) });
-    let retry = core.shared.cfg.profile.retry_after_s.to_string();
+    let retry = core.cfg().profile.retry_after_s.to_string();
     let mut extra: Vec<(&str, &str)> = Vec::new();
     if e.is_retryable() {
         extra.push(("Retry-After", &retry));

@@ -153,14 +153,25 @@ pub fn cert_names(der: &CertificateDer<'_>) -> Vec<String> {
     names
 }
 
-/// TLS for the client listeners, shared by all cores.
+/// TLS for the client listeners and the tunnel listener, shared by all
+/// cores. A reload swaps what new handshakes get; established sessions
+/// keep theirs, and the ticket keys and session cache carry over, so a
+/// client resumes across a reload.
 #[derive(Debug)]
 pub struct ServerTls {
-    config: Arc<rustls::ServerConfig>,
-    /// The tunnel listener's: the same certificates, ALPN `http/1.1` (the
-    /// PTTH setup is an HTTP/1.1 request).
-    tunnel: Arc<rustls::ServerConfig>,
+    current: RwLock<Configs>,
     resolver: Arc<Resolver>,
+    ticketer: Arc<dyn rustls::server::ProducesTickets>,
+    sessions: Arc<dyn rustls::server::StoresServerSessions>,
+}
+
+#[derive(Debug)]
+struct Configs {
+    client: Arc<rustls::ServerConfig>,
+    /// The tunnel listener's: the same certificates, ALPN `http/1.1` (the
+    /// PTTH setup is an HTTP/1.1 request), worker certificates checked when
+    /// a CA is configured.
+    tunnel: Arc<rustls::ServerConfig>,
     specs: Vec<CertSpec>,
 }
 
@@ -169,61 +180,93 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// How the tunnel listener checks worker certificates, from the CA file.
+fn worker_verifier(workers: &WorkerCerts) -> Result<Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>, TlsError> {
+    let Some(ca) = &workers.ca else { return Ok(None) };
+    let file = |why: String| TlsError::File { file: ca.clone(), why };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in read_certs(ca).map_err(file)? {
+        roots.add(c).map_err(|e| file(e.to_string()))?;
+    }
+    let b = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+    // Optional unless required: token workers connect without one.
+    let b = if workers.required { b } else { b.allow_unauthenticated() };
+    Ok(Some(b.build().map_err(|e| file(e.to_string()))?))
+}
+
 impl ServerTls {
     /// Loads the certificates and builds the server configs. `workers`:
     /// how the tunnel listener checks worker certificates (mutual TLS).
     pub fn new(specs: Vec<CertSpec>, workers: &WorkerCerts) -> Result<ServerTls, TlsError> {
         let set = CertSet::load(&specs)?;
         let resolver = Arc::new(Resolver { current: RwLock::new(Arc::new(set)) });
-        let build = |verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>, alpn: &[&[u8]]| {
-            let b = rustls::ServerConfig::builder_with_provider(provider())
-                .with_safe_default_protocol_versions()
-                .map_err(|e| TlsError::Rustls(e.to_string()))?;
-            let mut config = match verifier {
-                Some(v) => b.with_client_cert_verifier(v).with_cert_resolver(resolver.clone()),
-                None => b.with_no_client_auth().with_cert_resolver(resolver.clone()),
-            };
-            config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-            // Resumption: stateless tickets (TLS 1.2 and 1.3), keys shared
-            // by every core; the stateful cache stays for clients without.
-            config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Rustls(e.to_string()))?;
-            Ok::<_, TlsError>(Arc::new(config))
-        };
-        let verifier = match &workers.ca {
-            None => None,
-            Some(ca) => {
-                let file = |why: String| TlsError::File { file: ca.clone(), why };
-                let mut roots = rustls::RootCertStore::empty();
-                for c in read_certs(ca).map_err(file)? {
-                    roots.add(c).map_err(|e| file(e.to_string()))?;
-                }
-                let b = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
-                // Optional unless required: token workers connect without one.
-                let b = if workers.required { b } else { b.allow_unauthenticated() };
-                Some(b.build().map_err(|e| file(e.to_string()))?)
-            }
-        };
-        Ok(ServerTls { config: build(None, &ALPN)?, tunnel: build(verifier, &[b"http/1.1"])?, resolver, specs })
+        // Resumption: stateless tickets (TLS 1.2 and 1.3), keys shared by
+        // every core; the stateful cache stays for clients without.
+        let ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Rustls(e.to_string()))?;
+        let sessions: Arc<dyn rustls::server::StoresServerSessions> = rustls::server::ServerSessionMemoryCache::new(256);
+        let current = RwLock::new(build_configs(&resolver, &ticketer, &sessions, specs, workers)?);
+        Ok(ServerTls { current, resolver, ticketer, sessions })
     }
 
     /// A server connection for one accepted tunnel socket.
     pub fn accept_tunnel(&self) -> Result<rustls::ServerConnection, rustls::Error> {
-        rustls::ServerConnection::new(self.tunnel.clone())
+        let config = self.current.read().unwrap_or_else(|p| p.into_inner()).tunnel.clone();
+        rustls::ServerConnection::new(config)
     }
 
     /// A server connection for one accepted socket.
     pub fn accept(&self) -> Result<rustls::ServerConnection, rustls::Error> {
-        rustls::ServerConnection::new(self.config.clone())
+        let config = self.current.read().unwrap_or_else(|p| p.into_inner()).client.clone();
+        rustls::ServerConnection::new(config)
     }
 
     /// Reads the certificate files again; on success new handshakes use
     /// them (established connections keep theirs). On failure nothing
     /// changes and the error says which file.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let set = Arc::new(CertSet::load(&self.specs)?);
+        let specs = self.current.read().unwrap_or_else(|p| p.into_inner()).specs.clone();
+        let set = Arc::new(CertSet::load(&specs)?);
         *self.resolver.current.write().unwrap_or_else(|p| p.into_inner()) = set;
         Ok(())
     }
+
+    /// A reload with new settings: other certificate files or names, and
+    /// another worker CA. Everything is read and checked before anything
+    /// changes; on failure the old settings stay.
+    pub fn reconfigure(&self, specs: Vec<CertSpec>, workers: &WorkerCerts) -> Result<(), TlsError> {
+        let set = Arc::new(CertSet::load(&specs)?);
+        let configs = build_configs(&self.resolver, &self.ticketer, &self.sessions, specs, workers)?;
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        *self.resolver.current.write().unwrap_or_else(|p| p.into_inner()) = set;
+        *current = configs;
+        Ok(())
+    }
+}
+
+/// The client and tunnel server configs over one resolver, ticketer and
+/// session cache.
+fn build_configs(
+    resolver: &Arc<Resolver>,
+    ticketer: &Arc<dyn rustls::server::ProducesTickets>,
+    sessions: &Arc<dyn rustls::server::StoresServerSessions>,
+    specs: Vec<CertSpec>,
+    workers: &WorkerCerts,
+) -> Result<Configs, TlsError> {
+    let verifier = worker_verifier(workers)?;
+    let config = |verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>, alpn: &[&[u8]]| {
+        let b = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Rustls(e.to_string()))?;
+        let mut config = match verifier {
+            Some(v) => b.with_client_cert_verifier(v).with_cert_resolver(resolver.clone()),
+            None => b.with_no_client_auth().with_cert_resolver(resolver.clone()),
+        };
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        config.ticketer = ticketer.clone();
+        config.session_storage = sessions.clone();
+        Ok::<_, TlsError>(Arc::new(config))
+    };
+    Ok(Configs { client: config(None, &ALPN)?, tunnel: config(verifier, &[b"http/1.1"])?, specs })
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@
 //! 0 the admin listener ([`crate::admin`]). The only module that imports the
 //! task modules; they share [`crate::percore`].
 
-use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::AtomicBool;
@@ -15,7 +14,6 @@ use std::time::Duration;
 
 use monoio::net::TcpListener;
 use ptth_proto::rt::runtime::{pin_to, Runtime};
-use ptth_proto::rt::signal::Signal;
 use ptth_proto::rt::tls::{MaybeTls, TlsStream};
 
 use crate::error::StartupError;
@@ -46,7 +44,7 @@ pub(crate) fn spawn(
     shared: Arc<Shared>,
     listeners: CoreListeners,
     stop_flag: Arc<AtomicBool>,
-    ready: std::sync::mpsc::Sender<Result<String, StartupError>>,
+    ready: std::sync::mpsc::Sender<Result<(), StartupError>>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name(format!("ptth-lb-core-{id}")).spawn(move || {
         let pinned = if shared.cfg.profile.pin { pin_to(id) } else { None };
@@ -57,29 +55,17 @@ pub(crate) fn spawn(
                 return;
             }
         };
-        let pin = match pinned {
-            Some(cpu) => format!("pinned to CPU {cpu}"),
-            None => "not pinned".into(),
-        };
-        let _ = ready.send(Ok(format!("{driver}, {pin}")));
+        let _ = shared.core_info[id].set(crate::CoreInfo { driver, cpu: pinned });
+        let _ = ready.send(Ok(()));
         rt.block_on(run(id, shared, listeners, stop_flag));
     })
 }
 
 async fn run(id: usize, shared: Arc<Shared>, listeners: CoreListeners, stop_flag: Arc<AtomicBool>) {
-    let core = Rc::new(Core {
-        id,
-        pool: RefCell::new(
-            Pool::new(id, shared.placement.clone(), shared.inboxes.clone())
-                .with_reserved(&shared.cfg.reserved_routes, shared.cfg.profile.route_hold)
-                .with_health(shared.cfg.profile.health),
-        ),
-        shared: shared.clone(),
-        stop: Signal::new(),
-        kill: Signal::new(),
-        active: Cell::new(0),
-        refusals: Default::default(),
-    });
+    let pool = Pool::new(id, shared.placement.clone(), shared.inboxes.clone())
+        .with_reserved(&shared.cfg.reserved_routes, shared.cfg.profile.route_hold)
+        .with_health(shared.cfg.profile.health);
+    let core = Rc::new(Core::new(id, shared.clone(), pool));
     monoio::spawn(core.stop.clone().follow(stop_flag, FLAG_POLL));
     for l in listeners.clients {
         match TcpListener::from_std(l) {
@@ -117,7 +103,7 @@ async fn run(id: usize, shared: Arc<Shared>, listeners: CoreListeners, stop_flag
     core.stop.wait().await;
     // Drain: requests in flight finish (idle keep-alive connections close as
     // soon as they notice the stop), bounded by the drain deadline.
-    let deadline = std::time::Instant::now() + shared.cfg.profile.drain_timeout;
+    let deadline = std::time::Instant::now() + core.cfg().profile.drain_timeout;
     while core.active.get() > 0 && std::time::Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -152,7 +138,7 @@ async fn accept_tls_clients(core: Rc<Core>, listener: TcpListener) {
         spawn_connection(&c, async move {
             // TCP_NODELAY on every relayed socket.
             let _ = stream.set_nodelay(true);
-            let limit = core.shared.cfg.profile.header_timeout;
+            let limit = core.cfg().profile.header_timeout;
             match TlsStream::handshake(stream, conn, limit).await {
                 Ok(s) => crate::proxy::serve(core, s, peer, Vec::new(), false).await,
                 Err(e) => {
@@ -214,6 +200,7 @@ async fn inbox_loop(core: Rc<Core>) {
                 Err(e) => tracing::warn!(core = core.id, %peer, "adopting a client connection: {e}"),
             },
             Some(CoreMsg::Capacity { worker }) => core.pool.borrow_mut().capacity_freed(&worker),
+            Some(CoreMsg::Config(cfg)) => core.reconfigure(&cfg),
             None => return,
         }
     }

@@ -36,12 +36,18 @@ pub const STEP: Duration = Duration::from_secs(10);
 /// An lb on ephemeral loopback ports with `cores` cores; `tweak` adjusts the
 /// config first.
 pub fn start_lb(cores: usize, tweak: impl FnOnce(&mut Config)) -> Lb {
+    ptth_lb::run(lb_config(cores, tweak)).expect("lb starts")
+}
+
+/// The config [`start_lb`] starts with (a reload test builds the next one
+/// the same way).
+pub fn lb_config(cores: usize, tweak: impl FnOnce(&mut Config)) -> Config {
     let mut cfg = Config::ephemeral();
     cfg.profile.cores = cores;
     cfg.profile.pin = false;
     cfg.quiet = true;
     tweak(&mut cfg);
-    ptth_lb::run(cfg).expect("lb starts")
+    cfg
 }
 
 /// Worker config dialing `lb`, quiet, with id `id`.

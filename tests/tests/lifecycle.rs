@@ -55,7 +55,12 @@ fn status_reports_workers_per_core() {
     if forced {
         assert!(driver.starts_with("legacy epoll (forced)"), "{driver}");
     } else {
-        assert!(driver.starts_with("io_uring") || driver.starts_with("legacy epoll (io_uring unavailable)"), "{driver}");
+        assert!(driver.starts_with("io_uring") || driver.starts_with("legacy epoll (io_uring unavailable: "), "{driver}");
+    }
+    // Each core's driver; the tests do not pin.
+    for c in s["per_core"].as_array().unwrap() {
+        assert!(c["driver"].as_str().unwrap().starts_with(driver.split(',').next().unwrap()), "{c}");
+        assert!(c["cpu"].is_null(), "{c}");
     }
     let w = &s["workers"][0];
     assert_eq!(w["id"], "api");
@@ -65,4 +70,16 @@ fn status_reports_workers_per_core() {
     assert_eq!(w["tunnels_per_core"], serde_json::json!([3, 3]));
     assert_eq!(w["requests"], 4);
     assert_eq!(s["requests"]["total"], 4);
+}
+
+/// `/status` says which CPU each core's thread is pinned to: core i on the
+/// i-th CPU this process may use (the top-level `runtime` is core 0's).
+#[test]
+fn status_reports_the_cpu_each_core_is_pinned_to() {
+    let lb = start_lb(2, |c| c.profile.pin = true);
+    let cpus: Vec<usize> = ptth_proto::rt::runtime::allowed_cpus().iter().map(|c| c.id).collect();
+    let s = lb.status();
+    let want: Vec<Option<usize>> = (0..2).map(|i| Some(cpus[i % cpus.len()])).collect();
+    assert_eq!(s.per_core.iter().map(|c| c.cpu).collect::<Vec<_>>(), want);
+    assert!(s.runtime.ends_with(&format!("pinned to CPU {}", cpus[0])), "{}", s.runtime);
 }

@@ -169,7 +169,12 @@ where
                     pin_to(t);
                 }
                 let mut rt = match Runtime::build(&cfg.runtime) {
-                    Ok((rt, _)) => rt,
+                    Ok((rt, driver)) => {
+                        if let Some(why) = driver.fallback.filter(|_| t == 0) {
+                            tracing::warn!("running on epoll, not io_uring: {why}");
+                        }
+                        rt
+                    }
                     Err(e) => {
                         let _ = ready.send(Err(e));
                         return;

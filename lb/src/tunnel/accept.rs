@@ -185,16 +185,16 @@ fn log_refusal(core: &Core, peer: SocketAddr, seen: &Seen<'_>, status: u16, why:
 async fn reject(core: &Core, stream: &mut TunnelStream, e: &Error, peer: SocketAddr, seen: &Seen<'_>) {
     let status = e.status().unwrap_or(400);
     log_refusal(core, peer, seen, status, e);
-    let retry = e.is_retryable().then_some(core.shared.cfg.profile.retry_after_s.max(1));
+    let retry = e.is_retryable().then_some(core.cfg().profile.retry_after_s.max(1));
     let mut out = Vec::with_capacity(256);
     write_reject(&mut out, status, &e.to_string(), retry);
-    let _ = write_all(stream, out, core.shared.cfg.profile.handshake_timeout).await;
+    let _ = write_all(stream, out, core.cfg().profile.handshake_timeout).await;
 }
 
 async fn setup(core: Rc<Core>, tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
     let _ = tcp.set_tcp_keepalive(Some(std::time::Duration::from_secs(30)), Some(std::time::Duration::from_secs(10)), Some(3));
-    let cfg = &core.shared.cfg;
+    let cfg = core.cfg();
     let deadline = Instant::now() + cfg.profile.handshake_timeout;
     let mut stream = match (&core.shared.tls, core.shared.tunnel_tls) {
         (Some(tls), true) => {
@@ -241,12 +241,12 @@ async fn setup(core: Rc<Core>, tcp: TcpStream, peer: SocketAddr) {
         TunnelStream::Tls(s) => s.conn().peer_certificates().and_then(|c| c.first()).map(crate::tls::cert_names).unwrap_or_default(),
         TunnelStream::Plain(_) => Vec::new(),
     };
-    let (who, id) = match authorize(cfg, &req, peer, &cert) {
+    let (who, id) = match authorize(&cfg, &req, peer, &cert) {
         Ok(w) => w,
         Err(e) => {
             // The event names who was refused, when the credentials named
             // someone (a grant refusal).
-            let name = identified(cfg, &req, &cert);
+            let name = identified(&cfg, &req, &cert);
             seen.identity = name.as_deref();
             return reject(&core, &mut stream, &e, peer, &seen).await;
         }
@@ -305,7 +305,7 @@ pub(crate) async fn finish(core: Rc<Core>, mut stream: TunnelStream, id: Arc<str
     let mut out = Vec::with_capacity(256);
     let acc = Accepted { token: setup.token, protocol: setup.protocol, core: core.id as u32, cores: core.shared.cores as u32 };
     write_accept(&mut out, &acc);
-    let (res, _) = write_all(&mut stream, out, core.shared.cfg.profile.handshake_timeout).await;
+    let (res, _) = write_all(&mut stream, out, core.cfg().profile.handshake_timeout).await;
     if res.is_err() {
         core.shared.placement.release(&id, core.id);
         return;
@@ -315,13 +315,13 @@ pub(crate) async fn finish(core: Rc<Core>, mut stream: TunnelStream, id: Arc<str
     let TunnelSetup { placed, protocol, ticket, .. } = setup;
     match protocol {
         InnerProtocol::Http11 => {
-            core.pool.borrow_mut().add(id, meta, placed, ticket, stream, core.shared.cfg.profile.tunnel_read);
+            core.pool.borrow_mut().add(id, meta, placed, ticket, stream, core.cfg().profile.tunnel_read);
         }
         InnerProtocol::H2 => {
             // draft-kazuho-ptth-ptth-01: after the 101 the lb sends the client preface.
             let (send, conn) = match ptth_proto::rt::deadline::within(
-                core.shared.cfg.profile.handshake_timeout,
-                crate::h2_tunnel::handshake(stream, core.shared.cfg.profile.h2_windows),
+                core.cfg().profile.handshake_timeout,
+                crate::h2_tunnel::handshake(stream, core.cfg().profile.h2_windows),
             )
             .await
             {

@@ -24,7 +24,8 @@ use crate::tunnel::queue::{HeldBack, Waiter};
 /// `gone` resolves if the client leaves; a wait in the queue ends then.
 pub(crate) async fn acquire(core: &Rc<Core>, req: &For<'_>, avoid: Option<usize>, gone: impl Future<Output = ()>) -> Result<Lease, Error> {
     let mut gone = std::pin::pin!(gone);
-    let p = &core.shared.cfg.profile;
+    let cfg = core.cfg();
+    let p = &cfg.profile;
     let (host, path) = (req.host, req.path);
     loop {
         let pick = core.pool.borrow_mut().try_pick(host, path, req.method, At::Arrival(req.urgency), avoid);

@@ -52,6 +52,11 @@ impl Identity {
     pub fn with_digest(name: &str, digest: Option<[u8; 32]>, grant: Grant) -> Identity {
         Identity { name: Arc::from(name), digest, cert_names: Vec::new(), grant }
     }
+
+    /// Its token's SHA-256 as 64 hex digits (`token_sha256`), if it has one.
+    pub fn digest_hex(&self) -> Option<String> {
+        self.digest.map(|d| d.iter().map(|b| format!("{b:02x}")).collect())
+    }
 }
 
 /// SHA-256 of a token, as identities store it.

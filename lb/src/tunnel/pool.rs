@@ -409,13 +409,25 @@ impl Pool {
     /// Prefixes the operator reserved (any host), and how long a departed
     /// worker's prefixes stay reserved.
     pub(crate) fn with_reserved(mut self, prefixes: &[String], hold: Duration) -> Pool {
+        self.set_reserved(prefixes, hold);
+        self
+    }
+
+    /// The operator's reserved prefixes (`[routes] reserved`) become
+    /// `prefixes`, and a departed worker's prefixes are held for `hold` from
+    /// now on (a reload); the holds of workers already gone keep their end.
+    pub(crate) fn set_reserved(&mut self, prefixes: &[String], hold: Duration) {
         self.route_hold = hold;
+        self.reserved.retain(|r| r.until.is_some());
         for p in prefixes {
             let meta =
                 Meta { claim: ptth_proto::setup::Claim::Any, routes: vec![p.clone()], weight: 1, max_concurrency: None, classes: vec![] };
             self.reserved.push(Reservation { meta: Arc::new(meta), until: None });
         }
-        self
+    }
+
+    pub(crate) fn set_health(&mut self, p: health::Policy) {
+        self.health = p;
     }
 
     /// Whether a reservation matches the request better than the workers

@@ -32,22 +32,60 @@ impl LogFormat {
     }
 }
 
+/// Sets the event filter of the subscriber [`init`] installed.
+type SetFilter = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+
+static SET_FILTER: std::sync::OnceLock<SetFilter> = std::sync::OnceLock::new();
+
+/// Whether `spec` is a valid filter (`info`, `warn,ptth_lb=debug`, ...);
+/// the error says what is wrong with it.
+pub fn check_filter(spec: &str) -> Result<(), String> {
+    EnvFilter::try_new(spec).map(|_| ()).map_err(|e| format!("{spec:?} is not a log filter (info, warn,ptth_lb=debug, ...): {e}"))
+}
+
+/// The filter that applies: `PTTH_LOG` when set, else `default`.
+fn filter(default: &str) -> Result<EnvFilter, String> {
+    match std::env::var("PTTH_LOG") {
+        Ok(spec) => EnvFilter::try_new(&spec).map_err(|e| format!("PTTH_LOG={spec:?}: {e}")),
+        Err(_) => EnvFilter::try_new(default).map_err(|e| format!("{default:?}: {e}")),
+    }
+}
+
 /// Installs the process-wide subscriber with `PTTH_LOG`'s filter, or
-/// `default` (a level such as `info`) when it is not set. Returns an error
+/// `default` (a filter such as `info`) when it is not set. Returns an error
 /// naming a bad `PTTH_LOG`.
 pub fn init(format: LogFormat, default: &str) -> Result<(), String> {
-    let filter = match std::env::var("PTTH_LOG") {
-        Ok(spec) => EnvFilter::try_new(&spec).map_err(|e| format!("PTTH_LOG={spec:?}: {e}"))?,
-        Err(_) => EnvFilter::new(default),
-    };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(Stderr).with_ansi(false);
-    let done = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter(default)?).with_writer(Stderr).with_ansi(false);
     // A subscriber already set (a test harness, an embedding program) wins.
-    let _ = done;
+    match format {
+        LogFormat::Text => {
+            let builder = builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            if builder.try_init().is_ok() {
+                let _ = SET_FILTER.set(Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())));
+            }
+        }
+        LogFormat::Json => {
+            let builder = builder.json().flatten_event(true).with_filter_reloading();
+            let handle = builder.reload_handle();
+            if builder.try_init().is_ok() {
+                let _ = SET_FILTER.set(Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())));
+            }
+        }
+    }
     Ok(())
+}
+
+/// A reload's filter: `default` from now on, unless `PTTH_LOG` is set (it
+/// keeps winning). `Ok(false)`: nothing to change (no subscriber of ours,
+/// or `PTTH_LOG` decides).
+pub fn set_filter(default: &str) -> Result<bool, String> {
+    let Some(set) = SET_FILTER.get() else { return Ok(false) };
+    if std::env::var_os("PTTH_LOG").is_some() {
+        return Ok(false);
+    }
+    set(filter(default)?)?;
+    Ok(true)
 }
 
 /// stderr that swallows its write errors: a line that cannot be written is

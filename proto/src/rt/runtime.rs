@@ -84,14 +84,46 @@ pub enum Runtime {
     Legacy(monoio::Runtime<TimeDriver<LegacyDriver>>),
 }
 
+/// Which driver a runtime got, and why it is not io_uring when it could
+/// have been.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Driver {
+    /// e.g. `io_uring (1024 entries, flags coop_taskrun)` or `legacy epoll`.
+    pub description: String,
+    /// Set when `auto` fell back to epoll: the kernel's answer and how to
+    /// get io_uring back.
+    pub fallback: Option<String>,
+}
+
+impl std::fmt::Display for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.fallback {
+            Some(why) => write!(f, "{} (io_uring unavailable: {why})", self.description),
+            None => f.write_str(&self.description),
+        }
+    }
+}
+
+/// Why `io_uring_setup` failed, in the terms an operator can act on.
+pub fn uring_hint(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        // Before Linux 5.12 rings are charged to RLIMIT_MEMLOCK.
+        Some(12) => "the locked-memory limit is too low for the ring: raise it (ulimit -l, systemd LimitMEMLOCK=, memlock in /etc/security/limits.conf) or lower runtime.ring_entries",
+        Some(1) => "io_uring is forbidden for this process: sysctl kernel.io_uring_disabled, or a seccomp profile (Docker's default blocks io_uring_setup; allow it, or run with --security-opt seccomp=...)",
+        Some(38) => "the kernel has no io_uring (Linux 5.6 or later is needed), or a seccomp filter hides it",
+        Some(22) => "the kernel refused the ring parameters: try runtime.ring_flags = \"none\" or fewer runtime.ring_entries",
+        _ => "see the kernel's error",
+    }
+}
+
 impl Runtime {
     /// Builds the runtime and says which driver and flags it got.
-    pub fn build(spec: &RuntimeSpec) -> io::Result<(Runtime, String)> {
+    pub fn build(spec: &RuntimeSpec) -> io::Result<(Runtime, Driver)> {
         let forced = std::env::var_os(FORCE_LEGACY_ENV).is_some_and(|v| v != "0")
             || std::env::var_os("MONOIO_FORCE_LEGACY_DRIVER").is_some_and(|v| v != "0");
         let driver = if forced { DriverChoice::Legacy } else { spec.driver };
+        let mut last_err = None;
         if driver != DriverChoice::Legacy {
-            let mut last_err = None;
             let tries = if spec.flags == RingFlags::None { vec![RingFlags::None] } else { vec![spec.flags, RingFlags::None] };
             for flags in tries {
                 let mut b = io_uring::IoUring::builder();
@@ -106,23 +138,22 @@ impl Runtime {
                 }
                 let built = RuntimeBuilder::<IoUringDriver>::new().with_entries(spec.entries).uring_builder(b).enable_timer().build();
                 match built {
-                    Ok(rt) => return Ok((Runtime::Uring(rt), format!("io_uring ({} entries, flags {})", spec.entries, flags.as_str()))),
+                    Ok(rt) => {
+                        let description = format!("io_uring ({} entries, flags {})", spec.entries, flags.as_str());
+                        return Ok((Runtime::Uring(rt), Driver { description, fallback: None }));
+                    }
                     Err(e) => last_err = Some(e),
                 }
             }
             if driver == DriverChoice::Uring {
-                return Err(last_err.unwrap_or_else(|| io::Error::other("io_uring unavailable")));
+                let e = last_err.unwrap_or_else(|| io::Error::other("io_uring unavailable"));
+                return Err(io::Error::new(e.kind(), format!("io_uring (runtime.driver = \"uring\"): {e}; {}", uring_hint(&e))));
             }
         }
         let rt = RuntimeBuilder::<LegacyDriver>::new().enable_timer().build()?;
-        let why = if forced {
-            "legacy epoll (forced)"
-        } else if driver == DriverChoice::Legacy {
-            "legacy epoll"
-        } else {
-            "legacy epoll (io_uring unavailable)"
-        };
-        Ok((Runtime::Legacy(rt), why.to_string()))
+        let description = if forced { "legacy epoll (forced by the environment)" } else { "legacy epoll" }.to_string();
+        let fallback = last_err.map(|e| format!("{e}; {}", uring_hint(&e)));
+        Ok((Runtime::Legacy(rt), Driver { description, fallback }))
     }
 
     pub fn is_uring(&self) -> bool {

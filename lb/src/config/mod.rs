@@ -15,8 +15,11 @@ use ptth_proto::h1::Limits;
 use ptth_proto::rt::runtime::{DriverChoice, RingFlags, RuntimeSpec};
 use serde::Deserialize;
 
+pub mod effective;
+pub mod locate;
+
 /// The profile ptth-lb runs with unless told otherwise.
-pub const DEFAULT_PROFILE: &str = include_str!("../../tuning/default.toml");
+pub const DEFAULT_PROFILE: &str = include_str!("../../../tuning/default.toml");
 
 pub const DEFAULT_CLIENT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_TUNNEL_LISTEN: &str = "127.0.0.1:7000";
@@ -38,6 +41,8 @@ pub struct ConfigFile {
     pub routes: RoutesFile,
     #[serde(default)]
     pub tls: TlsFile,
+    #[serde(default)]
+    pub log: LogFile,
     /// `[[identities]]`: named worker tokens, each with its grant.
     pub identities: Option<Vec<IdentityFile>>,
     /// Path of a profile to load (the `--profile` flag wins).
@@ -74,6 +79,16 @@ pub struct IdentityFile {
     /// Worker ids it may use: exact, or a prefix ending in `*` (default:
     /// its name, and its name followed by `-*`); `["*"]`: any.
     pub worker_ids: Option<Vec<String>>,
+}
+
+/// `[log]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    /// Which events are logged, in the `RUST_LOG` syntax (`info`,
+    /// `warn,ptth_lb=debug`); default `info`. `PTTH_LOG` in the environment
+    /// wins over it, `--quiet` too.
+    pub level: Option<String>,
 }
 
 /// `[tls]`: certificates for the TLS client listeners.
@@ -482,31 +497,64 @@ pub struct Config {
     /// `[routes] reserved`: prefixes reserved for good.
     pub reserved_routes: Vec<String>,
     pub profile: Profile,
+    /// The profile file read over the built-in one, if any.
+    pub profile_file: Option<PathBuf>,
+    /// `[log] level`: the event filter (`RUST_LOG` syntax).
+    pub log_level: String,
     /// Print nothing but errors.
     pub quiet: bool,
 }
 
-/// A configuration error: which key or flag, and what is allowed.
+/// A configuration error: which key or flag, where it was set (file and
+/// line, when it came from a file), and what is allowed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{key}: {what}")]
 pub struct ConfigError {
+    /// The key or flag; empty for a TOML syntax error outside any key.
     pub key: String,
     pub what: String,
+    /// `FILE line N` (or `FILE` when the line is unknown); `None` for flags.
+    pub at: Option<String>,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for part in [self.at.as_deref(), Some(self.key.as_str()).filter(|k| !k.is_empty())].into_iter().flatten() {
+            write!(f, "{part}: ")?;
+        }
+        f.write_str(&self.what)
+    }
 }
 
 fn cerr(key: &str, what: impl Into<String>) -> ConfigError {
-    ConfigError { key: key.to_string(), what: what.into() }
+    ConfigError { key: key.to_string(), what: what.into(), at: None }
 }
 
-/// Parses TOML text, reporting the first line of the error and where.
+impl ConfigError {
+    pub fn new(key: &str, what: impl Into<String>) -> ConfigError {
+        cerr(key, what)
+    }
+
+    /// Says where the key was set: the line of `file` (named `name`) that
+    /// sets it, or just the file.
+    pub fn in_file(mut self, name: &str, text: &str) -> ConfigError {
+        if self.at.is_none() {
+            self.at = Some(match locate::line_of(text, &self.key) {
+                Some(l) => format!("{name} line {l}"),
+                None => name.to_string(),
+            });
+        }
+        self
+    }
+}
+
+/// Parses TOML text; an error names the file, the line, and the key that
+/// line sets where there is one.
 pub fn parse_toml<T: serde::de::DeserializeOwned>(name: &str, text: &str) -> Result<T, ConfigError> {
     toml::from_str(text).map_err(|e: toml::de::Error| {
         let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1);
-        let msg = e.message().lines().next().unwrap_or("invalid TOML").to_string();
-        match line {
-            Some(l) => cerr(&format!("{name} line {l}"), msg),
-            None => cerr(name, msg),
-        }
+        let what = e.message().lines().next().unwrap_or("invalid TOML").to_string();
+        let key = line.and_then(|l| locate::key_at(text, l)).unwrap_or_default();
+        ConfigError { key, what, at: Some(line.map_or(name.to_string(), |l| format!("{name} line {l}"))) }
     })
 }
 
@@ -573,7 +621,7 @@ fn identity(
         most_urgent: Some(f.most_urgent.unwrap_or(classes.most_urgent)),
         max_limit: Some(f.max_limit.unwrap_or(classes.max_limit)),
     })
-    .map_err(|e| ConfigError { key: e.key.replace("classes.", &key("")), what: e.what })?;
+    .map_err(|e| ConfigError { key: e.key.replace("classes.", &key("")), ..e })?;
     let worker_ids = match f.worker_ids {
         None => Some(Grant::default_ids(&f.name)),
         Some(list) if list.iter().any(|p| p == "*") => None,
@@ -685,6 +733,70 @@ impl Profile {
     }
 }
 
+/// The files a config is read from: kept, so that a reload reads the same
+/// ones again.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// `--config FILE`.
+    pub config: Option<PathBuf>,
+    /// `--profile FILE` (relative to the working directory); without it, the
+    /// config file's `profile` key (relative to that file).
+    pub profile: Option<PathBuf>,
+}
+
+fn read_file(path: &Path, key: &str) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| cerr(key, format!("{}: {e}", path.display())))
+}
+
+impl Sources {
+    /// Reads and validates the files; every error names the key, and the
+    /// file and line that set it.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let (file, text, name) = match &self.config {
+            Some(p) => {
+                let name = p.display().to_string();
+                let text = read_file(p, "--config")?;
+                let mut f: ConfigFile = parse_toml(&name, &text)?;
+                // Paths in the file are relative to the file.
+                f.dir = Some(p.parent().map_or_else(PathBuf::new, Path::to_path_buf));
+                (f, text, name)
+            }
+            None => (ConfigFile::default(), String::new(), String::new()),
+        };
+        let profile_path = match (&self.profile, &file.profile) {
+            (Some(p), _) => Some((p.clone(), "--profile", None)),
+            (None, Some(p)) => Some((file.resolve(p), "profile", Some((&name, &text)))),
+            (None, None) => None,
+        };
+        let profile_file = profile_path.as_ref().map(|(p, _, _)| p.clone());
+        let profile = match profile_path {
+            Some((path, key, from)) => {
+                let ptext = read_file(&path, key).map_err(|e| match from {
+                    Some((n, t)) => e.in_file(n, t),
+                    None => e,
+                })?;
+                let pname = path.display().to_string();
+                Profile::load(Some((&pname, &ptext))).map_err(|e| e.in_file(&pname, &ptext))?
+            }
+            None => Profile::load(None)?,
+        };
+        let mut c = Config::from_file(file, profile).map_err(|e| if self.config.is_some() { e.in_file(&name, &text) } else { e })?;
+        c.profile_file = profile_file;
+        Ok(c)
+    }
+}
+
+impl ConfigFile {
+    /// A path named in this file: relative ones are taken from the file's
+    /// directory.
+    pub fn resolve(&self, p: &str) -> PathBuf {
+        match &self.dir {
+            Some(d) if Path::new(p).is_relative() => d.join(p),
+            _ => PathBuf::from(p),
+        }
+    }
+}
+
 impl Config {
     /// Builds the config from a config file (already parsed, may be default)
     /// and a profile.
@@ -696,11 +808,8 @@ impl Config {
         let client_listen = client.iter().map(|a| parse_addr("listen.client", a)).collect::<Result<Vec<_>, _>>()?;
         let client_tls_listen =
             f.listen.client_tls.unwrap_or_default().iter().map(|a| parse_addr("listen.client_tls", a)).collect::<Result<Vec<_>, _>>()?;
-        let dir = f.dir.clone();
-        let path = |p: &str| match &dir {
-            Some(d) if Path::new(p).is_relative() => d.join(p),
-            _ => PathBuf::from(p),
-        };
+        let resolver = ConfigFile { dir: f.dir.clone(), ..ConfigFile::default() };
+        let path = |p: &str| resolver.resolve(p);
         let tls_certs: Vec<crate::tls::CertSpec> = f
             .tls
             .certificates
@@ -788,6 +897,12 @@ impl Config {
                 list
             },
             profile,
+            profile_file: None,
+            log_level: {
+                let level = f.log.level.unwrap_or_else(|| "info".into());
+                ptth_proto::rt::logging::check_filter(&level).map_err(|e| cerr("log.level", e))?;
+                level
+            },
             quiet: false,
         })
     }
@@ -842,13 +957,60 @@ mod tests {
     #[test]
     fn example_config_loads() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/lb.example.toml");
-        let f: ConfigFile = parse_toml(path, &std::fs::read_to_string(path).unwrap()).unwrap();
-        let profile = f.profile.clone().unwrap();
-        let ptext = std::fs::read_to_string(format!("{}/../{profile}", env!("CARGO_MANIFEST_DIR"))).unwrap();
-        let c = Config::from_file(f, Profile::load(Some((&profile, &ptext))).unwrap()).unwrap();
-        assert_eq!(c.profile.cores, 2);
+        let c = Sources { config: Some(path.into()), profile: None }.load().unwrap();
+        assert_eq!(c.profile.cores, 2, "its profile, found relative to the file");
         assert!(matches!(c.origins, OriginPolicy::Only(ref o) if o.len() == 2));
         assert!(c.token.is_some());
+    }
+
+    /// Writes `files` into a fresh directory and returns it.
+    fn dir_with(files: &[(&str, &str)]) -> PathBuf {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "ptth-config-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        for (name, text) in files {
+            std::fs::write(d.join(name), text).unwrap();
+        }
+        d
+    }
+
+    #[test]
+    fn errors_name_the_key_the_file_and_the_line() {
+        let load = |files: &[(&str, &str)]| {
+            let d = dir_with(files);
+            Sources { config: Some(d.join("lb.toml")), profile: None }
+                .load()
+                .map(|_| ())
+                .unwrap_err()
+                .to_string()
+                .replace(&d.display().to_string(), "D")
+        };
+        // The profile's path is relative to the config file, and a missing
+        // one blames the config's `profile` key, not a flag never passed.
+        assert_eq!(
+            load(&[("lb.toml", "# x\nprofile = \"nowhere.toml\"\n")]),
+            "D/lb.toml line 2: profile: D/nowhere.toml: No such file or directory (os error 2)"
+        );
+        // A range error in the profile: its file and line.
+        assert_eq!(
+            load(&[("lb.toml", "profile = \"p.toml\"\n"), ("p.toml", "[timeouts]\n\nheader_ms = 0\n")]),
+            "D/p.toml line 3: timeouts.header_ms: expected 1 to 86400000, got 0"
+        );
+        // A wrong type: the parser's position, and the key on that line.
+        let e = load(&[("lb.toml", "[tunnel]\nmax_tunnels = \"many\"\n")]);
+        assert!(e.starts_with("D/lb.toml line 2: tunnel.max_tunnels: invalid type: string"), "{e}");
+        // A validation error in the config file.
+        assert_eq!(
+            load(&[("lb.toml", "[[identities]]\nname = \"a\"\ntoken = \"0123456789abcdef\"\n[[identities]]\nname = \"b c\"\n")]),
+            "D/lb.toml line 5: identities[1].name: \"b c\": expected 1 to 64 of A-Z a-z 0-9 - _ ."
+        );
+        // An unknown key.
+        let e = load(&[("lb.toml", "[listen]\nclinet = [\"127.0.0.1:1\"]\n")]);
+        assert!(e.starts_with("D/lb.toml line 2: listen.clinet: unknown field `clinet`"), "{e}");
     }
 
     #[test]
