@@ -35,7 +35,7 @@ pub enum ReloadError {
     #[error("{0}")]
     Tls(#[from] crate::tls::TlsError),
     /// Settings fixed at start (listeners, cores, the runtime).
-    #[error("{} cannot change while ptth-lb runs (a restart applies it: start the new ptth-lb beside this one, then SIGTERM this one; docs/OPERATIONS.md)", .0.join(", "))]
+    #[error("{} cannot change while ptth-lb runs (a restart applies it: start the new ptth-lb with --share-listeners beside this one, then SIGTERM this one; docs/OPERATIONS.md)", .0.join(", "))]
     NeedsRestart(Vec<String>),
 }
 

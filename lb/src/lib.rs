@@ -247,11 +247,11 @@ pub fn run(cfg: Config) -> Result<Lb, StartupError> {
     let cores = resolve_cores(cfg.profile.cores);
     let mut client_groups = Vec::new();
     for &a in &cfg.client_listen {
-        client_groups.push(listen::bind_group("client", a, cores)?);
+        client_groups.push(listen::bind_group("client", a, cores, cfg.share_listeners)?);
     }
     let mut tls_groups = Vec::new();
     for &a in &cfg.client_tls_listen {
-        tls_groups.push(listen::bind_group("TLS client", a, cores)?);
+        tls_groups.push(listen::bind_group("TLS client", a, cores, cfg.share_listeners)?);
     }
     let tunnel_tls = cfg.tunnel_tls()?;
     let tls = match (cfg.client_tls_listen.is_empty() && !tunnel_tls, cfg.tls_certs.is_empty()) {
@@ -264,7 +264,7 @@ pub fn run(cfg: Config) -> Result<Lb, StartupError> {
         }
         (false, false) => Some(tls::ServerTls::new(cfg.tls_certs.clone(), &cfg.worker_certs)?),
     };
-    let tunnels = listen::bind_group("tunnel", cfg.tunnel_listen, cores)?;
+    let tunnels = listen::bind_group("tunnel", cfg.tunnel_listen, cores, cfg.share_listeners)?;
     let admin = match cfg.admin_listen {
         Some(a) => Some(listen::bind_one("admin", a)?),
         None => None,

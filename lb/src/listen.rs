@@ -24,10 +24,11 @@ fn socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<Socket> {
 
 /// Binds `n` SO_REUSEPORT listeners on `addr`. A port another process
 /// already holds is refused (SO_REUSEPORT would otherwise let us silently
-/// share its traffic), by first binding a probe without the option.
-pub(crate) fn bind_group(what: &'static str, addr: SocketAddr, n: usize) -> Result<Vec<TcpListener>, StartupError> {
+/// share its traffic), by first binding a probe without the option, unless
+/// `share` (`--share-listeners`: a restart beside the lb that holds them).
+pub(crate) fn bind_group(what: &'static str, addr: SocketAddr, n: usize, share: bool) -> Result<Vec<TcpListener>, StartupError> {
     let err = |source| StartupError::Bind { what, addr, source };
-    if addr.port() != 0 {
+    if addr.port() != 0 && !share {
         let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
         probe.set_reuse_address(true).map_err(err)?;
         probe.bind(&addr.into()).map_err(err)?;

@@ -14,7 +14,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const USAGE: &str = "usage: ptth-lb [demo] [--config FILE] [--profile FILE] [--listen ADDR]...
                [--tunnel-listen ADDR] [--admin-listen ADDR] [--cores N] [--token TOKEN]
                [--tls-listen ADDR]... [--tls-cert FILE --tls-key FILE]
-               [--tunnel-tls on|off] [--insecure-cleartext-tunnels]
+               [--tunnel-tls on|off] [--insecure-cleartext-tunnels] [--share-listeners]
                [--driver auto|uring|legacy] [--log-format text|json] [--quiet]
        ptth-lb check [the same options]   (or -t): validate, print the effective config, exit 0 or 2
        ptth-lb certs dev DIR [--name NAME]... [--worker ID]...
@@ -30,6 +30,8 @@ const USAGE: &str = "usage: ptth-lb [demo] [--config FILE] [--profile FILE] [--l
   --tunnel-tls on|off  TLS on the tunnel listener with the same certificates (default: on unless
                        the listener is on loopback)
   --insecure-cleartext-tunnels  allow a cleartext tunnel listener off loopback
+  --share-listeners    bind the client and tunnel ports even when another ptth-lb holds them
+                       (SO_REUSEPORT): start the new lb beside the old, then SIGTERM the old
   --tunnel-listen ADDR worker tunnel listener (default 127.0.0.1:7000)
   --admin-listen ADDR  admin listener for /status and /healthz (default 127.0.0.1:9901; \"off\" disables)
   --cores N            cores to run (default: every allowed CPU)
@@ -50,6 +52,7 @@ struct Cli {
     tls_key: Option<String>,
     tunnel_tls: Option<bool>,
     insecure_cleartext: bool,
+    share_listeners: bool,
     tunnel: Option<String>,
     admin: Option<String>,
     cores: Option<usize>,
@@ -70,6 +73,7 @@ fn parse_cli(args: Vec<String>) -> Result<Cli, String> {
         tls_key: None,
         tunnel_tls: None,
         insecure_cleartext: false,
+        share_listeners: false,
         tunnel: None,
         admin: None,
         cores: None,
@@ -101,6 +105,7 @@ fn parse_cli(args: Vec<String>) -> Result<Cli, String> {
                 });
             }
             "--insecure-cleartext-tunnels" => cli.insecure_cleartext = true,
+            "--share-listeners" => cli.share_listeners = true,
             "--tunnel-listen" => cli.tunnel = Some(value()?),
             "--admin-listen" => cli.admin = Some(value()?),
             "--cores" => {
@@ -159,6 +164,7 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
         cfg.tunnel_tls = cli.tunnel_tls;
     }
     cfg.insecure_cleartext |= cli.insecure_cleartext;
+    cfg.share_listeners = cli.share_listeners;
     if let Some(t) = &cli.tunnel {
         cfg.tunnel_listen = parse_addr("--tunnel-listen", t).map_err(|e| e.to_string())?;
     }

@@ -221,3 +221,26 @@ fn sighup_reloads_the_files_and_refuses_a_bad_one() {
     let status = lb.child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "SIGTERM drains and exits 0");
 }
+
+/// A restart for what a reload cannot change: the new ptth-lb binds the
+/// same ports with `--share-listeners` while the old one holds them, the
+/// old one is told to stop, and the new one serves. Without the flag the
+/// busy port is refused (busy_port_is_a_clear_error).
+#[test]
+fn a_new_lb_starts_beside_the_old_one_with_share_listeners() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    let addr = format!("127.0.0.1:{port}");
+    let args = ["--listen", &addr, "--tunnel-listen", "127.0.0.1:0", "--admin-listen", "off", "--cores", "1"];
+    let mut old = Running::start(&args);
+    old.line(" started ");
+    let mut with_flag = args.to_vec();
+    with_flag.push("--share-listeners");
+    let new = Running::start(&with_flag);
+    new.line(" started ");
+    old.signal("-TERM");
+    assert_eq!(old.child.wait().unwrap().code(), Some(0));
+    // No worker is connected: the new lb answers 503 itself.
+    assert!(get(&addr, "/").starts_with("HTTP/1.1 503"), "the new lb serves the port");
+}

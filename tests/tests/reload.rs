@@ -104,7 +104,9 @@ fn a_refused_reload_changes_nothing() {
 fn no_request_fails_while_the_config_reloads_under_load() {
     let lb = start_lb(2, |_| {});
     let w = responder(&lb, "w", Responder::Hello);
-    let before = settled_status(&lb, "every tunnel is counted", |s| s.per_core.iter().map(|c| c.tunnels_accepted).sum::<u64>() == w.tunnels() as u64);
+    let before = settled_status(&lb, "every tunnel is counted", |s| {
+        s.per_core.iter().map(|c| c.tunnels_accepted).sum::<u64>() == w.tunnels() as u64
+    });
     let tunnels: u64 = before.per_core.iter().map(|c| c.tunnels_accepted).sum();
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));

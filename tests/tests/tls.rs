@@ -212,6 +212,32 @@ fn reload_serves_new_certificates_and_keeps_open_sessions() {
     assert!(open.get("/3").starts_with("HTTP/1.1 200"));
 }
 
+/// A config reload may change the certificate list itself: a second
+/// certificate for another SNI name is served after `Lb::reload` (what
+/// SIGHUP calls), and the first still answers its own name.
+#[test]
+fn a_config_reload_adds_a_certificate_for_another_name() {
+    let (a, b) = (dev("add-a", &["localhost"]), dev("add-b", &["b.test"]));
+    let config = |certs: Vec<CertSpec>| {
+        lb_config(2, |c| {
+            c.client_tls_listen = vec!["127.0.0.1:0".parse().unwrap()];
+            c.tls_certs = certs;
+        })
+    };
+    let lb = ptth_lb::run(config(vec![spec(&a)])).expect("lb starts");
+    let _w = responder(&lb, "w", Responder::Hello);
+    let addr = tls_addr(&lb);
+    assert!(TlsClient::connect(addr, "b.test", &b.join("ca.pem")).is_err(), "no certificate for b.test yet");
+    let changes = lb.reload(config(vec![spec(&a), spec(&b)])).expect("reload");
+    assert_eq!(changes, vec!["tls.certificates changed"]);
+    assert!(TlsClient::connect(addr, "b.test", &b.join("ca.pem")).expect("b.test").get("/").starts_with("HTTP/1.1 200"));
+    assert!(TlsClient::connect(addr, "localhost", &a.join("ca.pem")).expect("localhost").get("/").starts_with("HTTP/1.1 200"));
+    // A missing file: refused, nothing changes.
+    let e = lb.reload(config(vec![spec(&a), spec(&dir("add-missing"))])).expect_err("missing files");
+    assert!(e.to_string().contains("add-missing"), "{e}");
+    assert!(TlsClient::connect(addr, "b.test", &b.join("ca.pem")).is_ok(), "b.test still served");
+}
+
 #[test]
 fn a_tls_connection_moves_to_the_core_that_has_the_tunnel() {
     let d = dev("hop", &["localhost"]);

@@ -501,6 +501,9 @@ pub struct Config {
     pub profile_file: Option<PathBuf>,
     /// `[log] level`: the event filter (`RUST_LOG` syntax).
     pub log_level: String,
+    /// `--share-listeners`: bind the client and tunnel ports even when
+    /// another process holds them (SO_REUSEPORT), to restart beside it.
+    pub share_listeners: bool,
     /// Print nothing but errors.
     pub quiet: bool,
 }
@@ -903,6 +906,7 @@ impl Config {
                 ptth_proto::rt::logging::check_filter(&level).map_err(|e| cerr("log.level", e))?;
                 level
             },
+            share_listeners: false,
             quiet: false,
         })
     }
