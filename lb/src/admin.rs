@@ -134,6 +134,9 @@ pub struct CoreStatus {
     pub retries: u64,
     pub queued: u64,
     pub clients_accepted: u64,
+    /// Connections refused at `limits.max_clients`.
+    #[serde(default)]
+    pub clients_shed: u64,
     pub clients_handed_off: u64,
     pub tls_handshakes_failed: u64,
     pub active_clients: u64,
@@ -220,6 +223,7 @@ pub(crate) fn status(shared: &Shared) -> Status {
             retries: get(&s.retries),
             queued: get(&s.queued),
             clients_accepted: get(&s.clients_accepted),
+            clients_shed: get(&s.clients_shed),
             clients_handed_off: get(&s.clients_handed_off),
             tls_handshakes_failed: get(&s.tls_handshakes_failed),
             active_clients: get(&s.active_clients),

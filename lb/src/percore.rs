@@ -38,6 +38,8 @@ pub(crate) struct Core {
     pub(crate) active: Cell<u64>,
     /// Rate limit of tunnel-setup refusal log lines.
     pub(crate) refusals: LogThrottle,
+    /// Rate limit of shed-connection log lines.
+    pub(crate) sheds: LogThrottle,
 }
 
 impl Core {
@@ -52,6 +54,7 @@ impl Core {
             kill: Signal::new(),
             active: Cell::new(0),
             refusals: Default::default(),
+            sheds: Default::default(),
         }
     }
 

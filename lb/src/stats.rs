@@ -40,6 +40,8 @@ pub struct CoreStats {
     /// response byte.
     pub retries: AtomicU64,
     pub clients_accepted: AtomicU64,
+    /// Client connections refused because the core had `limits.max_clients`.
+    pub clients_shed: AtomicU64,
     pub clients_handed_off: AtomicU64,
     /// TLS handshakes on client listeners that failed or timed out.
     pub tls_handshakes_failed: AtomicU64,

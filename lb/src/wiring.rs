@@ -113,11 +113,44 @@ async fn run(id: usize, shared: Arc<Shared>, listeners: CoreListeners, stop_flag
     monoio::time::sleep(Duration::from_millis(20)).await;
 }
 
+/// What a connection past `limits.max_clients` gets before it is closed
+/// (RFC 9110 §15.6.4; `Retry-After`, §10.2.3).
+const SHED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 34\r\n\r\nthe lb is at its connection limit\n";
+
+/// The connection back when this core serves one more client connection.
+/// Past `limits.max_clients` it is shed: counted, logged (at most once a
+/// second), answered 503 on a plain listener (`answer`), closed. What this
+/// core already serves keeps going.
+fn admit_client(core: &Rc<Core>, mut stream: monoio::net::TcpStream, peer: SocketAddr, answer: bool) -> Option<monoio::net::TcpStream> {
+    let max = core.cfg().profile.max_clients;
+    if core.active.get() < max {
+        return Some(stream);
+    }
+    stats::add(&core.stats().clients_shed, 1);
+    if let Some(held) = core.sheds.admit(std::time::Instant::now()) {
+        let more = if held > 0 { format!(" ({held} more not logged in the last second)") } else { String::new() };
+        tracing::warn!(core = core.id, %peer, "client connection shed: this core serves {max} (limits.max_clients){more}");
+    }
+    if answer {
+        let timeout = core.cfg().profile.io_timeout.min(Duration::from_secs(1));
+        spawn_killable(core, async move {
+            let _ = ptth_proto::rt::io::write_all(&mut stream, SHED.to_vec(), timeout).await;
+            // Read what the client sent before closing: closing with unread
+            // bytes sends a reset, which can destroy the 503 before it is read.
+            let mut rb = ptth_proto::rt::io::ReadBuf::with_capacity(4096);
+            let _ = rb.fill(&mut stream, Duration::from_millis(200)).await;
+        });
+    }
+    None
+}
+
 async fn accept_clients(core: Rc<Core>, listener: TcpListener) {
     let c = core.clone();
     accept_each(&core, listener, "client", core.stop.clone(), move |stream, peer| {
         stats::add(&c.stats().clients_accepted, 1);
-        spawn_client(&c, stream, peer, Vec::new(), false);
+        if let Some(stream) = admit_client(&c, stream, peer, true) {
+            spawn_client(&c, stream, peer, Vec::new(), false);
+        }
     })
     .await;
 }
@@ -126,6 +159,8 @@ async fn accept_tls_clients(core: Rc<Core>, listener: TcpListener) {
     let c = core.clone();
     accept_each(&core, listener, "TLS client", core.stop.clone(), move |stream, peer| {
         stats::add(&c.stats().clients_accepted, 1);
+        // A cleartext 503 means nothing to a TLS client: it is just closed.
+        let Some(stream) = admit_client(&c, stream, peer, false) else { return };
         let Some(tls) = c.shared.tls.as_ref() else { return };
         let conn = match tls.accept() {
             Ok(conn) => conn,
@@ -164,16 +199,33 @@ pub(crate) fn spawn_client<S: ClientStream>(core: &Rc<Core>, stream: S, peer: So
     });
 }
 
-/// Runs a client connection's task, counted as active while it lives.
+/// Runs a client connection's task, counted as active from now (so that
+/// accepts in one burst see each other) until the task ends or is dropped.
 fn spawn_connection(core: &Rc<Core>, work: impl std::future::Future<Output = ()> + 'static) {
-    let c = core.clone();
+    let active = Active::count(core.clone());
     spawn_killable(core, async move {
-        c.active.set(c.active.get() + 1);
-        stats::set_u64(&c.stats().active_clients, c.active.get());
+        let _active = active;
         work.await;
+    });
+}
+
+/// One client connection in `Core::active`.
+struct Active(Rc<Core>);
+
+impl Active {
+    fn count(core: Rc<Core>) -> Active {
+        core.active.set(core.active.get() + 1);
+        stats::set_u64(&core.stats().active_clients, core.active.get());
+        Active(core)
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        let c = &self.0;
         c.active.set(c.active.get() - 1);
         stats::set_u64(&c.stats().active_clients, c.active.get());
-    });
+    }
 }
 
 async fn inbox_loop(core: Rc<Core>) {

@@ -53,7 +53,7 @@ fn status_reports_workers_per_core() {
     let forced = std::env::var_os("PTTH_FORCE_LEGACY").is_some_and(|v| v != "0");
     let driver = s["runtime"].as_str().unwrap();
     if forced {
-        assert!(driver.starts_with("legacy epoll (forced)"), "{driver}");
+        assert!(driver.starts_with("legacy epoll (forced by the environment)"), "{driver}");
     } else {
         assert!(driver.starts_with("io_uring") || driver.starts_with("legacy epoll (io_uring unavailable: "), "{driver}");
     }

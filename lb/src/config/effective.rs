@@ -150,6 +150,7 @@ pub fn profile_toml(p: &Profile) -> String {
             ("max_request_line", int(p.limits.max_request_line)),
             ("max_head", int(p.limits.max_head)),
             ("max_headers", int(p.limits.max_headers)),
+            ("max_clients", int(p.max_clients)),
         ]),
     );
     t.insert(

@@ -377,6 +377,7 @@ pub struct LimitsFile {
     pub max_request_line: Option<usize>,
     pub max_head: Option<usize>,
     pub max_headers: Option<usize>,
+    pub max_clients: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -418,7 +419,7 @@ impl ProfileFile {
     pub fn overlay(mut self, top: ProfileFile) -> ProfileFile {
         overlay!(self.runtime, top.runtime, cores, pin, driver, ring_flags, ring_entries);
         overlay!(self.buffers, top.buffers, client_read, tunnel_read, replay_max);
-        overlay!(self.limits, top.limits, max_request_line, max_head, max_headers);
+        overlay!(self.limits, top.limits, max_request_line, max_head, max_headers, max_clients);
         overlay!(self.queue, top.queue, max_waiting, max_wait_ms, retry_after_s);
         overlay!(self.timeouts, top.timeouts, header_ms, keepalive_ms, response_ms, io_ms, handshake_ms, drain_ms, route_hold_ms);
         overlay!(self.h2, top.h2, max_streams, stream_window, connection_window, ping_ms, ping_timeout_ms);
@@ -447,6 +448,8 @@ pub struct Profile {
     /// Request bodies up to this size are held whole for replay.
     pub replay_max: usize,
     pub limits: Limits,
+    /// Client connections one core serves at once; past it, new ones are shed.
+    pub max_clients: u64,
     pub queue_max: usize,
     pub queue_wait: Duration,
     pub retry_after_s: u32,
@@ -697,6 +700,7 @@ impl TryFrom<ProfileFile> for Profile {
             tunnel_read: range("buffers.tunnel_read", f.buffers.tunnel_read, 4096, 16 << 20)?,
             replay_max: range("buffers.replay_max", f.buffers.replay_max, 0, client_read)?,
             limits,
+            max_clients: range("limits.max_clients", f.limits.max_clients, 1, 1 << 20)?,
             queue_max: range("queue.max_waiting", f.queue.max_waiting, 0, 1 << 20)?,
             queue_wait: ms("queue.max_wait_ms", f.queue.max_wait_ms)?,
             retry_after_s: range("queue.retry_after_s", f.queue.retry_after_s, 0, 3600)?,
@@ -935,6 +939,7 @@ mod tests {
         assert!(r.cores.is_some() && r.pin.is_some() && r.driver.is_some() && r.ring_flags.is_some() && r.ring_entries.is_some());
         assert!(f.buffers.client_read.is_some() && f.buffers.tunnel_read.is_some() && f.buffers.replay_max.is_some());
         assert!(f.limits.max_request_line.is_some() && f.limits.max_head.is_some() && f.limits.max_headers.is_some());
+        assert!(f.limits.max_clients.is_some());
         assert!(f.queue.max_waiting.is_some() && f.queue.max_wait_ms.is_some() && f.queue.retry_after_s.is_some());
         let t = &f.timeouts;
         assert!(t.header_ms.is_some() && t.keepalive_ms.is_some() && t.response_ms.is_some());
