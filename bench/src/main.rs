@@ -14,16 +14,18 @@
 //! the processes and their threads). Rounds are interleaved so drift on a
 //! noisy host hits every target alike; the medians are compared.
 
+mod idle;
 mod loadgen;
 mod mixed;
 mod origin;
+mod soak;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: ptth-bench h1-wrk|h2-h2load|mixed [--duration SECS] [--connections N] [--streams N] [--threads N] [--rounds N]
+const USAGE: &str = "usage: ptth-bench h1-wrk|h2-h2load|mixed|idle|soak [--duration SECS] [--connections N] [--streams N] [--threads N] [--rounds N]
                      [--tunnels-per-core N] [--h2-tunnels-per-core N] [--workerd-threads N] [--lb-cores N] [--only ptth,ptth-h1,nginx,haproxy] [--tls] [--tunnel-tls] [--new-conns]
                      [--baseline DIR --baseline-label REV] [--out DIR]
 Run from the repository root after `cargo build --release` (bench/run.sh does both).
@@ -34,7 +36,8 @@ one certificate from `ptth-lb certs dev` (not with --baseline).
 handshake per request.
 --baseline DIR adds ptth@base and ptth-h1@base: the same setups with DIR/ptth-lb and
 DIR/ptth-workerd (another commit's binaries), interleaved in the same rounds.
-`ptth-bench mixed --help`: the heavy-flood scenario's own flags.";
+`ptth-bench mixed --help`: the heavy-flood scenario's own flags; `ptth-bench idle --help`: idle and
+slow clients; `ptth-bench soak --help`: minutes of load with worker restarts and lb reloads.";
 
 /// What drives the load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +79,9 @@ struct Opts {
     /// h1-wrk: a new connection per request (`Connection: close`), so with
     /// `--tls` every request pays a full handshake.
     new_conns: bool,
+    /// Connections each proxy is configured to hold (nginx
+    /// worker_connections, HAProxy maxconn).
+    max_conns: u32,
     /// ptth's tunnels over TLS too (the worker verifies the lb), as a
     /// deployment off loopback runs them.
     tunnel_tls: bool,
@@ -91,7 +97,7 @@ impl Opts {
     }
 }
 
-fn parse(args: &[String]) -> Result<Opts, String> {
+pub(crate) fn parse(args: &[String]) -> Result<Opts, String> {
     let mut o = Opts {
         scenario: Scenario::H1Wrk,
         streams: 8,
@@ -110,6 +116,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         tls: false,
         new_conns: false,
         tunnel_tls: false,
+        max_conns: 4096,
     };
     let mut it = args.iter();
     match it.next().map(String::as_str) {
@@ -175,7 +182,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
 
 /// Ports used on 127.0.0.1. Fixed because the external servers need them in
 /// their configs; each is checked free before use.
-const ORIGIN: u16 = 18080;
+pub(crate) const ORIGIN: u16 = 18080;
 pub(crate) const NGINX: u16 = 18081;
 pub(crate) const HAPROXY: u16 = 18082;
 pub(crate) const PTTH: u16 = 18083;
@@ -257,7 +264,7 @@ pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     total as f64 / tick
 }
 
-struct WrkResult {
+pub(crate) struct WrkResult {
     rps: f64,
     requests: u64,
     p50_ms: f64,
@@ -277,7 +284,7 @@ fn to_ms(s: &str) -> Option<f64> {
     })
 }
 
-fn run_wrk(o: &Opts, port: u16, secs: u64) -> Result<WrkResult, String> {
+pub(crate) fn run_wrk(o: &Opts, port: u16, secs: u64) -> Result<WrkResult, String> {
     let out = Command::new("wrk")
         .args(["-t", &o.threads.to_string(), "-c", &o.connections.to_string(), "-d", &format!("{secs}s"), "--latency"])
         .args(if o.new_conns { &["-H", "Connection: close"][..] } else { &[][..] })
@@ -307,7 +314,7 @@ fn run_wrk(o: &Opts, port: u16, secs: u64) -> Result<WrkResult, String> {
 }
 
 /// h2load with per-request log for percentiles.
-fn run_h2load(o: &Opts, port: u16, secs: u64, dir: &Path) -> Result<WrkResult, String> {
+pub(crate) fn run_h2load(o: &Opts, port: u16, secs: u64, dir: &Path) -> Result<WrkResult, String> {
     let log = dir.join("h2load.log");
     let out = Command::new("h2load")
         .args(["-c", &o.connections.to_string(), "-m", &o.streams.to_string(), "-t", &o.threads.to_string(), "-D", &secs.to_string()])
@@ -346,18 +353,22 @@ fn run_load(o: &Opts, port: u16, secs: u64, dir: &Path) -> Result<WrkResult, Str
     }
 }
 
-struct Target {
+pub(crate) struct Target {
     name: &'static str,
-    port: u16,
-    procs: Vec<Proc>,
-    note: String,
+    pub(crate) port: u16,
+    pub(crate) procs: Vec<Proc>,
+    pub(crate) note: String,
 }
 
 pub(crate) fn nginx_conf(dir: &Path, name: &str, body: &str, workers: &str) -> Result<PathBuf, String> {
+    nginx_conf_with(dir, name, body, workers, 4096)
+}
+
+pub(crate) fn nginx_conf_with(dir: &Path, name: &str, body: &str, workers: &str, connections: u32) -> Result<PathBuf, String> {
     let d = dir.join(name);
     std::fs::create_dir_all(d.join("logs")).map_err(|e| e.to_string())?;
     let conf = format!(
-        "daemon off;\nmaster_process on;\nworker_processes {workers};\nworker_cpu_affinity auto;\npid {pid};\nerror_log {err} crit;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy; fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;\n  keepalive_requests 1000000;\n{body}\n}}\n",
+        "daemon off;\nmaster_process on;\nworker_processes {workers};\nworker_cpu_affinity auto;\npid {pid};\nerror_log {err} crit;\nevents {{ worker_connections {connections}; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy; fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;\n  keepalive_requests 1000000;\n{body}\n}}\n",
         pid = d.join("nginx.pid").display(),
         err = d.join("logs/error.log").display(),
         tmp = d.display(),
@@ -367,22 +378,28 @@ pub(crate) fn nginx_conf(dir: &Path, name: &str, body: &str, workers: &str) -> R
     Ok(p)
 }
 
-fn start_origin(dir: &Path) -> Result<Proc, String> {
-    let conf = nginx_conf(
+pub(crate) fn start_origin(dir: &Path) -> Result<Proc, String> {
+    // `/big`: 1 MiB, for the slow readers of the `idle` scenario.
+    std::fs::write(dir.join("big"), vec![b'x'; 1 << 20]).map_err(|e| e.to_string())?;
+    let conf = nginx_conf_with(
         dir,
         "origin",
-        &format!("  server {{ listen 127.0.0.1:{ORIGIN} reuseport; location / {{ return 200 \"hello\\n\"; }} }}"),
+        &format!(
+            "  server {{ listen 127.0.0.1:{ORIGIN} reuseport; location / {{ return 200 \"hello\\n\"; }} location = /big {{ root {}; }} }}",
+            dir.display()
+        ),
         "1",
+        16384,
     )?;
     let p = spawn("nginx origin", Command::new("nginx").arg("-c").arg(&conf).arg("-p").arg(dir))?;
     wait_port(ORIGIN)?;
     Ok(p)
 }
 
-fn start_target(name: &str, dir: &Path, o: &Opts, cores: u32) -> Result<Target, String> {
+pub(crate) fn start_target(name: &str, dir: &Path, o: &Opts, cores: u32) -> Result<Target, String> {
     match name {
         "nginx" => {
-            let conf = nginx_conf(
+            let conf = nginx_conf_with(
                 dir,
                 "proxy",
                 &format!(
@@ -399,6 +416,7 @@ fn start_target(name: &str, dir: &Path, o: &Opts, cores: u32) -> Result<Target, 
                     }
                 ),
                 &cores.to_string(),
+                o.max_conns,
             )?;
             let p = spawn("nginx", Command::new("nginx").arg("-c").arg(&conf).arg("-p").arg(dir))?;
             wait_port(NGINX)?;
@@ -411,8 +429,9 @@ fn start_target(name: &str, dir: &Path, o: &Opts, cores: u32) -> Result<Target, 
         }
         "haproxy" => {
             let conf = format!(
-                "global\n  nbthread {cores}\n  cpu-map auto:1/1-{cores} 0-{last}\n  maxconn 4096\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  http-reuse always\nfrontend f\n  bind 127.0.0.1:{HAPROXY}{bind}\n  default_backend b\nbackend b\n  server o 127.0.0.1:{ORIGIN}\n",
+                "global\n  nbthread {cores}\n  cpu-map auto:1/1-{cores} 0-{last}\n  maxconn {maxconn}\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  http-reuse always\nfrontend f\n  bind 127.0.0.1:{HAPROXY}{bind}\n  default_backend b\nbackend b\n  server o 127.0.0.1:{ORIGIN}\n",
                 last = cores - 1,
+                maxconn = o.max_conns,
                 bind = match (o.tls, o.scenario) {
                     (true, _) => format!(" ssl crt {} alpn h2,http/1.1", dir.join("certs/haproxy.pem").display()),
                     (false, Scenario::H2Load) => " proto h2".into(),
@@ -619,6 +638,17 @@ pub(crate) fn run_facts(cpus: u32) -> RunFacts {
     RunFacts { commit, date, lines }
 }
 
+/// Resident memory of `pid` and its descendants, KiB.
+pub(crate) fn rss_kib(pid: u32) -> u64 {
+    let children = sh(&format!("pgrep -P {pid}"));
+    let mut pids = vec![pid];
+    pids.extend(children.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .filter_map(|s| s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
 pub(crate) fn sh(cmd: &str) -> String {
     Command::new("sh").arg("-c").arg(cmd).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
 }
@@ -632,6 +662,19 @@ fn main() {
         }
         if let Err(e) = mixed::run(&args[1..]) {
             eprintln!("ptth-bench mixed: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    type Scenario = (&'static str, &'static str, fn(&[String]) -> Result<(), String>);
+    let scenarios: [Scenario; 2] = [("idle", idle::USAGE, idle::run), ("soak", soak::USAGE, soak::run)];
+    if let Some((name, usage, run)) = scenarios.iter().find(|(n, _, _)| args.first().is_some_and(|a| a == n)) {
+        if args.iter().any(|a| a == "--help") {
+            println!("{usage}");
+            return;
+        }
+        if let Err(e) = run(&args[1..]) {
+            eprintln!("ptth-bench {name}: {e}");
             std::process::exit(1);
         }
         return;

@@ -33,7 +33,9 @@ use std::time::Duration;
 
 use crate::loadgen::{self, ClassLoad, ClassResult};
 use crate::origin::Origin;
-use crate::{cpu_seconds, nginx_conf, preflight, run_facts, sh, spawn, wait_port, Proc, RunFacts, HAPROXY, NGINX, PTTH, PTTH_TUNNEL};
+use crate::{
+    cpu_seconds, nginx_conf, preflight, rss_kib, run_facts, sh, spawn, wait_port, Proc, RunFacts, HAPROXY, NGINX, PTTH, PTTH_TUNNEL,
+};
 
 pub(crate) const USAGE: &str = "usage: ptth-bench mixed [--duration SECS] [--idle-duration SECS] [--light-rate N] [--heavy-rate N]
                          [--heavy-ms N] [--heavy-capacity N] [--lb-cores N] [--haproxy PATH] [--tag NAME] [--out DIR]
@@ -251,17 +253,6 @@ fn start(name: &str, dir: &Path, backends: &[SocketAddr], cores: u32, o: &Opts) 
         }
         other => Err(format!("unknown system {other:?}")),
     }
-}
-
-/// Resident memory of `pid` and its descendants, KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let children = sh(&format!("pgrep -P {pid}"));
-    let mut pids = vec![pid];
-    pids.extend(children.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
-    pids.iter()
-        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
-        .filter_map(|s| s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .sum()
 }
 
 /// What one system did.

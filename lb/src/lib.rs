@@ -238,6 +238,16 @@ pub fn config_warnings(cfg: &Config) -> Vec<String> {
             if cfg.profile.pin { " (pinning wraps around)" } else { "" },
         ));
     }
+    if let Some(files) = ptth_proto::rt::runtime::open_files() {
+        let cores = resolve_cores(cfg.profile.cores) as u64;
+        let need = cores * cfg.profile.max_clients + u64::from(cfg.max_tunnels);
+        if files < need {
+            w.push(format!(
+                "the open-file limit is {files}, below what the limits admit ({cores} cores x limits.max_clients {} + tunnel.max_tunnels {} = {need}): past it accepts fail (EMFILE) instead of shedding with 503; raise it (systemd LimitNOFILE=, ulimit -n) or lower limits.max_clients",
+                cfg.profile.max_clients, cfg.max_tunnels
+            ));
+        }
+    }
     w
 }
 

@@ -245,6 +245,8 @@ fn check_command(args: Vec<String>) -> ExitCode {
         }
         Ok((cli, cfg, tunnel_tls))
     });
+    // As ptth-lb would run: with the open-file limit raised.
+    ptth_proto::rt::runtime::raise_open_files();
     let (cli, cfg, tunnel_tls) = match checked {
         Ok(c) => c,
         Err(e) => {
@@ -309,6 +311,7 @@ fn main() -> ExitCode {
         complain(format_args!("{e}"));
         return ExitCode::from(2);
     }
+    ptth_proto::rt::runtime::raise_open_files();
     for w in ptth_lb::config_warnings(&cfg) {
         tracing::warn!("{w}");
     }

@@ -107,6 +107,15 @@ pub(crate) trait ClientStream: AsyncReadRent + AsyncWriteRent + Split + Sized + 
     fn gone(&self) -> impl std::future::Future<Output = ()> + '_ {
         ptth_proto::rt::io::peer_gone(self.tcp())
     }
+    /// After an idle read filled the small buffer: what already waits on
+    /// the connection goes into the full one too (`ReadBuf::take_queued`),
+    /// so a request that arrived whole is judged whole before any of it is
+    /// forwarded, as one full-size read would have it.
+    async fn take_queued(&mut self, rb: &mut ReadBuf) {
+        if rb.idle_read_full() {
+            rb.take_queued(self.tcp());
+        }
+    }
     /// The connection for another core to adopt; the stream back when it
     /// cannot move.
     fn detach(self) -> Result<Detached, Self>;
@@ -133,6 +142,19 @@ impl ClientStream for TcpStream {
 impl ClientStream for TlsStream<rustls::ServerConnection> {
     type Poll = TlsPoll<rustls::ServerConnection>;
     const SCHEME: &'static str = "https";
+    /// The socket holds ciphertext: what rustls has decrypted already is
+    /// taken (reads that never wait on the socket).
+    async fn take_queued(&mut self, rb: &mut ReadBuf) {
+        if !rb.idle_read_full() {
+            return;
+        }
+        // The first fill takes the full-size buffer back.
+        while self.plaintext_pending() {
+            if !matches!(rb.fill(self, std::time::Duration::from_secs(1)).await, Ok(n) if n > 0) || rb.is_full() {
+                return;
+            }
+        }
+    }
     fn into_poll(self) -> io::Result<Self::Poll> {
         TlsStream::into_poll(self)
     }
@@ -225,10 +247,21 @@ async fn sniff_preface<S: ClientStream>(core: &Core, c: &mut Client<S>) -> Sniff
             return Sniff::H2;
         }
         let Some(stream) = c.stream.as_mut() else { return Sniff::Closed };
-        let wait = if d.is_empty() { core.cfg().profile.keepalive_timeout } else { core.cfg().profile.header_timeout };
-        let r = monoio::select! {
-            r = c.rb.fill(stream, wait) => r,
-            _ = &mut c.stop => return Sniff::Closed,
+        let r = if d.is_empty() {
+            // Nothing yet: the small idle buffer (`ReadBuf::fill_idle`).
+            let wait = core.cfg().profile.keepalive_timeout;
+            let r = monoio::select! {
+                r = c.rb.fill_idle(stream, wait) => r,
+                _ = &mut c.stop => return Sniff::Closed,
+            };
+            stream.take_queued(&mut c.rb).await;
+            r
+        } else {
+            let wait = core.cfg().profile.header_timeout;
+            monoio::select! {
+                r = c.rb.fill(stream, wait) => r,
+                _ = &mut c.stop => return Sniff::Closed,
+            }
         };
         match r {
             Ok(0) | Err(_) => return Sniff::Closed,
@@ -255,9 +288,21 @@ async fn read_head<S: ClientStream>(core: &Core, c: &mut Client<S>) -> Result<bo
             Some(t) => p.header_timeout.saturating_sub(t.elapsed()),
         };
         let Some(stream) = c.stream.as_mut() else { return Ok(false) };
-        let r = monoio::select! {
-            r = c.rb.fill(stream, wait) => r,
-            _ = &mut c.stop, if idle => return Ok(false),
+        let r = if idle && started.is_none() {
+            // Between requests: the small idle buffer, so an idle
+            // keep-alive connection holds no full-size one
+            // (`ReadBuf::fill_idle`; docs/OPERATIONS.md, capacity notes).
+            let r = monoio::select! {
+                r = c.rb.fill_idle(stream, wait) => r,
+                _ = &mut c.stop => return Ok(false),
+            };
+            stream.take_queued(&mut c.rb).await;
+            r
+        } else {
+            monoio::select! {
+                r = c.rb.fill(stream, wait) => r,
+                _ = &mut c.stop, if idle => return Ok(false),
+            }
         };
         match r {
             Ok(0) => return Ok(false),

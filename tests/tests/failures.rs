@@ -240,3 +240,50 @@ on_both_tunnel_kinds!(
     lost_after_sending,
     a_permit_freed_on_one_core_reaches_a_waiter_on_another
 );
+
+/// A worker that stops dead with requests in flight (SIGSTOP, a frozen VM):
+/// its h2 tunnel stops answering PINGs, and at the liveness deadline
+/// (`h2.ping_ms` + `h2.ping_timeout_ms`, far below `timeouts.response_ms`)
+/// the lb closes it; the GET it held (idempotent, no response byte) is
+/// served by another worker, the POST gets 502.
+#[test]
+fn a_frozen_worker_is_detected_by_its_liveness_deadline() {
+    let lb = start_lb(1, |c| {
+        c.profile.ping_every = Duration::from_millis(200);
+        c.profile.ping_timeout = Duration::from_millis(300);
+        c.profile.response_timeout = Duration::from_secs(60);
+    });
+    let (tx, received) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    // Its runtime thread blocks on the first request: from then on nothing
+    // on the tunnel is read or answered, PINGs included.
+    let _frozen = scripted_h2_worker(lb.tunnel_addr, "frozen", move |p| {
+        let _ = tx.lock().unwrap().send(p.uri.path().to_string());
+        std::thread::sleep(Duration::from_secs(3600));
+        Verdict::Refuse
+    });
+    wait_until("the frozen worker joins", || lb.status().workers.len() == 1);
+    let addr = lb.client_addr();
+    let started = std::time::Instant::now();
+    let get = std::thread::spawn(move || {
+        block_on(async move {
+            let mut s = h2_connect(addr).await;
+            h2_request(&mut s, "GET", "/get", b"").await
+        })
+    });
+    assert_eq!(received.recv_timeout(STEP).unwrap(), "/get");
+    // The POST goes out on the tunnel too; the worker never reads it.
+    let post = std::thread::spawn(move || {
+        let mut c = Client::connect(addr);
+        c.send(b"POST /post HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n");
+        c.read_response(false)
+    });
+    wait_until("both requests are on the frozen worker", || lb.status().workers.iter().any(|w| w.in_flight == 2));
+    let _good = routed(&lb, "good", "/", Responder::Hello);
+    let r = post.join().unwrap();
+    assert_eq!(r.status, 502, "the POST may have been acted on: {}", r.text());
+    let (status, _, body) = get.join().unwrap();
+    assert_eq!((status, body.as_slice()), (200, &b"hello\n"[..]), "the GET goes to another worker");
+    assert!(started.elapsed() < Duration::from_secs(10), "within the liveness deadline, not the response timeout");
+    wait_until("the frozen worker is gone", || lb.status().workers.iter().all(|w| w.id != "frozen"));
+}

@@ -57,3 +57,27 @@ fn slow_and_idle_clients_are_cut_at_their_deadlines() {
     assert!(started.elapsed() < STEP, "both cut at their deadlines, not at the test's");
     wait_until("both connections are gone", || lb.status().per_core[0].active_clients == 0);
 }
+
+/// Between requests a connection reads into a small idle buffer and parks
+/// its full-size one (docs/OPERATIONS.md, capacity notes): a next request,
+/// or a first one on a fresh connection, is served as any other, also when
+/// its head is larger than the small buffer; the keep-alive deadline still
+/// closes the connection.
+#[test]
+fn idle_connections_are_served_from_the_small_buffer_and_still_time_out() {
+    let lb = start_lb(1, |c| c.profile.keepalive_timeout = Duration::from_millis(1500));
+    let _w = responder(&lb, "w", Responder::Echo);
+    let mut used = Client::connect(lb.client_addr());
+    assert_eq!(used.get("/1").status, 200);
+    let mut fresh = Client::connect(lb.client_addr());
+    let big = "v".repeat(3 * ptth_proto::rt::io::IDLE_READ);
+    used.send(format!("GET /2 HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").as_bytes());
+    let r = used.read_response(false);
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains(&big), "the whole head reached the worker");
+    assert_eq!(fresh.get("/1").status, 200, "a fresh connection's first request");
+    let started = std::time::Instant::now();
+    wait_until("the idle deadline closes both", || lb.status().per_core[0].active_clients == 0);
+    assert!(started.elapsed() >= Duration::from_millis(1000), "not before the keep-alive deadline");
+    assert!(used.is_closed() && fresh.is_closed());
+}

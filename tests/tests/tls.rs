@@ -238,6 +238,51 @@ fn a_config_reload_adds_a_certificate_for_another_name() {
     assert!(TlsClient::connect(addr, "b.test", &b.join("ca.pem")).is_ok(), "b.test still served");
 }
 
+/// A TLS session idle between requests (its plaintext read into the small
+/// idle buffer) serves its next request.
+#[test]
+fn an_idle_tls_session_serves_its_next_request() {
+    let d = dev("idle", &["localhost"]);
+    let lb = tls_lb(vec![spec(&d)]);
+    let _w = responder(&lb, "w", Responder::Hello);
+    let mut c = TlsClient::connect(tls_addr(&lb), "localhost", &d.join("ca.pem")).expect("handshake");
+    assert!(c.get("/1").starts_with("HTTP/1.1 200"));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(c.get("/2").starts_with("HTTP/1.1 200"));
+}
+
+/// Counts the requests that reach it; answers 200.
+struct Arrivals(Arc<std::sync::atomic::AtomicU32>);
+
+impl ptth_workerd::Handler for Arrivals {
+    async fn handle(&self, ex: &mut ptth_workerd::Exchange<'_>) -> Result<(), ptth_workerd::Error> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        ex.respond(200, &[], b"ok\n").await
+    }
+}
+
+/// A request refused for what its first body bytes hold never reaches a
+/// worker over TLS either, although it is larger than the idle read buffer:
+/// what rustls has decrypted is judged with the head.
+#[test]
+fn a_bad_body_in_a_large_tls_request_is_refused_before_its_head_goes_out() {
+    let d = dev("bad-body", &["localhost"]);
+    let lb = tls_lb(vec![spec(&d)]);
+    let arrived = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let a = arrived.clone();
+    let _w = start_worker(worker_config(&lb, "w", 2), move || Arrivals(a.clone()));
+    let mut c = TlsClient::connect(tls_addr(&lb), "localhost", &d.join("ca.pem")).expect("handshake");
+    let mut req = b"POST /c HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5;x=".to_vec();
+    req.extend(std::iter::repeat_n(b'a', 5000));
+    req.extend_from_slice(b"\r\nhello\r\n0\r\n\r\n");
+    c.s.write_all(&req).unwrap();
+    c.s.flush().unwrap();
+    let mut answer = Vec::new();
+    let _ = c.s.read_to_end(&mut answer);
+    assert!(answer.starts_with(b"HTTP/1.1 400"), "{}", String::from_utf8_lossy(&answer));
+    assert_eq!(arrived.load(std::sync::atomic::Ordering::SeqCst), 0, "nothing reached the worker");
+}
+
 #[test]
 fn a_tls_connection_moves_to_the_core_that_has_the_tunnel() {
     let d = dev("hop", &["localhost"]);

@@ -248,6 +248,8 @@ fn main() -> ExitCode {
         complain(format_args!("{e}"));
         return ExitCode::from(2);
     }
+    // Tunnels and origin connections are descriptors.
+    ptth_proto::rt::runtime::raise_open_files();
     let what = match &mode {
         Mode::Respond(r) => format!("built-in responder {r:?}"),
         Mode::Origin(o, _) => format!("origin http://{}", o.authority),

@@ -106,9 +106,15 @@ impl Conn {
             }
             let idle = self.rb.is_empty();
             let deadline = if idle { IDLE_WAIT } else { self.cfg.io_timeout };
-            let n = monoio::select! {
-                r = self.rb.fill(&mut self.stream, deadline) => r,
-                _ = &mut *stop, if idle => return Ok(false),
+            // Between requests the small idle buffer (`ReadBuf::fill_idle`),
+            // so an idle tunnel holds no full-size one.
+            let n = if idle {
+                monoio::select! {
+                    r = self.rb.fill_idle(&mut self.stream, deadline) => r,
+                    _ = &mut *stop => return Ok(false),
+                }
+            } else {
+                self.rb.fill(&mut self.stream, deadline).await
             };
             match n {
                 Ok(0) if idle => return Ok(false),

@@ -969,6 +969,8 @@ impl Pool {
         let slot = kind.slot();
         if let Leased::H1(mut t) = kind {
             t.idle_since = Instant::now();
+            // Its read buffer waits in the core's spares while it idles.
+            t.rb.park_idle();
             if let Some(w) = self.workers[slot].as_mut() {
                 w.idle.push(t);
             }

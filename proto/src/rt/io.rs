@@ -14,26 +14,182 @@ use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
 /// A connection's read buffer: bytes `[pos..len)` are received and unconsumed.
+///
+/// An idle connection (waiting for its next request, [`fill_idle`]) reads
+/// into a small buffer of its own and parks the full-size one in its core's
+/// spares, so ten thousand idle keep-alive connections hold ten thousand
+/// small buffers, not ten thousand full ones. The full one comes back (from
+/// the spares: no allocation in steady state) when a read needs more room.
+///
+/// [`fill_idle`]: ReadBuf::fill_idle
 #[derive(Debug)]
 pub struct ReadBuf {
     buf: Vec<u8>,
     pos: usize,
-    /// Capacity to restore after a cancelled read kept the old allocation.
+    /// Capacity of the full-size buffer (restored after a cancelled read
+    /// kept the old allocation).
     cap: usize,
+    /// The small buffer while `buf` is the full one; empty while parked.
+    small: Vec<u8>,
+    /// `buf` is the small buffer; the full one is in the spares.
+    parked: bool,
+}
+
+/// What an idle connection reads into: most request heads fit.
+pub const IDLE_READ: usize = 2048;
+
+/// Full-size buffers that idle or closed connections gave back, by size,
+/// per thread: each core is one thread, so this is per-core owned state (no
+/// sharing, no locks). At most `SPARES_MAX` of each size are kept.
+const SPARES_MAX: usize = 256;
+
+thread_local! {
+    static SPARES: std::cell::RefCell<Vec<(usize, Vec<Vec<u8>>)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A full-size buffer of capacity `cap` (at least), empty: a spare if there is one.
+fn spare(cap: usize) -> Vec<u8> {
+    let got = SPARES.with(|s| s.borrow_mut().iter_mut().find(|(c, _)| *c == cap).and_then(|(_, v)| v.pop()));
+    got.unwrap_or_else(|| Vec::with_capacity(cap))
+}
+
+/// Keeps `buf` for another connection of this core, or frees it.
+fn give_back(mut buf: Vec<u8>, cap: usize) {
+    if buf.capacity() != cap {
+        return;
+    }
+    buf.clear();
+    SPARES.with(|s| {
+        let mut s = s.borrow_mut();
+        match s.iter_mut().find(|(c, _)| *c == cap) {
+            Some((_, v)) if v.len() < SPARES_MAX => v.push(buf),
+            Some(_) => {}
+            None => s.push((cap, vec![buf])),
+        }
+    });
+}
+
+impl Drop for ReadBuf {
+    fn drop(&mut self) {
+        if !self.parked {
+            give_back(std::mem::take(&mut self.buf), self.cap);
+        }
+    }
 }
 
 impl ReadBuf {
     pub fn with_capacity(cap: usize) -> Self {
-        ReadBuf { buf: Vec::with_capacity(cap), pos: 0, cap }
+        ReadBuf { buf: spare(cap), pos: 0, cap, small: Vec::new(), parked: false }
     }
 
     /// A buffer that starts with bytes already received elsewhere (a
     /// connection handed over from another core).
     pub fn from_vec(mut buf: Vec<u8>, cap: usize) -> Self {
+        if buf.is_empty() {
+            return ReadBuf::with_capacity(cap);
+        }
         if buf.capacity() < cap {
             buf.reserve(cap - buf.len());
         }
-        ReadBuf { buf, pos: 0, cap }
+        ReadBuf { buf, pos: 0, cap, small: Vec::new(), parked: false }
+    }
+
+    /// Bytes this buffer holds allocated now (the small and full ones).
+    pub fn allocated(&self) -> usize {
+        self.buf.capacity() + self.small.capacity()
+    }
+
+    /// Whether the buffer in use has no room left after its bytes.
+    pub fn is_full(&self) -> bool {
+        self.buf.len() == self.buf.capacity()
+    }
+
+    /// Whether the last idle read filled the small buffer: more of the
+    /// message may wait in the socket ([`take_queued`](Self::take_queued)).
+    pub fn idle_read_full(&self) -> bool {
+        self.parked && self.buf.len() == self.buf.capacity()
+    }
+
+    /// Takes what already waits in the socket `s` into the full-size buffer
+    /// (non-blocking `recv` until it would block, the peer closed, or the
+    /// buffer is full), so that a message arriving at once is seen at once
+    /// as with one full-size read: the lb checks the body bytes it holds
+    /// before it forwards a head. Returns the bytes taken.
+    #[allow(unsafe_code)]
+    pub fn take_queued(&mut self, s: &impl std::os::fd::AsRawFd) -> usize {
+        self.unpark();
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(self.cap);
+        }
+        let mut taken = 0;
+        while self.buf.len() < self.buf.capacity() {
+            let spare = self.buf.spare_capacity_mut();
+            // SAFETY: the fd belongs to `s`, borrowed for the whole call, so
+            // it stays open; `spare` is the vector's uninitialized capacity,
+            // valid for `spare.len()` bytes, and recv writes at most that
+            // many; MSG_DONTWAIT keeps the call from blocking.
+            let n = unsafe { libc::recv(s.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), libc::MSG_DONTWAIT) };
+            if n <= 0 {
+                break;
+            }
+            // SAFETY: recv initialized the first `n` bytes of the spare capacity.
+            unsafe { self.buf.set_len(self.buf.len() + n as usize) };
+            taken += n as usize;
+        }
+        taken
+    }
+
+    /// For a connection that goes idle without a read posted (a pooled
+    /// tunnel): with nothing buffered, the full-size buffer goes to the
+    /// spares until the next [`fill`](Self::fill). With bytes buffered,
+    /// nothing changes.
+    pub fn park_idle(&mut self) {
+        if self.is_empty() {
+            self.park();
+        }
+    }
+
+    /// Nothing buffered: the full-size buffer goes to the spares and the
+    /// small one takes its place.
+    fn park(&mut self) {
+        debug_assert!(self.is_empty());
+        if self.parked {
+            if self.buf.capacity() == 0 {
+                // A deadline cancelled the last idle read, which kept it.
+                self.buf.reserve(IDLE_READ);
+            }
+            return;
+        }
+        let full = std::mem::take(&mut self.buf);
+        give_back(full, self.cap);
+        self.buf = std::mem::take(&mut self.small);
+        self.buf.clear();
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(IDLE_READ);
+        }
+        self.pos = 0;
+        self.parked = true;
+    }
+
+    /// The full-size buffer back, with the unconsumed bytes moved into it.
+    fn unpark(&mut self) {
+        if !self.parked {
+            return;
+        }
+        let mut full = spare(self.cap);
+        full.extend_from_slice(&self.buf[self.pos..]);
+        self.small = std::mem::replace(&mut self.buf, full);
+        self.small.clear();
+        self.pos = 0;
+        self.parked = false;
+    }
+
+    /// [`fill`](Self::fill) for a connection with nothing buffered, waiting
+    /// for its next request: it reads into the small buffer (see the type's
+    /// docs); the next `fill` takes the full one back if it needs room.
+    pub async fn fill_idle<R: AsyncReadRent>(&mut self, r: &mut R, deadline: Duration) -> io::Result<usize> {
+        self.park();
+        self.read_more(r, deadline).await
     }
 
     /// Unconsumed bytes.
@@ -65,10 +221,16 @@ impl ReadBuf {
     /// Reads more bytes after the unconsumed ones. Returns 0 at end of stream.
     /// Fails with `InvalidData` when the buffer is full of unconsumed bytes.
     pub async fn fill<R: AsyncReadRent>(&mut self, r: &mut R, deadline: Duration) -> io::Result<usize> {
+        self.unpark();
         if self.buf.capacity() == 0 {
             // A deadline cancelled the last operation, which kept the buffer.
             self.buf.reserve(self.cap);
         }
+        self.read_more(r, deadline).await
+    }
+
+    /// One read after the unconsumed bytes, into whichever buffer is in use.
+    async fn read_more<R: AsyncReadRent>(&mut self, r: &mut R, deadline: Duration) -> io::Result<usize> {
         if self.buf.len() == self.buf.capacity() {
             if self.pos == 0 {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, "read buffer full"));
@@ -328,5 +490,82 @@ impl<T: AsyncWriteRent + monoio::io::Split> AsyncWriteRent for WriteHalf<'_, T> 
         // SAFETY: as in `ReadHalf::read`.
         let s = unsafe { &mut *self.0.get() };
         s.shutdown()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hands out its chunks one read at a time, then end of stream.
+    struct Chunks(std::collections::VecDeque<&'static [u8]>);
+
+    impl AsyncReadRent for Chunks {
+        async fn read<T: IoBufMut>(&mut self, mut buf: T) -> monoio::BufResult<usize, T> {
+            let Some(c) = self.0.pop_front() else { return (Ok(0), buf) };
+            let n = c.len().min(buf.bytes_total());
+            #[allow(unsafe_code)]
+            // SAFETY: `n` is within the buffer's writable bytes, and `c` is
+            // a separate allocation.
+            unsafe {
+                std::ptr::copy_nonoverlapping(c.as_ptr(), buf.write_ptr(), n);
+                buf.set_init(n);
+            }
+            (Ok(n), buf)
+        }
+        async fn readv<T: monoio::buf::IoVecBufMut>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
+            (Ok(0), buf)
+        }
+    }
+
+    fn run<F: std::future::Future>(f: F) -> F::Output {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build().expect("runtime").block_on(async {
+            let _scope = crate::rt::deadline::Scope::enter();
+            f.await
+        })
+    }
+
+    const FULL: usize = 32 * 1024;
+    const T: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn an_idle_read_holds_the_small_buffer_and_a_fill_takes_the_full_one_back() {
+        run(async {
+            let mut r = Chunks(vec![&b"GET / HT"[..], &b"TP/1.1\r\n\r\n"[..]].into());
+            let mut rb = ReadBuf::with_capacity(FULL);
+            assert_eq!(rb.allocated(), FULL);
+            assert_eq!(rb.fill_idle(&mut r, T).await.unwrap(), 8);
+            assert_eq!(rb.allocated(), IDLE_READ, "idle: the full buffer is parked");
+            // The head goes on: the full buffer comes back with what was read.
+            assert_eq!(rb.fill(&mut r, T).await.unwrap(), 10);
+            assert_eq!(rb.data(), b"GET / HTTP/1.1\r\n\r\n");
+            assert_eq!(rb.allocated(), FULL + IDLE_READ, "the small one is kept for the next idle wait");
+            rb.consume(18);
+            // The next idle wait parks it again, and the end of stream reads as 0.
+            assert_eq!(rb.fill_idle(&mut r, T).await.unwrap(), 0);
+            assert_eq!(rb.allocated(), IDLE_READ);
+        });
+    }
+
+    #[test]
+    fn full_buffers_are_reused_by_the_next_connection_of_the_core() {
+        run(async {
+            let mut r = Chunks(vec![&b"x"[..]].into());
+            let mut a = ReadBuf::with_capacity(FULL + 1);
+            a.fill(&mut r, T).await.unwrap();
+            let at = a.data().as_ptr();
+            drop(a);
+            let mut b = ReadBuf::with_capacity(FULL + 1);
+            let mut r = Chunks(vec![&b"y"[..]].into());
+            b.fill(&mut r, T).await.unwrap();
+            assert_eq!(b.data().as_ptr(), at, "the closed connection's buffer, not a new allocation");
+            // A parked buffer serves another connection while its owner idles.
+            let mut r = Chunks(vec![&b"z"[..]].into());
+            b.consume(1);
+            b.fill_idle(&mut r, T).await.unwrap();
+            let c = ReadBuf::with_capacity(FULL + 1);
+            assert_eq!(c.allocated(), FULL + 1);
+            drop(c);
+        });
     }
 }

@@ -186,3 +186,32 @@ pub fn pin_to(index: usize) -> Option<usize> {
     let id = *ids.get(index % ids.len().max(1))?;
     core_affinity::set_for_current(id).then_some(id.id)
 }
+
+/// The open-file soft limit in force, and the hard one.
+#[allow(unsafe_code)]
+fn open_file_limits() -> Option<(u64, u64)> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one `rlimit` through a valid, exclusive pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    Some((lim.rlim_cur, lim.rlim_max))
+}
+
+/// How many descriptors this process may open (the soft limit).
+pub fn open_files() -> Option<u64> {
+    open_file_limits().map(|(soft, _)| soft)
+}
+
+/// Raises this process's open-file soft limit to its hard limit: every
+/// client connection and tunnel is a descriptor, and the usual soft limit
+/// of 1024 would cap a balancer far below its configured limits.
+#[allow(unsafe_code)]
+pub fn raise_open_files() {
+    let Some((soft, hard)) = open_file_limits() else { return };
+    if soft < hard {
+        let raised = libc::rlimit { rlim_cur: hard, rlim_max: hard };
+        // SAFETY: setrlimit reads one `rlimit` through a valid pointer.
+        let _ = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) };
+    }
+}

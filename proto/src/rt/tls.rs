@@ -139,6 +139,12 @@ where
         self.tls.borrow_mut().process_new_packets().map_or(true, |s| s.plaintext_bytes_to_read() > 0)
     }
 
+    /// Whether rustls holds decrypted bytes not read yet (a read returns
+    /// them without touching the socket).
+    pub fn plaintext_pending(&self) -> bool {
+        self.tls.borrow_mut().process_new_packets().is_ok_and(|s| s.plaintext_bytes_to_read() > 0)
+    }
+
     /// The poll-style face for the `h2` crate.
     pub fn into_poll(self) -> io::Result<TlsPoll<C>> {
         let (io, conn, unread) = self.into_parts();
