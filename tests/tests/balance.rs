@@ -2,24 +2,33 @@
 //! over workers, weights, and core-local serving on a 2-core lb (with the
 //! hand-off to another core when the accepting core has no tunnel).
 
+use std::time::Duration;
+
 use ptth_tests::*;
 use ptth_workerd::{Claim, Exchange, Handler, Origin};
 
-/// Answers with its own name.
+/// Answers its name, after `.1` (zero: at once).
 #[derive(Clone)]
-struct Named(String);
+struct Named(String, Duration);
 
 impl Handler for Named {
     async fn handle(&self, ex: &mut Exchange<'_>) -> Result<(), ptth_workerd::Error> {
+        if !self.1.is_zero() {
+            monoio::time::sleep(self.1).await;
+        }
         ex.respond(200, &[], self.0.as_bytes()).await
     }
 }
 
 fn named(lb: &ptth_lb::Lb, id: &str, tweak: impl FnOnce(&mut ptth_workerd::Config)) -> ptth_workerd::Worker {
+    named_after(lb, id, Duration::ZERO, tweak)
+}
+
+fn named_after(lb: &ptth_lb::Lb, id: &str, delay: Duration, tweak: impl FnOnce(&mut ptth_workerd::Config)) -> ptth_workerd::Worker {
     let mut cfg = worker_config(lb, id, 2);
     tweak(&mut cfg);
     let name = id.to_string();
-    start_worker(cfg, move || Named(name.clone()))
+    start_worker(cfg, move || Named(name.clone(), delay))
 }
 
 /// Sends `n` requests over `conns` keep-alive connections in parallel;
@@ -61,32 +70,15 @@ fn three_workers_share_evenly() {
     }
 }
 
-/// Takes `delay` for each request, then answers with its own name.
-#[derive(Clone)]
-struct Slow(String, std::time::Duration);
-
-impl Handler for Slow {
-    async fn handle(&self, ex: &mut Exchange<'_>) -> Result<(), ptth_workerd::Error> {
-        monoio::time::sleep(self.1).await;
-        ex.respond(200, &[], self.0.as_bytes()).await
-    }
-}
-
 /// A worker 10 times slower than another gets proportionally less: the fast
 /// one takes at least 80 % of the requests, at low and at higher
 /// concurrency (selection weighs in-flight requests by each worker's recent
 /// response time, and breaks idle ties toward the clearly faster one).
 #[test]
 fn a_slow_worker_gets_proportionally_less() {
-    use std::time::Duration;
     for conns in [1, 8] {
         let lb = start_lb(1, |_| {});
-        let worker = |id: &str, delay| {
-            let mut cfg = worker_config(&lb, id, 8);
-            cfg.tunnels_per_core = 8;
-            let name = id.to_string();
-            start_worker(cfg, move || Slow(name.clone(), delay))
-        };
+        let worker = |id: &str, delay| named_after(&lb, id, delay, |c| c.tunnels_per_core = 8);
         let _slow = worker("slow", Duration::from_millis(20));
         let _fast = worker("fast", Duration::from_millis(2));
         let n = 200 * conns.min(2);
@@ -99,12 +91,16 @@ fn a_slow_worker_gets_proportionally_less() {
 #[test]
 fn weights_bias_the_share() {
     let lb = start_lb(1, |_| {});
-    // Enough tunnels that requests never wait: weights pick among idle workers.
-    let _a = named(&lb, "light", |c| {
+    // Enough tunnels that requests never wait: weights pick among idle
+    // workers. Both take 2 ms, so the host's scheduling noise (a few hundred
+    // µs) cannot make one look four times faster than the other, which
+    // latency-aware selection would rightly follow over the weights.
+    let delay = Duration::from_millis(2);
+    let _a = named_after(&lb, "light", delay, |c| {
         c.meta.weight = 1;
         c.tunnels_per_core = 8;
     });
-    let _b = named(&lb, "heavy", |c| {
+    let _b = named_after(&lb, "heavy", delay, |c| {
         c.meta.weight = 3;
         c.tunnels_per_core = 8;
     });
@@ -113,10 +109,9 @@ fn weights_bias_the_share() {
     // requests in flight, load-awareness rightly overrides weight).
     let counts = tally(lb.client_addr(), 1, 1000, "t", "/");
     let heavy = counts.get("heavy").copied().unwrap_or(0);
-    // Latency-aware ties (an idle worker answering in under a quarter of the
-    // other's time wins) move a few percent on a loaded host; an even split
-    // would be 500, so 600 still shows the weight (648 was seen in a
-    // .ci/run sharing the CPU with a build).
+    // An even split would be 500, so 600 still shows the weight (with
+    // instant responders, 648 and once 447 were seen in a .ci/run: noise
+    // made one look four times faster for a while).
     assert!((600..=850).contains(&heavy), "heavy got {heavy} of 1000, want about 750: {counts:?}");
 }
 

@@ -139,3 +139,24 @@ fn signed_here(d: &Path, expired: bool) -> (PathBuf, PathBuf) {
     std::fs::write(&kp, k.serialize_pem()).unwrap();
     (cp, kp)
 }
+
+/// Certificate rotation on the worker (what ptth-workerd's SIGHUP does):
+/// a worker whose certificate has expired is refused; given a fresh one
+/// (`Worker::set_tls`), its next dial is accepted, with no restart.
+#[test]
+fn a_worker_given_a_new_certificate_dials_with_it() {
+    let d = dev("rotate");
+    let lb = mtls_lb(&d, true);
+    let ca = d.join("ca.pem");
+    let w = ptth_workerd::serve(worker(&lb, &ca, Some(signed_here(&d, true)), "worker-1", "/w1/"), || Responder::Hello).unwrap();
+    wait_until("the expired certificate is refused", || w.last_error(0).is_some());
+    assert_eq!(w.tunnels(), 0);
+    let (cert, key) = signed_here(&d, false);
+    w.set_tls(ptth_workerd::client_tls(Some(&ca), Some((&cert, &key))).unwrap()).expect("a TLS worker takes a new config");
+    wait_until("the worker dials with its new certificate", || w.is_covered());
+    assert_eq!(get(lb.client_addr(), "/w1/x").status, 200);
+    // A cleartext worker has no TLS to replace.
+    let plain = ptth_workerd::serve(worker_config(&lb, "other-1", 1), || Responder::Hello).unwrap();
+    assert!(plain.set_tls(ptth_workerd::client_tls(Some(&ca), None).unwrap()).is_err());
+    plain.kill();
+}

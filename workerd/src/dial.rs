@@ -110,8 +110,9 @@ where
             }
             continue;
         }
+        let tls = shared.tls.read().unwrap_or_else(|p| p.into_inner()).clone();
         let dialed = monoio::select! {
-            r = dial_once(&lb.addr, &cfg) => r,
+            r = dial_once(&lb.addr, &cfg, tls) => r,
             _ = stop.wait() => return,
         };
         match dialed {
@@ -208,7 +209,9 @@ async fn sleep_or_stop(d: Duration, stop: &Signal) -> bool {
 /// anything, the token included, is sent) and performs the PTTH setup.
 /// Returns the stream, any bytes read past the `101`, and what the lb
 /// accepted.
-async fn dial_once(addr: &str, cfg: &Config) -> Result<(TunnelStream, Vec<u8>, Accepted), Error> {
+/// `tls`: the client config in force now (`Worker::set_tls` may replace
+/// it between dials).
+async fn dial_once(addr: &str, cfg: &Config, tls: Option<Arc<rustls::ClientConfig>>) -> Result<(TunnelStream, Vec<u8>, Accepted), Error> {
     let conn_err = |source| Error::Connect { lb: addr.to_string(), source };
     let tcp = match ptth_proto::rt::deadline::within(cfg.connect_timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
@@ -217,7 +220,7 @@ async fn dial_once(addr: &str, cfg: &Config) -> Result<(TunnelStream, Vec<u8>, A
     };
     let _ = tcp.set_nodelay(true);
     let _ = tcp.set_tcp_keepalive(Some(Duration::from_secs(30)), Some(Duration::from_secs(10)), Some(3));
-    let mut stream = match &cfg.tls {
+    let mut stream = match &tls {
         None => MaybeTls::Plain(tcp),
         Some(tls) => {
             let tls_err = |why: String| Error::Tls { lb: addr.to_string(), why };

@@ -64,6 +64,9 @@ pub(crate) struct Shared {
     /// Live tunnels per (thread, lb).
     counts: Vec<AtomicU32>,
     up: AtomicUsize,
+    /// The TLS client config new dials use (`cfg.tls` at start, then what
+    /// [`Worker::set_tls`] gave).
+    pub(crate) tls: std::sync::RwLock<Option<Arc<rustls::ClientConfig>>>,
 }
 
 impl Shared {
@@ -102,6 +105,18 @@ impl Worker {
         self.shared.lbs.iter().all(|lb| lb.coverage.lock().unwrap_or_else(|p| p.into_inner()).is_covered(self.cfg.tunnels_per_core))
     }
 
+    /// New dials use `tls` from now on (a rotated client certificate, a new
+    /// CA); tunnels already up keep their sessions. Only for a worker that
+    /// started with TLS (`cfg.tls`): cleartext stays cleartext.
+    pub fn set_tls(&self, tls: Arc<rustls::ClientConfig>) -> Result<(), Error> {
+        let mut cur = self.shared.tls.write().unwrap_or_else(|p| p.into_inner());
+        if cur.is_none() {
+            return Err(Error::Config("this worker dials without TLS; start it with --tls or --ca to use certificates".into()));
+        }
+        *cur = Some(tls);
+        Ok(())
+    }
+
     /// Graceful stop: no more dials, idle tunnels close, requests in flight
     /// finish with `Connection: close`; returns when all threads ended.
     pub fn stop(mut self) {
@@ -118,6 +133,11 @@ impl Worker {
     /// Blocks until the worker ends (after `stop_flag` is set).
     pub fn wait(mut self) {
         self.join();
+    }
+
+    /// Whether every worker thread has ended (a fatal error, or a stop).
+    pub fn finished(&self) -> bool {
+        self.threads.iter().all(|t| t.is_finished())
     }
 
     /// The flag that [`stop`](Self::stop) sets, for signal handlers.
@@ -153,6 +173,7 @@ where
         lbs: cfg.lbs.iter().map(|a| LbState { addr: a.clone(), coverage: Mutex::new(Coverage::new()) }).collect(),
         counts: dial::count_slot(cfg.threads, cfg.lbs.len()),
         up: AtomicUsize::new(0),
+        tls: std::sync::RwLock::new(cfg.tls.clone()),
     });
     let stop = Arc::new(AtomicBool::new(false));
     let kill = Arc::new(AtomicBool::new(false));

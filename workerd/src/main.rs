@@ -229,7 +229,7 @@ fn main() -> ExitCode {
         say(format_args!("ptth-workerd {}", env!("CARGO_PKG_VERSION")));
         return ExitCode::SUCCESS;
     }
-    let (cfg, mode, log_format) = match parse(args) {
+    let (cfg, mode, log_format) = match parse(args.clone()) {
         Ok(v) => v,
         Err(e) => {
             complain(format_args!("{e}"));
@@ -283,8 +283,35 @@ fn main() -> ExitCode {
         let _ = signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone());
         let _ = signal_hook::flag::register(sig, stop.clone());
     }
+    // SIGHUP: the files named on the command line (--ca, --tls-cert,
+    // --tls-key) are read again for new dials; it never ends the process.
+    let hup = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _ = signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone());
+    while !stop.load(std::sync::atomic::Ordering::Acquire) && !worker.finished() {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        if hup.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            reload(&worker, &args);
+        }
+    }
     worker.wait();
     ExitCode::SUCCESS
+}
+
+/// One SIGHUP: the same flags, parsed again; the TLS files they name are
+/// read again and new dials use them. What the worker declares stays (a
+/// worker id's tunnels agree on their claims; docs/OPERATIONS.md): a change
+/// there is a rolling restart.
+fn reload(worker: &ptth_workerd::Worker, args: &[String]) {
+    match parse(args.to_vec()) {
+        Ok((cfg, _, _)) => match cfg.tls {
+            Some(tls) => match worker.set_tls(tls) {
+                Ok(()) => tracing::info!("reloaded: TLS files read again; new tunnels use them"),
+                Err(e) => tracing::error!("reload refused: {e}"),
+            },
+            None => tracing::info!("reloaded: nothing to read again (no TLS to the lb)"),
+        },
+        Err(e) => tracing::error!("reload refused, the running settings stay: {e}"),
+    }
 }
 
 #[cfg(test)]
