@@ -308,7 +308,7 @@ fn report(
         );
     }
     std::fs::create_dir_all(&o.out).map_err(|e| e.to_string())?;
-    let base = format!("{}-{}-soak", facts.date, facts.commit);
+    let base = format!("{}-{}-soak", &facts.date[..10], facts.commit);
     let svg_path = o.out.join(format!("{base}.svg"));
     std::fs::write(&svg_path, svg(windows)).map_err(|e| e.to_string())?;
     let _ = write!(md, "\n![p99 and RSS over time]({})\n", svg_path.file_name().and_then(|n| n.to_str()).unwrap_or_default());

@@ -105,25 +105,35 @@ pub(crate) async fn accept_each(
 /// Spawns a task on this core that ends when its work does or when the core
 /// is killed, whichever comes first (so its sockets close at shutdown).
 pub(crate) fn spawn_killable(core: &Core, work: impl Future<Output = ()> + 'static) {
-    monoio::spawn(Killable { kill: core.kill.wait(), work });
+    spawn_killable_with(core, (), work);
+}
+
+/// [`spawn_killable`], holding `guard` until the task ends or is dropped
+/// (a count of what the task is, given back however it ends).
+pub(crate) fn spawn_killable_with<G: Unpin + 'static>(core: &Core, guard: G, work: impl Future<Output = ()> + 'static) {
+    monoio::spawn(Killable { kill: core.kill.wait(), work, _guard: guard });
 }
 
 /// `work` until `kill` fires. A hand-written future rather than a `select!`
 /// in an `async` block: that block would hold `work` twice (the captured
 /// value and the one moved into the select), doubling every spawned task's
-/// size and the bytes copied to spawn it, once per h2c stream.
-struct Killable<F> {
+/// size and the bytes copied to spawn it, once per h2c stream. For the same
+/// reason a guard the task holds is a field here, not a local of an
+/// `async` block around `work` (which doubled each client connection's
+/// task: 13 KiB instead of 6.6 for a plain one, 30 instead of 15 for TLS).
+struct Killable<F, G> {
     kill: Wait,
     work: F,
+    _guard: G,
 }
 
-impl<F: Future<Output = ()>> Future for Killable<F> {
+impl<F: Future<Output = ()>, G: Unpin> Future for Killable<F, G> {
     type Output = ();
     #[allow(unsafe_code)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         // SAFETY: `work` is structurally pinned: it is never moved out of
         // `Killable`, which has no `Drop` of its own and is `Unpin` only if
-        // `F` is; `kill` is `Unpin` and not pinned.
+        // `F` is; `kill` and `_guard` are `Unpin` and not pinned.
         let this = unsafe { self.get_unchecked_mut() };
         if Pin::new(&mut this.kill).poll(cx).is_ready() {
             return Poll::Ready(());

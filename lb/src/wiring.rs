@@ -202,11 +202,7 @@ pub(crate) fn spawn_client<S: ClientStream>(core: &Rc<Core>, stream: S, peer: So
 /// Runs a client connection's task, counted as active from now (so that
 /// accepts in one burst see each other) until the task ends or is dropped.
 fn spawn_connection(core: &Rc<Core>, work: impl std::future::Future<Output = ()> + 'static) {
-    let active = Active::count(core.clone());
-    spawn_killable(core, async move {
-        let _active = active;
-        work.await;
-    });
+    crate::percore::spawn_killable_with(core, Active::count(core.clone()), work);
 }
 
 /// One client connection in `Core::active`.
