@@ -80,6 +80,13 @@ impl Core {
 /// Accepts on `listener` until `until` fires, handing each connection to
 /// `on`. Accept errors (EMFILE and friends) back off briefly instead of
 /// spinning.
+///
+/// The accept in flight when `until` fires is not dropped: under io_uring
+/// a dropped accept that completes anyway yields a connection nobody owns
+/// (monoio discards the descriptor without closing it), and its client
+/// would wait until the process exits. The listener is shut down instead,
+/// which ends the accept (with an error, or with a last connection that is
+/// handed on and sees the stop), and pending connections are refused.
 pub(crate) async fn accept_each(
     core: &Rc<Core>,
     listener: TcpListener,
@@ -88,18 +95,37 @@ pub(crate) async fn accept_each(
     mut on: impl FnMut(TcpStream, SocketAddr),
 ) {
     loop {
-        let accepted = monoio::select! {
-            r = listener.accept() => r,
-            _ = until.wait() => return,
+        let accept = listener.accept();
+        let mut accept = std::pin::pin!(accept);
+        let (accepted, stopping) = monoio::select! {
+            r = &mut accept => (r, false),
+            _ = until.wait() => {
+                shutdown_listener(&listener);
+                (accept.await, true)
+            }
         };
         match accepted {
             Ok((stream, peer)) => on(stream, peer),
+            Err(_) if stopping => {}
             Err(e) => {
                 tracing::warn!(core = core.id, "{what} accept: {e}");
                 monoio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+        if stopping {
+            return;
+        }
     }
+}
+
+/// Stops a listening socket: a pending accept returns, connections not yet
+/// accepted are refused (the socket closes when the listener drops).
+#[allow(unsafe_code)]
+fn shutdown_listener(l: &TcpListener) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor belongs to `l`, borrowed for the whole call,
+    // so it is open; shutdown(2) takes no pointers.
+    let _ = unsafe { libc::shutdown(l.as_raw_fd(), libc::SHUT_RDWR) };
 }
 
 /// Spawns a task on this core that ends when its work does or when the core

@@ -147,11 +147,29 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect");
+        Client::try_connect(addr).expect("connect")
+    }
+
+    /// A connection, or `None` when it is refused (an lb that stopped).
+    pub fn try_connect(addr: SocketAddr) -> Option<Client> {
+        let stream = TcpStream::connect(addr).ok()?;
         stream.set_read_timeout(Some(STEP)).unwrap();
         stream.set_write_timeout(Some(STEP)).unwrap();
         stream.set_nodelay(true).unwrap();
-        Client { stream, buf: Vec::new() }
+        Some(Client { stream, buf: Vec::new() })
+    }
+
+    /// A keep-alive GET that the server may refuse by closing the
+    /// connection before answering any byte (an lb draining between
+    /// requests): `None` then. A response it started is read whole.
+    pub fn try_get(&mut self, path: &str) -> Option<Response> {
+        if self.stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes()).is_err() {
+            return None;
+        }
+        if self.buf.is_empty() && self.fill() == 0 {
+            return None;
+        }
+        Some(self.read_response(false))
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
