@@ -7,7 +7,6 @@
 
 use std::io;
 use std::rc::Rc;
-use std::time::Duration;
 
 use ptth_proto::h1::{self, BodyDecoder, Framing, Parsed, RequestHead};
 use ptth_proto::rt::io::{write_all, ReadBuf};
@@ -29,9 +28,6 @@ pub trait Handler: 'static {
 
 /// Read buffer per tunnel: holds a whole request head, and body slices.
 const TUNNEL_BUF: usize = 64 * 1024;
-/// How long an idle tunnel waits for a request before re-arming its read.
-/// Dead lbs are found by TCP keepalive and by the lb closing the socket.
-const IDLE_WAIT: Duration = Duration::from_secs(300);
 /// Unread request body a handler left behind that is drained to keep the
 /// tunnel; more than this and the tunnel is closed instead.
 const MAX_DRAIN: u64 = 1 << 20;
@@ -105,22 +101,24 @@ impl Conn {
                 Err(e) => return Err(e.into()),
             }
             let idle = self.rb.is_empty();
-            let deadline = if idle { IDLE_WAIT } else { self.cfg.io_timeout };
-            // Between requests the small idle buffer (`ReadBuf::fill_idle`),
-            // so an idle tunnel holds no full-size one.
+            // Between requests: the small idle buffer (`ReadBuf::fill_idle`),
+            // so an idle tunnel holds no full-size one, and no deadline: the
+            // tunnel waits as long as the lb keeps it (a dead lb is found by
+            // TCP keepalive, set when the tunnel is dialed); a deadline would
+            // cancel and re-post the read, and a read cancelled as a request
+            // arrives would lose its first bytes.
             let n = if idle {
                 monoio::select! {
-                    r = self.rb.fill_idle(&mut self.stream, deadline) => r,
+                    r = self.rb.fill_idle_unbounded(&mut self.stream) => r,
                     _ = &mut *stop => return Ok(false),
                 }
             } else {
-                self.rb.fill(&mut self.stream, deadline).await
+                self.rb.fill(&mut self.stream, self.cfg.io_timeout).await
             };
             match n {
                 Ok(0) if idle => return Ok(false),
                 Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "tunnel closed mid-head").into()),
                 Ok(_) => {}
-                Err(e) if idle && e.kind() == io::ErrorKind::TimedOut => {}
                 Err(e) => return Err(e.into()),
             }
         }

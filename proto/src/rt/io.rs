@@ -229,6 +229,19 @@ impl ReadBuf {
         self.read_more(r, deadline).await
     }
 
+    /// [`fill_idle`](Self::fill_idle) with no deadline: for a connection
+    /// that waits as long as its peer keeps it (a worker's idle tunnel) and
+    /// goes on after the wait. A deadline there would cancel the read and
+    /// read again, and a read cancelled just as bytes arrive loses them
+    /// (io_uring completes it with nobody to take the bytes).
+    pub async fn fill_idle_unbounded<R: AsyncReadRent>(&mut self, r: &mut R) -> io::Result<usize> {
+        self.park();
+        let buf = std::mem::take(&mut self.buf);
+        let (res, buf) = r.read(buf).await;
+        self.buf = buf;
+        res
+    }
+
     /// One read after the unconsumed bytes, into whichever buffer is in use.
     async fn read_more<R: AsyncReadRent>(&mut self, r: &mut R, deadline: Duration) -> io::Result<usize> {
         if self.buf.len() == self.buf.capacity() {
@@ -544,6 +557,16 @@ mod tests {
             // The next idle wait parks it again, and the end of stream reads as 0.
             assert_eq!(rb.fill_idle(&mut r, T).await.unwrap(), 0);
             assert_eq!(rb.allocated(), IDLE_READ);
+        });
+    }
+
+    #[test]
+    fn an_unbounded_idle_read_parks_the_full_buffer_too() {
+        run(async {
+            let mut r = Chunks(vec![&b"GET / HTTP/1.1\r\n\r\n"[..]].into());
+            let mut rb = ReadBuf::with_capacity(FULL);
+            assert_eq!(rb.fill_idle_unbounded(&mut r).await.unwrap(), 18);
+            assert_eq!((rb.data(), rb.allocated()), (&b"GET / HTTP/1.1\r\n\r\n"[..], IDLE_READ));
         });
     }
 
