@@ -59,9 +59,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let v = it.next().ok_or_else(|| format!("{flag}: missing value"))?;
-        let num = |lo: u64, hi: u64| {
-            v.parse::<u64>().ok().filter(|n| (lo..=hi).contains(n)).ok_or_else(|| format!("{flag}: expected {lo}..{hi}"))
-        };
+        let num = |lo: u64, hi: u64| crate::flag_num(flag, v, lo, hi);
         match flag.as_str() {
             "--idle" => o.idle = num(0, 1_000_000)? as u32,
             "--slow" => o.slow = num(0, 100_000)? as u32,

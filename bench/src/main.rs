@@ -142,9 +142,7 @@ pub(crate) fn parse(args: &[String]) -> Result<Opts, String> {
             continue;
         }
         let v = it.next().ok_or_else(|| format!("{flag}: missing value"))?;
-        let num = |lo: u64, hi: u64| {
-            v.parse::<u64>().ok().filter(|n| (lo..=hi).contains(n)).ok_or_else(|| format!("{flag}: expected {lo}..{hi}"))
-        };
+        let num = |lo: u64, hi: u64| crate::flag_num(flag, v, lo, hi);
         match flag.as_str() {
             "--duration" => o.duration = num(1, 3600)?,
             "--connections" => o.connections = num(1, 100_000)? as u32,
@@ -647,6 +645,11 @@ pub(crate) fn rss_kib(pid: u32) -> u64 {
         .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
         .filter_map(|s| s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse::<u64>().ok())
         .sum()
+}
+
+/// A flag's value as a number in `lo..=hi`, or an error naming the flag.
+pub(crate) fn flag_num(flag: &str, v: &str, lo: u64, hi: u64) -> Result<u64, String> {
+    v.parse::<u64>().ok().filter(|n| (lo..=hi).contains(n)).ok_or_else(|| format!("{flag}: expected {lo}..{hi}"))
 }
 
 pub(crate) fn sh(cmd: &str) -> String {

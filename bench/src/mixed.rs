@@ -95,9 +95,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let v = it.next().ok_or_else(|| format!("{flag}: missing value"))?;
-        let num = |lo: u64, hi: u64| {
-            v.parse::<u64>().ok().filter(|n| (lo..=hi).contains(n)).ok_or_else(|| format!("{flag}: expected {lo}..{hi}"))
-        };
+        let num = |lo: u64, hi: u64| crate::flag_num(flag, v, lo, hi);
         match flag.as_str() {
             "--duration" => o.duration = num(2, 3600)?,
             "--idle-duration" => o.idle_duration = num(2, 3600)?,

@@ -53,9 +53,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let v = it.next().ok_or_else(|| format!("{flag}: missing value"))?;
-        let num = |lo: u64, hi: u64| {
-            v.parse::<u64>().ok().filter(|n| (lo..=hi).contains(n)).ok_or_else(|| format!("{flag}: expected {lo}..{hi}"))
-        };
+        let num = |lo: u64, hi: u64| crate::flag_num(flag, v, lo, hi);
         match flag.as_str() {
             "--minutes" => o.minutes = num(1, 24 * 60)?,
             "--window" => o.window = num(2, 600)?,
